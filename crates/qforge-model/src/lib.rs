@@ -1,0 +1,85 @@
+//! qforge-model: the Qwen2/Qwen3 transformer that every qforge system stands on.
+//!
+//! - [`ModelConfig`] parses Hugging Face `config.json` (typed errors naming the field).
+//! - [`WeightStore`] memory-maps safetensors (single or sharded) and checks keys and shapes.
+//! - [`Model`] is the decoder: one forward for training and inference, with caller-owned
+//!   per-sequence KV caches ([`SequenceCache`]) and per-layer causal/bidirectional attention.
+//! - [`Tokenizer`] and [`ChatTemplate`] render prompts exactly as transformers does.
+//!
+//! This crate does no network I/O and knows nothing of HTTP, recipes or datasets.
+
+pub mod config;
+pub mod error;
+pub mod model;
+pub mod ops;
+pub mod resolve;
+pub mod template;
+pub mod tokenizer;
+pub mod weights;
+
+pub use config::{Architecture, ModelConfig, RopeScaling};
+pub use error::{ModelError, Result};
+pub use model::{AttentionKind, Batch, Linear, Model, SequenceCache, expected_shapes, random_tensors};
+pub use resolve::resolve_model_dir;
+pub use template::{ChatOptions, ChatTemplate};
+pub use tokenizer::{GenerationConfig, Tokenizer};
+pub use weights::{WeightStore, parse_dtype, save_safetensors};
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+
+/// Everything in a checkpoint directory that inference needs.
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub model: Model,
+    pub tokenizer: Tokenizer,
+    pub generation: GenerationConfig,
+}
+
+impl Checkpoint {
+    /// Resolves `model` (local directory or cached Hugging Face id) and loads it.
+    pub fn load(model: &str, dtype: DType, device: &Device) -> Result<Self> {
+        let dir = resolve_model_dir(model)?;
+        Self::load_dir(&dir, dtype, device)
+    }
+
+    pub fn load_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let model = Model::load(dir, dtype, device, &[])?;
+        let tokenizer = Tokenizer::from_dir(dir)?;
+        let generation = GenerationConfig::from_dir(dir)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            model,
+            tokenizer,
+            generation,
+        })
+    }
+
+    /// Token ids that end generation: generation_config.json's, else the tokenizer's EOS.
+    pub fn stop_token_ids(&self) -> Vec<u32> {
+        if !self.generation.eos_token_ids.is_empty() {
+            return self.generation.eos_token_ids.clone();
+        }
+        self.tokenizer.eos_token_id().into_iter().collect()
+    }
+}
+
+/// Copies the tokenizer and generation files of `from` next to a saved model in `to`.
+pub fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<()> {
+    for name in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "generation_config.json",
+        "special_tokens_map.json",
+        "vocab.json",
+        "merges.txt",
+    ] {
+        let src = from.join(name);
+        if src.is_file() && from != to {
+            std::fs::copy(&src, to.join(name)).map_err(|e| error::ModelError::io(&src, e))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,853 @@
+//! The Qwen2/Qwen3 decoder: one forward for training and inference.
+//!
+//! Layout follows transformers' `modeling_qwen3` / `modeling_qwen2` so that safetensors keys and
+//! numerics match. The KV cache is not inside the model: callers own one [`SequenceCache`] per
+//! sequence and pass them in, so sequences of different lengths share a batch ("ragged" cache).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{D, DType, Device, IndexOp, Tensor, Var};
+
+use crate::config::{Architecture, ModelConfig};
+use crate::error::{ModelError, Result};
+use crate::ops;
+use crate::weights::{WeightStore, save_safetensors, write_json_atomic};
+
+/// Which keys a layer attends to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionKind {
+    /// Each position sees itself and earlier positions.
+    Causal,
+    /// Each position sees every non-padding position (QwenLong-CPRS top layers).
+    Bidirectional,
+}
+
+/// One forward batch: token ids, per-token positions and which tokens are real.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// `[B, T]` u32.
+    pub input_ids: Tensor,
+    /// `[B, T]` rotary positions, per sequence.
+    pub positions: Vec<Vec<u32>>,
+    /// `[B, T]`, false for padding. `None` means no padding.
+    pub valid: Option<Vec<Vec<bool>>>,
+}
+
+impl Batch {
+    /// Sequences left-padded to a common length, positions starting at `starts[i]` (the
+    /// number of tokens already in that sequence's cache, 0 without a cache).
+    pub fn left_padded(
+        sequences: &[&[u32]],
+        starts: &[usize],
+        pad_id: u32,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::padded(sequences, starts, pad_id, device, true)
+    }
+
+    /// Sequences right-padded to a common length (the usual training layout).
+    pub fn right_padded(sequences: &[&[u32]], pad_id: u32, device: &Device) -> Result<Self> {
+        let starts = vec![0; sequences.len()];
+        Self::padded(sequences, &starts, pad_id, device, false)
+    }
+
+    fn padded(
+        sequences: &[&[u32]],
+        starts: &[usize],
+        pad_id: u32,
+        device: &Device,
+        left: bool,
+    ) -> Result<Self> {
+        if sequences.is_empty() {
+            return Err(ModelError::InvalidInput("empty batch".into()));
+        }
+        if let Some(i) = sequences.iter().position(|s| s.is_empty()) {
+            return Err(ModelError::InvalidInput(format!("sequence {i} of the batch is empty")));
+        }
+        let t = sequences.iter().map(|s| s.len()).max().unwrap_or(0);
+        let b = sequences.len();
+        let mut ids = Vec::with_capacity(b * t);
+        let mut positions = Vec::with_capacity(b);
+        let mut valid = Vec::with_capacity(b);
+        for (seq, &start) in sequences.iter().zip(starts) {
+            let pad = t - seq.len();
+            let (mut row_ids, mut row_pos, mut row_valid) = (
+                Vec::with_capacity(t),
+                Vec::with_capacity(t),
+                Vec::with_capacity(t),
+            );
+            if left {
+                row_ids.extend(std::iter::repeat_n(pad_id, pad));
+                // transformers fills padded positions with 1; their value never matters.
+                row_pos.extend(std::iter::repeat_n(1, pad));
+                row_valid.extend(std::iter::repeat_n(false, pad));
+            }
+            row_ids.extend_from_slice(seq);
+            row_pos.extend((0..seq.len()).map(|i| (start + i) as u32));
+            row_valid.extend(std::iter::repeat_n(true, seq.len()));
+            if !left {
+                row_ids.extend(std::iter::repeat_n(pad_id, pad));
+                row_pos.extend(std::iter::repeat_n(1, pad));
+                row_valid.extend(std::iter::repeat_n(false, pad));
+            }
+            ids.extend(row_ids);
+            positions.push(row_pos);
+            valid.push(row_valid);
+        }
+        let any_pad = valid.iter().any(|r| r.iter().any(|v| !v));
+        Ok(Self {
+            input_ids: Tensor::from_vec(ids, (b, t), device)?,
+            positions,
+            valid: any_pad.then_some(valid),
+        })
+    }
+
+    pub fn dims(&self) -> Result<(usize, usize)> {
+        Ok(self.input_ids.dims2()?)
+    }
+
+    /// `true` where position `t` of row `b` is a real token.
+    pub fn is_valid(&self, b: usize, t: usize) -> bool {
+        self.valid.as_ref().is_none_or(|v| v[b][t])
+    }
+
+    /// Number of real tokens at the end of row `b` (its new tokens, for cached forwards).
+    fn valid_suffix(&self, b: usize) -> Result<usize> {
+        let (_, t) = self.dims()?;
+        let Some(valid) = &self.valid else {
+            return Ok(t);
+        };
+        let n = valid[b].iter().filter(|v| **v).count();
+        if valid[b][t - n..].iter().any(|v| !v) {
+            return Err(ModelError::InvalidInput(format!(
+                "row {b}: a cached forward needs left padding (real tokens at the end)"
+            )));
+        }
+        Ok(n)
+    }
+}
+
+/// Keys and values of one layer for one sequence, in a buffer that grows by doubling.
+#[derive(Debug, Clone, Default)]
+pub struct LayerCache {
+    k: Option<Tensor>,
+    v: Option<Tensor>,
+    len: usize,
+}
+
+impl LayerCache {
+    /// Appends `[1, KV, n, D]` keys and values; returns views of everything cached.
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let n = k.dim(2)?;
+        let needed = self.len + n;
+        let capacity = self.k.as_ref().map_or(0, |t| t.dim(2).unwrap_or(0));
+        if needed > capacity {
+            let new_cap = needed.max(capacity * 2).max(16);
+            let (_, kv, _, d) = k.dims4()?;
+            let grow = |old: &Option<Tensor>| -> Result<Tensor> {
+                let buf = Tensor::zeros((1, kv, new_cap, d), k.dtype(), k.device())?;
+                if let Some(old) = old
+                    && self.len > 0
+                {
+                    buf.slice_set(&old.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+                }
+                Ok(buf)
+            };
+            self.k = Some(grow(&self.k)?);
+            self.v = Some(grow(&self.v)?);
+        }
+        let (kb, vb) = (self.k.as_ref().expect("allocated"), self.v.as_ref().expect("allocated"));
+        kb.slice_set(&k.contiguous()?, 2, self.len)?;
+        vb.slice_set(&v.contiguous()?, 2, self.len)?;
+        self.len = needed;
+        Ok((kb.narrow(2, 0, self.len)?, vb.narrow(2, 0, self.len)?))
+    }
+
+    /// Drops everything after the first `len` positions.
+    fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+}
+
+/// The KV cache of one sequence across all layers.
+#[derive(Debug, Clone)]
+pub struct SequenceCache {
+    layers: Vec<LayerCache>,
+}
+
+impl SequenceCache {
+    pub fn new(num_layers: usize) -> Self {
+        Self {
+            layers: vec![LayerCache::default(); num_layers],
+        }
+    }
+
+    /// Tokens cached so far.
+    pub fn len(&self) -> usize {
+        self.layers.first().map_or(0, |l| l.len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forgets positions from `len` on (the buffers are kept for reuse).
+    pub fn truncate(&mut self, len: usize) {
+        self.layers.iter_mut().for_each(|l| l.truncate(len));
+    }
+
+    /// Bytes held by the buffers.
+    pub fn allocated_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(|l| [&l.k, &l.v])
+            .flatten()
+            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+            .sum()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let (rows, inner) = (dims[..dims.len() - 1].iter().product::<usize>(), dims[dims.len() - 1]);
+        let y = x.reshape((rows, inner))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out = dims;
+        *out.last_mut().expect("rank >= 1") = self.weight.dim(0)?;
+        Ok(y.reshape(out)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+}
+
+#[derive(Debug, Clone)]
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    input_layernorm: Tensor,
+    self_attn: Attention,
+    post_attention_layernorm: Tensor,
+    mlp: Mlp,
+}
+
+/// Rotary tables for one batch, in the model dtype.
+struct Rotary {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+/// The decoder. Cheap to clone (tensors are reference-counted).
+#[derive(Debug, Clone)]
+pub struct Model {
+    config: ModelConfig,
+    embed_tokens: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    /// `None` when tied to `embed_tokens`.
+    lm_head: Option<Tensor>,
+    attention_kinds: Vec<AttentionKind>,
+    inv_freq: Vec<f32>,
+    rope_attention_factor: f32,
+    differentiable: bool,
+    dtype: DType,
+    device: Device,
+}
+
+/// Names and shapes of every parameter for `config`, in checkpoint order.
+pub fn expected_shapes(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let (h, i, d) = (config.hidden_size, config.intermediate_size, config.head_dim);
+    let (q, kv) = (config.num_attention_heads * d, config.num_key_value_heads * d);
+    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![config.vocab_size, h])];
+    for l in 0..config.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        let mut push = |name: &str, shape: Vec<usize>| out.push((format!("{p}.{name}"), shape));
+        push("input_layernorm.weight", vec![h]);
+        push("self_attn.q_proj.weight", vec![q, h]);
+        push("self_attn.k_proj.weight", vec![kv, h]);
+        push("self_attn.v_proj.weight", vec![kv, h]);
+        if config.qkv_bias {
+            push("self_attn.q_proj.bias", vec![q]);
+            push("self_attn.k_proj.bias", vec![kv]);
+            push("self_attn.v_proj.bias", vec![kv]);
+        }
+        push("self_attn.o_proj.weight", vec![h, q]);
+        if config.o_bias {
+            push("self_attn.o_proj.bias", vec![h]);
+        }
+        if config.architecture == Architecture::Qwen3 {
+            push("self_attn.q_norm.weight", vec![d]);
+            push("self_attn.k_norm.weight", vec![d]);
+        }
+        push("post_attention_layernorm.weight", vec![h]);
+        push("mlp.gate_proj.weight", vec![i, h]);
+        push("mlp.up_proj.weight", vec![i, h]);
+        push("mlp.down_proj.weight", vec![h, i]);
+    }
+    out.push(("model.norm.weight".to_string(), vec![h]));
+    if !config.tie_word_embeddings {
+        out.push(("lm_head.weight".to_string(), vec![config.vocab_size, h]));
+    }
+    out
+}
+
+/// Keys some checkpoints carry that transformers ignores when loading.
+const IGNORED_KEY_SUFFIXES: &[&str] = &["rotary_emb.inv_freq"];
+
+impl Model {
+    /// Loads config.json and the safetensors weights of a checkpoint directory. Tensors the
+    /// model does not use are an error unless they start with one of `allowed_extra` (heads
+    /// that another crate loads from the same store).
+    pub fn load(dir: &Path, dtype: DType, device: &Device, allowed_extra: &[&str]) -> Result<Self> {
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let store = WeightStore::open_dir(dir)?;
+        Self::from_store(config, &store, dtype, device, allowed_extra)
+    }
+
+    pub fn from_store(
+        config: ModelConfig,
+        store: &WeightStore,
+        dtype: DType,
+        device: &Device,
+        allowed_extra: &[&str],
+    ) -> Result<Self> {
+        let expected = expected_shapes(&config);
+        store.check(&expected)?;
+        let used: Vec<String> = expected.iter().map(|(k, _)| k.clone()).collect();
+        let mut allowed: Vec<&str> = allowed_extra.to_vec();
+        if config.tie_word_embeddings {
+            // Tied checkpoints sometimes still carry the head; transformers ties it over.
+            allowed.push("lm_head.weight");
+        }
+        let unexpected: Vec<String> = store
+            .unexpected(&used, &allowed)
+            .into_iter()
+            .filter(|k| !IGNORED_KEY_SUFFIXES.iter().any(|s| k.ends_with(s)))
+            .collect();
+        if !unexpected.is_empty() {
+            return Err(ModelError::UnexpectedTensors(unexpected));
+        }
+        let mut tensors = HashMap::with_capacity(expected.len());
+        for (key, shape) in &expected {
+            tensors.insert(key.clone(), store.load(key, shape, dtype, device)?);
+        }
+        Self::from_tensors(config, tensors)
+    }
+
+    /// Builds the model from named tensors (all of one dtype and device).
+    pub fn from_tensors(config: ModelConfig, mut tensors: HashMap<String, Tensor>) -> Result<Self> {
+        let expected = expected_shapes(&config);
+        let missing: Vec<(String, Vec<usize>)> = expected
+            .iter()
+            .filter(|(k, _)| !tensors.contains_key(k))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            return Err(ModelError::MissingTensors(missing));
+        }
+        for (key, shape) in &expected {
+            let actual = tensors[key].dims().to_vec();
+            if &actual != shape {
+                return Err(ModelError::ShapeMismatch {
+                    key: key.clone(),
+                    expected: shape.clone(),
+                    actual,
+                });
+            }
+        }
+        let mut take = |k: &str| tensors.remove(k).expect("checked above");
+        let embed_tokens = take("model.embed_tokens.weight");
+        let dtype = embed_tokens.dtype();
+        let device = embed_tokens.device().clone();
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for l in 0..config.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            let mut linear = |name: &str, bias: bool| Linear {
+                weight: take(&format!("{p}.{name}.weight")),
+                bias: bias.then(|| take(&format!("{p}.{name}.bias"))),
+            };
+            let self_attn = Attention {
+                q_proj: linear("self_attn.q_proj", config.qkv_bias),
+                k_proj: linear("self_attn.k_proj", config.qkv_bias),
+                v_proj: linear("self_attn.v_proj", config.qkv_bias),
+                o_proj: linear("self_attn.o_proj", config.o_bias),
+                q_norm: None,
+                k_norm: None,
+            };
+            let mlp = Mlp {
+                gate_proj: linear("mlp.gate_proj", false),
+                up_proj: linear("mlp.up_proj", false),
+                down_proj: linear("mlp.down_proj", false),
+            };
+            let qk_norm = config.architecture == Architecture::Qwen3;
+            let self_attn = Attention {
+                q_norm: qk_norm.then(|| take(&format!("{p}.self_attn.q_norm.weight"))),
+                k_norm: qk_norm.then(|| take(&format!("{p}.self_attn.k_norm.weight"))),
+                ..self_attn
+            };
+            layers.push(Layer {
+                input_layernorm: take(&format!("{p}.input_layernorm.weight")),
+                self_attn,
+                post_attention_layernorm: take(&format!("{p}.post_attention_layernorm.weight")),
+                mlp,
+            });
+        }
+        let norm = take("model.norm.weight");
+        let lm_head = (!config.tie_word_embeddings).then(|| take("lm_head.weight"));
+        let (inv_freq, rope_attention_factor) = config.rope_inv_freq();
+        Ok(Self {
+            attention_kinds: vec![AttentionKind::Causal; config.num_hidden_layers],
+            config,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+            rope_attention_factor,
+            differentiable: false,
+            dtype,
+            device,
+        })
+    }
+
+    /// A model with random weights (normal-ish, std 0.02; norms around 1), for benchmarks and
+    /// tests. Deterministic for a given seed.
+    pub fn random(config: ModelConfig, dtype: DType, device: &Device, seed: u64) -> Result<Self> {
+        let tensors = random_tensors(&config, dtype, device, seed)?;
+        Self::from_tensors(config, tensors)
+    }
+
+    /// Turns every parameter into a [`Var`] and the model into its differentiable form.
+    /// Returns the variables by checkpoint name (tied embeddings appear once).
+    pub fn into_trainable(self) -> Result<(Self, Vec<(String, Var)>)> {
+        let named = self.named_tensors();
+        let mut vars = Vec::with_capacity(named.len());
+        let mut map = HashMap::with_capacity(named.len());
+        for (name, t) in named {
+            let var = Var::from_tensor(&t)?;
+            map.insert(name.clone(), var.as_tensor().clone());
+            vars.push((name, var));
+        }
+        let kinds = self.attention_kinds.clone();
+        let mut model = Self::from_tensors(self.config, map)?;
+        model.attention_kinds = kinds;
+        model.differentiable = true;
+        Ok((model, vars))
+    }
+
+    /// Chooses the differentiable ops (training) or the fused inference kernels.
+    pub fn set_differentiable(&mut self, differentiable: bool) {
+        self.differentiable = differentiable;
+    }
+
+    pub fn is_differentiable(&self) -> bool {
+        self.differentiable
+    }
+
+    /// Per-layer attention kinds; must have one entry per layer.
+    pub fn set_attention_kinds(&mut self, kinds: Vec<AttentionKind>) -> Result<()> {
+        if kinds.len() != self.layers.len() {
+            return Err(ModelError::InvalidInput(format!(
+                "{} attention kinds for {} layers",
+                kinds.len(),
+                self.layers.len()
+            )));
+        }
+        self.attention_kinds = kinds;
+        Ok(())
+    }
+
+    /// Makes the top `n` layers bidirectional (QwenLong-CPRS).
+    pub fn set_bidirectional_top_layers(&mut self, n: usize) -> Result<()> {
+        let total = self.layers.len();
+        if n > total {
+            return Err(ModelError::InvalidInput(format!(
+                "{n} bidirectional layers requested, the model has {total}"
+            )));
+        }
+        let kinds = (0..total)
+            .map(|l| {
+                if l >= total - n {
+                    AttentionKind::Bidirectional
+                } else {
+                    AttentionKind::Causal
+                }
+            })
+            .collect();
+        self.set_attention_kinds(kinds)
+    }
+
+    pub fn attention_kinds(&self) -> &[AttentionKind] {
+        &self.attention_kinds
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn new_cache(&self) -> SequenceCache {
+        SequenceCache::new(self.layers.len())
+    }
+
+    /// Every parameter by checkpoint name, in checkpoint order.
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.clone())];
+        for (l, layer) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{l}");
+            let a = &layer.self_attn;
+            let mut push = |name: &str, t: &Tensor| out.push((format!("{p}.{name}"), t.clone()));
+            push("input_layernorm.weight", &layer.input_layernorm);
+            for (name, lin) in [("q_proj", &a.q_proj), ("k_proj", &a.k_proj), ("v_proj", &a.v_proj)] {
+                push(&format!("self_attn.{name}.weight"), &lin.weight);
+            }
+            for (name, lin) in [("q_proj", &a.q_proj), ("k_proj", &a.k_proj), ("v_proj", &a.v_proj)] {
+                if let Some(b) = &lin.bias {
+                    push(&format!("self_attn.{name}.bias"), b);
+                }
+            }
+            push("self_attn.o_proj.weight", &a.o_proj.weight);
+            if let Some(b) = &a.o_proj.bias {
+                push("self_attn.o_proj.bias", b);
+            }
+            if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
+                push("self_attn.q_norm.weight", qn);
+                push("self_attn.k_norm.weight", kn);
+            }
+            push("post_attention_layernorm.weight", &layer.post_attention_layernorm);
+            push("mlp.gate_proj.weight", &layer.mlp.gate_proj.weight);
+            push("mlp.up_proj.weight", &layer.mlp.up_proj.weight);
+            push("mlp.down_proj.weight", &layer.mlp.down_proj.weight);
+        }
+        out.push(("model.norm.weight".to_string(), self.norm.clone()));
+        if let Some(head) = &self.lm_head {
+            out.push(("lm_head.weight".to_string(), head.clone()));
+        }
+        out
+    }
+
+    /// Writes config.json and the weights (sharded above `max_shard_bytes`) in the layout
+    /// transformers reads. Tokenizer files are the caller's business.
+    pub fn save_pretrained(&self, dir: &Path, max_shard_bytes: usize) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+        let mut config = self.config.to_json();
+        if let Some(obj) = config.as_object_mut() {
+            let dtype = match self.dtype {
+                DType::F16 => "float16",
+                DType::BF16 => "bfloat16",
+                _ => "float32",
+            };
+            // transformers >= 4.56 writes `dtype`; older readers look for `torch_dtype`.
+            obj.insert("torch_dtype".into(), dtype.into());
+            if obj.contains_key("dtype") {
+                obj.insert("dtype".into(), dtype.into());
+            }
+        }
+        save_safetensors(dir, &self.named_tensors(), max_shard_bytes)?;
+        write_json_atomic(&dir.join("config.json"), &config)
+    }
+
+    fn rotary(&self, batch: &Batch) -> Result<Rotary> {
+        let (b, t) = batch.dims()?;
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(b * t * half);
+        let mut sin = Vec::with_capacity(b * t * half);
+        for row in &batch.positions {
+            for &p in row {
+                for &f in &self.inv_freq {
+                    // transformers: (inv_freq @ position) in f32, then cos/sin, then scale.
+                    let angle = f * p as f32;
+                    cos.push(angle.cos() * self.rope_attention_factor);
+                    sin.push(angle.sin() * self.rope_attention_factor);
+                }
+            }
+        }
+        let cos = Tensor::from_vec(cos, (b, t, half), &self.device)?.to_dtype(self.dtype)?;
+        let sin = Tensor::from_vec(sin, (b, t, half), &self.device)?.to_dtype(self.dtype)?;
+        Ok(Rotary { cos, sin })
+    }
+
+    /// Final hidden states `[B, T, hidden]` (after the final norm) for every position.
+    ///
+    /// Without caches, attention runs over the batch with a padding mask (training, scoring,
+    /// one-shot prefill). With one cache per row, each row's real tokens (a suffix: left
+    /// padding) are appended to its cache and attend to everything cached for that sequence;
+    /// hidden states at padding positions are then zero.
+    pub fn forward(&self, batch: &Batch, mut caches: Option<&mut [&mut SequenceCache]>) -> Result<Tensor> {
+        let (b, t) = batch.dims()?;
+        if let Some(caches) = caches.as_deref()
+            && caches.len() != b
+        {
+            return Err(ModelError::InvalidInput(format!(
+                "{} caches for a batch of {b}",
+                caches.len()
+            )));
+        }
+        if batch.positions.len() != b || batch.positions.iter().any(|r| r.len() != t) {
+            return Err(ModelError::InvalidInput("positions must be [B, T] like input_ids".into()));
+        }
+        let max_pos = self.config.max_position_embeddings;
+        if let Some(p) = batch.positions.iter().flatten().copied().max()
+            && p as usize >= max_pos
+        {
+            return Err(ModelError::ContextOverflow {
+                len: p as usize + 1,
+                max: max_pos,
+            });
+        }
+        let rotary = self.rotary(batch)?;
+        let ids = batch.input_ids.flatten_all()?;
+        let mut x = self
+            .embed_tokens
+            .index_select(&ids, 0)?
+            .reshape((b, t, self.config.hidden_size))?;
+        let padding_bias = self.padding_bias(batch)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let kind = self.attention_kinds[l];
+            let h = ops::rms_norm(&x, &layer.input_layernorm, self.config.rms_norm_eps, self.differentiable)?;
+            let h = match caches.as_deref_mut() {
+                None => self.attention_batched(&layer.self_attn, &h, &rotary, kind, &padding_bias)?,
+                Some(caches) => self.attention_cached(&layer.self_attn, &h, &rotary, kind, batch, caches, l)?,
+            };
+            x = (x + h)?;
+            let h = ops::rms_norm(&x, &layer.post_attention_layernorm, self.config.rms_norm_eps, self.differentiable)?;
+            let mlp = &layer.mlp;
+            let h = (mlp.gate_proj.forward(&h)?.silu()? * mlp.up_proj.forward(&h)?)?;
+            x = (x + mlp.down_proj.forward(&h)?)?;
+        }
+        Ok(ops::rms_norm(&x, &self.norm, self.config.rms_norm_eps, self.differentiable)?)
+    }
+
+    /// Logits over the vocabulary for hidden states `[.., hidden]`, in f32.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        let logits = Linear {
+            weight: head.clone(),
+            bias: None,
+        }
+        .forward(hidden)?;
+        Ok(logits.to_dtype(DType::F32)?)
+    }
+
+    /// Logits `[B, V]` at the last position of each row (the next-token distribution).
+    pub fn last_logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let t = hidden.dim(1)?;
+        self.logits(&hidden.i((.., t - 1, ..))?)
+    }
+
+    /// Additive `[B, 1, 1, T]` key-padding bias (0 or the dtype minimum), or `None`.
+    fn padding_bias(&self, batch: &Batch) -> Result<Option<Tensor>> {
+        let Some(valid) = &batch.valid else {
+            return Ok(None);
+        };
+        let (b, t) = batch.dims()?;
+        let data: Vec<f32> = valid
+            .iter()
+            .flat_map(|r| r.iter().map(|&v| if v { 0.0 } else { f32::MIN }))
+            .collect();
+        Ok(Some(Tensor::from_vec(data, (b, 1, 1, t), &self.device)?))
+    }
+
+    /// q, k, v `[B, heads, T, D]` after q/k norm and rotary embedding.
+    fn project_qkv(&self, attn: &Attention, x: &Tensor, rotary: &Rotary) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, t, _) = x.dims3()?;
+        let d = self.config.head_dim;
+        let (nh, nkv) = (self.config.num_attention_heads, self.config.num_key_value_heads);
+        let q = attn.q_proj.forward(x)?.reshape((b, t, nh, d))?;
+        let k = attn.k_proj.forward(x)?.reshape((b, t, nkv, d))?;
+        let v = attn.v_proj.forward(x)?.reshape((b, t, nkv, d))?;
+        let eps = self.config.rms_norm_eps;
+        let q = match &attn.q_norm {
+            Some(w) => ops::rms_norm(&q, w, eps, self.differentiable)?,
+            None => q,
+        };
+        let k = match &attn.k_norm {
+            Some(w) => ops::rms_norm(&k, w, eps, self.differentiable)?,
+            None => k,
+        };
+        let q = ops::rope(&q.transpose(1, 2)?.contiguous()?, &rotary.cos, &rotary.sin, self.differentiable)?;
+        let k = ops::rope(&k.transpose(1, 2)?.contiguous()?, &rotary.cos, &rotary.sin, self.differentiable)?;
+        let v = v.transpose(1, 2)?.contiguous()?;
+        Ok((q, k, v))
+    }
+
+    /// Scaled dot-product attention with grouped KV heads and no KV copy: the query heads that
+    /// share a KV head are stacked along the rows, `[B, KV, G*Tq, D] @ [B, KV, D, Tk]`.
+    /// `bias` is added to `[B, KV, G, Tq, Tk]` scores by broadcasting (f32).
+    fn sdpa(&self, q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let (b, nh, tq, d) = q.dims4()?;
+        let (_, nkv, tk, _) = k.dims4()?;
+        let g = nh / nkv;
+        let scale = 1.0 / (d as f64).sqrt();
+        let q = q.reshape((b, nkv, g * tq, d))?;
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let scores = scores.to_dtype(DType::F32)?;
+        let scores = match bias {
+            Some(bias) => scores.reshape((b, nkv, g, tq, tk))?.broadcast_add(bias)?.reshape((b, nkv, g * tq, tk))?,
+            None => scores,
+        };
+        let probs = ops::softmax(&scores, self.differentiable)?.to_dtype(v.dtype())?;
+        Ok(probs.matmul(v)?.reshape((b, nh, tq, d))?)
+    }
+
+    fn attention_batched(
+        &self,
+        attn: &Attention,
+        x: &Tensor,
+        rotary: &Rotary,
+        kind: AttentionKind,
+        padding_bias: &Option<Tensor>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (q, k, v) = self.project_qkv(attn, x, rotary)?;
+        let causal = (kind == AttentionKind::Causal && t > 1).then(|| causal_bias(t, t, 0, &self.device)).transpose()?;
+        // [B, 1, 1, Tq, Tk] after the GQA reshape (group axis inserted).
+        let bias = match (causal, padding_bias) {
+            (None, None) => None,
+            (Some(c), None) => Some(c.reshape((1, 1, 1, t, t))?),
+            (None, Some(p)) => Some(p.unsqueeze(1)?),
+            (Some(c), Some(p)) => {
+                // Adding two dtype minima overflows to -inf; take the minimum instead.
+                let c = c.reshape((1, 1, 1, t, t))?;
+                Some(c.broadcast_minimum(&p.unsqueeze(1)?)?)
+            }
+        };
+        let out = self.sdpa(&q, &k, &v, bias.as_ref())?;
+        let out = out.transpose(1, 2)?.reshape((b, t, self.config.num_attention_heads * self.config.head_dim))?;
+        attn.o_proj.forward(&out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention_cached(
+        &self,
+        attn: &Attention,
+        x: &Tensor,
+        rotary: &Rotary,
+        kind: AttentionKind,
+        batch: &Batch,
+        caches: &mut [&mut SequenceCache],
+        layer: usize,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (q, k, v) = self.project_qkv(attn, x, rotary)?;
+        let width = self.config.num_attention_heads * self.config.head_dim;
+        let mut rows = Vec::with_capacity(b);
+        for (i, cache) in caches.iter_mut().enumerate() {
+            let n = batch.valid_suffix(i)?;
+            let slice = |x: &Tensor| -> Result<Tensor> { Ok(x.narrow(0, i, 1)?.narrow(2, t - n, n)?) };
+            let (qi, ki, vi) = (slice(&q)?, slice(&k)?, slice(&v)?);
+            let past = cache.layers[layer].len;
+            let (k_all, v_all) = cache.layers[layer].append(&ki, &vi)?;
+            let bias = (kind == AttentionKind::Causal && n > 1)
+                .then(|| causal_bias(n, past + n, past, &self.device))
+                .transpose()?
+                .map(|c| c.reshape((1, 1, 1, n, past + n)))
+                .transpose()?;
+            let out = self.sdpa(&qi, &k_all, &v_all, bias.as_ref())?;
+            let out = out.transpose(1, 2)?.reshape((1, n, width))?;
+            let out = if n < t {
+                let pad = Tensor::zeros((1, t - n, width), out.dtype(), &self.device)?;
+                Tensor::cat(&[&pad, &out], 1)?
+            } else {
+                out
+            };
+            rows.push(out);
+        }
+        let out = if rows.len() == 1 { rows.pop().expect("one row") } else { Tensor::cat(&rows, 0)? };
+        attn.o_proj.forward(&out)
+    }
+
+    /// Log-probabilities of each next token: entry `t` is `log p(ids[t+1] | ids[..=t])`, shape
+    /// `[B, T-1]`, f32. Positions whose target is padding are 0.
+    pub fn next_token_logprobs(&self, batch: &Batch) -> Result<Tensor> {
+        let (b, t) = batch.dims()?;
+        if t < 2 {
+            return Err(ModelError::InvalidInput("scoring needs at least two tokens".into()));
+        }
+        let hidden = self.forward(batch, None)?;
+        let logits = self.logits(&hidden.narrow(1, 0, t - 1)?)?;
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let targets = batch.input_ids.narrow(1, 1, t - 1)?.unsqueeze(2)?;
+        let picked = logp.gather(&targets.contiguous()?, 2)?.squeeze(2)?;
+        match &batch.valid {
+            None => Ok(picked),
+            Some(valid) => {
+                let mask: Vec<f32> = (0..b)
+                    .flat_map(|i| (1..t).map(move |j| (i, j)))
+                    .map(|(i, j)| if valid[i][j] && valid[i][j - 1] { 1.0 } else { 0.0 })
+                    .collect();
+                let mask = Tensor::from_vec(mask, (b, t - 1), &self.device)?;
+                Ok((picked * mask)?)
+            }
+        }
+    }
+}
+
+/// `[tq, tk]` additive bias: query `i` (absolute position `offset + i`) sees keys `0..=offset+i`.
+fn causal_bias(tq: usize, tk: usize, offset: usize, device: &Device) -> Result<Tensor> {
+    let data: Vec<f32> = (0..tq)
+        .flat_map(|i| (0..tk).map(move |j| if j <= offset + i { 0.0 } else { f32::MIN }))
+        .collect();
+    Ok(Tensor::from_vec(data, (tq, tk), device)?)
+}
+
+/// Deterministic random parameters (fast uniform noise with std 0.02; norms 1 +- 0.1).
+pub fn random_tensors(
+    config: &ModelConfig,
+    dtype: DType,
+    device: &Device,
+    seed: u64,
+) -> Result<HashMap<String, Tensor>> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        // xorshift64*: plenty for weights, and ~1 ns a number for 0.6B-parameter benches.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        let bits = state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40;
+        (bits as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    };
+    // Uniform on [-a, a] has std a/sqrt(3).
+    let amp = 0.02 * 3f32.sqrt();
+    let mut out = HashMap::new();
+    for (name, shape) in expected_shapes(config) {
+        let n: usize = shape.iter().product();
+        let is_norm = name.ends_with("norm.weight");
+        let data: Vec<f32> = (0..n)
+            .map(|_| if is_norm { 1.0 + 0.1 * next() } else { amp * next() })
+            .collect();
+        let t = Tensor::from_vec(data, shape, device)?.to_dtype(dtype)?;
+        out.insert(name, t);
+    }
+    Ok(out)
+}

@@ -1,0 +1,105 @@
+//! The three ops where candle's fast kernels silently drop gradients (specs/stack.md §1.2):
+//! RMSNorm, rotary embedding and softmax. Each has a differentiable form, used whenever the
+//! forward may be differentiated, and the fused inference kernel, used otherwise. Tests pin
+//! that both forms agree.
+
+use candle_core::{D, DType, Result, Tensor};
+
+/// `w * x / sqrt(mean(x^2) + eps)`, normalised in f32 and multiplied by `w` in the input dtype
+/// (transformers' Qwen2/Qwen3 RMSNorm).
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, differentiable: bool) -> Result<Tensor> {
+    if differentiable {
+        return candle_nn::ops::rms_norm_slow(x, weight, eps as f32);
+    }
+    let dtype = x.dtype();
+    if dtype == DType::F32 {
+        return candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32);
+    }
+    let ones = Tensor::ones(weight.dims1()?, DType::F32, x.device())?;
+    let normed = candle_nn::ops::rms_norm(&x.to_dtype(DType::F32)?.contiguous()?, &ones, eps as f32)?;
+    normed.to_dtype(dtype)?.broadcast_mul(weight)
+}
+
+/// Non-interleaved ("rotate half") rotary embedding of `x` `[B, H, T, D]` with per-sequence
+/// `cos`/`sin` `[B, T, D/2]`.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, differentiable: bool) -> Result<Tensor> {
+    if differentiable {
+        let cos = Tensor::cat(&[cos, cos], D::Minus1)?.unsqueeze(1)?;
+        let sin = Tensor::cat(&[sin, sin], D::Minus1)?.unsqueeze(1)?;
+        let half = x.dim(D::Minus1)? / 2;
+        let x1 = x.narrow(D::Minus1, 0, half)?;
+        let x2 = x.narrow(D::Minus1, half, half)?;
+        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+        return x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?;
+    }
+    candle_nn::rotary_emb::rope(&x.contiguous()?, &cos.contiguous()?, &sin.contiguous()?)
+}
+
+/// Softmax over the last dimension.
+pub fn softmax(x: &Tensor, differentiable: bool) -> Result<Tensor> {
+    if differentiable {
+        candle_nn::ops::softmax(x, D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(&x.contiguous()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn fused_and_differentiable_forms_agree() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 5, 8), &dev).unwrap();
+        let w = Tensor::randn(1f32, 0.1, 8, &dev).unwrap();
+        let a = rms_norm(&x, &w, 1e-6, true).unwrap();
+        let b = rms_norm(&x, &w, 1e-6, false).unwrap();
+        assert!(max_diff(&a, &b) < 1e-5);
+        let a16 = rms_norm(&x.to_dtype(DType::F16).unwrap(), &w.to_dtype(DType::F16).unwrap(), 1e-6, true).unwrap();
+        let b16 = rms_norm(&x.to_dtype(DType::F16).unwrap(), &w.to_dtype(DType::F16).unwrap(), 1e-6, false).unwrap();
+        assert!(max_diff(&a16.to_dtype(DType::F32).unwrap(), &b16.to_dtype(DType::F32).unwrap()) < 1e-2);
+
+        let cos = Tensor::randn(0f32, 1.0, (2, 5, 4), &dev).unwrap();
+        let sin = Tensor::randn(0f32, 1.0, (2, 5, 4), &dev).unwrap();
+        let a = rope(&x, &cos, &sin, true).unwrap();
+        let b = rope(&x, &cos, &sin, false).unwrap();
+        assert!(max_diff(&a, &b) < 1e-5);
+
+        let a = softmax(&x, true).unwrap();
+        let b = softmax(&x, false).unwrap();
+        assert!(max_diff(&a, &b) < 1e-6);
+    }
+
+    #[test]
+    fn differentiable_forms_propagate_gradients() {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f32, 1.0, (1, 2, 3, 4), &dev).unwrap();
+        let w = Var::randn(1f32, 0.1, 4, &dev).unwrap();
+        let cos = Tensor::randn(0f32, 1.0, (1, 3, 2), &dev).unwrap();
+        let sin = Tensor::randn(0f32, 1.0, (1, 3, 2), &dev).unwrap();
+        let y = rms_norm(x.as_tensor(), w.as_tensor(), 1e-6, true).unwrap();
+        let y = rope(&y, &cos, &sin, true).unwrap();
+        let y = softmax(&y, true).unwrap();
+        let loss = y.sqr().unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        for v in [&x, &w] {
+            let g = grads.get(v).expect("gradient reaches the variable");
+            assert!(g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+        }
+    }
+}
