@@ -1,0 +1,280 @@
+//! Next-token selection: repetition penalty, temperature, top-k, top-p, min-p (in
+//! transformers' order), seeded per sequence.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EngineError, Result};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SamplingParams {
+    /// 0 means greedy (argmax).
+    pub temperature: f32,
+    /// 0 means off.
+    pub top_k: usize,
+    /// 1 means off.
+    pub top_p: f32,
+    /// 0 means off.
+    pub min_p: f32,
+    /// 1 means off; > 1 discourages tokens already in the prompt or output.
+    pub repetition_penalty: f32,
+    /// `None` draws a seed from the OS.
+    pub seed: Option<u64>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self::greedy()
+    }
+}
+
+impl SamplingParams {
+    pub fn greedy() -> Self {
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            seed: None,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &str, why: &str| Err(EngineError::InvalidParameter(format!("{field} {why}")));
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return bad("temperature", "must be a finite number >= 0");
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad("top_p", "must be in (0, 1]");
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return bad("min_p", "must be in [0, 1]");
+        }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
+            return bad("repetition_penalty", "must be a finite number > 0");
+        }
+        Ok(())
+    }
+
+    pub fn is_greedy(&self) -> bool {
+        self.temperature < 1e-6
+    }
+}
+
+/// One sequence's sampler: its parameters and its own random stream, so a sequence samples
+/// the same tokens whatever else shares its batch.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    params: SamplingParams,
+    rng: StdRng,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Self {
+        let rng = match params.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        Self { params, rng }
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Picks the next token from raw logits. `context` is every token so far (prompt and
+    /// output), for the repetition penalty.
+    pub fn sample(&mut self, logits: &[f32], context: &[u32]) -> Result<u32> {
+        if logits.iter().any(|x| x.is_nan()) {
+            return Err(EngineError::NonFiniteLogits);
+        }
+        let p = &self.params;
+        let mut logits = logits.to_vec();
+        if p.repetition_penalty != 1.0 {
+            let mut seen = vec![false; logits.len()];
+            for &t in context {
+                if let Some(s) = seen.get_mut(t as usize) {
+                    *s = true;
+                }
+            }
+            for (l, _) in logits.iter_mut().zip(&seen).filter(|(_, s)| **s) {
+                *l = if *l < 0.0 { *l * p.repetition_penalty } else { *l / p.repetition_penalty };
+            }
+        }
+        if p.is_greedy() {
+            return Ok(argmax(&logits));
+        }
+        for l in logits.iter_mut() {
+            *l /= p.temperature;
+        }
+        // Candidates sorted by logit, best first; filters only ever cut the tail.
+        let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+        order.sort_unstable_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+        if p.top_k > 0 && p.top_k < order.len() {
+            order.truncate(p.top_k);
+        }
+        let max = logits[order[0] as usize];
+        let mut probs: Vec<f32> = order.iter().map(|&t| (logits[t as usize] - max).exp()).collect();
+        let sum: f32 = probs.iter().sum();
+        probs.iter_mut().for_each(|x| *x /= sum);
+        if p.top_p < 1.0 {
+            let mut cumulative = 0.0;
+            let mut keep = probs.len();
+            for (i, &q) in probs.iter().enumerate() {
+                cumulative += q;
+                if cumulative >= p.top_p {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            probs.truncate(keep);
+            order.truncate(keep);
+        }
+        if p.min_p > 0.0 {
+            let threshold = p.min_p * probs[0];
+            let keep = probs.iter().take_while(|&&q| q >= threshold).count().max(1);
+            probs.truncate(keep);
+            order.truncate(keep);
+        }
+        let total: f32 = probs.iter().sum();
+        let mut u = self.rng.random::<f32>() * total;
+        for (i, q) in probs.iter().enumerate() {
+            if u < *q {
+                return Ok(order[i]);
+            }
+            u -= q;
+        }
+        Ok(*order.last().expect("at least one candidate"))
+    }
+}
+
+pub fn argmax(xs: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, x) in xs.iter().enumerate() {
+        if *x > xs[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// `log_softmax(logits)` computed stably.
+pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = logits.iter().map(|x| (x - max).exp()).sum::<f32>().ln() + max;
+    logits.iter().map(|x| x - lse).collect()
+}
+
+/// The `k` most likely tokens with their log-probabilities, best first.
+pub fn top_logprobs(logprobs: &[f32], k: usize) -> Vec<(u32, f32)> {
+    if k == 0 {
+        return Vec::new();
+    }
+    let mut idx: Vec<u32> = (0..logprobs.len() as u32).collect();
+    let k = k.min(idx.len());
+    idx.select_nth_unstable_by(k - 1, |&a, &b| logprobs[b as usize].total_cmp(&logprobs[a as usize]));
+    idx.truncate(k);
+    idx.sort_by(|&a, &b| logprobs[b as usize].total_cmp(&logprobs[a as usize]));
+    idx.into_iter().map(|i| (i, logprobs[i as usize])).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(f: impl FnOnce(&mut SamplingParams)) -> Sampler {
+        let mut p = SamplingParams {
+            temperature: 1.0,
+            seed: Some(7),
+            ..SamplingParams::greedy()
+        };
+        f(&mut p);
+        p.validate().unwrap();
+        Sampler::new(p)
+    }
+
+    #[test]
+    fn greedy_takes_the_argmax() {
+        let mut s = Sampler::new(SamplingParams::greedy());
+        assert_eq!(s.sample(&[0.1, 3.0, -1.0, 2.9], &[]).unwrap(), 1);
+    }
+
+    #[test]
+    fn repetition_penalty_follows_transformers() {
+        // Token 1 (logit 3.0) is in the context: 3.0 / 2 = 1.5 < 2.9, so token 3 wins.
+        let mut s = Sampler::new(SamplingParams { repetition_penalty: 2.0, ..SamplingParams::greedy() });
+        assert_eq!(s.sample(&[0.1, 3.0, -1.0, 2.9], &[1]).unwrap(), 3);
+        // Negative logits are multiplied: -0.5 * 2 = -1.0 < -0.9.
+        let mut s = Sampler::new(SamplingParams { repetition_penalty: 2.0, ..SamplingParams::greedy() });
+        assert_eq!(s.sample(&[-0.5, -0.9], &[0]).unwrap(), 1);
+    }
+
+    #[test]
+    fn top_k_one_is_greedy_and_filters_restrict_support() {
+        let logits = [1.0, 2.0, 3.0, 0.5];
+        let mut s = params(|p| p.top_k = 1);
+        for _ in 0..50 {
+            assert_eq!(s.sample(&logits, &[]).unwrap(), 2);
+        }
+        let mut s = params(|p| p.top_k = 2);
+        for _ in 0..200 {
+            assert!([1, 2].contains(&s.sample(&logits, &[]).unwrap()));
+        }
+        // probs ~ [0.086, 0.234, 0.636, 0.052]: top_p 0.8 keeps tokens 2 and 1.
+        let mut s = params(|p| p.top_p = 0.8);
+        for _ in 0..200 {
+            assert!([1, 2].contains(&s.sample(&logits, &[]).unwrap()));
+        }
+        // min_p 0.3: threshold 0.19 keeps tokens 2 and 1.
+        let mut s = params(|p| p.min_p = 0.3);
+        for _ in 0..200 {
+            assert!([1, 2].contains(&s.sample(&logits, &[]).unwrap()));
+        }
+    }
+
+    #[test]
+    fn sampling_frequencies_follow_the_distribution() {
+        let logits = [0.0f32, (3.0f32).ln()]; // p = [0.25, 0.75]
+        let mut s = params(|_| {});
+        let n = 4000;
+        let ones = (0..n).filter(|_| s.sample(&logits, &[]).unwrap() == 1).count();
+        let freq = ones as f64 / n as f64;
+        assert!((freq - 0.75).abs() < 0.03, "{freq}");
+    }
+
+    #[test]
+    fn same_seed_same_tokens() {
+        let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
+        let draw = || {
+            let mut s = params(|p| p.seed = Some(42));
+            (0..20).map(|_| s.sample(&logits, &[]).unwrap()).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(), draw());
+    }
+
+    #[test]
+    fn bad_parameters_and_nan_logits_are_errors() {
+        for p in [
+            SamplingParams { temperature: -1.0, ..SamplingParams::greedy() },
+            SamplingParams { top_p: 0.0, ..SamplingParams::greedy() },
+            SamplingParams { min_p: 2.0, ..SamplingParams::greedy() },
+            SamplingParams { repetition_penalty: 0.0, ..SamplingParams::greedy() },
+        ] {
+            assert!(p.validate().is_err(), "{p:?}");
+        }
+        let mut s = Sampler::new(SamplingParams::greedy());
+        assert!(matches!(s.sample(&[0.0, f32::NAN], &[]), Err(EngineError::NonFiniteLogits)));
+    }
+
+    #[test]
+    fn log_softmax_and_top_logprobs() {
+        let lp = log_softmax(&[1.0, 2.0, 3.0]);
+        let total: f32 = lp.iter().map(|x| x.exp()).sum();
+        assert!((total - 1.0).abs() < 1e-6);
+        let top = top_logprobs(&lp, 2);
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![2, 1]);
+    }
+}
