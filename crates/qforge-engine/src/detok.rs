@@ -64,6 +64,22 @@ impl TextStream {
         Ok(None)
     }
 
+    /// Decodes tokens still pending because they ended inside a character (at the end of
+    /// generation such bytes become U+FFFD, as in transformers' decode).
+    pub fn flush(&mut self, tokenizer: &Tokenizer) -> Result<()> {
+        if self.read_offset == self.ids.len() {
+            return Ok(());
+        }
+        let prefix = tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset], self.skip_special_tokens)?;
+        let full = tokenizer.decode(&self.ids[self.prefix_offset..], self.skip_special_tokens)?;
+        if full.len() > prefix.len() && full.is_char_boundary(prefix.len()) {
+            self.text.push_str(&full[prefix.len()..]);
+        }
+        self.prefix_offset = self.read_offset;
+        self.read_offset = self.ids.len();
+        Ok(())
+    }
+
     /// Text that is safe to show now: not a possible start of a stop string.
     pub fn take_ready(&mut self) -> String {
         let hold = self

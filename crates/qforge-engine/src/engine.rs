@@ -271,7 +271,14 @@ impl Engine {
             } else if seq.generated.len() >= seq.stop.max_new_tokens || seq.tokens.len() >= max_ctx {
                 finish = Some(FinishReason::Length);
             }
-            let text = if finish.is_some() { seq.stream.take_rest() } else { seq.stream.take_ready() };
+            let text = match &finish {
+                None => seq.stream.take_ready(),
+                Some(FinishReason::StopString(_)) => seq.stream.take_rest(),
+                Some(_) => {
+                    seq.stream.flush(&self.tokenizer)?;
+                    seq.stream.take_rest()
+                }
+            };
             seq.finish = finish.clone();
             events.push(TokenEvent { index, token, text, finish });
         }

@@ -1,0 +1,206 @@
+//! `qforge generate`: chat or raw-prompt generation with streaming output.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use qforge_engine::{Engine, GenerationRequest, SamplingParams};
+use qforge_model::GenerationConfig;
+use serde_json::{Value, json};
+
+use crate::common::{ModelArgs, TemplateArgs, read_conversation};
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    qforge generate --prompt 'Name three primes.'\n  \
+    qforge generate -m Qwen/Qwen3-0.6B --prompt 'Hi' --enable-thinking false\n  \
+    qforge generate -m ./ckpt --messages chat.json --temperature 0.7 --seed 1\n  \
+    qforge generate -m ./ckpt --raw --prompt 'Once upon a time' --prompt 'The answer is' --json")]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+
+    /// A user message (rendered with the chat template unless --raw). Repeat to generate for
+    /// several prompts in one batch.
+    #[arg(long, short = 'p', conflicts_with = "messages")]
+    prompt: Vec<String>,
+
+    /// A conversation file (JSON array of messages, or {"messages": [...], "tools": [...]}); `-`
+    /// for standard input.
+    #[arg(long)]
+    messages: Option<String>,
+
+    /// A system message placed before --prompt.
+    #[arg(long, requires = "prompt")]
+    system: Option<String>,
+
+    /// Feed --prompt to the model as-is, without the chat template.
+    #[arg(long, requires = "prompt")]
+    raw: bool,
+
+    #[command(flatten)]
+    template: TemplateArgs,
+
+    /// Maximum number of new tokens.
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+
+    /// Sampling temperature; 0 is greedy. Default: the model's generation_config.json, else greedy.
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Keep only the k most likely tokens (0: off).
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Nucleus sampling: keep the smallest set of tokens with this total probability (1: off).
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Drop tokens less likely than min_p times the most likely one (0: off).
+    #[arg(long)]
+    min_p: Option<f32>,
+    /// Penalise tokens already present (1: off; transformers' rule).
+    #[arg(long)]
+    repetition_penalty: Option<f32>,
+    /// Ignore generation_config.json and decode greedily.
+    #[arg(long, conflicts_with = "temperature")]
+    greedy: bool,
+    /// Random seed for sampling (prompt i uses seed + i).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+
+    /// Stop when the output contains this string (repeatable); it is not printed.
+    #[arg(long)]
+    stop: Vec<String>,
+
+    /// Print one JSON object per prompt (text, tokens with log-probabilities, finish reason)
+    /// instead of streaming text.
+    #[arg(long)]
+    json: bool,
+
+    /// With --json: alternatives reported per token.
+    #[arg(long, default_value_t = 0)]
+    top_logprobs: usize,
+}
+
+/// Flags win; otherwise, like transformers and vLLM, the checkpoint's generation_config.json
+/// supplies the defaults when it asks to sample; otherwise greedy.
+fn sampling(args: &Args, generation: &GenerationConfig) -> SamplingParams {
+    let from_config = !args.greedy && generation.do_sample == Some(true);
+    let cfg = |v: Option<f64>| if from_config { v.map(|x| x as f32) } else { None };
+    let temperature = if args.greedy {
+        0.0
+    } else {
+        args.temperature.or(cfg(generation.temperature)).unwrap_or(if from_config { 1.0 } else { 0.0 })
+    };
+    SamplingParams {
+        temperature,
+        top_k: args.top_k.or(generation.top_k.filter(|_| from_config)).unwrap_or(0),
+        top_p: args.top_p.or(cfg(generation.top_p)).unwrap_or(1.0),
+        min_p: args.min_p.or(cfg(generation.min_p)).unwrap_or(0.0),
+        repetition_penalty: args.repetition_penalty.or(cfg(generation.repetition_penalty)).unwrap_or(1.0),
+        seed: Some(args.seed),
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if args.prompt.is_empty() && args.messages.is_none() {
+        bail!("give --prompt TEXT or --messages FILE");
+    }
+    let ck = args.model.load()?;
+    let tokenizer = Arc::new(ck.tokenizer);
+    let mut prompts: Vec<Vec<u32>> = Vec::new();
+    if let Some(path) = &args.messages {
+        let (messages, tools) = read_conversation(path)?;
+        let text = tokenizer.apply_chat_template(&messages, &args.template.options(tools)?)?;
+        prompts.push(tokenizer.encode(&text, false)?);
+    }
+    for p in &args.prompt {
+        if p.is_empty() {
+            bail!("--prompt is empty");
+        }
+        let text = if args.raw {
+            p.clone()
+        } else {
+            let mut messages = Vec::new();
+            if let Some(s) = &args.system {
+                messages.push(json!({"role": "system", "content": s}));
+            }
+            messages.push(json!({"role": "user", "content": p}));
+            tokenizer.apply_chat_template(&messages, &args.template.options(None)?)?
+        };
+        prompts.push(tokenizer.encode(&text, false)?);
+    }
+    let base = sampling(&args, &ck.generation);
+    let stop_ids = {
+        let mut ids = ck.generation.eos_token_ids.clone();
+        if let Some(eos) = tokenizer.eos_token_id()
+            && !ids.contains(&eos)
+        {
+            ids.push(eos);
+        }
+        ids
+    };
+    let requests: Vec<GenerationRequest> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, ids)| {
+            let mut r = GenerationRequest::new(ids.clone(), args.max_new_tokens);
+            r.sampling = SamplingParams { seed: Some(args.seed + i as u64), ..base.clone() };
+            r.stop.stop_token_ids = stop_ids.clone();
+            r.stop.stop_strings = args.stop.clone();
+            r.top_logprobs = args.top_logprobs;
+            r
+        })
+        .collect();
+    let engine = Engine::new(ck.model, tokenizer.clone());
+    let stream = prompts.len() == 1 && !args.json;
+    let started = Instant::now();
+    let mut stdout = std::io::stdout().lock();
+    let outputs = engine.generate(requests, |event| {
+        if stream && !event.text.is_empty() {
+            let _ = stdout.write_all(event.text.as_bytes());
+            let _ = stdout.flush();
+        }
+    })?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let generated: usize = outputs.iter().map(|o| o.tokens.len()).sum();
+    if stream {
+        writeln!(stdout)?;
+    } else {
+        for (i, out) in outputs.iter().enumerate() {
+            if args.json {
+                let tokens: Vec<Value> = out
+                    .tokens
+                    .iter()
+                    .map(|t| {
+                        json!({
+                            "id": t.id,
+                            "token": tokenizer.id_to_token(t.id),
+                            "logprob": t.logprob,
+                            "top_logprobs": t.top_logprobs.iter().map(|(id, lp)| json!({"id": id, "token": tokenizer.id_to_token(*id), "logprob": lp})).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                let obj = json!({
+                    "index": i,
+                    "prompt_tokens": out.prompt_tokens,
+                    "text": out.text,
+                    "finish_reason": out.finish_reason.openai(),
+                    "stop": out.finish_reason,
+                    "tokens": tokens,
+                });
+                writeln!(stdout, "{obj}")?;
+            } else {
+                writeln!(stdout, "=== {i} ===\n{}", out.text)?;
+            }
+        }
+    }
+    eprintln!(
+        "[{} prompt(s), {} prompt tokens, {generated} generated in {elapsed:.2}s ({:.1} tok/s), finish: {}]",
+        outputs.len(),
+        outputs.iter().map(|o| o.prompt_tokens).sum::<usize>(),
+        generated as f64 / elapsed.max(1e-9),
+        outputs.iter().map(|o| o.finish_reason.openai()).collect::<Vec<_>>().join(","),
+    );
+    Ok(())
+}
