@@ -36,9 +36,15 @@ impl TextStream {
     /// before it).
     pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<Option<String>> {
         self.ids.push(id);
-        let prefix = tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset], self.skip_special_tokens)?;
+        let prefix = tokenizer.decode(
+            &self.ids[self.prefix_offset..self.read_offset],
+            self.skip_special_tokens,
+        )?;
         let full = tokenizer.decode(&self.ids[self.prefix_offset..], self.skip_special_tokens)?;
-        if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') && full.is_char_boundary(prefix.len()) {
+        if full.len() > prefix.len()
+            && !full.ends_with('\u{FFFD}')
+            && full.is_char_boundary(prefix.len())
+        {
             let before = self.text.len();
             self.text.push_str(&full[prefix.len()..]);
             self.prefix_offset = self.read_offset;
@@ -70,7 +76,10 @@ impl TextStream {
         if self.read_offset == self.ids.len() {
             return Ok(());
         }
-        let prefix = tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset], self.skip_special_tokens)?;
+        let prefix = tokenizer.decode(
+            &self.ids[self.prefix_offset..self.read_offset],
+            self.skip_special_tokens,
+        )?;
         let full = tokenizer.decode(&self.ids[self.prefix_offset..], self.skip_special_tokens)?;
         if full.len() > prefix.len() && full.is_char_boundary(prefix.len()) {
             self.text.push_str(&full[prefix.len()..]);
@@ -111,7 +120,9 @@ fn longest_suffix_prefix(text: &str, stop: &str) -> usize {
     let max = (stop.len() - 1).min(text.len());
     (1..=max)
         .rev()
-        .find(|&n| text.is_char_boundary(text.len() - n) && stop.starts_with(&text[text.len() - n..]))
+        .find(|&n| {
+            text.is_char_boundary(text.len() - n) && stop.starts_with(&text[text.len() - n..])
+        })
         .unwrap_or(0)
 }
 

@@ -174,7 +174,11 @@ pub struct Engine {
 impl Engine {
     pub fn new(model: Model, tokenizer: Arc<Tokenizer>) -> Self {
         let pad_id = tokenizer.pad_token_id();
-        Self { model, tokenizer, pad_id }
+        Self {
+            model,
+            tokenizer,
+            pad_id,
+        }
     }
 
     pub fn model(&self) -> &Model {
@@ -198,13 +202,16 @@ impl Engine {
         }
         let vocab = self.model.config().vocab_size;
         if let Some(&bad) = request.prompt_ids.iter().find(|&&t| t as usize >= vocab) {
-            return Err(EngineError::Model(qforge_model::ModelError::InvalidInput(format!(
-                "request {index}: token id {bad} is outside the vocabulary of {vocab}"
-            ))));
+            return Err(EngineError::Model(qforge_model::ModelError::InvalidInput(
+                format!("request {index}: token id {bad} is outside the vocabulary of {vocab}"),
+            )));
         }
         Ok(Sequence {
             prompt_len: len,
-            stream: TextStream::new(request.stop.stop_strings.clone(), request.skip_special_tokens),
+            stream: TextStream::new(
+                request.stop.stop_strings.clone(),
+                request.skip_special_tokens,
+            ),
             tokens: request.prompt_ids,
             cache: self.model.new_cache(),
             sampler: Sampler::new(request.sampling),
@@ -226,7 +233,8 @@ impl Engine {
         let starts: Vec<usize> = seqs.iter().map(|s| s.cache.len()).collect();
         let batch = Batch::left_padded(&pending, &starts, self.pad_id, self.model.device())?;
         let hidden = {
-            let mut caches: Vec<&mut SequenceCache> = seqs.iter_mut().map(|s| &mut s.cache).collect();
+            let mut caches: Vec<&mut SequenceCache> =
+                seqs.iter_mut().map(|s| &mut s.cache).collect();
             self.model.forward(&batch, Some(&mut caches))?
         };
         let logits = self.model.last_logits(&hidden)?;
@@ -253,7 +261,9 @@ impl Engine {
             if seq.is_finished() {
                 continue;
             }
-            let Some(logits) = seq.next_logits.take() else { continue };
+            let Some(logits) = seq.next_logits.take() else {
+                continue;
+            };
             let id = seq.sampler.sample(&logits, &seq.tokens)?;
             let logprobs = log_softmax(&logits);
             let token = GeneratedToken {
@@ -268,7 +278,8 @@ impl Engine {
                 finish = Some(FinishReason::StopToken(id));
             } else if let Some(stop) = seq.stream.push(&self.tokenizer, id)? {
                 finish = Some(FinishReason::StopString(stop));
-            } else if seq.generated.len() >= seq.stop.max_new_tokens || seq.tokens.len() >= max_ctx {
+            } else if seq.generated.len() >= seq.stop.max_new_tokens || seq.tokens.len() >= max_ctx
+            {
                 finish = Some(FinishReason::Length);
             }
             let text = match &finish {
@@ -280,9 +291,18 @@ impl Engine {
                 }
             };
             seq.finish = finish.clone();
-            events.push(TokenEvent { index, token, text, finish });
+            events.push(TokenEvent {
+                index,
+                token,
+                text,
+                finish,
+            });
         }
-        let mut running: Vec<&mut Sequence> = seqs.iter_mut().filter(|s| !s.is_finished()).map(|s| &mut **s).collect();
+        let mut running: Vec<&mut Sequence> = seqs
+            .iter_mut()
+            .filter(|s| !s.is_finished())
+            .map(|s| &mut **s)
+            .collect();
         self.feed(&mut running)?;
         Ok(events)
     }

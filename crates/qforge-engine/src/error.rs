@@ -15,7 +15,11 @@ pub enum EngineError {
     EmptyPrompt { index: usize },
 
     #[error("request {index}: the prompt has {len} tokens, the model's context is {max}")]
-    PromptTooLong { index: usize, len: usize, max: usize },
+    PromptTooLong {
+        index: usize,
+        len: usize,
+        max: usize,
+    },
 
     #[error("the model produced NaN logits")]
     NonFiniteLogits,

@@ -10,8 +10,8 @@ pub mod error;
 pub mod sampling;
 
 pub use engine::{
-    Engine, FinishReason, GeneratedToken, GenerationOutput, GenerationRequest, Sequence, StopConditions,
-    TokenEvent,
+    Engine, FinishReason, GeneratedToken, GenerationOutput, GenerationRequest, Sequence,
+    StopConditions, TokenEvent,
 };
 pub use error::{EngineError, Result};
 pub use sampling::{Sampler, SamplingParams};

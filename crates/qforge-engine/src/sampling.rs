@@ -43,7 +43,8 @@ impl SamplingParams {
     }
 
     pub fn validate(&self) -> Result<()> {
-        let bad = |field: &str, why: &str| Err(EngineError::InvalidParameter(format!("{field} {why}")));
+        let bad =
+            |field: &str, why: &str| Err(EngineError::InvalidParameter(format!("{field} {why}")));
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return bad("temperature", "must be a finite number >= 0");
         }
@@ -101,7 +102,11 @@ impl Sampler {
                 }
             }
             for (l, _) in logits.iter_mut().zip(&seen).filter(|(_, s)| **s) {
-                *l = if *l < 0.0 { *l * p.repetition_penalty } else { *l / p.repetition_penalty };
+                *l = if *l < 0.0 {
+                    *l * p.repetition_penalty
+                } else {
+                    *l / p.repetition_penalty
+                };
             }
         }
         if p.is_greedy() {
@@ -117,7 +122,10 @@ impl Sampler {
             order.truncate(p.top_k);
         }
         let max = logits[order[0] as usize];
-        let mut probs: Vec<f32> = order.iter().map(|&t| (logits[t as usize] - max).exp()).collect();
+        let mut probs: Vec<f32> = order
+            .iter()
+            .map(|&t| (logits[t as usize] - max).exp())
+            .collect();
         let sum: f32 = probs.iter().sum();
         probs.iter_mut().for_each(|x| *x /= sum);
         if p.top_p < 1.0 {
@@ -175,7 +183,9 @@ pub fn top_logprobs(logprobs: &[f32], k: usize) -> Vec<(u32, f32)> {
     }
     let mut idx: Vec<u32> = (0..logprobs.len() as u32).collect();
     let k = k.min(idx.len());
-    idx.select_nth_unstable_by(k - 1, |&a, &b| logprobs[b as usize].total_cmp(&logprobs[a as usize]));
+    idx.select_nth_unstable_by(k - 1, |&a, &b| {
+        logprobs[b as usize].total_cmp(&logprobs[a as usize])
+    });
     idx.truncate(k);
     idx.sort_by(|&a, &b| logprobs[b as usize].total_cmp(&logprobs[a as usize]));
     idx.into_iter().map(|i| (i, logprobs[i as usize])).collect()
@@ -205,10 +215,16 @@ mod tests {
     #[test]
     fn repetition_penalty_follows_transformers() {
         // Token 1 (logit 3.0) is in the context: 3.0 / 2 = 1.5 < 2.9, so token 3 wins.
-        let mut s = Sampler::new(SamplingParams { repetition_penalty: 2.0, ..SamplingParams::greedy() });
+        let mut s = Sampler::new(SamplingParams {
+            repetition_penalty: 2.0,
+            ..SamplingParams::greedy()
+        });
         assert_eq!(s.sample(&[0.1, 3.0, -1.0, 2.9], &[1]).unwrap(), 3);
         // Negative logits are multiplied: -0.5 * 2 = -1.0 < -0.9.
-        let mut s = Sampler::new(SamplingParams { repetition_penalty: 2.0, ..SamplingParams::greedy() });
+        let mut s = Sampler::new(SamplingParams {
+            repetition_penalty: 2.0,
+            ..SamplingParams::greedy()
+        });
         assert_eq!(s.sample(&[-0.5, -0.9], &[0]).unwrap(), 1);
     }
 
@@ -240,7 +256,9 @@ mod tests {
         let logits = [0.0f32, (3.0f32).ln()]; // p = [0.25, 0.75]
         let mut s = params(|_| {});
         let n = 4000;
-        let ones = (0..n).filter(|_| s.sample(&logits, &[]).unwrap() == 1).count();
+        let ones = (0..n)
+            .filter(|_| s.sample(&logits, &[]).unwrap() == 1)
+            .count();
         let freq = ones as f64 / n as f64;
         assert!((freq - 0.75).abs() < 0.03, "{freq}");
     }
@@ -250,7 +268,9 @@ mod tests {
         let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
         let draw = || {
             let mut s = params(|p| p.seed = Some(42));
-            (0..20).map(|_| s.sample(&logits, &[]).unwrap()).collect::<Vec<_>>()
+            (0..20)
+                .map(|_| s.sample(&logits, &[]).unwrap())
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(), draw());
     }
@@ -258,15 +278,30 @@ mod tests {
     #[test]
     fn bad_parameters_and_nan_logits_are_errors() {
         for p in [
-            SamplingParams { temperature: -1.0, ..SamplingParams::greedy() },
-            SamplingParams { top_p: 0.0, ..SamplingParams::greedy() },
-            SamplingParams { min_p: 2.0, ..SamplingParams::greedy() },
-            SamplingParams { repetition_penalty: 0.0, ..SamplingParams::greedy() },
+            SamplingParams {
+                temperature: -1.0,
+                ..SamplingParams::greedy()
+            },
+            SamplingParams {
+                top_p: 0.0,
+                ..SamplingParams::greedy()
+            },
+            SamplingParams {
+                min_p: 2.0,
+                ..SamplingParams::greedy()
+            },
+            SamplingParams {
+                repetition_penalty: 0.0,
+                ..SamplingParams::greedy()
+            },
         ] {
             assert!(p.validate().is_err(), "{p:?}");
         }
         let mut s = Sampler::new(SamplingParams::greedy());
-        assert!(matches!(s.sample(&[0.0, f32::NAN], &[]), Err(EngineError::NonFiniteLogits)));
+        assert!(matches!(
+            s.sample(&[0.0, f32::NAN], &[]),
+            Err(EngineError::NonFiniteLogits)
+        ));
     }
 
     #[test]

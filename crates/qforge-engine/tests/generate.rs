@@ -8,7 +8,9 @@ use qforge_engine::{Engine, EngineError, FinishReason, GenerationRequest, Sampli
 use qforge_model::{Batch, Checkpoint};
 
 fn engine(variant: &str) -> Engine {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/fixtures/model").join(variant);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tools/fixtures/model")
+        .join(variant);
     let ck = Checkpoint::load_dir(&dir, DType::F32, &Device::Cpu).unwrap();
     Engine::new(ck.model, Arc::new(ck.tokenizer))
 }
@@ -21,14 +23,29 @@ fn greedy(prompt: &[u32], n: usize) -> GenerationRequest {
 
 #[test]
 fn batched_generation_equals_single_generation() {
-    for variant in ["qwen3_tied_gqa", "qwen3_untied_mqa_yarn", "qwen2_bias_linear"] {
+    for variant in [
+        "qwen3_tied_gqa",
+        "qwen3_untied_mqa_yarn",
+        "qwen2_bias_linear",
+    ] {
         let e = engine(variant);
-        let batched = e.generate(PROMPTS.iter().map(|p| greedy(p, 12)).collect(), |_| {}).unwrap();
+        let batched = e
+            .generate(PROMPTS.iter().map(|p| greedy(p, 12)).collect(), |_| {})
+            .unwrap();
         for (i, p) in PROMPTS.iter().enumerate() {
             let single = e.generate(vec![greedy(p, 12)], |_| {}).unwrap().remove(0);
-            assert_eq!(batched[i].token_ids(), single.token_ids(), "{variant} prompt {i}");
+            assert_eq!(
+                batched[i].token_ids(),
+                single.token_ids(),
+                "{variant} prompt {i}"
+            );
             for (a, b) in batched[i].tokens.iter().zip(&single.tokens) {
-                assert!((a.logprob - b.logprob).abs() < 1e-4, "{variant} prompt {i}: logprob {} vs {}", a.logprob, b.logprob);
+                assert!(
+                    (a.logprob - b.logprob).abs() < 1e-4,
+                    "{variant} prompt {i}: logprob {} vs {}",
+                    a.logprob,
+                    b.logprob
+                );
             }
         }
     }
@@ -37,13 +54,23 @@ fn batched_generation_equals_single_generation() {
 #[test]
 fn cached_greedy_generation_equals_recomputing_the_full_prefix() {
     let e = engine("qwen3_untied_mqa_yarn");
-    let out = e.generate(vec![greedy(PROMPTS[0], 10)], |_| {}).unwrap().remove(0);
+    let out = e
+        .generate(vec![greedy(PROMPTS[0], 10)], |_| {})
+        .unwrap()
+        .remove(0);
     let mut ids = PROMPTS[0].to_vec();
     for (step, tok) in out.tokens.iter().enumerate() {
         let batch = Batch::left_padded(&[&ids], &[0], 0, &Device::Cpu).unwrap();
-        let logits = e.model().last_logits(&e.model().forward(&batch, None).unwrap()).unwrap();
+        let logits = e
+            .model()
+            .last_logits(&e.model().forward(&batch, None).unwrap())
+            .unwrap();
         let logits = logits.i(0).unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(qforge_engine::sampling::argmax(&logits), tok.id, "step {step}");
+        assert_eq!(
+            qforge_engine::sampling::argmax(&logits),
+            tok.id,
+            "step {step}"
+        );
         let lp = qforge_engine::sampling::log_softmax(&logits)[tok.id as usize];
         assert!((lp - tok.logprob).abs() < 1e-4, "step {step}");
         ids.push(tok.id);
@@ -53,28 +80,58 @@ fn cached_greedy_generation_equals_recomputing_the_full_prefix() {
 #[test]
 fn logprobs_equal_scoring_the_generated_text() {
     let e = engine("qwen3_tied_gqa");
-    let out = e.generate(vec![greedy(PROMPTS[1], 8)], |_| {}).unwrap().remove(0);
+    let out = e
+        .generate(vec![greedy(PROMPTS[1], 8)], |_| {})
+        .unwrap()
+        .remove(0);
     let mut ids = PROMPTS[1].to_vec();
     ids.extend(out.token_ids());
     let batch = Batch::left_padded(&[&ids], &[0], 0, &Device::Cpu).unwrap();
-    let scored = e.model().next_token_logprobs(&batch).unwrap().i(0).unwrap().to_vec1::<f32>().unwrap();
+    let scored = e
+        .model()
+        .next_token_logprobs(&batch)
+        .unwrap()
+        .i(0)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     for (i, tok) in out.tokens.iter().enumerate() {
         let s = scored[PROMPTS[1].len() - 1 + i];
-        assert!((s - tok.logprob).abs() < 1e-4, "token {i}: {s} vs {}", tok.logprob);
+        assert!(
+            (s - tok.logprob).abs() < 1e-4,
+            "token {i}: {s} vs {}",
+            tok.logprob
+        );
     }
 }
 
 #[test]
 fn each_sequence_stops_on_its_own() {
     let e = engine("qwen3_tied_gqa");
-    let reference = e.generate(vec![greedy(PROMPTS[0], 10)], |_| {}).unwrap().remove(0);
+    let reference = e
+        .generate(vec![greedy(PROMPTS[0], 10)], |_| {})
+        .unwrap()
+        .remove(0);
     let stop_id = reference.tokens[3].id;
-    let first = reference.tokens.iter().position(|t| t.id == stop_id).unwrap();
+    let first = reference
+        .tokens
+        .iter()
+        .position(|t| t.id == stop_id)
+        .unwrap();
     let mut with_stop = greedy(PROMPTS[0], 10);
     with_stop.stop.stop_token_ids = vec![stop_id];
-    let outs = e.generate(vec![with_stop, greedy(PROMPTS[1], 5), greedy(PROMPTS[2], 7)], |_| {}).unwrap();
+    let outs = e
+        .generate(
+            vec![with_stop, greedy(PROMPTS[1], 5), greedy(PROMPTS[2], 7)],
+            |_| {},
+        )
+        .unwrap();
     assert_eq!(outs[0].finish_reason, FinishReason::StopToken(stop_id));
-    assert_eq!(outs[0].tokens.len(), first + 1, "the stop token is the last token");
+    assert_eq!(
+        outs[0].tokens.len(),
+        first + 1,
+        "the stop token is the last token"
+    );
     assert_eq!(outs[1].tokens.len(), 5);
     assert_eq!(outs[1].finish_reason, FinishReason::Length);
     assert_eq!(outs[2].tokens.len(), 7);
@@ -83,7 +140,10 @@ fn each_sequence_stops_on_its_own() {
 #[test]
 fn stop_strings_cut_the_text_and_never_stream() {
     let e = engine("qwen3_tied_gqa");
-    let reference = e.generate(vec![greedy(PROMPTS[0], 24)], |_| {}).unwrap().remove(0);
+    let reference = e
+        .generate(vec![greedy(PROMPTS[0], 24)], |_| {})
+        .unwrap()
+        .remove(0);
     let text = reference.text.clone();
     assert!(text.chars().count() >= 6, "need some text to cut: {text:?}");
     // A stop string from the middle of the greedy text.
@@ -93,7 +153,10 @@ fn stop_strings_cut_the_text_and_never_stream() {
     let mut req = greedy(PROMPTS[0], 24);
     req.stop.stop_strings = vec![stop.clone()];
     let mut streamed = String::new();
-    let out = e.generate(vec![req], |ev| streamed.push_str(&ev.text)).unwrap().remove(0);
+    let out = e
+        .generate(vec![req], |ev| streamed.push_str(&ev.text))
+        .unwrap()
+        .remove(0);
     assert_eq!(out.finish_reason, FinishReason::StopString(stop.clone()));
     assert_eq!(out.text, text[..cut_at]);
     assert_eq!(streamed, out.text);
@@ -114,7 +177,10 @@ fn streamed_text_equals_final_text() {
     for (i, out) in outs.iter().enumerate() {
         assert_eq!(streamed[i], out.text);
         assert_eq!(counts[i], out.tokens.len());
-        assert_eq!(out.text, e.tokenizer().decode(&out.token_ids(), true).unwrap());
+        assert_eq!(
+            out.text,
+            e.tokenizer().decode(&out.token_ids(), true).unwrap()
+        );
     }
 }
 
@@ -123,16 +189,36 @@ fn seeded_sampling_is_reproducible_and_independent_of_the_batch() {
     let e = engine("qwen3_tied_gqa");
     let sampled = |seed: u64| {
         let mut r = greedy(PROMPTS[0], 16);
-        r.sampling = SamplingParams { temperature: 1.5, top_k: 50, top_p: 0.95, min_p: 0.01, repetition_penalty: 1.1, seed: Some(seed) };
+        r.sampling = SamplingParams {
+            temperature: 1.5,
+            top_k: 50,
+            top_p: 0.95,
+            min_p: 0.01,
+            repetition_penalty: 1.1,
+            seed: Some(seed),
+        };
         r
     };
     let a = e.generate(vec![sampled(1)], |_| {}).unwrap().remove(0);
     let b = e.generate(vec![sampled(1)], |_| {}).unwrap().remove(0);
     assert_eq!(a.token_ids(), b.token_ids());
-    let in_batch = e.generate(vec![greedy(PROMPTS[1], 4), sampled(1)], |_| {}).unwrap().remove(1);
+    let in_batch = e
+        .generate(vec![greedy(PROMPTS[1], 4), sampled(1)], |_| {})
+        .unwrap()
+        .remove(1);
     assert_eq!(a.token_ids(), in_batch.token_ids());
-    let others: Vec<Vec<u32>> = (2..6).map(|s| e.generate(vec![sampled(s)], |_| {}).unwrap().remove(0).token_ids()).collect();
-    assert!(others.iter().any(|o| o != &a.token_ids()), "different seeds should sample differently");
+    let others: Vec<Vec<u32>> = (2..6)
+        .map(|s| {
+            e.generate(vec![sampled(s)], |_| {})
+                .unwrap()
+                .remove(0)
+                .token_ids()
+        })
+        .collect();
+    assert!(
+        others.iter().any(|o| o != &a.token_ids()),
+        "different seeds should sample differently"
+    );
 }
 
 #[test]
@@ -152,7 +238,10 @@ fn top_logprobs_are_sorted_and_include_greedy_choice() {
 fn generation_stops_at_the_context_length() {
     let e = engine("qwen3_tied_gqa"); // 256 positions
     let prompt: Vec<u32> = (0..250).map(|i| (i % 300) as u32).collect();
-    let out = e.generate(vec![greedy(&prompt, 100)], |_| {}).unwrap().remove(0);
+    let out = e
+        .generate(vec![greedy(&prompt, 100)], |_| {})
+        .unwrap()
+        .remove(0);
     assert_eq!(out.tokens.len(), 6);
     assert_eq!(out.finish_reason, FinishReason::Length);
 }
@@ -160,15 +249,25 @@ fn generation_stops_at_the_context_length() {
 #[test]
 fn bad_requests_are_errors() {
     let e = engine("qwen3_tied_gqa");
-    assert!(matches!(e.generate(vec![greedy(&[], 4)], |_| {}), Err(EngineError::EmptyPrompt { index: 0 })));
+    assert!(matches!(
+        e.generate(vec![greedy(&[], 4)], |_| {}),
+        Err(EngineError::EmptyPrompt { index: 0 })
+    ));
     let long = vec![5u32; 256];
     assert!(matches!(
         e.generate(vec![greedy(&[1], 1), greedy(&long, 4)], |_| {}),
-        Err(EngineError::PromptTooLong { index: 1, len: 256, max: 256 })
+        Err(EngineError::PromptTooLong {
+            index: 1,
+            len: 256,
+            max: 256
+        })
     ));
     let err = e.generate(vec![greedy(&[9999], 1)], |_| {}).unwrap_err();
     assert!(err.to_string().contains("9999"), "{err}");
     let mut bad = greedy(&[1], 1);
     bad.sampling.top_p = 0.0;
-    assert!(matches!(e.generate(vec![bad], |_| {}), Err(EngineError::InvalidParameter(_))));
+    assert!(matches!(
+        e.generate(vec![bad], |_| {}),
+        Err(EngineError::InvalidParameter(_))
+    ));
 }

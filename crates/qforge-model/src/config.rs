@@ -23,7 +23,9 @@ pub enum Architecture {
 pub enum RopeScaling {
     Default,
     /// Positions divided by `factor`.
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// YaRN (arXiv 2309.00071), as transformers' `_compute_yarn_parameters`.
     Yarn {
         factor: f64,
@@ -347,7 +349,9 @@ fn parse_rope(fields: &Fields, max_position_embeddings: usize) -> Result<(f64, R
                 attention_factor: p.opt_f64_as("attention_factor", &named("attention_factor"))?,
                 mscale: p.opt_f64_as("mscale", &named("mscale"))?,
                 mscale_all_dim: p.opt_f64_as("mscale_all_dim", &named("mscale_all_dim"))?,
-                truncate: p.opt_bool_as("truncate", &named("truncate"))?.unwrap_or(true),
+                truncate: p
+                    .opt_bool_as("truncate", &named("truncate"))?
+                    .unwrap_or(true),
             }
         }
         other => return Err(ModelError::UnsupportedRopeScaling(other.to_string())),
@@ -382,9 +386,8 @@ impl Fields<'_> {
     }
 
     fn usize(&self, key: &str) -> Result<usize> {
-        self.opt_usize(key)?.ok_or_else(|| ModelError::MissingField {
-            field: key.into(),
-        })
+        self.opt_usize(key)?
+            .ok_or_else(|| ModelError::MissingField { field: key.into() })
     }
 
     fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
@@ -430,9 +433,8 @@ impl Fields<'_> {
     }
 
     fn string(&self, key: &str) -> Result<String> {
-        self.opt_string(key)?.ok_or_else(|| ModelError::MissingField {
-            field: key.into(),
-        })
+        self.opt_string(key)?
+            .ok_or_else(|| ModelError::MissingField { field: key.into() })
     }
 
     fn opt_string(&self, key: &str) -> Result<Option<String>> {

@@ -75,7 +75,9 @@ pub enum ModelError {
     #[error("chat template: {0}")]
     Template(String),
 
-    #[error("the model has no chat template (tokenizer_config.json has no `chat_template`, no chat_template.jinja)")]
+    #[error(
+        "the model has no chat template (tokenizer_config.json has no `chat_template`, no chat_template.jinja)"
+    )]
     NoChatTemplate,
 
     #[error("input: {0}")]

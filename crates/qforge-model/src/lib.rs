@@ -19,7 +19,9 @@ pub mod weights;
 
 pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use error::{ModelError, Result};
-pub use model::{AttentionKind, Batch, Linear, Model, SequenceCache, expected_shapes, random_tensors};
+pub use model::{
+    AttentionKind, Batch, Linear, Model, SequenceCache, expected_shapes, random_tensors,
+};
 pub use resolve::resolve_model_dir;
 pub use template::{ChatOptions, ChatTemplate};
 pub use tokenizer::{GenerationConfig, Tokenizer};

@@ -63,7 +63,9 @@ impl Batch {
             return Err(ModelError::InvalidInput("empty batch".into()));
         }
         if let Some(i) = sequences.iter().position(|s| s.is_empty()) {
-            return Err(ModelError::InvalidInput(format!("sequence {i} of the batch is empty")));
+            return Err(ModelError::InvalidInput(format!(
+                "sequence {i} of the batch is empty"
+            )));
         }
         let t = sequences.iter().map(|s| s.len()).max().unwrap_or(0);
         let b = sequences.len();
@@ -157,7 +159,10 @@ impl LayerCache {
             self.k = Some(grow(&self.k)?);
             self.v = Some(grow(&self.v)?);
         }
-        let (kb, vb) = (self.k.as_ref().expect("allocated"), self.v.as_ref().expect("allocated"));
+        let (kb, vb) = (
+            self.k.as_ref().expect("allocated"),
+            self.v.as_ref().expect("allocated"),
+        );
         kb.slice_set(&k.contiguous()?, 2, self.len)?;
         vb.slice_set(&v.contiguous()?, 2, self.len)?;
         self.len = needed;
@@ -217,7 +222,10 @@ pub struct Linear {
 impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
-        let (rows, inner) = (dims[..dims.len() - 1].iter().product::<usize>(), dims[dims.len() - 1]);
+        let (rows, inner) = (
+            dims[..dims.len() - 1].iter().product::<usize>(),
+            dims[dims.len() - 1],
+        );
         let y = x.reshape((rows, inner))?.matmul(&self.weight.t()?)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
@@ -279,9 +287,19 @@ pub struct Model {
 
 /// Names and shapes of every parameter for `config`, in checkpoint order.
 pub fn expected_shapes(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
-    let (h, i, d) = (config.hidden_size, config.intermediate_size, config.head_dim);
-    let (q, kv) = (config.num_attention_heads * d, config.num_key_value_heads * d);
-    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![config.vocab_size, h])];
+    let (h, i, d) = (
+        config.hidden_size,
+        config.intermediate_size,
+        config.head_dim,
+    );
+    let (q, kv) = (
+        config.num_attention_heads * d,
+        config.num_key_value_heads * d,
+    );
+    let mut out = vec![(
+        "model.embed_tokens.weight".to_string(),
+        vec![config.vocab_size, h],
+    )];
     for l in 0..config.num_hidden_layers {
         let p = format!("model.layers.{l}");
         let mut push = |name: &str, shape: Vec<usize>| out.push((format!("{p}.{name}"), shape));
@@ -522,16 +540,27 @@ impl Model {
 
     /// Every parameter by checkpoint name, in checkpoint order.
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.clone())];
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            self.embed_tokens.clone(),
+        )];
         for (l, layer) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{l}");
             let a = &layer.self_attn;
             let mut push = |name: &str, t: &Tensor| out.push((format!("{p}.{name}"), t.clone()));
             push("input_layernorm.weight", &layer.input_layernorm);
-            for (name, lin) in [("q_proj", &a.q_proj), ("k_proj", &a.k_proj), ("v_proj", &a.v_proj)] {
+            for (name, lin) in [
+                ("q_proj", &a.q_proj),
+                ("k_proj", &a.k_proj),
+                ("v_proj", &a.v_proj),
+            ] {
                 push(&format!("self_attn.{name}.weight"), &lin.weight);
             }
-            for (name, lin) in [("q_proj", &a.q_proj), ("k_proj", &a.k_proj), ("v_proj", &a.v_proj)] {
+            for (name, lin) in [
+                ("q_proj", &a.q_proj),
+                ("k_proj", &a.k_proj),
+                ("v_proj", &a.v_proj),
+            ] {
                 if let Some(b) = &lin.bias {
                     push(&format!("self_attn.{name}.bias"), b);
                 }
@@ -544,7 +573,10 @@ impl Model {
                 push("self_attn.q_norm.weight", qn);
                 push("self_attn.k_norm.weight", kn);
             }
-            push("post_attention_layernorm.weight", &layer.post_attention_layernorm);
+            push(
+                "post_attention_layernorm.weight",
+                &layer.post_attention_layernorm,
+            );
             push("mlp.gate_proj.weight", &layer.mlp.gate_proj.weight);
             push("mlp.up_proj.weight", &layer.mlp.up_proj.weight);
             push("mlp.down_proj.weight", &layer.mlp.down_proj.weight);
@@ -603,7 +635,11 @@ impl Model {
     /// one-shot prefill). With one cache per row, each row's real tokens (a suffix: left
     /// padding) are appended to its cache and attend to everything cached for that sequence;
     /// hidden states at padding positions are then zero.
-    pub fn forward(&self, batch: &Batch, mut caches: Option<&mut [&mut SequenceCache]>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        batch: &Batch,
+        mut caches: Option<&mut [&mut SequenceCache]>,
+    ) -> Result<Tensor> {
         let (b, t) = batch.dims()?;
         if let Some(caches) = caches.as_deref()
             && caches.len() != b
@@ -614,7 +650,9 @@ impl Model {
             )));
         }
         if batch.positions.len() != b || batch.positions.iter().any(|r| r.len() != t) {
-            return Err(ModelError::InvalidInput("positions must be [B, T] like input_ids".into()));
+            return Err(ModelError::InvalidInput(
+                "positions must be [B, T] like input_ids".into(),
+            ));
         }
         let max_pos = self.config.max_position_embeddings;
         if let Some(p) = batch.positions.iter().flatten().copied().max()
@@ -627,25 +665,44 @@ impl Model {
         }
         let rotary = self.rotary(batch)?;
         let ids = batch.input_ids.flatten_all()?;
-        let mut x = self
-            .embed_tokens
-            .index_select(&ids, 0)?
-            .reshape((b, t, self.config.hidden_size))?;
+        let mut x =
+            self.embed_tokens
+                .index_select(&ids, 0)?
+                .reshape((b, t, self.config.hidden_size))?;
         let padding_bias = self.padding_bias(batch)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let kind = self.attention_kinds[l];
-            let h = ops::rms_norm(&x, &layer.input_layernorm, self.config.rms_norm_eps, self.differentiable)?;
+            let h = ops::rms_norm(
+                &x,
+                &layer.input_layernorm,
+                self.config.rms_norm_eps,
+                self.differentiable,
+            )?;
             let h = match caches.as_deref_mut() {
-                None => self.attention_batched(&layer.self_attn, &h, &rotary, kind, &padding_bias)?,
-                Some(caches) => self.attention_cached(&layer.self_attn, &h, &rotary, kind, batch, caches, l)?,
+                None => {
+                    self.attention_batched(&layer.self_attn, &h, &rotary, kind, &padding_bias)?
+                }
+                Some(caches) => {
+                    self.attention_cached(&layer.self_attn, &h, &rotary, kind, batch, caches, l)?
+                }
             };
             x = (x + h)?;
-            let h = ops::rms_norm(&x, &layer.post_attention_layernorm, self.config.rms_norm_eps, self.differentiable)?;
+            let h = ops::rms_norm(
+                &x,
+                &layer.post_attention_layernorm,
+                self.config.rms_norm_eps,
+                self.differentiable,
+            )?;
             let mlp = &layer.mlp;
             let h = (mlp.gate_proj.forward(&h)?.silu()? * mlp.up_proj.forward(&h)?)?;
             x = (x + mlp.down_proj.forward(&h)?)?;
         }
-        Ok(ops::rms_norm(&x, &self.norm, self.config.rms_norm_eps, self.differentiable)?)
+        Ok(ops::rms_norm(
+            &x,
+            &self.norm,
+            self.config.rms_norm_eps,
+            self.differentiable,
+        )?)
     }
 
     /// Logits over the vocabulary for hidden states `[.., hidden]`, in f32.
@@ -679,10 +736,18 @@ impl Model {
     }
 
     /// q, k, v `[B, heads, T, D]` after q/k norm and rotary embedding.
-    fn project_qkv(&self, attn: &Attention, x: &Tensor, rotary: &Rotary) -> Result<(Tensor, Tensor, Tensor)> {
+    fn project_qkv(
+        &self,
+        attn: &Attention,
+        x: &Tensor,
+        rotary: &Rotary,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, t, _) = x.dims3()?;
         let d = self.config.head_dim;
-        let (nh, nkv) = (self.config.num_attention_heads, self.config.num_key_value_heads);
+        let (nh, nkv) = (
+            self.config.num_attention_heads,
+            self.config.num_key_value_heads,
+        );
         let q = attn.q_proj.forward(x)?.reshape((b, t, nh, d))?;
         let k = attn.k_proj.forward(x)?.reshape((b, t, nkv, d))?;
         let v = attn.v_proj.forward(x)?.reshape((b, t, nkv, d))?;
@@ -695,8 +760,18 @@ impl Model {
             Some(w) => ops::rms_norm(&k, w, eps, self.differentiable)?,
             None => k,
         };
-        let q = ops::rope(&q.transpose(1, 2)?.contiguous()?, &rotary.cos, &rotary.sin, self.differentiable)?;
-        let k = ops::rope(&k.transpose(1, 2)?.contiguous()?, &rotary.cos, &rotary.sin, self.differentiable)?;
+        let q = ops::rope(
+            &q.transpose(1, 2)?.contiguous()?,
+            &rotary.cos,
+            &rotary.sin,
+            self.differentiable,
+        )?;
+        let k = ops::rope(
+            &k.transpose(1, 2)?.contiguous()?,
+            &rotary.cos,
+            &rotary.sin,
+            self.differentiable,
+        )?;
         let v = v.transpose(1, 2)?.contiguous()?;
         Ok((q, k, v))
     }
@@ -713,7 +788,10 @@ impl Model {
         let scores = (q.matmul(&k.t()?)? * scale)?;
         let scores = scores.to_dtype(DType::F32)?;
         let scores = match bias {
-            Some(bias) => scores.reshape((b, nkv, g, tq, tk))?.broadcast_add(bias)?.reshape((b, nkv, g * tq, tk))?,
+            Some(bias) => scores
+                .reshape((b, nkv, g, tq, tk))?
+                .broadcast_add(bias)?
+                .reshape((b, nkv, g * tq, tk))?,
             None => scores,
         };
         let probs = ops::softmax(&scores, self.differentiable)?.to_dtype(v.dtype())?;
@@ -730,7 +808,9 @@ impl Model {
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (q, k, v) = self.project_qkv(attn, x, rotary)?;
-        let causal = (kind == AttentionKind::Causal && t > 1).then(|| causal_bias(t, t, 0, &self.device)).transpose()?;
+        let causal = (kind == AttentionKind::Causal && t > 1)
+            .then(|| causal_bias(t, t, 0, &self.device))
+            .transpose()?;
         // [B, 1, 1, Tq, Tk] after the GQA reshape (group axis inserted).
         let bias = match (causal, padding_bias) {
             (None, None) => None,
@@ -743,7 +823,11 @@ impl Model {
             }
         };
         let out = self.sdpa(&q, &k, &v, bias.as_ref())?;
-        let out = out.transpose(1, 2)?.reshape((b, t, self.config.num_attention_heads * self.config.head_dim))?;
+        let out = out.transpose(1, 2)?.reshape((
+            b,
+            t,
+            self.config.num_attention_heads * self.config.head_dim,
+        ))?;
         attn.o_proj.forward(&out)
     }
 
@@ -764,7 +848,8 @@ impl Model {
         let mut rows = Vec::with_capacity(b);
         for (i, cache) in caches.iter_mut().enumerate() {
             let n = batch.valid_suffix(i)?;
-            let slice = |x: &Tensor| -> Result<Tensor> { Ok(x.narrow(0, i, 1)?.narrow(2, t - n, n)?) };
+            let slice =
+                |x: &Tensor| -> Result<Tensor> { Ok(x.narrow(0, i, 1)?.narrow(2, t - n, n)?) };
             let (qi, ki, vi) = (slice(&q)?, slice(&k)?, slice(&v)?);
             let past = cache.layers[layer].len;
             let (k_all, v_all) = cache.layers[layer].append(&ki, &vi)?;
@@ -783,7 +868,11 @@ impl Model {
             };
             rows.push(out);
         }
-        let out = if rows.len() == 1 { rows.pop().expect("one row") } else { Tensor::cat(&rows, 0)? };
+        let out = if rows.len() == 1 {
+            rows.pop().expect("one row")
+        } else {
+            Tensor::cat(&rows, 0)?
+        };
         attn.o_proj.forward(&out)
     }
 
@@ -792,7 +881,9 @@ impl Model {
     pub fn next_token_logprobs(&self, batch: &Batch) -> Result<Tensor> {
         let (b, t) = batch.dims()?;
         if t < 2 {
-            return Err(ModelError::InvalidInput("scoring needs at least two tokens".into()));
+            return Err(ModelError::InvalidInput(
+                "scoring needs at least two tokens".into(),
+            ));
         }
         let hidden = self.forward(batch, None)?;
         let logits = self.logits(&hidden.narrow(1, 0, t - 1)?)?;
@@ -804,7 +895,13 @@ impl Model {
             Some(valid) => {
                 let mask: Vec<f32> = (0..b)
                     .flat_map(|i| (1..t).map(move |j| (i, j)))
-                    .map(|(i, j)| if valid[i][j] && valid[i][j - 1] { 1.0 } else { 0.0 })
+                    .map(|(i, j)| {
+                        if valid[i][j] && valid[i][j - 1] {
+                            1.0
+                        } else {
+                            0.0
+                        }
+                    })
                     .collect();
                 let mask = Tensor::from_vec(mask, (b, t - 1), &self.device)?;
                 Ok((picked * mask)?)
@@ -844,7 +941,13 @@ pub fn random_tensors(
         let n: usize = shape.iter().product();
         let is_norm = name.ends_with("norm.weight");
         let data: Vec<f32> = (0..n)
-            .map(|_| if is_norm { 1.0 + 0.1 * next() } else { amp * next() })
+            .map(|_| {
+                if is_norm {
+                    1.0 + 0.1 * next()
+                } else {
+                    amp * next()
+                }
+            })
             .collect();
         let t = Tensor::from_vec(data, shape, device)?.to_dtype(dtype)?;
         out.insert(name, t);

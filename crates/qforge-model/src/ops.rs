@@ -16,7 +16,8 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, differentiable: bool) -> 
         return candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32);
     }
     let ones = Tensor::ones(weight.dims1()?, DType::F32, x.device())?;
-    let normed = candle_nn::ops::rms_norm(&x.to_dtype(DType::F32)?.contiguous()?, &ones, eps as f32)?;
+    let normed =
+        candle_nn::ops::rms_norm(&x.to_dtype(DType::F32)?.contiguous()?, &ones, eps as f32)?;
     normed.to_dtype(dtype)?.broadcast_mul(weight)
 }
 
@@ -70,9 +71,26 @@ mod tests {
         let a = rms_norm(&x, &w, 1e-6, true).unwrap();
         let b = rms_norm(&x, &w, 1e-6, false).unwrap();
         assert!(max_diff(&a, &b) < 1e-5);
-        let a16 = rms_norm(&x.to_dtype(DType::F16).unwrap(), &w.to_dtype(DType::F16).unwrap(), 1e-6, true).unwrap();
-        let b16 = rms_norm(&x.to_dtype(DType::F16).unwrap(), &w.to_dtype(DType::F16).unwrap(), 1e-6, false).unwrap();
-        assert!(max_diff(&a16.to_dtype(DType::F32).unwrap(), &b16.to_dtype(DType::F32).unwrap()) < 1e-2);
+        let a16 = rms_norm(
+            &x.to_dtype(DType::F16).unwrap(),
+            &w.to_dtype(DType::F16).unwrap(),
+            1e-6,
+            true,
+        )
+        .unwrap();
+        let b16 = rms_norm(
+            &x.to_dtype(DType::F16).unwrap(),
+            &w.to_dtype(DType::F16).unwrap(),
+            1e-6,
+            false,
+        )
+        .unwrap();
+        assert!(
+            max_diff(
+                &a16.to_dtype(DType::F32).unwrap(),
+                &b16.to_dtype(DType::F32).unwrap()
+            ) < 1e-2
+        );
 
         let cos = Tensor::randn(0f32, 1.0, (2, 5, 4), &dev).unwrap();
         let sin = Tensor::randn(0f32, 1.0, (2, 5, 4), &dev).unwrap();
@@ -99,7 +117,15 @@ mod tests {
         let grads = loss.backward().unwrap();
         for v in [&x, &w] {
             let g = grads.get(v).expect("gradient reaches the variable");
-            assert!(g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+            assert!(
+                g.abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    > 0.0
+            );
         }
     }
 }

@@ -79,8 +79,14 @@ mod tests {
         std::fs::create_dir_all(repo.join("refs")).unwrap();
         std::fs::write(repo.join("refs/main"), "abc123\n").unwrap();
         std::fs::write(snap.join("config.json"), "{}").unwrap();
-        assert_eq!(find_in_cache(cache.path(), "Qwen/Qwen3-0.6B"), Some(snap.clone()));
-        assert_eq!(find_in_cache(cache.path(), "Qwen/Qwen3-0.6B@abc123"), Some(snap));
+        assert_eq!(
+            find_in_cache(cache.path(), "Qwen/Qwen3-0.6B"),
+            Some(snap.clone())
+        );
+        assert_eq!(
+            find_in_cache(cache.path(), "Qwen/Qwen3-0.6B@abc123"),
+            Some(snap)
+        );
         assert_eq!(find_in_cache(cache.path(), "Qwen/Other"), None);
         assert_eq!(find_in_cache(cache.path(), "not-an-id"), None);
     }

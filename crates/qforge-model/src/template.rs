@@ -28,7 +28,8 @@ impl ChatOptions {
     }
 
     pub fn with_enable_thinking(mut self, enabled: bool) -> Self {
-        self.extra.insert("enable_thinking".into(), Value::Bool(enabled));
+        self.extra
+            .insert("enable_thinking".into(), Value::Bool(enabled));
         self
     }
 }
@@ -56,9 +57,12 @@ impl ChatTemplate {
         env.set_syntax(syntax);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_filter("tojson", tojson);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<JValue, JError> {
-            Err(JError::new(ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<JValue, JError> {
+                Err(JError::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
         env.add_function("strftime_now", strftime_now);
         env.add_template_owned(NAME, source.to_string())
             .map_err(|e| ModelError::Template(describe(&e)))?;
@@ -76,7 +80,9 @@ impl ChatTemplate {
         }
         for (i, m) in messages.iter().enumerate() {
             if m.get("role").and_then(Value::as_str).is_none() {
-                return Err(ModelError::InvalidInput(format!("message {i} has no string `role`")));
+                return Err(ModelError::InvalidInput(format!(
+                    "message {i} has no string `role`"
+                )));
             }
         }
         let mut ctx = serde_json::Map::new();
@@ -89,9 +95,16 @@ impl ChatTemplate {
         ctx.insert("messages".into(), Value::Array(messages.to_vec()));
         ctx.insert(
             "tools".into(),
-            options.tools.clone().map(Value::Array).unwrap_or(Value::Null),
+            options
+                .tools
+                .clone()
+                .map(Value::Array)
+                .unwrap_or(Value::Null),
         );
-        ctx.insert("add_generation_prompt".into(), Value::Bool(options.add_generation_prompt));
+        ctx.insert(
+            "add_generation_prompt".into(),
+            Value::Bool(options.add_generation_prompt),
+        );
         let tmpl = self
             .env
             .get_template(NAME)
@@ -119,8 +132,18 @@ fn strftime_now(format: String) -> String {
         .unwrap_or(0);
     let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
     const MONTHS: [&str; 12] = [
-        "January", "February", "March", "April", "May", "June", "July", "August", "September",
-        "October", "November", "December",
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
     ];
     format
         .replace("%Y", &format!("{y:04}"))
@@ -155,7 +178,10 @@ fn tojson(value: JValue, kwargs: Kwargs) -> std::result::Result<JValue, JError> 
     let (item_sep, key_sep) = match separators.as_deref() {
         Some([a, b]) => (a.clone(), b.clone()),
         Some(_) => {
-            return Err(JError::new(ErrorKind::InvalidOperation, "tojson: separators must be a pair"));
+            return Err(JError::new(
+                ErrorKind::InvalidOperation,
+                "tojson: separators must be a pair",
+            ));
         }
         None if indent.is_some() => (",".to_string(), ": ".to_string()),
         None => (", ".to_string(), ": ".to_string()),
@@ -246,14 +272,22 @@ fn python_float_repr(f: f64) -> String {
         return "NaN".into();
     }
     if f.is_infinite() {
-        return if f > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+        return if f > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
     }
     let sci = format!("{f:e}"); // e.g. "1.5e-7", shortest round-trip digits
     let (mantissa, exp) = sci.split_once('e').expect("{:e} has an exponent");
     let exp: i32 = exp.parse().expect("integer exponent");
     if (-4..16).contains(&exp) {
         let plain = format!("{f}");
-        if plain.contains('.') { plain } else { format!("{plain}.0") }
+        if plain.contains('.') {
+            plain
+        } else {
+            format!("{plain}.0")
+        }
     } else {
         let sign = if exp < 0 { '-' } else { '+' };
         format!("{mantissa}e{sign}{:02}", exp.abs())
@@ -271,7 +305,9 @@ mod tests {
         let x = json!({"b": "it's <a> & \"q\"\n", "a": [1, 2.5, 1e-05, 1e16, true, null], "é": {}});
         let mut opts = ChatOptions::default();
         opts.extra.insert("x".into(), x);
-        let out = t.render(&[json!({"role": "user"})], &opts, &Default::default()).unwrap();
+        let out = t
+            .render(&[json!({"role": "user"})], &opts, &Default::default())
+            .unwrap();
         assert_eq!(
             out,
             "{\"b\": \"it's <a> & \\\"q\\\"\\n\", \"a\": [1, 2.5, 1e-05, 1e+16, true, null], \"é\": {}}|\
@@ -282,7 +318,14 @@ mod tests {
 
     #[test]
     fn python_float_repr_cases() {
-        for (f, s) in [(1.0, "1.0"), (0.1, "0.1"), (1e-5, "1e-05"), (123456.0, "123456.0"), (1.5e300, "1.5e+300"), (0.0001, "0.0001")] {
+        for (f, s) in [
+            (1.0, "1.0"),
+            (0.1, "0.1"),
+            (1e-5, "1e-05"),
+            (123456.0, "123456.0"),
+            (1.5e300, "1.5e+300"),
+            (0.0001, "0.0001"),
+        ] {
             assert_eq!(python_float_repr(f), s);
         }
     }
@@ -290,7 +333,11 @@ mod tests {
     #[test]
     fn raise_exception_is_a_template_error() {
         let t = ChatTemplate::new("{{ raise_exception('no system role') }}").unwrap();
-        let err = t.render(&[json!({"role": "user"})], &ChatOptions::default(), &Default::default());
+        let err = t.render(
+            &[json!({"role": "user"})],
+            &ChatOptions::default(),
+            &Default::default(),
+        );
         assert!(err.unwrap_err().to_string().contains("no system role"));
     }
 

@@ -73,7 +73,10 @@ impl Tokenizer {
         }
         let template_file = dir.join("chat_template.jinja");
         let template_source = if template_file.is_file() {
-            Some(std::fs::read_to_string(&template_file).map_err(|e| ModelError::io(&template_file, e))?)
+            Some(
+                std::fs::read_to_string(&template_file)
+                    .map_err(|e| ModelError::io(&template_file, e))?,
+            )
         } else {
             match config.get("chat_template") {
                 Some(Value::String(s)) => Some(s.clone()),
@@ -145,7 +148,9 @@ impl Tokenizer {
     }
 
     pub fn chat_template(&self) -> Result<&ChatTemplate> {
-        self.chat_template.as_ref().ok_or(ModelError::NoChatTemplate)
+        self.chat_template
+            .as_ref()
+            .ok_or(ModelError::NoChatTemplate)
     }
 
     pub fn special_tokens(&self) -> &serde_json::Map<String, Value> {
@@ -157,8 +162,13 @@ impl Tokenizer {
     }
 
     /// Renders `messages` (OpenAI/transformers chat format) to the exact prompt text.
-    pub fn apply_chat_template(&self, messages: &[Value], options: &crate::template::ChatOptions) -> Result<String> {
-        self.chat_template()?.render(messages, options, &self.special_tokens)
+    pub fn apply_chat_template(
+        &self,
+        messages: &[Value],
+        options: &crate::template::ChatOptions,
+    ) -> Result<String> {
+        self.chat_template()?
+            .render(messages, options, &self.special_tokens)
     }
 }
 
@@ -182,7 +192,11 @@ impl GenerationConfig {
         };
         let eos_token_ids = match v.get("eos_token_id") {
             Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-            Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(Value::as_u64)
+                .map(|x| x as u32)
+                .collect(),
             _ => Vec::new(),
         };
         Ok(Self {

@@ -77,12 +77,11 @@ impl WeightStore {
         for (i, path) in paths.iter().enumerate() {
             // SAFETY: the file is mapped read-only; like every mmap-based loader (transformers,
             // candle) we rely on nobody truncating it while the model is loaded.
-            let st = unsafe { MmapedSafetensors::new(path) }.map_err(|e| {
-                ModelError::Safetensors {
+            let st =
+                unsafe { MmapedSafetensors::new(path) }.map_err(|e| ModelError::Safetensors {
                     path: path.clone(),
                     message: e.to_string(),
-                }
-            })?;
+                })?;
             for (name, _) in st.tensors() {
                 routing.insert(name, i);
             }
@@ -105,11 +104,20 @@ impl WeightStore {
     }
 
     /// Loads one tensor, checking its shape, converted to `dtype` on `device`.
-    pub fn load(&self, key: &str, expected: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
-        let &i = self.routing.get(key).ok_or_else(|| ModelError::MissingTensor {
-            key: key.into(),
-            expected: expected.to_vec(),
-        })?;
+    pub fn load(
+        &self,
+        key: &str,
+        expected: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let &i = self
+            .routing
+            .get(key)
+            .ok_or_else(|| ModelError::MissingTensor {
+                key: key.into(),
+                expected: expected.to_vec(),
+            })?;
         let (path, st) = &self.files[i];
         let view = st.get(key).map_err(|e| ModelError::Safetensors {
             path: path.clone(),

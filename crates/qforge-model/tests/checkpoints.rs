@@ -6,7 +6,9 @@ use candle_core::{DType, Device, Tensor};
 use qforge_model::{Batch, Model, ModelError};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/fixtures/model").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tools/fixtures/model")
+        .join(name)
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -37,10 +39,23 @@ fn save_then_load_round_trips_single_and_sharded() {
             let sharded = tmp.path().join("model.safetensors.index.json").exists();
             assert_eq!(sharded, max_shard != usize::MAX);
             let reloaded = load(tmp.path()).unwrap();
-            let diff = (logits(&reloaded) - &expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let diff = (logits(&reloaded) - &expected)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert_eq!(diff, 0.0, "{variant} shard={max_shard}");
             // No temporary files left behind.
-            assert!(std::fs::read_dir(tmp.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
+            assert!(
+                std::fs::read_dir(tmp.path()).unwrap().all(|e| !e
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".tmp"))
+            );
         }
     }
 }
@@ -63,14 +78,22 @@ fn shape_mismatch_names_the_tensor_and_both_shapes() {
     copy_dir(&fixture("qwen3_tied_gqa"), tmp.path());
     // Claim a wider model than the weights are.
     let cfg_path = tmp.path().join("config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
     cfg["intermediate_size"] = 100.into();
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
     let err = load(tmp.path()).unwrap_err();
     match &err {
-        ModelError::ShapeMismatch { key, expected, actual } => {
+        ModelError::ShapeMismatch {
+            key,
+            expected,
+            actual,
+        } => {
             assert_eq!(key, "model.layers.0.mlp.gate_proj.weight");
-            assert_eq!((expected.as_slice(), actual.as_slice()), (&[100, 48][..], &[96, 48][..]));
+            assert_eq!(
+                (expected.as_slice(), actual.as_slice()),
+                (&[100, 48][..], &[96, 48][..])
+            );
         }
         other => panic!("expected ShapeMismatch, got {other:?}"),
     }
@@ -83,16 +106,30 @@ fn missing_and_unexpected_tensors_are_listed_by_key() {
     let mut named = model.named_tensors();
     named.retain(|(k, _)| k != "model.layers.1.self_attn.k_proj.bias");
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::copy(fixture("qwen2_bias_linear").join("config.json"), tmp.path().join("config.json")).unwrap();
+    std::fs::copy(
+        fixture("qwen2_bias_linear").join("config.json"),
+        tmp.path().join("config.json"),
+    )
+    .unwrap();
     qforge_model::save_safetensors(tmp.path(), &named, usize::MAX).unwrap();
     let err = load(tmp.path()).unwrap_err();
-    assert!(err.to_string().contains("model.layers.1.self_attn.k_proj.bias"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("model.layers.1.self_attn.k_proj.bias"),
+        "{err}"
+    );
 
     let mut named = model.named_tensors();
-    named.push(("score.weight".into(), Tensor::zeros((2, 48), DType::F32, &Device::Cpu).unwrap()));
+    named.push((
+        "score.weight".into(),
+        Tensor::zeros((2, 48), DType::F32, &Device::Cpu).unwrap(),
+    ));
     qforge_model::save_safetensors(tmp.path(), &named, usize::MAX).unwrap();
     let err = load(tmp.path()).unwrap_err();
-    assert!(matches!(&err, ModelError::UnexpectedTensors(keys) if keys == &["score.weight"]), "{err:?}");
+    assert!(
+        matches!(&err, ModelError::UnexpectedTensors(keys) if keys == &["score.weight"]),
+        "{err:?}"
+    );
     // A head crate that owns those keys allows them.
     Model::load(tmp.path(), DType::F32, &Device::Cpu, &["score."]).unwrap();
 }
@@ -102,29 +139,43 @@ fn missing_config_field_and_unknown_model_type() {
     let tmp = tempfile::tempdir().unwrap();
     copy_dir(&fixture("qwen3_tied_gqa"), tmp.path());
     let cfg_path = tmp.path().join("config.json");
-    let original: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let original: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
 
     let mut cfg = original.clone();
     cfg.as_object_mut().unwrap().remove("num_attention_heads");
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
     let err = load(tmp.path()).unwrap_err();
-    assert!(matches!(&err, ModelError::MissingField { field } if field == "num_attention_heads"), "{err:?}");
+    assert!(
+        matches!(&err, ModelError::MissingField { field } if field == "num_attention_heads"),
+        "{err:?}"
+    );
 
     let mut cfg = original.clone();
     cfg["model_type"] = "mistral".into();
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
     let err = load(tmp.path()).unwrap_err();
-    assert!(err.to_string().contains("unknown model_type `mistral`"), "{err}");
+    assert!(
+        err.to_string().contains("unknown model_type `mistral`"),
+        "{err}"
+    );
 
     std::fs::write(&cfg_path, "{not json").unwrap();
     let err = load(tmp.path()).unwrap_err();
-    assert!(matches!(err, ModelError::Json { .. }) && err.to_string().contains("config.json"), "{err}");
+    assert!(
+        matches!(err, ModelError::Json { .. }) && err.to_string().contains("config.json"),
+        "{err}"
+    );
 }
 
 #[test]
 fn directory_without_weights_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::copy(fixture("qwen3_tied_gqa").join("config.json"), tmp.path().join("config.json")).unwrap();
+    std::fs::copy(
+        fixture("qwen3_tied_gqa").join("config.json"),
+        tmp.path().join("config.json"),
+    )
+    .unwrap();
     let err = load(tmp.path()).unwrap_err();
     assert!(matches!(err, ModelError::NoWeights { .. }), "{err:?}");
 }
@@ -137,5 +188,8 @@ fn empty_prompt_and_overlong_prompt_are_errors() {
     let long: Vec<u32> = vec![5; 257]; // max_position_embeddings is 256
     let batch = Batch::left_padded(&[&long], &[0], 0, &Device::Cpu).unwrap();
     let err = model.forward(&batch, None).unwrap_err();
-    assert!(matches!(err, ModelError::ContextOverflow { len: 257, max: 256 }), "{err:?}");
+    assert!(
+        matches!(err, ModelError::ContextOverflow { len: 257, max: 256 }),
+        "{err:?}"
+    );
 }

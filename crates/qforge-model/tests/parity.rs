@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use qforge_model::{Batch, Model};
 
-const VARIANTS: [&str; 3] = ["qwen3_tied_gqa", "qwen3_untied_mqa_yarn", "qwen2_bias_linear"];
+const VARIANTS: [&str; 3] = [
+    "qwen3_tied_gqa",
+    "qwen3_untied_mqa_yarn",
+    "qwen2_bias_linear",
+];
 const SEQUENCES: [&[u32]; 3] = [
     &[17, 250, 99, 3, 141, 77, 200, 31, 5],
     &[64, 12, 300, 8, 45],
@@ -15,7 +19,9 @@ const SEQUENCES: [&[u32]; 3] = [
 ];
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/fixtures/model").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tools/fixtures/model")
+        .join(name)
 }
 
 fn load(name: &str) -> Model {
@@ -23,16 +29,33 @@ fn load(name: &str) -> Model {
 }
 
 fn reference(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(name).join("reference.safetensors"), &Device::Cpu).unwrap()
+    candle_core::safetensors::load(fixture(name).join("reference.safetensors"), &Device::Cpu)
+        .unwrap()
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 fn max_abs(a: &Tensor) -> f32 {
-    a.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    a.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 fn assert_close(actual: &Tensor, expected: &Tensor, atol: f32, what: &str) {
@@ -51,11 +74,26 @@ fn single_sequences_match_transformers() {
                 let batch = Batch::left_padded(&[seq], &[0], 0, &Device::Cpu).unwrap();
                 let hidden = model.forward(&batch, None).unwrap();
                 let what = format!("{variant} seq {i} differentiable={differentiable}");
-                assert_close(&hidden.i(0).unwrap(), &reference[&format!("single{i}.hidden")], 1e-4, &format!("{what} hidden"));
+                assert_close(
+                    &hidden.i(0).unwrap(),
+                    &reference[&format!("single{i}.hidden")],
+                    1e-4,
+                    &format!("{what} hidden"),
+                );
                 let logits = model.logits(&hidden).unwrap();
-                assert_close(&logits.i(0).unwrap(), &reference[&format!("single{i}.logits")], 1e-4, &format!("{what} logits"));
+                assert_close(
+                    &logits.i(0).unwrap(),
+                    &reference[&format!("single{i}.logits")],
+                    1e-4,
+                    &format!("{what} logits"),
+                );
                 let logprobs = model.next_token_logprobs(&batch).unwrap();
-                assert_close(&logprobs.i(0).unwrap(), &reference[&format!("single{i}.logprobs")], 1e-4, &format!("{what} logprobs"));
+                assert_close(
+                    &logprobs.i(0).unwrap(),
+                    &reference[&format!("single{i}.logprobs")],
+                    1e-4,
+                    &format!("{what} logprobs"),
+                );
             }
         }
     }
@@ -68,8 +106,17 @@ fn left_padded_batch_matches_transformers_at_real_tokens() {
         let model = load(variant);
         let batch = Batch::left_padded(&SEQUENCES, &[0, 0, 0], 0, &Device::Cpu).unwrap();
         assert_eq!(
-            batch.input_ids.to_dtype(DType::U32).unwrap().to_vec2::<u32>().unwrap(),
-            reference["left.ids"].to_dtype(DType::U32).unwrap().to_vec2::<u32>().unwrap()
+            batch
+                .input_ids
+                .to_dtype(DType::U32)
+                .unwrap()
+                .to_vec2::<u32>()
+                .unwrap(),
+            reference["left.ids"]
+                .to_dtype(DType::U32)
+                .unwrap()
+                .to_vec2::<u32>()
+                .unwrap()
         );
         let hidden = model.forward(&batch, None).unwrap();
         let logits = model.logits(&hidden).unwrap();
@@ -77,8 +124,18 @@ fn left_padded_batch_matches_transformers_at_real_tokens() {
         for (b, seq) in SEQUENCES.iter().enumerate() {
             let start = t - seq.len();
             let real = |x: &Tensor| x.i(b).unwrap().narrow(0, start, seq.len()).unwrap();
-            assert_close(&real(&hidden), &real(&reference["left.hidden"]), 1e-4, &format!("{variant} row {b} hidden"));
-            assert_close(&real(&logits), &real(&reference["left.logits"]), 1e-4, &format!("{variant} row {b} logits"));
+            assert_close(
+                &real(&hidden),
+                &real(&reference["left.hidden"]),
+                1e-4,
+                &format!("{variant} row {b} hidden"),
+            );
+            assert_close(
+                &real(&logits),
+                &real(&reference["left.logits"]),
+                1e-4,
+                &format!("{variant} row {b} logits"),
+            );
         }
     }
 }
@@ -97,11 +154,18 @@ fn gradients_match_transformers() {
         let reference = reference(variant);
         let (model, vars) = load(variant).into_trainable().unwrap();
         let loss = right_padded_loss(&model);
-        assert_close(&loss.reshape(1).unwrap(), &reference["right.loss"], 1e-5, &format!("{variant} loss"));
+        assert_close(
+            &loss.reshape(1).unwrap(),
+            &reference["right.loss"],
+            1e-5,
+            &format!("{variant} loss"),
+        );
         let grads = loss.backward().unwrap();
         for (name, var) in &vars {
             let expected = &reference[&format!("grad.{name}")];
-            let actual = grads.get(var).unwrap_or_else(|| panic!("{variant}: no gradient for {name}"));
+            let actual = grads
+                .get(var)
+                .unwrap_or_else(|| panic!("{variant}: no gradient for {name}"));
             let rel = max_abs_diff(actual, expected) / max_abs(expected).max(1e-12);
             assert!(rel <= 1e-3, "{variant} grad {name}: relative error {rel}");
         }
@@ -117,9 +181,21 @@ fn every_trainable_parameter_receives_a_nonzero_gradient() {
             model.set_bidirectional_top_layers(bidirectional).unwrap();
             let grads = right_padded_loss(&model).backward().unwrap();
             for (name, var) in &vars {
-                let g = grads.get(var).unwrap_or_else(|| panic!("{variant}: {name} got no gradient"));
-                assert!(max_abs(g) > 0.0, "{variant}: {name} got an all-zero gradient");
-                assert!(g.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|x| x.is_finite()));
+                let g = grads
+                    .get(var)
+                    .unwrap_or_else(|| panic!("{variant}: {name} got no gradient"));
+                assert!(
+                    max_abs(g) > 0.0,
+                    "{variant}: {name} got an all-zero gradient"
+                );
+                assert!(
+                    g.flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap()
+                        .iter()
+                        .all(|x| x.is_finite())
+                );
             }
         }
     }
@@ -133,9 +209,23 @@ fn batched_equals_single() {
         let batched = model.forward(&batch, None).unwrap();
         let t = batched.dim(1).unwrap();
         for (b, seq) in SEQUENCES.iter().enumerate() {
-            let single = model.forward(&Batch::left_padded(&[seq], &[0], 0, &Device::Cpu).unwrap(), None).unwrap();
-            let row = batched.i(b).unwrap().narrow(0, t - seq.len(), seq.len()).unwrap();
-            assert_close(&row, &single.i(0).unwrap(), 1e-5, &format!("{variant} row {b}"));
+            let single = model
+                .forward(
+                    &Batch::left_padded(&[seq], &[0], 0, &Device::Cpu).unwrap(),
+                    None,
+                )
+                .unwrap();
+            let row = batched
+                .i(b)
+                .unwrap()
+                .narrow(0, t - seq.len(), seq.len())
+                .unwrap();
+            assert_close(
+                &row,
+                &single.i(0).unwrap(),
+                1e-5,
+                &format!("{variant} row {b}"),
+            );
         }
     }
 }
@@ -148,7 +238,13 @@ fn cached_incremental_decode_equals_full_forward() {
         // Reference: full forward of each sequence alone.
         let full: Vec<Tensor> = SEQUENCES
             .iter()
-            .map(|s| model.forward(&Batch::left_padded(&[s], &[0], 0, &dev).unwrap(), None).unwrap().i(0).unwrap())
+            .map(|s| {
+                model
+                    .forward(&Batch::left_padded(&[s], &[0], 0, &dev).unwrap(), None)
+                    .unwrap()
+                    .i(0)
+                    .unwrap()
+            })
             .collect();
         // Ragged: prefill the first 2 tokens of every sequence in one batch, then feed the
         // rest one token at a time, all sequences in one batch while they last.
@@ -160,11 +256,22 @@ fn cached_incremental_decode_equals_full_forward() {
         let hidden = model.forward(&batch, Some(&mut refs)).unwrap();
         for (b, p) in prefix.iter().enumerate() {
             let t = hidden.dim(1).unwrap();
-            got[b].push(hidden.i(b).unwrap().narrow(0, t - p.len(), p.len()).unwrap());
+            got[b].push(
+                hidden
+                    .i(b)
+                    .unwrap()
+                    .narrow(0, t - p.len(), p.len())
+                    .unwrap(),
+            );
         }
         for step in 2..SEQUENCES[0].len() {
-            let active: Vec<usize> = (0..SEQUENCES.len()).filter(|&b| SEQUENCES[b].len() > step).collect();
-            let tokens: Vec<&[u32]> = active.iter().map(|&b| &SEQUENCES[b][step..step + 1]).collect();
+            let active: Vec<usize> = (0..SEQUENCES.len())
+                .filter(|&b| SEQUENCES[b].len() > step)
+                .collect();
+            let tokens: Vec<&[u32]> = active
+                .iter()
+                .map(|&b| &SEQUENCES[b][step..step + 1])
+                .collect();
             let starts: Vec<usize> = active.iter().map(|&b| caches[b].len()).collect();
             let batch = Batch::left_padded(&tokens, &starts, 0, &dev).unwrap();
             let mut refs: Vec<&mut _> = caches
@@ -180,7 +287,12 @@ fn cached_incremental_decode_equals_full_forward() {
         }
         for (b, parts) in got.iter().enumerate() {
             let incremental = Tensor::cat(parts, 0).unwrap();
-            assert_close(&incremental, &full[b], 1e-5, &format!("{variant} seq {b} cached"));
+            assert_close(
+                &incremental,
+                &full[b],
+                1e-5,
+                &format!("{variant} seq {b} cached"),
+            );
             assert_eq!(caches[b].len(), SEQUENCES[b].len());
         }
     }
@@ -193,9 +305,16 @@ fn bidirectional_layers_let_early_positions_see_later_tokens() {
     let a = Batch::left_padded(&[&[5, 6, 7, 8]], &[0], 0, &dev).unwrap();
     let b = Batch::left_padded(&[&[5, 6, 7, 9]], &[0], 0, &dev).unwrap();
     let first = |m: &Model, x: &Batch| m.forward(x, None).unwrap().i((0, 0)).unwrap();
-    assert_eq!(max_abs_diff(&first(&model, &a), &first(&model, &b)), 0.0, "causal: token 0 cannot see token 3");
+    assert_eq!(
+        max_abs_diff(&first(&model, &a), &first(&model, &b)),
+        0.0,
+        "causal: token 0 cannot see token 3"
+    );
     model.set_bidirectional_top_layers(1).unwrap();
-    assert!(max_abs_diff(&first(&model, &a), &first(&model, &b)) > 1e-6, "bidirectional: it must");
+    assert!(
+        max_abs_diff(&first(&model, &a), &first(&model, &b)) > 1e-6,
+        "bidirectional: it must"
+    );
 }
 
 #[test]
@@ -207,6 +326,11 @@ fn f16_forward_stays_close_to_f32() {
     let l32 = m32.logits(&m32.forward(&batch, None).unwrap()).unwrap();
     let l16 = m16.logits(&m16.forward(&batch, None).unwrap()).unwrap();
     let t = l32.dim(1).unwrap();
-    let real = |x: &Tensor| x.i(0).unwrap().narrow(0, t - SEQUENCES[0].len(), SEQUENCES[0].len()).unwrap();
+    let real = |x: &Tensor| {
+        x.i(0)
+            .unwrap()
+            .narrow(0, t - SEQUENCES[0].len(), SEQUENCES[0].len())
+            .unwrap()
+    };
     assert_close(&real(&l16), &real(&l32), 0.05, "f16 vs f32 logits");
 }

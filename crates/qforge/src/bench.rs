@@ -89,7 +89,10 @@ pub fn copy_bandwidth() -> f64 {
         for _ in 0..5 {
             let t = Instant::now();
             std::thread::scope(|s| {
-                for (d, c) in dst.chunks_mut(BYTES / threads).zip(src.chunks(BYTES / threads)) {
+                for (d, c) in dst
+                    .chunks_mut(BYTES / threads)
+                    .zip(src.chunks(BYTES / threads))
+                {
                     s.spawn(move || d.copy_from_slice(c));
                 }
             });
@@ -102,7 +105,11 @@ pub fn copy_bandwidth() -> f64 {
 
 fn prompts(batch: usize, len: usize, vocab: usize) -> Vec<Vec<u32>> {
     (0..batch)
-        .map(|b| (0..len).map(|i| ((b * 7919 + i * 104_729 + 13) % (vocab - 1000)) as u32 + 500).collect())
+        .map(|b| {
+            (0..len)
+                .map(|i| ((b * 7919 + i * 104_729 + 13) % (vocab - 1000)) as u32 + 500)
+                .collect()
+        })
         .collect()
 }
 
@@ -111,7 +118,12 @@ struct Measured {
     decode_s: f64,
 }
 
-fn run_qforge(engine: &Engine, prompts: &[Vec<u32>], steps: usize, decode: bool) -> Result<Measured> {
+fn run_qforge(
+    engine: &Engine,
+    prompts: &[Vec<u32>],
+    steps: usize,
+    decode: bool,
+) -> Result<Measured> {
     if !decode {
         let model = engine.model();
         let refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
@@ -122,7 +134,10 @@ fn run_qforge(engine: &Engine, prompts: &[Vec<u32>], steps: usize, decode: bool)
         let hidden = model.forward(&batch, Some(&mut cache_refs))?;
         let logits = model.last_logits(&hidden)?;
         std::hint::black_box(logits.to_vec2::<f32>()?);
-        return Ok(Measured { prefill_s: t.elapsed().as_secs_f64(), decode_s: 0.0 });
+        return Ok(Measured {
+            prefill_s: t.elapsed().as_secs_f64(),
+            decode_s: 0.0,
+        });
     }
     let mut seqs: Vec<Sequence> = prompts
         .iter()
@@ -140,10 +155,18 @@ fn run_qforge(engine: &Engine, prompts: &[Vec<u32>], steps: usize, decode: bool)
     // `step` feeds the sampled token of the previous step: steps-1 calls run steps-1 decode
     // forwards plus the one inside the first call, which we do not time.
     let decode_s = t.elapsed().as_secs_f64() * steps as f64 / (steps - 1) as f64;
-    Ok(Measured { prefill_s, decode_s })
+    Ok(Measured {
+        prefill_s,
+        decode_s,
+    })
 }
 
-fn run_baseline(model: &mut baseline::ModelForCausalLM, prompts: &[Vec<u32>], steps: usize, decode: bool) -> Result<Measured> {
+fn run_baseline(
+    model: &mut baseline::ModelForCausalLM,
+    prompts: &[Vec<u32>],
+    steps: usize,
+    decode: bool,
+) -> Result<Measured> {
     model.clear_kv_cache();
     let dev = Device::Cpu;
     let flat: Vec<u32> = prompts.iter().flatten().copied().collect();
@@ -153,7 +176,10 @@ fn run_baseline(model: &mut baseline::ModelForCausalLM, prompts: &[Vec<u32>], st
     let mut next = logits.i((.., 0, ..))?.to_dtype(DType::F32)?.argmax(1)?;
     let prefill_s = t.elapsed().as_secs_f64();
     if !decode {
-        return Ok(Measured { prefill_s, decode_s: 0.0 });
+        return Ok(Measured {
+            prefill_s,
+            decode_s: 0.0,
+        });
     }
     let mut offset = prompts[0].len();
     let t = Instant::now();
@@ -163,7 +189,10 @@ fn run_baseline(model: &mut baseline::ModelForCausalLM, prompts: &[Vec<u32>], st
         std::hint::black_box(next.to_vec1::<u32>()?);
         offset += 1;
     }
-    Ok(Measured { prefill_s, decode_s: t.elapsed().as_secs_f64() })
+    Ok(Measured {
+        prefill_s,
+        decode_s: t.elapsed().as_secs_f64(),
+    })
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -188,30 +217,43 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         config.model_type(),
         config.num_parameters() as f64 / 1e6,
         args.prompt_len,
-        if decode { format!(", {} decode steps", args.steps) } else { String::new() },
+        if decode {
+            format!(", {} decode steps", args.steps)
+        } else {
+            String::new()
+        },
     );
     let mut results = Vec::new();
     for dtype_name in &args.dtypes {
-        let dtype = qforge_model::parse_dtype(dtype_name).with_context(|| format!("unknown dtype {dtype_name}"))?;
+        let dtype = qforge_model::parse_dtype(dtype_name)
+            .with_context(|| format!("unknown dtype {dtype_name}"))?;
         eprintln!("[{dtype_name}] generating random weights...");
-        let tensors: HashMap<String, Tensor> = qforge_model::random_tensors(&config, dtype, &device, 1234)?;
+        let tensors: HashMap<String, Tensor> =
+            qforge_model::random_tensors(&config, dtype, &device, 1234)?;
         let weight_bytes: usize = tensors
             .iter()
-            .filter(|(k, _)| !(k.as_str() == "model.embed_tokens.weight" && !config.tie_word_embeddings))
+            .filter(|(k, _)| {
+                !(k.as_str() == "model.embed_tokens.weight" && !config.tie_word_embeddings)
+            })
             .map(|(_, t)| t.elem_count() * dtype.size_in_bytes())
             .sum();
         let model = Model::from_tensors(config.clone(), tensors.clone())?;
         let tokenizer = bench_tokenizer()?;
         let engine = Engine::new(model, std::sync::Arc::new(tokenizer));
-        let mut theirs = if args.no_baseline || config.architecture != qforge_model::Architecture::Qwen3 {
-            None
-        } else {
-            let vb = candle_nn::VarBuilder::from_tensors(tensors, dtype, &device);
-            Some(baseline::ModelForCausalLM::new(&baseline_config(&config), vb)?)
-        };
+        let mut theirs =
+            if args.no_baseline || config.architecture != qforge_model::Architecture::Qwen3 {
+                None
+            } else {
+                let vb = candle_nn::VarBuilder::from_tensors(tensors, dtype, &device);
+                Some(baseline::ModelForCausalLM::new(
+                    &baseline_config(&config),
+                    vb,
+                )?)
+            };
         for &batch in &args.batch {
             let prompts = prompts(batch, args.prompt_len, config.vocab_size);
-            let (mut ours_best, mut theirs_best): (Option<Measured>, Option<Measured>) = (None, None);
+            let (mut ours_best, mut theirs_best): (Option<Measured>, Option<Measured>) =
+                (None, None);
             for _ in 0..args.repeats {
                 let m = run_qforge(&engine, &prompts, args.steps, decode)?;
                 ours_best = Some(best(ours_best, m, decode));
@@ -221,14 +263,24 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
                 }
             }
             let ours = ours_best.expect("repeats >= 1");
-            let tokens = if decode { (batch * args.steps) as f64 } else { (batch * args.prompt_len) as f64 };
+            let tokens = if decode {
+                (batch * args.steps) as f64
+            } else {
+                (batch * args.prompt_len) as f64
+            };
             let secs = |m: &Measured| if decode { m.decode_s } else { m.prefill_s };
             let ours_tps = tokens / secs(&ours);
             let theirs_tps = theirs_best.as_ref().map(|m| tokens / secs(m));
-            let mut line = format!("{} {dtype_name} batch {batch}: qforge {ours_tps:.1} tok/s", if decode { "decode" } else { "prefill" });
+            let mut line = format!(
+                "{} {dtype_name} batch {batch}: qforge {ours_tps:.1} tok/s",
+                if decode { "decode" } else { "prefill" }
+            );
             let mut entry = json!({"bench": if decode {"decode"} else {"prefill"}, "dtype": dtype_name, "batch": batch, "qforge_tok_s": ours_tps});
             if let Some(t) = theirs_tps {
-                line += &format!(" | candle-transformers qwen3 {t:.1} tok/s | ratio {:.2}x", ours_tps / t);
+                line += &format!(
+                    " | candle-transformers qwen3 {t:.1} tok/s | ratio {:.2}x",
+                    ours_tps / t
+                );
                 entry["candle_transformers_tok_s"] = json!(t);
                 entry["ratio_vs_candle_transformers"] = json!(ours_tps / t);
             }
@@ -247,30 +299,46 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             results.push(entry);
         }
         if decode {
-            let batch1 = results.iter().find(|r| r["dtype"] == dtype_name.as_str() && r["batch"] == 1);
-            for r in results.iter().filter(|r| r["dtype"] == dtype_name.as_str() && r["batch"] != 1) {
+            let batch1 = results
+                .iter()
+                .find(|r| r["dtype"] == dtype_name.as_str() && r["batch"] == 1);
+            for r in results
+                .iter()
+                .filter(|r| r["dtype"] == dtype_name.as_str() && r["batch"] != 1)
+            {
                 if let Some(b1) = batch1 {
-                    let factor = r["qforge_tok_s"].as_f64().unwrap_or(0.0) / b1["qforge_tok_s"].as_f64().unwrap_or(1.0);
-                    println!("decode {dtype_name}: batch {} aggregate = {factor:.2}x batch 1", r["batch"]);
+                    let factor = r["qforge_tok_s"].as_f64().unwrap_or(0.0)
+                        / b1["qforge_tok_s"].as_f64().unwrap_or(1.0);
+                    println!(
+                        "decode {dtype_name}: batch {} aggregate = {factor:.2}x batch 1",
+                        r["batch"]
+                    );
                 }
             }
         }
     }
     if let Some(path) = &args.json {
         let report = json!({"copy_bandwidth_bytes_per_s": bandwidth, "results": results});
-        std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
 
 fn best(prev: Option<Measured>, m: Measured, decode: bool) -> Measured {
     match prev {
-        Some(p) if (decode && p.decode_s <= m.decode_s) || (!decode && p.prefill_s <= m.prefill_s) => p,
+        Some(p)
+            if (decode && p.decode_s <= m.decode_s) || (!decode && p.prefill_s <= m.prefill_s) =>
+        {
+            p
+        }
         _ => m,
     }
 }
 
 /// The engine needs a tokenizer for detokenization; the demo one is enough for random ids.
 fn bench_tokenizer() -> Result<qforge_model::Tokenizer> {
-    Ok(qforge_model::Tokenizer::from_dir(&crate::demo::demo_model_dir()?)?)
+    Ok(qforge_model::Tokenizer::from_dir(
+        &crate::demo::demo_model_dir()?,
+    )?)
 }

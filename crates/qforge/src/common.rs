@@ -17,7 +17,10 @@ pub fn init_runtime() {
     }
     let filter = tracing_subscriber::EnvFilter::try_from_env("QFORGE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -43,10 +46,14 @@ impl ModelArgs {
         let dtype = self.dtype()?;
         let device = Device::Cpu;
         match &self.model {
-            Some(m) => Checkpoint::load(m, dtype, &device).with_context(|| format!("loading model `{m}`")),
+            Some(m) => {
+                Checkpoint::load(m, dtype, &device).with_context(|| format!("loading model `{m}`"))
+            }
             None => {
                 let dir = crate::demo::demo_model_dir()?;
-                eprintln!("note: using the built-in tiny demo model (random weights); pass --model for a real checkpoint");
+                eprintln!(
+                    "note: using the built-in tiny demo model (random weights); pass --model for a real checkpoint"
+                );
                 Ok(Checkpoint::load_dir(&dir, dtype, &device)?)
             }
         }
@@ -57,13 +64,16 @@ impl ModelArgs {
 /// optionally `tools`). `-` reads standard input.
 pub fn read_conversation(path: &str) -> Result<(Vec<Value>, Option<Vec<Value>>)> {
     let text = read_input(path)?;
-    let value: Value = serde_json::from_str(&text).with_context(|| format!("{path}: invalid JSON"))?;
+    let value: Value =
+        serde_json::from_str(&text).with_context(|| format!("{path}: invalid JSON"))?;
     let (messages, tools) = match value {
         Value::Array(m) => (m, None),
         Value::Object(mut o) => {
             let messages = match o.remove("messages") {
                 Some(Value::Array(m)) => m,
-                _ => bail!("{path}: expected a JSON array of messages or an object with a `messages` array"),
+                _ => bail!(
+                    "{path}: expected a JSON array of messages or an object with a `messages` array"
+                ),
             };
             let tools = match o.remove("tools") {
                 Some(Value::Array(t)) => Some(t),
@@ -72,7 +82,9 @@ pub fn read_conversation(path: &str) -> Result<(Vec<Value>, Option<Vec<Value>>)>
             };
             (messages, tools)
         }
-        _ => bail!("{path}: expected a JSON array of messages or an object with a `messages` array"),
+        _ => {
+            bail!("{path}: expected a JSON array of messages or an object with a `messages` array")
+        }
     };
     for (i, m) in messages.iter().enumerate() {
         if m.get("role").and_then(Value::as_str).is_none() {
@@ -93,7 +105,8 @@ pub fn read_tools(path: &str) -> Result<Vec<Value>> {
 fn read_input(path: &str) -> Result<String> {
     if path == "-" {
         let mut s = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("reading standard input")?;
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .context("reading standard input")?;
         Ok(s)
     } else {
         std::fs::read_to_string(Path::new(path)).with_context(|| format!("reading {path}"))

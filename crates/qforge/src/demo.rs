@@ -7,7 +7,14 @@ use anyhow::{Context, Result};
 
 macro_rules! demo_file {
     ($name:literal) => {
-        ($name, include_bytes!(concat!("../../../tools/fixtures/model/qwen3_tied_gqa/", $name)).as_slice())
+        (
+            $name,
+            include_bytes!(concat!(
+                "../../../tools/fixtures/model/qwen3_tied_gqa/",
+                $name
+            ))
+            .as_slice(),
+        )
     };
 }
 

@@ -86,18 +86,32 @@ pub struct Args {
 /// supplies the defaults when it asks to sample; otherwise greedy.
 fn sampling(args: &Args, generation: &GenerationConfig) -> SamplingParams {
     let from_config = !args.greedy && generation.do_sample == Some(true);
-    let cfg = |v: Option<f64>| if from_config { v.map(|x| x as f32) } else { None };
+    let cfg = |v: Option<f64>| {
+        if from_config {
+            v.map(|x| x as f32)
+        } else {
+            None
+        }
+    };
     let temperature = if args.greedy {
         0.0
     } else {
-        args.temperature.or(cfg(generation.temperature)).unwrap_or(if from_config { 1.0 } else { 0.0 })
+        args.temperature
+            .or(cfg(generation.temperature))
+            .unwrap_or(if from_config { 1.0 } else { 0.0 })
     };
     SamplingParams {
         temperature,
-        top_k: args.top_k.or(generation.top_k.filter(|_| from_config)).unwrap_or(0),
+        top_k: args
+            .top_k
+            .or(generation.top_k.filter(|_| from_config))
+            .unwrap_or(0),
         top_p: args.top_p.or(cfg(generation.top_p)).unwrap_or(1.0),
         min_p: args.min_p.or(cfg(generation.min_p)).unwrap_or(0.0),
-        repetition_penalty: args.repetition_penalty.or(cfg(generation.repetition_penalty)).unwrap_or(1.0),
+        repetition_penalty: args
+            .repetition_penalty
+            .or(cfg(generation.repetition_penalty))
+            .unwrap_or(1.0),
         seed: Some(args.seed),
     }
 }
@@ -145,7 +159,10 @@ pub fn run(args: Args) -> Result<()> {
         .enumerate()
         .map(|(i, ids)| {
             let mut r = GenerationRequest::new(ids.clone(), args.max_new_tokens);
-            r.sampling = SamplingParams { seed: Some(args.seed + i as u64), ..base.clone() };
+            r.sampling = SamplingParams {
+                seed: Some(args.seed + i as u64),
+                ..base.clone()
+            };
             r.stop.stop_token_ids = stop_ids.clone();
             r.stop.stop_strings = args.stop.clone();
             r.top_logprobs = args.top_logprobs;
@@ -200,7 +217,11 @@ pub fn run(args: Args) -> Result<()> {
         outputs.len(),
         outputs.iter().map(|o| o.prompt_tokens).sum::<usize>(),
         generated as f64 / elapsed.max(1e-9),
-        outputs.iter().map(|o| o.finish_reason.openai()).collect::<Vec<_>>().join(","),
+        outputs
+            .iter()
+            .map(|o| o.finish_reason.openai())
+            .collect::<Vec<_>>()
+            .join(","),
     );
     Ok(())
 }

@@ -8,10 +8,12 @@ use serde_json::json;
 use crate::common::ModelArgs;
 
 #[derive(clap::Args, Debug)]
-#[command(after_help = "The first token has no log-probability (nothing precedes it).\n\
+#[command(
+    after_help = "The first token has no log-probability (nothing precedes it).\n\
     Perplexity is exp(-mean log-probability) over the scored tokens.\n\nExamples:\n  \
     qforge logprobs --text 'The capital of France is Paris.'\n  \
-    qforge logprobs -m ./ckpt --ids 17,250,99,3 --json")]
+    qforge logprobs -m ./ckpt --ids 17,250,99,3 --json"
+)]
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
@@ -60,14 +62,24 @@ pub fn run(args: Args) -> Result<()> {
             .enumerate()
             .map(|(i, &id)| json!({"id": id, "token": token(id), "logprob": if i == 0 { None } else { Some(logprobs[i - 1]) }}))
             .collect();
-        println!("{}", json!({"tokens": tokens, "total_logprob": total, "mean_logprob": mean, "perplexity": perplexity}));
+        println!(
+            "{}",
+            json!({"tokens": tokens, "total_logprob": total, "mean_logprob": mean, "perplexity": perplexity})
+        );
     } else {
         println!("{:>5} {:>8} {:>12}  token", "pos", "id", "logprob");
         for (i, &id) in ids.iter().enumerate() {
-            let lp = if i == 0 { "-".to_string() } else { format!("{:.4}", logprobs[i - 1]) };
+            let lp = if i == 0 {
+                "-".to_string()
+            } else {
+                format!("{:.4}", logprobs[i - 1])
+            };
             println!("{i:>5} {id:>8} {lp:>12}  {:?}", token(id));
         }
-        println!("total {total:.4}  mean {mean:.4}  perplexity {perplexity:.4}  ({} scored tokens)", logprobs.len());
+        println!(
+            "total {total:.4}  mean {mean:.4}  perplexity {perplexity:.4}  ({} scored tokens)",
+            logprobs.len()
+        );
     }
     Ok(())
 }

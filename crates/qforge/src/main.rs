@@ -5,6 +5,7 @@ use mimalloc::MiMalloc;
 
 mod bench;
 mod common;
+mod convert;
 mod demo;
 mod generate;
 mod logprobs;
@@ -35,6 +36,8 @@ enum Command {
     Logprobs(logprobs::Args),
     /// Print exactly the prompt (text or token ids) a model will see for a conversation.
     Template(template::Args),
+    /// Re-save a checkpoint in Hugging Face layout (dtype, sharding).
+    Convert(convert::Args),
     /// Benchmarks with ratios against baselines measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -47,6 +50,7 @@ fn main() {
         Command::Generate(a) => generate::run(a),
         Command::Logprobs(a) => logprobs::run(a),
         Command::Template(a) => template::run(a),
+        Command::Convert(a) => convert::run(a),
         Command::Bench(b) => bench::run(b),
     };
     if let Err(err) = result {

@@ -7,9 +7,11 @@ use anyhow::Result;
 use crate::common::{ModelArgs, TemplateArgs, read_conversation};
 
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Prints the rendered text exactly (no newline is added), or with --ids the token\n\
+#[command(
+    after_help = "Prints the rendered text exactly (no newline is added), or with --ids the token\n\
     ids as a JSON array. Rendering follows transformers' apply_chat_template.\n\nExample:\n  \
-    echo '[{\"role\":\"user\",\"content\":\"hi\"}]' | qforge template --messages - --enable-thinking false")]
+    echo '[{\"role\":\"user\",\"content\":\"hi\"}]' | qforge template --messages - --enable-thinking false"
+)]
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
@@ -38,7 +40,11 @@ pub fn run(args: Args) -> Result<()> {
     let text = tokenizer.apply_chat_template(&messages, &args.template.options(tools)?)?;
     let mut out = std::io::stdout().lock();
     if args.ids {
-        writeln!(out, "{}", serde_json::to_string(&tokenizer.encode(&text, false)?)?)?;
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string(&tokenizer.encode(&text, false)?)?
+        )?;
     } else {
         out.write_all(text.as_bytes())?;
     }

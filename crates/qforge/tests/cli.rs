@@ -1,0 +1,226 @@
+//! The `qforge` binary end to end, on the fixture checkpoints (no network, private QFORGE_HOME).
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/fixtures")
+}
+
+fn qforge(args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let home = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qforge"))
+        .args(args)
+        .env("QFORGE_HOME", home.path())
+        .env("HF_HUB_CACHE", home.path().join("hub"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    pipe.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    drop(pipe);
+    child.wait_with_output().unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "qforge failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn model(variant: &str) -> String {
+    fixtures()
+        .join("model")
+        .join(variant)
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn template_prints_exactly_what_transformers_renders() {
+    let cases: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("model/templates.json")).unwrap(),
+    )
+    .unwrap();
+    let case = cases
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["template"] == "qwen3" && c["name"] == "tools_and_apostrophes")
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let tools = tmp.path().join("tools.json");
+    std::fs::write(&tools, case["tools"].to_string()).unwrap();
+    let m = model("qwen3_tied_gqa");
+    let messages = case["messages"].to_string();
+    let args = [
+        "template",
+        "--model",
+        &m,
+        "--messages",
+        "-",
+        "--tools",
+        tools.to_str().unwrap(),
+    ];
+    assert_eq!(
+        ok(&qforge(&args, Some(&messages))),
+        case["text"].as_str().unwrap()
+    );
+    let mut with_ids = args.to_vec();
+    with_ids.push("--ids");
+    let ids: Value = serde_json::from_str(&ok(&qforge(&with_ids, Some(&messages)))).unwrap();
+    assert_eq!(ids, case["ids"]);
+}
+
+#[test]
+fn template_enable_thinking_false_prefills_an_empty_think_block() {
+    let text = ok(&qforge(
+        &["template", "--messages", "-", "--enable-thinking", "false"],
+        Some(r#"[{"role":"user","content":"hi"}]"#),
+    ));
+    assert_eq!(
+        text,
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    );
+    let text = ok(&qforge(
+        &["template", "--messages", "-", "--no-generation-prompt"],
+        Some(r#"{"messages":[{"role":"user","content":"hi"}]}"#),
+    ));
+    assert_eq!(text, "<|im_start|>user\nhi<|im_end|>\n");
+}
+
+#[test]
+fn logprobs_match_transformers() {
+    let reference = candle_core::safetensors::load(
+        fixtures().join("model/qwen3_tied_gqa/reference.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let expected: Vec<f32> = reference["single0.logprobs"].to_vec1().unwrap();
+    let out = ok(&qforge(
+        &[
+            "logprobs",
+            "--model",
+            &model("qwen3_tied_gqa"),
+            "--ids",
+            "17,250,99,3,141,77,200,31,5",
+            "--json",
+        ],
+        None,
+    ));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let tokens = v["tokens"].as_array().unwrap();
+    assert!(tokens[0]["logprob"].is_null());
+    assert_eq!(tokens.len(), expected.len() + 1);
+    for (t, e) in tokens[1..].iter().zip(&expected) {
+        assert!((t["logprob"].as_f64().unwrap() as f32 - e).abs() < 1e-4);
+    }
+    let mean = expected.iter().map(|&x| x as f64).sum::<f64>() / expected.len() as f64;
+    assert!((v["perplexity"].as_f64().unwrap() - (-mean).exp()).abs() < 1e-3);
+}
+
+#[test]
+fn generate_streams_the_same_text_as_json_mode() {
+    let m = model("qwen2_bias_linear");
+    let base = [
+        "generate",
+        "--model",
+        &m,
+        "--raw",
+        "--prompt",
+        "It's a test",
+        "--max-new-tokens",
+        "12",
+    ];
+    let streamed = ok(&qforge(&base, None));
+    let mut json_args = base.to_vec();
+    json_args.push("--json");
+    let v: Value = serde_json::from_str(ok(&qforge(&json_args, None)).trim()).unwrap();
+    assert_eq!(
+        streamed.strip_suffix('\n').unwrap(),
+        v["text"].as_str().unwrap()
+    );
+    assert_eq!(v["tokens"].as_array().unwrap().len(), 12);
+    assert_eq!(v["finish_reason"], "length");
+}
+
+#[test]
+fn generate_batches_several_prompts() {
+    let out = ok(&qforge(
+        &[
+            "generate",
+            "--raw",
+            "--prompt",
+            "a",
+            "--prompt",
+            "hello world",
+            "--max-new-tokens",
+            "3",
+            "--json",
+            "--top-logprobs",
+            "2",
+        ],
+        None,
+    ));
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["index"], 1);
+    assert_eq!(
+        lines[0]["tokens"][0]["top_logprobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn bad_input_fails_with_a_clear_message() {
+    let cases: [(&[&str], Option<&str>, &str); 6] = [
+        (
+            &["generate", "--model", "no-such-org/no-such-model"],
+            None,
+            "give --prompt",
+        ),
+        (
+            &[
+                "generate",
+                "--model",
+                "no-such-org/no-such-model",
+                "--prompt",
+                "x",
+            ],
+            None,
+            "not found",
+        ),
+        (&["generate", "--prompt", ""], None, "empty"),
+        (
+            &["template", "--messages", "-"],
+            Some("{oops"),
+            "invalid JSON",
+        ),
+        (
+            &["template", "--messages", "-"],
+            Some(r#"[{"content":"no role"}]"#),
+            "role",
+        ),
+        (&["logprobs", "--ids", "1"], None, "at least two tokens"),
+    ];
+    for (args, stdin, needle) in cases {
+        let out = qforge(args, stdin);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
