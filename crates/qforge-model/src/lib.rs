@@ -13,6 +13,7 @@ pub mod error;
 pub mod model;
 pub mod ops;
 pub mod resolve;
+pub mod skinny;
 pub mod template;
 pub mod tokenizer;
 pub mod weights;

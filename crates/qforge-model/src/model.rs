@@ -220,13 +220,20 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `x @ weight^T + bias` over the last dimension. `differentiable` keeps to ops with a
+    /// backward; otherwise few-row inputs (decode batches) take the skinny CPU kernel.
+    pub fn forward(&self, x: &Tensor, differentiable: bool) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let (rows, inner) = (
             dims[..dims.len() - 1].iter().product::<usize>(),
             dims[dims.len() - 1],
         );
-        let y = x.reshape((rows, inner))?.matmul(&self.weight.t()?)?;
+        let x2 = x.reshape((rows, inner))?;
+        let y = if !differentiable && crate::skinny::applies(&x2, &self.weight) {
+            crate::skinny::matmul_wt(&x2.contiguous()?, &self.weight)?
+        } else {
+            x2.matmul(&self.weight.t()?)?
+        };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -631,10 +638,10 @@ impl Model {
 
     /// Final hidden states `[B, T, hidden]` (after the final norm) for every position.
     ///
-    /// Without caches, attention runs over the batch with a padding mask (training, scoring,
-    /// one-shot prefill). With one cache per row, each row's real tokens (a suffix: left
-    /// padding) are appended to its cache and attend to everything cached for that sequence;
-    /// hidden states at padding positions are then zero.
+    /// Without caches, attention runs over the batch with a padding mask (training, scoring).
+    /// With one cache per row, each row's real tokens (a suffix: left padding) are appended to
+    /// its cache and attend to everything cached for that sequence. Hidden states at padding
+    /// positions are unspecified (finite).
     pub fn forward(
         &self,
         batch: &Batch,
@@ -678,14 +685,16 @@ impl Model {
                 self.config.rms_norm_eps,
                 self.differentiable,
             )?;
-            let h = match caches.as_deref_mut() {
-                None => {
-                    self.attention_batched(&layer.self_attn, &h, &rotary, kind, &padding_bias)?
-                }
-                Some(caches) => {
-                    self.attention_cached(&layer.self_attn, &h, &rotary, kind, batch, caches, l)?
-                }
-            };
+            let h = self.attention(
+                &layer.self_attn,
+                &h,
+                &rotary,
+                kind,
+                batch,
+                &padding_bias,
+                caches.as_deref_mut(),
+                l,
+            )?;
             x = (x + h)?;
             let h = ops::rms_norm(
                 &x,
@@ -694,8 +703,9 @@ impl Model {
                 self.differentiable,
             )?;
             let mlp = &layer.mlp;
-            let h = (mlp.gate_proj.forward(&h)?.silu()? * mlp.up_proj.forward(&h)?)?;
-            x = (x + mlp.down_proj.forward(&h)?)?;
+            let h = (mlp.gate_proj.forward(&h, self.differentiable)?.silu()?
+                * mlp.up_proj.forward(&h, self.differentiable)?)?;
+            x = (x + mlp.down_proj.forward(&h, self.differentiable)?)?;
         }
         Ok(ops::rms_norm(
             &x,
@@ -712,7 +722,7 @@ impl Model {
             weight: head.clone(),
             bias: None,
         }
-        .forward(hidden)?;
+        .forward(hidden, self.differentiable)?;
         Ok(logits.to_dtype(DType::F32)?)
     }
 
@@ -748,9 +758,18 @@ impl Model {
             self.config.num_attention_heads,
             self.config.num_key_value_heads,
         );
-        let q = attn.q_proj.forward(x)?.reshape((b, t, nh, d))?;
-        let k = attn.k_proj.forward(x)?.reshape((b, t, nkv, d))?;
-        let v = attn.v_proj.forward(x)?.reshape((b, t, nkv, d))?;
+        let q = attn
+            .q_proj
+            .forward(x, self.differentiable)?
+            .reshape((b, t, nh, d))?;
+        let k = attn
+            .k_proj
+            .forward(x, self.differentiable)?
+            .reshape((b, t, nkv, d))?;
+        let v = attn
+            .v_proj
+            .forward(x, self.differentiable)?
+            .reshape((b, t, nkv, d))?;
         let eps = self.config.rms_norm_eps;
         let q = match &attn.q_norm {
             Some(w) => ops::rms_norm(&q, w, eps, self.differentiable)?,
@@ -798,82 +817,88 @@ impl Model {
         Ok(probs.matmul(v)?.reshape((b, nh, tq, d))?)
     }
 
-    fn attention_batched(
-        &self,
-        attn: &Attention,
-        x: &Tensor,
-        rotary: &Rotary,
-        kind: AttentionKind,
-        padding_bias: &Option<Tensor>,
-    ) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let (q, k, v) = self.project_qkv(attn, x, rotary)?;
-        let causal = (kind == AttentionKind::Causal && t > 1)
-            .then(|| causal_bias(t, t, 0, &self.device))
-            .transpose()?;
-        // [B, 1, 1, Tq, Tk] after the GQA reshape (group axis inserted).
-        let bias = match (causal, padding_bias) {
-            (None, None) => None,
-            (Some(c), None) => Some(c.reshape((1, 1, 1, t, t))?),
-            (None, Some(p)) => Some(p.unsqueeze(1)?),
-            (Some(c), Some(p)) => {
-                // Adding two dtype minima overflows to -inf; take the minimum instead.
-                let c = c.reshape((1, 1, 1, t, t))?;
-                Some(c.broadcast_minimum(&p.unsqueeze(1)?)?)
-            }
-        };
-        let out = self.sdpa(&q, &k, &v, bias.as_ref())?;
-        let out = out.transpose(1, 2)?.reshape((
-            b,
-            t,
-            self.config.num_attention_heads * self.config.head_dim,
-        ))?;
-        attn.o_proj.forward(&out)
-    }
-
+    /// Attention of one layer, output projection included.
+    ///
+    /// Without caches, or when every cache is still empty (a prefill), attention runs over the
+    /// whole batch with causal and padding masks, and the prefill's keys and values are then
+    /// stored. Otherwise each row attends to its own cache.
     #[allow(clippy::too_many_arguments)]
-    fn attention_cached(
+    fn attention(
         &self,
         attn: &Attention,
         x: &Tensor,
         rotary: &Rotary,
         kind: AttentionKind,
         batch: &Batch,
-        caches: &mut [&mut SequenceCache],
+        padding_bias: &Option<Tensor>,
+        caches: Option<&mut [&mut SequenceCache]>,
         layer: usize,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let (q, k, v) = self.project_qkv(attn, x, rotary)?;
         let width = self.config.num_attention_heads * self.config.head_dim;
-        let mut rows = Vec::with_capacity(b);
-        for (i, cache) in caches.iter_mut().enumerate() {
-            let n = batch.valid_suffix(i)?;
-            let slice =
-                |x: &Tensor| -> Result<Tensor> { Ok(x.narrow(0, i, 1)?.narrow(2, t - n, n)?) };
-            let (qi, ki, vi) = (slice(&q)?, slice(&k)?, slice(&v)?);
-            let past = cache.layers[layer].len;
-            let (k_all, v_all) = cache.layers[layer].append(&ki, &vi)?;
-            let bias = (kind == AttentionKind::Causal && n > 1)
-                .then(|| causal_bias(n, past + n, past, &self.device))
-                .transpose()?
-                .map(|c| c.reshape((1, 1, 1, n, past + n)))
-                .transpose()?;
-            let out = self.sdpa(&qi, &k_all, &v_all, bias.as_ref())?;
-            let out = out.transpose(1, 2)?.reshape((1, n, width))?;
-            let out = if n < t {
-                let pad = Tensor::zeros((1, t - n, width), out.dtype(), &self.device)?;
-                Tensor::cat(&[&pad, &out], 1)?
-            } else {
-                out
-            };
-            rows.push(out);
-        }
-        let out = if rows.len() == 1 {
-            rows.pop().expect("one row")
-        } else {
-            Tensor::cat(&rows, 0)?
+        let (q, k, v) = self.project_qkv(attn, x, rotary)?;
+        let row_suffix = |x: &Tensor, i: usize, n: usize| -> Result<Tensor> {
+            Ok(x.narrow(0, i, 1)?.narrow(2, t - n, n)?)
         };
-        attn.o_proj.forward(&out)
+        let out = match caches {
+            Some(caches) if caches.iter().any(|c| c.layers[layer].len > 0) => {
+                let mut rows = Vec::with_capacity(b);
+                for (i, cache) in caches.iter_mut().enumerate() {
+                    let n = batch.valid_suffix(i)?;
+                    let qi = row_suffix(&q, i, n)?;
+                    let past = cache.layers[layer].len;
+                    let (k_all, v_all) = cache.layers[layer]
+                        .append(&row_suffix(&k, i, n)?, &row_suffix(&v, i, n)?)?;
+                    let bias = (kind == AttentionKind::Causal && n > 1)
+                        .then(|| causal_bias(n, past + n, past, &self.device))
+                        .transpose()?
+                        .map(|c| c.reshape((1, 1, 1, n, past + n)))
+                        .transpose()?;
+                    let out = self
+                        .sdpa(&qi, &k_all, &v_all, bias.as_ref())?
+                        .transpose(1, 2)?
+                        .reshape((1, n, width))?;
+                    rows.push(if n < t {
+                        let pad = Tensor::zeros((1, t - n, width), out.dtype(), &self.device)?;
+                        Tensor::cat(&[&pad, &out], 1)?
+                    } else {
+                        out
+                    });
+                }
+                if rows.len() == 1 {
+                    rows.pop().expect("one row")
+                } else {
+                    Tensor::cat(&rows, 0)?
+                }
+            }
+            caches => {
+                if let Some(caches) = caches {
+                    for (i, cache) in caches.iter_mut().enumerate() {
+                        let n = batch.valid_suffix(i)?;
+                        cache.layers[layer]
+                            .append(&row_suffix(&k, i, n)?, &row_suffix(&v, i, n)?)?;
+                    }
+                }
+                let causal = (kind == AttentionKind::Causal && t > 1)
+                    .then(|| causal_bias(t, t, 0, &self.device))
+                    .transpose()?;
+                // [B, 1, 1, Tq, Tk] after the GQA reshape (group axis inserted).
+                let bias = match (causal, padding_bias) {
+                    (None, None) => None,
+                    (Some(c), None) => Some(c.reshape((1, 1, 1, t, t))?),
+                    (None, Some(p)) => Some(p.unsqueeze(1)?),
+                    // Adding two dtype minima overflows to -inf; take the minimum instead.
+                    (Some(c), Some(p)) => Some(
+                        c.reshape((1, 1, 1, t, t))?
+                            .broadcast_minimum(&p.unsqueeze(1)?)?,
+                    ),
+                };
+                self.sdpa(&q, &k, &v, bias.as_ref())?
+                    .transpose(1, 2)?
+                    .reshape((b, t, width))?
+            }
+        };
+        attn.o_proj.forward(&out, self.differentiable)
     }
 
     /// Log-probabilities of each next token: entry `t` is `log p(ids[t+1] | ids[..=t])`, shape

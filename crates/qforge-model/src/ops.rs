@@ -3,7 +3,7 @@
 //! forward may be differentiated, and the fused inference kernel, used otherwise. Tests pin
 //! that both forms agree.
 
-use candle_core::{D, DType, Result, Tensor};
+use candle_core::{D, Result, Tensor};
 
 /// `w * x / sqrt(mean(x^2) + eps)`, normalised in f32 and multiplied by `w` in the input dtype
 /// (transformers' Qwen2/Qwen3 RMSNorm).
@@ -11,14 +11,9 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, differentiable: bool) -> 
     if differentiable {
         return candle_nn::ops::rms_norm_slow(x, weight, eps as f32);
     }
-    let dtype = x.dtype();
-    if dtype == DType::F32 {
-        return candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32);
-    }
-    let ones = Tensor::ones(weight.dims1()?, DType::F32, x.device())?;
-    let normed =
-        candle_nn::ops::rms_norm(&x.to_dtype(DType::F32)?.contiguous()?, &ones, eps as f32)?;
-    normed.to_dtype(dtype)?.broadcast_mul(weight)
+    // Inference: candle's kernel normalises in f32 internally for f16/bf16 too; it multiplies
+    // by the weight before rounding (transformers rounds first), a difference of one ulp.
+    candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32)
 }
 
 /// Non-interleaved ("rotate half") rotary embedding of `x` `[B, H, T, D]` with per-sequence
@@ -48,7 +43,7 @@ pub fn softmax(x: &Tensor, differentiable: bool) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
