@@ -1,6 +1,6 @@
 //! Options and helpers shared by the subcommands.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device};
@@ -43,20 +43,101 @@ impl ModelArgs {
     }
 
     pub fn load(&self) -> Result<Checkpoint> {
-        let dtype = self.dtype()?;
-        let device = Device::Cpu;
-        match &self.model {
-            Some(m) => {
-                Checkpoint::load(m, dtype, &device).with_context(|| format!("loading model `{m}`"))
+        let dir = self.dir()?;
+        Checkpoint::load_dir(&dir, self.dtype()?, &Device::Cpu)
+            .with_context(|| format!("loading model from {}", dir.display()))
+    }
+
+    /// The checkpoint directory: the argument, the HF cache, a download (feature `hub`), or
+    /// the built-in demo model.
+    pub fn dir(&self) -> Result<PathBuf> {
+        let Some(model) = &self.model else {
+            eprintln!(
+                "note: using the built-in tiny demo model (random weights); pass --model for a real checkpoint"
+            );
+            return crate::demo::demo_model_dir();
+        };
+        match qforge_model::resolve_model_dir(model) {
+            Ok(dir) => Ok(dir),
+            Err(qforge_model::ModelError::ModelNotFound(_)) if hub::can_download(model) => {
+                hub::download(model)
             }
-            None => {
-                let dir = crate::demo::demo_model_dir()?;
-                eprintln!(
-                    "note: using the built-in tiny demo model (random weights); pass --model for a real checkpoint"
-                );
-                Ok(Checkpoint::load_dir(&dir, dtype, &device)?)
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[cfg(feature = "hub")]
+mod hub {
+    use std::path::PathBuf;
+
+    use anyhow::{Context, Result};
+    use hf_hub::api::sync::ApiBuilder;
+    use hf_hub::{Repo, RepoType};
+
+    pub fn can_download(model: &str) -> bool {
+        let offline = std::env::var("HF_HUB_OFFLINE")
+            .is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+        !offline && model.contains('/') && !std::path::Path::new(model).exists()
+    }
+
+    /// Fetches config, tokenizer files and weights into the HF cache; returns the snapshot.
+    pub fn download(model: &str) -> Result<PathBuf> {
+        let (id, revision) = model.split_once('@').unwrap_or((model, "main"));
+        let api = ApiBuilder::from_env()
+            .with_progress(true)
+            .build()
+            .context("Hugging Face hub client")?;
+        let repo = api.repo(Repo::with_revision(
+            id.to_string(),
+            RepoType::Model,
+            revision.to_string(),
+        ));
+        let config = repo
+            .get("config.json")
+            .with_context(|| format!("downloading {model}: config.json"))?;
+        for optional in [
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "generation_config.json",
+            "chat_template.jinja",
+        ] {
+            let _ = repo.get(optional);
+        }
+        match repo.get(qforge_model::weights::INDEX_FILE) {
+            Ok(index) => {
+                let text = std::fs::read_to_string(&index)?;
+                let value: serde_json::Value = serde_json::from_str(&text)?;
+                let mut shards: Vec<&str> = value["weight_map"]
+                    .as_object()
+                    .map(|m| m.values().filter_map(|v| v.as_str()).collect())
+                    .unwrap_or_default();
+                shards.sort_unstable();
+                shards.dedup();
+                for shard in shards {
+                    repo.get(shard)
+                        .with_context(|| format!("downloading {model}: {shard}"))?;
+                }
+            }
+            Err(_) => {
+                repo.get(qforge_model::weights::SINGLE_FILE)
+                    .with_context(|| format!("downloading {model}: model.safetensors"))?;
             }
         }
+        Ok(config.parent().expect("a file has a parent").to_path_buf())
+    }
+}
+
+#[cfg(not(feature = "hub"))]
+mod hub {
+    use std::path::PathBuf;
+
+    pub fn can_download(_: &str) -> bool {
+        false
+    }
+
+    pub fn download(_: &str) -> anyhow::Result<PathBuf> {
+        unreachable!("can_download is false without the `hub` feature")
     }
 }
 

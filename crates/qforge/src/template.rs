@@ -30,10 +30,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let dir = match &args.model.model {
-        Some(m) => qforge_model::resolve_model_dir(m)?,
-        None => crate::demo::demo_model_dir()?,
-    };
+    let dir = args.model.dir()?;
     // Only the tokenizer is needed: do not load weights.
     let tokenizer = qforge_model::Tokenizer::from_dir(&dir)?;
     let (messages, tools) = read_conversation(&args.messages)?;
