@@ -384,25 +384,9 @@ impl Model {
 
     /// Builds the model from named tensors (all of one dtype and device).
     pub fn from_tensors(config: ModelConfig, mut tensors: HashMap<String, Tensor>) -> Result<Self> {
-        let expected = expected_shapes(&config);
-        let missing: Vec<(String, Vec<usize>)> = expected
-            .iter()
-            .filter(|(k, _)| !tensors.contains_key(k))
-            .cloned()
-            .collect();
-        if !missing.is_empty() {
-            return Err(ModelError::MissingTensors(missing));
-        }
-        for (key, shape) in &expected {
-            let actual = tensors[key].dims().to_vec();
-            if &actual != shape {
-                return Err(ModelError::ShapeMismatch {
-                    key: key.clone(),
-                    expected: shape.clone(),
-                    actual,
-                });
-            }
-        }
+        crate::weights::check_shapes(&expected_shapes(&config), |key| {
+            tensors.get(key).map(|t| t.dims().to_vec())
+        })?;
         let mut take = |k: &str| tensors.remove(k).expect("checked above");
         let embed_tokens = take("model.embed_tokens.weight");
         let dtype = embed_tokens.dtype();

@@ -139,25 +139,7 @@ impl WeightStore {
 
     /// Checks every expected key up front so that all problems are reported at once.
     pub fn check(&self, expected: &[(String, Vec<usize>)]) -> Result<()> {
-        let missing: Vec<(String, Vec<usize>)> = expected
-            .iter()
-            .filter(|(k, _)| !self.contains(k))
-            .cloned()
-            .collect();
-        if !missing.is_empty() {
-            return Err(ModelError::MissingTensors(missing));
-        }
-        for (key, shape) in expected {
-            let actual = self.shape(key).unwrap_or_default();
-            if &actual != shape {
-                return Err(ModelError::ShapeMismatch {
-                    key: key.clone(),
-                    expected: shape.clone(),
-                    actual,
-                });
-            }
-        }
-        Ok(())
+        check_shapes(expected, |key| self.shape(key))
     }
 
     /// Keys present in the checkpoint but not in `used` and not matching any `allowed` prefix.
@@ -168,6 +150,32 @@ impl WeightStore {
             .map(str::to_string)
             .collect()
     }
+}
+
+/// Reports every missing key (with its expected shape), then the first shape mismatch.
+pub fn check_shapes(
+    expected: &[(String, Vec<usize>)],
+    shape_of: impl Fn(&str) -> Option<Vec<usize>>,
+) -> Result<()> {
+    let missing: Vec<(String, Vec<usize>)> = expected
+        .iter()
+        .filter(|(k, _)| shape_of(k).is_none())
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        return Err(ModelError::MissingTensors(missing));
+    }
+    for (key, shape) in expected {
+        let actual = shape_of(key).unwrap_or_default();
+        if &actual != shape {
+            return Err(ModelError::ShapeMismatch {
+                key: key.clone(),
+                expected: shape.clone(),
+                actual,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Writes tensors as safetensors in transformers' layout: `model.safetensors`, or shards of at
