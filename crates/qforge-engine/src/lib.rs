@@ -4,14 +4,24 @@
 //! lengths share a batch), seeded sampling ([`SamplingParams`]), stop tokens and stop strings,
 //! per-token streaming and log-probabilities.
 
+pub mod backend;
+pub mod chat;
 pub mod detok;
+pub mod embedded;
 pub mod engine;
 pub mod error;
+pub mod remote;
 pub mod sampling;
+pub mod scheduler;
 
+pub use backend::{BackendError, ChatBackend, ChatStream};
+pub use chat::{ChatEvent, ChatRequest, ChatResponse};
+pub use embedded::EmbeddedBackend;
 pub use engine::{
     Engine, FinishReason, GeneratedToken, GenerationOutput, GenerationRequest, Sequence,
     StopConditions, TokenEvent,
 };
 pub use error::{EngineError, Result};
+pub use remote::{RemoteBackend, RemoteConfig};
 pub use sampling::{Sampler, SamplingParams};
+pub use scheduler::{Metrics, Scheduler, SchedulerConfig};

@@ -9,6 +9,7 @@ mod convert;
 mod demo;
 mod generate;
 mod logprobs;
+mod serve;
 mod template;
 
 // glibc hands large temporaries fresh mmaps and zeroes them on every use; mimalloc reuses
@@ -36,6 +37,8 @@ enum Command {
     Logprobs(logprobs::Args),
     /// Print exactly the prompt (text or token ids) a model will see for a conversation.
     Template(template::Args),
+    /// Serve a model over an OpenAI-compatible HTTP API with continuous batching.
+    Serve(serve::Args),
     /// Re-save a checkpoint in Hugging Face layout (dtype, sharding).
     Convert(convert::Args),
     /// Benchmarks with ratios against baselines measured in the same run.
@@ -50,6 +53,7 @@ fn main() {
         Command::Generate(a) => generate::run(a),
         Command::Logprobs(a) => logprobs::run(a),
         Command::Template(a) => template::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Bench(b) => bench::run(b),
     };

@@ -1,0 +1,867 @@
+//! Chat requests and responses in OpenAI's wire format, shared by the server (which parses
+//! requests and writes responses) and the remote client (which does the reverse), and the
+//! parser that turns Qwen output into `reasoning_content`, `content` and `tool_calls` the way
+//! vLLM's Qwen3 reasoning parser and Hermes tool parser do (streaming too).
+
+use rand::Rng;
+use serde_json::{Map, Value, json};
+
+/// A chat completion request, independent of the backend that serves it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    pub messages: Vec<Value>,
+    pub tools: Option<Vec<Value>>,
+    pub max_tokens: Option<usize>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub seed: Option<u64>,
+    pub stop: Vec<String>,
+    pub n: usize,
+    pub logprobs: bool,
+    pub top_logprobs: usize,
+    /// Extra chat-template variables (vLLM's `chat_template_kwargs`, e.g. enable_thinking).
+    pub chat_template_kwargs: Map<String, Value>,
+}
+
+impl Default for ChatRequest {
+    fn default() -> Self {
+        Self {
+            messages: Vec::new(),
+            tools: None,
+            max_tokens: None,
+            temperature: None,
+            top_p: None,
+            top_k: None,
+            min_p: None,
+            repetition_penalty: None,
+            seed: None,
+            stop: Vec::new(),
+            n: 1,
+            logprobs: false,
+            top_logprobs: 0,
+            chat_template_kwargs: Map::new(),
+        }
+    }
+}
+
+impl ChatRequest {
+    pub fn user(text: impl Into<String>) -> Self {
+        Self {
+            messages: vec![json!({"role": "user", "content": text.into()})],
+            ..Self::default()
+        }
+    }
+}
+
+/// A request field that is present but wrong. `param` is the JSON field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldError {
+    pub param: String,
+    pub message: String,
+}
+
+fn field_err(param: &str, message: impl Into<String>) -> FieldError {
+    FieldError {
+        param: param.to_string(),
+        message: message.into(),
+    }
+}
+
+fn opt_f32(v: &Value, key: &str) -> Result<Option<f32>, FieldError> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(x) => x
+            .as_f64()
+            .map(|f| Some(f as f32))
+            .ok_or_else(|| field_err(key, format!("`{key}` must be a number"))),
+    }
+}
+
+fn opt_usize(v: &Value, key: &str) -> Result<Option<usize>, FieldError> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(x) => x
+            .as_u64()
+            .map(|u| Some(u as usize))
+            .ok_or_else(|| field_err(key, format!("`{key}` must be a non-negative integer"))),
+    }
+}
+
+fn opt_bool(v: &Value, key: &str) -> Result<Option<bool>, FieldError> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(x) => x
+            .as_bool()
+            .map(Some)
+            .ok_or_else(|| field_err(key, format!("`{key}` must be true or false"))),
+    }
+}
+
+/// `stop`: a string or a list of strings.
+pub fn parse_stop(v: &Value) -> Result<Vec<String>, FieldError> {
+    match v.get("stop") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| {
+                i.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| field_err("stop", "`stop` entries must be strings"))
+            })
+            .collect(),
+        Some(_) => Err(field_err(
+            "stop",
+            "`stop` must be a string or a list of strings",
+        )),
+    }
+}
+
+/// The sampling fields shared by chat and text completions.
+pub fn parse_sampling(v: &Value, req: &mut ChatRequest) -> Result<(), FieldError> {
+    req.max_tokens = match opt_usize(v, "max_completion_tokens")? {
+        Some(m) => Some(m),
+        None => opt_usize(v, "max_tokens")?,
+    };
+    req.temperature = opt_f32(v, "temperature")?;
+    req.top_p = opt_f32(v, "top_p")?;
+    req.top_k = match v.get("top_k") {
+        // vLLM uses -1 for "off".
+        Some(Value::Number(n)) if n.as_i64() == Some(-1) => Some(0),
+        _ => opt_usize(v, "top_k")?,
+    };
+    req.min_p = opt_f32(v, "min_p")?;
+    req.repetition_penalty = opt_f32(v, "repetition_penalty")?;
+    req.seed = match v.get("seed") {
+        None | Some(Value::Null) => None,
+        Some(x) => Some(
+            x.as_u64()
+                .or_else(|| x.as_i64().map(|i| i as u64))
+                .ok_or_else(|| field_err("seed", "`seed` must be an integer"))?,
+        ),
+    };
+    req.stop = parse_stop(v)?;
+    req.n = opt_usize(v, "n")?.unwrap_or(1);
+    if req.n == 0 {
+        return Err(field_err("n", "`n` must be at least 1"));
+    }
+    Ok(())
+}
+
+impl ChatRequest {
+    /// Parses the body of `POST /v1/chat/completions`.
+    pub fn from_openai(v: &Value) -> Result<Self, FieldError> {
+        if !v.is_object() {
+            return Err(field_err("", "the request body must be a JSON object"));
+        }
+        let messages = match v.get("messages") {
+            Some(Value::Array(m)) if !m.is_empty() => m.clone(),
+            Some(Value::Array(_)) => {
+                return Err(field_err("messages", "`messages` must not be empty"));
+            }
+            None => return Err(field_err("messages", "`messages` is required")),
+            Some(_) => return Err(field_err("messages", "`messages` must be a list")),
+        };
+        for (i, m) in messages.iter().enumerate() {
+            let role = m.get("role").and_then(Value::as_str);
+            if role.is_none() {
+                return Err(field_err(
+                    "messages",
+                    format!("messages[{i}] has no string `role`"),
+                ));
+            }
+            if let Some(Value::Array(parts)) = m.get("content")
+                && parts
+                    .iter()
+                    .any(|p| p.get("type").and_then(Value::as_str) != Some("text"))
+            {
+                return Err(field_err(
+                    "messages",
+                    format!("messages[{i}]: only text content parts are supported"),
+                ));
+            }
+        }
+        // Text content parts are joined, as vLLM does for text-only models.
+        let messages = messages
+            .into_iter()
+            .map(|mut m| {
+                if let Some(Value::Array(parts)) = m.get("content") {
+                    let text: String = parts
+                        .iter()
+                        .filter_map(|p| p.get("text").and_then(Value::as_str))
+                        .collect::<Vec<_>>()
+                        .join("\n");
+                    m["content"] = Value::String(text);
+                }
+                m
+            })
+            .collect();
+        let tools = match v.get("tools") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(t)) if t.is_empty() => None,
+            Some(Value::Array(t)) => Some(t.clone()),
+            Some(_) => return Err(field_err("tools", "`tools` must be a list")),
+        };
+        let mut req = Self {
+            messages,
+            tools,
+            ..Self::default()
+        };
+        parse_sampling(v, &mut req)?;
+        req.logprobs = opt_bool(v, "logprobs")?.unwrap_or(false);
+        req.top_logprobs = opt_usize(v, "top_logprobs")?.unwrap_or(0);
+        if req.top_logprobs > 20 {
+            return Err(field_err(
+                "top_logprobs",
+                "`top_logprobs` must be at most 20",
+            ));
+        }
+        if let Some(Value::Object(kw)) = v.get("chat_template_kwargs") {
+            req.chat_template_kwargs = kw.clone();
+        }
+        Ok(req)
+    }
+
+    /// The OpenAI JSON body for this request.
+    pub fn to_openai(&self, model: &str, stream: bool) -> Value {
+        let mut body =
+            json!({"model": model, "messages": self.messages, "n": self.n, "stream": stream});
+        let o = body.as_object_mut().expect("object");
+        if let Some(t) = &self.tools {
+            o.insert("tools".into(), json!(t));
+        }
+        let mut put = |k: &str, v: Value| {
+            if !v.is_null() {
+                o.insert(k.into(), v);
+            }
+        };
+        put("max_tokens", json!(self.max_tokens));
+        put("temperature", json!(self.temperature));
+        put("top_p", json!(self.top_p));
+        put("top_k", json!(self.top_k));
+        put("min_p", json!(self.min_p));
+        put("repetition_penalty", json!(self.repetition_penalty));
+        put("seed", json!(self.seed));
+        if !self.stop.is_empty() {
+            put("stop", json!(self.stop));
+        }
+        if self.logprobs {
+            put("logprobs", json!(true));
+            put("top_logprobs", json!(self.top_logprobs));
+        }
+        if !self.chat_template_kwargs.is_empty() {
+            put(
+                "chat_template_kwargs",
+                Value::Object(self.chat_template_kwargs.clone()),
+            );
+        }
+        if stream {
+            put("stream_options", json!({"include_usage": true}));
+        }
+        body
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    /// JSON text of the arguments.
+    pub arguments: String,
+}
+
+impl ToolCall {
+    pub fn to_openai(&self, index: usize) -> Value {
+        json!({"index": index, "id": self.id, "type": "function",
+               "function": {"name": self.name, "arguments": self.arguments}})
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+impl TokenLogprob {
+    pub fn to_openai(&self) -> Value {
+        let entry = |t: &str, lp: f32| json!({"token": t, "logprob": lp, "bytes": t.as_bytes()});
+        let mut v = entry(&self.token, self.logprob);
+        v["top_logprobs"] = Value::Array(
+            self.top_logprobs
+                .iter()
+                .map(|t| entry(&t.token, t.logprob))
+                .collect(),
+        );
+        v
+    }
+
+    pub fn from_openai(v: &Value) -> Self {
+        Self {
+            token: v["token"].as_str().unwrap_or_default().to_string(),
+            logprob: v["logprob"].as_f64().unwrap_or(f64::NAN) as f32,
+            top_logprobs: v["top_logprobs"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|t| TopLogprob {
+                            token: t["token"].as_str().unwrap_or_default().to_string(),
+                            logprob: t["logprob"].as_f64().unwrap_or(f64::NAN) as f32,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ChatMessage {
+    pub content: Option<String>,
+    pub reasoning_content: Option<String>,
+    pub tool_calls: Vec<ToolCall>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatChoice {
+    pub index: usize,
+    pub message: ChatMessage,
+    pub finish_reason: String,
+    pub logprobs: Option<Vec<TokenLogprob>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+impl Usage {
+    pub fn to_openai(&self) -> Value {
+        json!({"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+               "total_tokens": self.prompt_tokens + self.completion_tokens})
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatResponse {
+    pub id: String,
+    pub model: String,
+    pub created: u64,
+    pub choices: Vec<ChatChoice>,
+    pub usage: Usage,
+}
+
+impl ChatResponse {
+    pub fn to_openai(&self) -> Value {
+        let choices: Vec<Value> = self
+            .choices
+            .iter()
+            .map(|c| {
+                let mut message = json!({"role": "assistant", "content": c.message.content});
+                if let Some(r) = &c.message.reasoning_content {
+                    message["reasoning_content"] = json!(r);
+                }
+                if !c.message.tool_calls.is_empty() {
+                    message["tool_calls"] = Value::Array(
+                        c.message.tool_calls.iter().enumerate().map(|(i, t)| {
+                            let mut v = t.to_openai(i);
+                            v.as_object_mut().expect("object").remove("index");
+                            v
+                        }).collect(),
+                    );
+                }
+                json!({
+                    "index": c.index,
+                    "message": message,
+                    "finish_reason": c.finish_reason,
+                    "logprobs": c.logprobs.as_ref().map(|l| json!({"content": l.iter().map(TokenLogprob::to_openai).collect::<Vec<_>>()})),
+                })
+            })
+            .collect();
+        json!({"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+               "choices": choices, "usage": self.usage.to_openai()})
+    }
+
+    pub fn from_openai(v: &Value) -> Option<Self> {
+        let choices = v["choices"]
+            .as_array()?
+            .iter()
+            .map(|c| {
+                let m = &c["message"];
+                ChatChoice {
+                    index: c["index"].as_u64().unwrap_or(0) as usize,
+                    message: ChatMessage {
+                        content: m["content"].as_str().map(str::to_string),
+                        reasoning_content: m["reasoning_content"].as_str().map(str::to_string),
+                        tool_calls: m["tool_calls"]
+                            .as_array()
+                            .map(|a| a.iter().map(tool_call_from_openai).collect())
+                            .unwrap_or_default(),
+                    },
+                    finish_reason: c["finish_reason"].as_str().unwrap_or("stop").to_string(),
+                    logprobs: c["logprobs"]["content"]
+                        .as_array()
+                        .map(|a| a.iter().map(TokenLogprob::from_openai).collect()),
+                }
+            })
+            .collect();
+        Some(Self {
+            id: v["id"].as_str().unwrap_or_default().to_string(),
+            model: v["model"].as_str().unwrap_or_default().to_string(),
+            created: v["created"].as_u64().unwrap_or(0),
+            choices,
+            usage: Usage {
+                prompt_tokens: v["usage"]["prompt_tokens"].as_u64().unwrap_or(0) as usize,
+                completion_tokens: v["usage"]["completion_tokens"].as_u64().unwrap_or(0) as usize,
+            },
+        })
+    }
+}
+
+fn tool_call_from_openai(t: &Value) -> ToolCall {
+    ToolCall {
+        id: t["id"].as_str().unwrap_or_default().to_string(),
+        name: t["function"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        arguments: t["function"]["arguments"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    }
+}
+
+/// One piece of a streamed choice.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ChatDelta {
+    pub index: usize,
+    pub content: Option<String>,
+    pub reasoning_content: Option<String>,
+    pub tool_calls: Vec<ToolCall>,
+    pub logprobs: Option<Vec<TokenLogprob>>,
+    pub finish_reason: Option<String>,
+}
+
+/// What a streaming chat yields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChatEvent {
+    Delta(ChatDelta),
+    /// Sent once, after every choice finished.
+    Usage(Usage),
+}
+
+/// Folds streamed events into a response (used by non-streaming calls of both backends).
+pub fn collect_response(
+    id: String,
+    model: String,
+    n: usize,
+    events: Vec<ChatEvent>,
+) -> ChatResponse {
+    let mut choices: Vec<ChatChoice> = (0..n)
+        .map(|index| ChatChoice {
+            index,
+            message: ChatMessage::default(),
+            finish_reason: "stop".into(),
+            logprobs: None,
+        })
+        .collect();
+    let mut usage = Usage::default();
+    let append = |slot: &mut Option<String>, s: &Option<String>| {
+        if let Some(s) = s {
+            slot.get_or_insert_with(String::new).push_str(s);
+        }
+    };
+    for e in events {
+        match e {
+            ChatEvent::Usage(u) => usage = u,
+            ChatEvent::Delta(d) => {
+                let Some(c) = choices.get_mut(d.index) else {
+                    continue;
+                };
+                append(&mut c.message.content, &d.content);
+                append(&mut c.message.reasoning_content, &d.reasoning_content);
+                c.message.tool_calls.extend(d.tool_calls);
+                if let Some(l) = d.logprobs {
+                    c.logprobs.get_or_insert_with(Vec::new).extend(l);
+                }
+                if let Some(f) = d.finish_reason {
+                    c.finish_reason = f;
+                }
+            }
+        }
+    }
+    ChatResponse {
+        id,
+        model,
+        created: unix_now(),
+        choices,
+        usage,
+    }
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `prefix` followed by 24 random alphanumerics (OpenAI-style ids).
+pub fn random_id(prefix: &str) -> String {
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut rng = rand::rng();
+    let tail: String = (0..24)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect();
+    format!("{prefix}{tail}")
+}
+
+const THINK_START: &str = "<think>";
+const THINK_END: &str = "</think>";
+const TOOL_START: &str = "<tool_call>";
+const TOOL_END: &str = "</tool_call>";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Nothing seen yet: a leading `<think>` opens reasoning.
+    Start,
+    Reasoning,
+    Content,
+    ToolCall,
+}
+
+/// Parsed pieces of output text.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Parsed {
+    pub content: String,
+    pub reasoning: String,
+    pub tool_calls: Vec<ToolCall>,
+}
+
+/// Incremental Qwen output parser: `<think>...</think>` becomes reasoning (vLLM's qwen3
+/// reasoning parser: only when the output opens with `<think>`), and with tools in the request
+/// each `<tool_call>{"name":..., "arguments":...}</tool_call>` becomes a tool call (vLLM's
+/// Hermes parser). Text that may still turn into a tag is held back.
+#[derive(Debug, Clone)]
+pub struct OutputParser {
+    mode: Mode,
+    buf: String,
+    tools: bool,
+    saw_tool_call: bool,
+}
+
+impl OutputParser {
+    pub fn new(parse_reasoning: bool, parse_tools: bool) -> Self {
+        Self {
+            mode: if parse_reasoning {
+                Mode::Start
+            } else {
+                Mode::Content
+            },
+            buf: String::new(),
+            tools: parse_tools,
+            saw_tool_call: false,
+        }
+    }
+
+    pub fn saw_tool_call(&self) -> bool {
+        self.saw_tool_call
+    }
+
+    pub fn push(&mut self, text: &str) -> Parsed {
+        self.buf.push_str(text);
+        let mut out = Parsed::default();
+        loop {
+            match self.mode {
+                Mode::Start => {
+                    let trimmed = self.buf.trim_start();
+                    if let Some(rest) = trimmed.strip_prefix(THINK_START) {
+                        self.buf = rest.to_string();
+                        self.mode = Mode::Reasoning;
+                    } else if THINK_START.starts_with(trimmed) {
+                        return out; // could still become `<think>`
+                    } else {
+                        self.mode = Mode::Content;
+                    }
+                }
+                Mode::Reasoning => match self.buf.find(THINK_END) {
+                    Some(i) => {
+                        out.reasoning.push_str(&self.buf[..i]);
+                        self.buf.drain(..i + THINK_END.len());
+                        self.mode = Mode::Content;
+                    }
+                    None => {
+                        let keep = held_back(&self.buf, THINK_END);
+                        out.reasoning.push_str(&self.buf[..self.buf.len() - keep]);
+                        self.buf.drain(..self.buf.len() - keep);
+                        return out;
+                    }
+                },
+                Mode::Content => {
+                    if !self.tools {
+                        out.content.push_str(&self.buf);
+                        self.buf.clear();
+                        return out;
+                    }
+                    match self.buf.find(TOOL_START) {
+                        Some(i) => {
+                            self.emit_content(&self.buf[..i].to_string(), &mut out);
+                            self.buf.drain(..i + TOOL_START.len());
+                            self.mode = Mode::ToolCall;
+                        }
+                        None => {
+                            let keep = held_back(&self.buf, TOOL_START);
+                            let ready = self.buf[..self.buf.len() - keep].to_string();
+                            self.emit_content(&ready, &mut out);
+                            self.buf.drain(..self.buf.len() - keep);
+                            return out;
+                        }
+                    }
+                }
+                Mode::ToolCall => match self.buf.find(TOOL_END) {
+                    Some(i) => {
+                        let body = self.buf[..i].to_string();
+                        self.buf.drain(..i + TOOL_END.len());
+                        self.mode = Mode::Content;
+                        match parse_tool_call(&body) {
+                            Some(call) => {
+                                self.saw_tool_call = true;
+                                out.tool_calls.push(call);
+                            }
+                            None => out
+                                .content
+                                .push_str(&format!("{TOOL_START}{body}{TOOL_END}")),
+                        }
+                    }
+                    None => return out,
+                },
+            }
+        }
+    }
+
+    /// After a tool call, vLLM's Hermes parser drops the text between calls; whitespace there is
+    /// only layout, other text is kept so nothing the model said is lost.
+    fn emit_content(&self, text: &str, out: &mut Parsed) {
+        if self.saw_tool_call && text.trim().is_empty() {
+            return;
+        }
+        out.content.push_str(text);
+    }
+
+    /// Flushes what was held back at the end of the output.
+    pub fn finish(&mut self) -> Parsed {
+        let mut out = Parsed::default();
+        let rest = std::mem::take(&mut self.buf);
+        match self.mode {
+            Mode::Start | Mode::Content => self.emit_content(&rest, &mut out),
+            Mode::Reasoning => out.reasoning.push_str(&rest),
+            Mode::ToolCall => match parse_tool_call(&rest) {
+                Some(call) => {
+                    self.saw_tool_call = true;
+                    out.tool_calls.push(call);
+                }
+                None => out.content.push_str(&format!("{TOOL_START}{rest}")),
+            },
+        }
+        self.mode = Mode::Content;
+        out
+    }
+}
+
+/// Bytes at the end of `text` that are a proper prefix of `tag`.
+fn held_back(text: &str, tag: &str) -> usize {
+    (1..tag.len().min(text.len() + 1))
+        .rev()
+        .find(|&n| {
+            text.is_char_boundary(text.len() - n) && tag.starts_with(&text[text.len() - n..])
+        })
+        .unwrap_or(0)
+}
+
+/// `{"name": ..., "arguments": {...}}` -> a tool call with the arguments as JSON text
+/// (`json.dumps(arguments, ensure_ascii=False)`, as vLLM writes them).
+fn parse_tool_call(body: &str) -> Option<ToolCall> {
+    let v: Value = serde_json::from_str(body.trim()).ok()?;
+    let name = v.get("name")?.as_str()?.to_string();
+    let arguments = match v.get("arguments") {
+        None | Some(Value::Null) => "{}".to_string(),
+        Some(Value::String(s)) => s.clone(),
+        Some(a) => python_json(a),
+    };
+    Some(ToolCall {
+        id: random_id("chatcmpl-tool-"),
+        name,
+        arguments,
+    })
+}
+
+/// `json.dumps(v, ensure_ascii=False)`: `", "` and `": "` separators.
+fn python_json(v: &Value) -> String {
+    match v {
+        Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(python_json).collect::<Vec<_>>().join(", ")
+        ),
+        Value::Object(o) => format!(
+            "{{{}}}",
+            o.iter()
+                .map(|(k, v)| format!("{}: {}", Value::String(k.clone()), python_json(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(parser: &mut OutputParser, pieces: &[&str]) -> Parsed {
+        let mut all = Parsed::default();
+        for p in pieces
+            .iter()
+            .copied()
+            .map(|p| parser.push(p))
+            .chain([parser.finish()])
+        {
+            all.content += &p.content;
+            all.reasoning += &p.reasoning;
+            all.tool_calls.extend(p.tool_calls);
+        }
+        all
+    }
+
+    fn chars(s: &str) -> Vec<String> {
+        s.chars().map(|c| c.to_string()).collect()
+    }
+
+    #[test]
+    fn reasoning_and_content_split_the_same_streamed_or_whole() {
+        let text = "<think>\nLet me think.\n</think>\n\nThe answer is 4.";
+        let whole = run(&mut OutputParser::new(true, false), &[text]);
+        assert_eq!(whole.reasoning, "\nLet me think.\n");
+        assert_eq!(whole.content, "\n\nThe answer is 4.");
+        let pieces = chars(text);
+        let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+        assert_eq!(run(&mut OutputParser::new(true, false), &refs), whole);
+    }
+
+    #[test]
+    fn output_without_think_tag_is_all_content() {
+        let p = run(
+            &mut OutputParser::new(true, true),
+            &["Hello ", "<thin", "king> world"],
+        );
+        assert_eq!(p.content, "Hello <thinking> world");
+        assert_eq!(p.reasoning, "");
+    }
+
+    #[test]
+    fn tool_calls_are_parsed_streamed_and_whole() {
+        let text = "I'll check.<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Zürich\", \"days\": 2}}\n</tool_call>\n<tool_call>\n{\"name\": \"noop\", \"arguments\": {}}\n</tool_call>";
+        for pieces in [vec![text.to_string()], chars(text)] {
+            let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+            let mut parser = OutputParser::new(true, true);
+            let p = run(&mut parser, &refs);
+            assert!(parser.saw_tool_call());
+            assert_eq!(p.content, "I'll check.");
+            assert_eq!(p.tool_calls.len(), 2);
+            assert_eq!(p.tool_calls[0].name, "get_weather");
+            assert_eq!(
+                p.tool_calls[0].arguments,
+                r#"{"city": "Zürich", "days": 2}"#
+            );
+            assert_eq!(p.tool_calls[1].arguments, "{}");
+        }
+    }
+
+    #[test]
+    fn malformed_tool_call_stays_content() {
+        let p = run(
+            &mut OutputParser::new(false, true),
+            &["<tool_call>{not json}</tool_call> ok"],
+        );
+        assert!(p.tool_calls.is_empty());
+        assert_eq!(p.content, "<tool_call>{not json}</tool_call> ok");
+        let p = run(
+            &mut OutputParser::new(false, true),
+            &["x <tool_call>{\"name\": \"a\"", ", \"arguments\": {}}"],
+        );
+        assert_eq!(
+            p.tool_calls.len(),
+            1,
+            "an unclosed but complete call at the end still counts"
+        );
+    }
+
+    #[test]
+    fn tools_are_not_parsed_without_tools_in_the_request() {
+        let p = run(
+            &mut OutputParser::new(true, false),
+            &["<tool_call>{\"name\": \"a\", \"arguments\": {}}</tool_call>"],
+        );
+        assert!(p.tool_calls.is_empty());
+        assert!(p.content.contains("<tool_call>"));
+    }
+
+    #[test]
+    fn request_parsing_names_the_bad_field() {
+        let bad = [
+            (json!({"messages": []}), "messages"),
+            (json!({"model": "m"}), "messages"),
+            (json!({"messages": [{"content": "x"}]}), "messages"),
+            (
+                json!({"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}),
+                "temperature",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "x"}], "stop": 3}),
+                "stop",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "x"}], "n": 0}),
+                "n",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": -1}),
+                "max_tokens",
+            ),
+        ];
+        for (body, param) in bad {
+            assert_eq!(
+                ChatRequest::from_openai(&body).unwrap_err().param,
+                param,
+                "{body}"
+            );
+        }
+        let ok = ChatRequest::from_openai(&json!({
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
+            "stop": "x", "max_completion_tokens": 5, "seed": 3, "logprobs": true, "top_logprobs": 2,
+            "chat_template_kwargs": {"enable_thinking": false}
+        }))
+        .unwrap();
+        assert_eq!(ok.messages[0]["content"], "a\nb");
+        assert_eq!(
+            (ok.stop.clone(), ok.max_tokens, ok.seed, ok.top_logprobs),
+            (vec!["x".to_string()], Some(5), Some(3), 2)
+        );
+        // And back through the wire format.
+        assert_eq!(
+            ChatRequest::from_openai(&ok.to_openai("m", false)).unwrap(),
+            ok
+        );
+    }
+}

@@ -1,0 +1,457 @@
+//! The real server on a loopback port with a tiny fixture checkpoint, driven over HTTP.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use candle_core::{DType, Device};
+use qforge_engine::chat::ChatRequest;
+use qforge_engine::{
+    ChatBackend, ChatEvent, EmbeddedBackend, Engine, GenerationRequest, Metrics, RemoteBackend,
+    RemoteConfig, Scheduler, SchedulerConfig,
+};
+use qforge_model::Checkpoint;
+use qforge_serve::{AppState, ServerConfig};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+const MODEL: &str = "tiny";
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/fixtures/model/qwen3_tied_gqa")
+}
+
+fn backend(scheduler: SchedulerConfig) -> EmbeddedBackend {
+    let ck = Checkpoint::load_dir(&fixture(), DType::F32, &Device::Cpu).unwrap();
+    let engine = Engine::new(ck.model, Arc::new(ck.tokenizer));
+    EmbeddedBackend::new(
+        MODEL.into(),
+        Scheduler::spawn(engine, scheduler, Arc::new(Metrics::default())),
+        ck.generation,
+    )
+}
+
+struct Server {
+    url: String,
+    backend: EmbeddedBackend,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    async fn start(config: ServerConfig, scheduler: SchedulerConfig) -> Self {
+        let backend = backend(scheduler);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let state = AppState::new(backend.clone(), config);
+        let task = tokio::spawn(qforge_serve::serve(listener, state, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            url,
+            backend,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn default() -> Self {
+        Self::start(ServerConfig::default(), SchedulerConfig::default()).await
+    }
+
+    fn remote(&self) -> RemoteBackend {
+        RemoteBackend::new(RemoteConfig::new(format!("{}/v1", self.url), MODEL)).unwrap()
+    }
+
+    async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let resp = reqwest::Client::new()
+            .post(format!("{}{path}", self.url))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix(' '))
+                    .map(|v| v.parse().unwrap())
+            })
+            .unwrap_or_else(|| panic!("metric {name} missing"))
+    }
+
+    async fn shutdown(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+fn greedy(text: &str, max_tokens: usize) -> ChatRequest {
+    ChatRequest {
+        temperature: Some(0.0),
+        max_tokens: Some(max_tokens),
+        ..ChatRequest::user(text)
+    }
+}
+
+/// What the engine generates directly for the same chat prompt.
+fn direct(backend: &EmbeddedBackend, request: &ChatRequest) -> String {
+    let prompt = backend.chat_prompt(request).unwrap();
+    let engine = backend.scheduler().engine();
+    let mut r = GenerationRequest::new(prompt, request.max_tokens.unwrap());
+    r.stop.stop_token_ids = vec![backend.tokenizer().eos_token_id().unwrap()];
+    engine.generate(vec![r], |_| {}).unwrap().remove(0).text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_backend_against_our_server_equals_direct_generation() {
+    let server = Server::default().await;
+    let remote = server.remote();
+    assert_eq!(remote.list_models().await.unwrap(), vec![MODEL.to_string()]);
+    for prompt in ["Hello there", "What's the capital of France?"] {
+        let request = greedy(prompt, 12);
+        let expected = direct(&server.backend, &request);
+        let whole = remote.chat(request.clone()).await.unwrap();
+        assert_eq!(
+            whole.choices[0].message.content.as_deref().unwrap_or(""),
+            expected
+        );
+        assert_eq!(whole.usage.completion_tokens, 12);
+        let mut stream = remote.chat_stream(request).await.unwrap();
+        let (mut text, mut usage, mut finish) = (String::new(), None, None);
+        while let Some(event) = stream.recv().await {
+            match event.unwrap() {
+                ChatEvent::Delta(d) => {
+                    text += d.content.as_deref().unwrap_or("");
+                    finish = d.finish_reason.or(finish);
+                }
+                ChatEvent::Usage(u) => usage = Some(u),
+            }
+        }
+        assert_eq!(text, expected);
+        assert_eq!(finish.as_deref(), Some("length"));
+        assert_eq!(usage.unwrap().completion_tokens, 12);
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_streams_with_disconnects_complete_and_free_their_slots() {
+    let server = Server::start(
+        ServerConfig::default(),
+        SchedulerConfig {
+            max_seqs: 8,
+            ..SchedulerConfig::default()
+        },
+    )
+    .await;
+    let prompts: Vec<String> = (0..32).map(|i| format!("client {i} says hello")).collect();
+    let expected: Vec<String> = prompts
+        .iter()
+        .map(|p| direct(&server.backend, &greedy(p, 16)))
+        .collect();
+    let mut tasks = Vec::new();
+    for (i, prompt) in prompts.iter().enumerate() {
+        let remote = server.remote();
+        // Clients that will hang up ask for long answers, so they are still running then.
+        let request = greedy(prompt, if i % 4 == 0 { 200 } else { 16 });
+        tasks.push(tokio::spawn(async move {
+            let mut stream = remote.chat_stream(request).await.unwrap();
+            let mut text = String::new();
+            let mut deltas = 0;
+            while let Some(event) = stream.recv().await {
+                if let ChatEvent::Delta(d) = event.unwrap() {
+                    text += d.content.as_deref().unwrap_or("");
+                    deltas += 1;
+                    // Every fourth client hangs up after two tokens.
+                    if i % 4 == 0 && deltas == 2 {
+                        return None;
+                    }
+                }
+            }
+            Some(text)
+        }));
+    }
+    for (i, task) in tasks.into_iter().enumerate() {
+        match task.await.unwrap() {
+            Some(text) => assert_eq!(text, expected[i], "client {i}"),
+            None => assert_eq!(i % 4, 0),
+        }
+    }
+    // Cancelled sequences leave the batch; nothing stays reserved.
+    for _ in 0..100 {
+        if server.metric("qforge_running_sequences").await == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(server.metric("qforge_running_sequences").await, 0.0);
+    assert_eq!(server.metric("qforge_queue_depth").await, 0.0);
+    assert_eq!(server.metric("qforge_kv_reserved_bytes").await, 0.0);
+    // A client that hangs up is cancelled unless its sequence already ended (it is short).
+    let cancelled = server.metric("qforge_requests_cancelled_total").await;
+    let finished = server.metric("qforge_requests_finished_total").await;
+    assert!(cancelled >= 1.0, "no cancellation recorded");
+    assert_eq!(cancelled + finished, 32.0);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
+    let server = Server::start(
+        ServerConfig {
+            max_body_bytes: 4096,
+            ..ServerConfig::default()
+        },
+        SchedulerConfig::default(),
+    )
+    .await;
+    let long = "word ".repeat(400);
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        (
+            "malformed JSON",
+            b"{\"messages\": [".to_vec(),
+            400,
+            "not valid JSON",
+        ),
+        ("not an object", b"[1, 2]".to_vec(), 400, "JSON object"),
+        (
+            "invalid UTF-8",
+            b"{\"messages\": \"\xff\xfe\"}".to_vec(),
+            400,
+            "UTF-8",
+        ),
+        (
+            "wrong type",
+            json!({"messages": [{"role": "user", "content": "x"}], "temperature": "hot"})
+                .to_string()
+                .into_bytes(),
+            400,
+            "temperature",
+        ),
+        (
+            "empty messages",
+            json!({"messages": []}).to_string().into_bytes(),
+            400,
+            "must not be empty",
+        ),
+        (
+            "unknown model",
+            json!({"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]})
+                .to_string()
+                .into_bytes(),
+            404,
+            "gpt-9",
+        ),
+        (
+            "oversized body",
+            json!({"messages": [{"role": "user", "content": "x".repeat(5000)}]})
+                .to_string()
+                .into_bytes(),
+            413,
+            "larger than",
+        ),
+        (
+            "prompt over the context",
+            json!({"messages": [{"role": "user", "content": long}]})
+                .to_string()
+                .into_bytes(),
+            400,
+            "maximum context length",
+        ),
+        (
+            "max_tokens over the context",
+            json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 100000})
+                .to_string()
+                .into_bytes(),
+            400,
+            "maximum context length",
+        ),
+        (
+            "bad top_p",
+            json!({"messages": [{"role": "user", "content": "x"}], "top_p": 0})
+                .to_string()
+                .into_bytes(),
+            400,
+            "top_p",
+        ),
+    ];
+    for (name, body, status, needle) in cases {
+        let (got, v) = server.post("/v1/chat/completions", body).await;
+        assert_eq!(got, status, "{name}: {v}");
+        let message = v["error"]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: not an OpenAI error: {v}"));
+        assert!(message.contains(needle), "{name}: {message}");
+        assert!(v["error"]["type"].is_string(), "{name}");
+    }
+    let (status, v) = server
+        .post("/v1/completions", json!({"prompt": []}).to_string())
+        .await;
+    assert_eq!(status, 400, "{v}");
+    let (status, v) = server.post("/v1/nope", "{}").await;
+    assert_eq!(status, 404, "{v}");
+    // Still serving.
+    let (status, v) = server
+        .post("/v1/chat/completions", greedy_body("still there?"))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(server.metric("qforge_running_sequences").await, 0.0);
+    server.shutdown().await;
+}
+
+fn greedy_body(text: &str) -> String {
+    json!({"model": MODEL, "messages": [{"role": "user", "content": text}], "max_tokens": 4, "temperature": 0}).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_key_is_required_when_set() {
+    let server = Server::start(
+        ServerConfig {
+            api_key: Some("s3cret".into()),
+            ..ServerConfig::default()
+        },
+        SchedulerConfig::default(),
+    )
+    .await;
+    let (status, v) = server.post("/v1/chat/completions", greedy_body("hi")).await;
+    assert_eq!(status, 401, "{v}");
+    assert_eq!(v["error"]["code"], "invalid_api_key");
+    let mut config = RemoteConfig::new(format!("{}/v1", server.url), MODEL);
+    config.api_key = Some("s3cret".into());
+    let remote = RemoteBackend::new(config).unwrap();
+    assert!(remote.chat(greedy("hi", 3)).await.is_ok());
+    // Health and metrics stay open for probes.
+    assert_eq!(
+        reqwest::get(format!("{}/health", server.url))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_429() {
+    let server = Server::start(
+        ServerConfig::default(),
+        SchedulerConfig {
+            max_seqs: 1,
+            max_queue: 1,
+            ..SchedulerConfig::default()
+        },
+    )
+    .await;
+    let body = json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 200, "temperature": 0}).to_string();
+    let requests: Vec<_> = (0..8)
+        .map(|_| {
+            let (url, body) = (server.url.clone(), body.clone());
+            tokio::spawn(async move {
+                reqwest::Client::new()
+                    .post(format!("{url}/v1/chat/completions"))
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for r in requests {
+        statuses.push(r.await.unwrap());
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert!(statuses.contains(&200), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_in_flight_streams_finish() {
+    let server = Server::default().await;
+    let remote = server.remote();
+    let mut stream = remote
+        .chat_stream(greedy("long answer please", 40))
+        .await
+        .unwrap();
+    let first = stream.recv().await.unwrap().unwrap();
+    assert!(matches!(first, ChatEvent::Delta(_)));
+    let stopper = tokio::spawn(server.shutdown());
+    let mut tokens = 1;
+    let mut usage = None;
+    while let Some(event) = stream.recv().await {
+        match event.unwrap() {
+            ChatEvent::Delta(d) if d.logprobs.is_none() => tokens += 1,
+            ChatEvent::Usage(u) => usage = Some(u),
+            _ => {}
+        }
+    }
+    stopper.await.unwrap();
+    assert_eq!(usage.unwrap().completion_tokens, 40);
+    assert!(tokens >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_endpoint_generates_and_streams() {
+    let server = Server::default().await;
+    let (status, v) = server
+        .post("/v1/completions", json!({"prompt": ["Hello", "It's a"], "max_tokens": 5, "temperature": 0, "logprobs": 2}).to_string())
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 2);
+    assert_eq!(choices[1]["index"], 1);
+    assert_eq!(
+        choices[0]["logprobs"]["tokens"].as_array().unwrap().len(),
+        5
+    );
+    assert_eq!(v["usage"]["completion_tokens"], 10);
+    // The same prompt streamed gives the same text.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/completions", server.url))
+        .body(
+            json!({"prompt": "Hello", "max_tokens": 5, "temperature": 0, "stream": true})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let streamed: String = resp
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| {
+            serde_json::from_str::<Value>(d).unwrap()["choices"][0]["text"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(streamed, choices[0]["text"].as_str().unwrap());
+    server.shutdown().await;
+}

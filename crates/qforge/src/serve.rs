@@ -1,0 +1,132 @@
+//! `qforge serve`: the OpenAI-compatible server on the embedded engine.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use qforge_engine::{EmbeddedBackend, Engine, Metrics, Scheduler, SchedulerConfig};
+use qforge_serve::{AppState, ServerConfig};
+
+use crate::common::ModelArgs;
+
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models,\n\
+    GET /health, GET /metrics (Prometheus).\n\nExamples:\n  \
+    qforge serve                                  # built-in demo model on 127.0.0.1:8000\n  \
+    qforge serve -m Qwen/Qwen3-0.6B --port 9000 --api-key secret\n  \
+    curl localhost:8000/v1/chat/completions -d '{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'"
+)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+
+    /// Address to bind. The default is loopback only; use 0.0.0.0 to accept remote clients.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+
+    /// Require `Authorization: Bearer KEY` on /v1/* routes.
+    #[arg(long, env = "QFORGE_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+
+    /// Name clients use in `model` (default: the model argument, or "qforge-demo").
+    #[arg(long)]
+    served_model_name: Option<String>,
+
+    /// Sequences decoded together at most.
+    #[arg(long, default_value_t = 32)]
+    max_seqs: usize,
+
+    /// Requests allowed to wait; beyond, the server answers 429.
+    #[arg(long, default_value_t = 256)]
+    max_queue: usize,
+
+    /// KV-cache memory reserved by running sequences at most, in MiB.
+    #[arg(long, default_value_t = 4096)]
+    max_kv_mib: usize,
+
+    /// Largest request body, in MiB (413 beyond).
+    #[arg(long, default_value_t = 16)]
+    max_body_mib: usize,
+
+    /// Longest prompt in tokens (400 beyond; default: the model's context).
+    #[arg(long)]
+    max_prompt_tokens: Option<usize>,
+
+    /// Keep `<think>` blocks in `content` instead of moving them to `reasoning_content`.
+    #[arg(long)]
+    no_reasoning_parser: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let ck = args.model.load()?;
+    let name = args
+        .served_model_name
+        .clone()
+        .or_else(|| args.model.model.clone())
+        .unwrap_or_else(|| "qforge-demo".to_string());
+    let engine = Engine::new(ck.model, Arc::new(ck.tokenizer));
+    let scheduler = Scheduler::spawn(
+        engine,
+        SchedulerConfig {
+            max_seqs: args.max_seqs.max(1),
+            max_queue: args.max_queue.max(1),
+            max_kv_bytes: args.max_kv_mib.saturating_mul(1 << 20),
+        },
+        Arc::new(Metrics::default()),
+    );
+    let mut backend = EmbeddedBackend::new(name.clone(), scheduler, ck.generation);
+    backend.parse_reasoning = !args.no_reasoning_parser;
+    let state = AppState::new(
+        backend,
+        ServerConfig {
+            api_key: args.api_key.clone(),
+            max_body_bytes: args.max_body_mib.saturating_mul(1 << 20),
+            max_prompt_tokens: args.max_prompt_tokens,
+        },
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let addr = format!("{}:{}", args.host, args.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        eprintln!(
+            "serving `{name}` on http://{}/v1{}",
+            listener.local_addr()?,
+            if args.api_key.is_some() {
+                " (API key required)"
+            } else {
+                ""
+            }
+        );
+        qforge_serve::serve(listener, state, shutdown_signal()).await?;
+        eprintln!("shut down");
+        Ok(())
+    })
+}
+
+/// Ctrl-C or SIGTERM: stop accepting, let in-flight requests finish.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    eprintln!("shutting down: finishing in-flight requests");
+}
