@@ -730,13 +730,10 @@ mod tests {
     use super::*;
 
     fn run(parser: &mut OutputParser, pieces: &[&str]) -> Parsed {
+        let mut parts: Vec<Parsed> = pieces.iter().map(|p| parser.push(p)).collect();
+        parts.push(parser.finish());
         let mut all = Parsed::default();
-        for p in pieces
-            .iter()
-            .copied()
-            .map(|p| parser.push(p))
-            .chain([parser.finish()])
-        {
+        for p in parts {
             all.content += &p.content;
             all.reasoning += &p.reasoning;
             all.tool_calls.extend(p.tool_calls);

@@ -236,8 +236,8 @@ fn top_logprobs_are_sorted_and_include_greedy_choice() {
 
 #[test]
 fn generation_stops_at_the_context_length() {
-    let e = engine("qwen3_tied_gqa"); // 256 positions
-    let prompt: Vec<u32> = (0..250).map(|i| (i % 300) as u32).collect();
+    let e = engine("qwen3_tied_gqa"); // 1024 positions
+    let prompt: Vec<u32> = (0..1018).map(|i| (i % 300) as u32).collect();
     let out = e
         .generate(vec![greedy(&prompt, 100)], |_| {})
         .unwrap()
@@ -253,13 +253,13 @@ fn bad_requests_are_errors() {
         e.generate(vec![greedy(&[], 4)], |_| {}),
         Err(EngineError::EmptyPrompt { index: 0 })
     ));
-    let long = vec![5u32; 256];
+    let long = vec![5u32; 1024];
     assert!(matches!(
         e.generate(vec![greedy(&[1], 1), greedy(&long, 4)], |_| {}),
         Err(EngineError::PromptTooLong {
             index: 1,
-            len: 256,
-            max: 256
+            len: 1024,
+            max: 1024
         })
     ));
     let err = e.generate(vec![greedy(&[9999], 1)], |_| {}).unwrap_err();

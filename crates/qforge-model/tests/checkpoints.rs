@@ -185,11 +185,17 @@ fn empty_prompt_and_overlong_prompt_are_errors() {
     let model = load(&fixture("qwen3_tied_gqa")).unwrap();
     let err = Batch::left_padded(&[&[]], &[0], 0, &Device::Cpu).unwrap_err();
     assert!(err.to_string().contains("empty"), "{err}");
-    let long: Vec<u32> = vec![5; 257]; // max_position_embeddings is 256
+    let long: Vec<u32> = vec![5; 1025]; // max_position_embeddings is 1024
     let batch = Batch::left_padded(&[&long], &[0], 0, &Device::Cpu).unwrap();
     let err = model.forward(&batch, None).unwrap_err();
     assert!(
-        matches!(err, ModelError::ContextOverflow { len: 257, max: 256 }),
+        matches!(
+            err,
+            ModelError::ContextOverflow {
+                len: 1025,
+                max: 1024
+            }
+        ),
         "{err:?}"
     );
 }

@@ -216,13 +216,13 @@ async fn concurrent_streams_with_disconnects_complete_and_free_their_slots() {
 async fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
     let server = Server::start(
         ServerConfig {
-            max_body_bytes: 4096,
+            max_body_bytes: 16 * 1024,
             ..ServerConfig::default()
         },
         SchedulerConfig::default(),
     )
     .await;
-    let long = "word ".repeat(400);
+    let long = "word ".repeat(1500);
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
         (
             "malformed JSON",
@@ -261,7 +261,7 @@ async fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
         ),
         (
             "oversized body",
-            json!({"messages": [{"role": "user", "content": "x".repeat(5000)}]})
+            json!({"messages": [{"role": "user", "content": "x".repeat(20_000)}]})
                 .to_string()
                 .into_bytes(),
             413,
