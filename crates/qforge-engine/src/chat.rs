@@ -617,7 +617,8 @@ impl OutputParser {
                     }
                     match self.buf.find(TOOL_START) {
                         Some(i) => {
-                            self.emit_content(&self.buf[..i].to_string(), &mut out);
+                            let before = self.buf[..i].to_string();
+                            self.emit_content(&before, &mut out);
                             self.buf.drain(..i + TOOL_START.len());
                             self.mode = Mode::ToolCall;
                         }

@@ -5,6 +5,10 @@
 //! shape. Requests go through [`EmbeddedBackend`], whose scheduler batches them continuously;
 //! a client that disconnects cancels its sequences.
 
+// Helpers return `Result<_, Response>` so handlers can `?`-style early-return an error page; the
+// error path is cold, so the size of axum's Response does not matter.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;

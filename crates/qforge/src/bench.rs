@@ -18,6 +18,25 @@ pub enum BenchCommand {
     Decode(Args),
     /// Prefill tokens/s against candle-transformers' qwen3.
     Prefill(Args),
+    /// `qforge serve` throughput and time per output token at several concurrent streams,
+    /// and its overhead against direct engine generation.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Concurrent streams to measure (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    pub streams: Vec<usize>,
+    /// Tokens generated per request.
+    #[arg(long, default_value_t = 32)]
+    pub max_tokens: usize,
+    /// Weight dtype.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Model shape: a config.json (default: Qwen3-0.6B's shape). Weights are random.
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -49,7 +68,7 @@ pub struct Args {
 }
 
 /// Qwen3-0.6B's published shape (weights are random).
-fn qwen3_0_6b() -> Value {
+pub fn qwen3_0_6b() -> Value {
     json!({
         "model_type": "qwen3", "vocab_size": 151936, "hidden_size": 1024, "intermediate_size": 3072,
         "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128,
@@ -214,6 +233,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     let (args, decode) = match cmd {
         BenchCommand::Decode(a) => (a, true),
         BenchCommand::Prefill(a) => (a, false),
+        BenchCommand::Serve(a) => return crate::bench_serve::run(a),
     };
     if args.steps < 2 || args.repeats == 0 || args.prompt_len == 0 || args.batch.contains(&0) {
         bail!("--steps must be >= 2, --repeats and --prompt-len >= 1, batch sizes >= 1");
@@ -368,7 +388,7 @@ fn best(prev: Option<Measured>, m: Measured, decode: bool) -> Measured {
 }
 
 /// The engine needs a tokenizer for detokenization; the demo one is enough for random ids.
-fn bench_tokenizer() -> Result<qforge_model::Tokenizer> {
+pub fn bench_tokenizer() -> Result<qforge_model::Tokenizer> {
     Ok(qforge_model::Tokenizer::from_dir(
         &crate::demo::demo_model_dir()?,
     )?)
