@@ -1,0 +1,13 @@
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{0}")]
+    Invalid(String),
+
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+
+    #[error(transparent)]
+    Model(#[from] qforge_model::ModelError),
+}
+
+pub type Result<T, E = TrainError> = std::result::Result<T, E>;

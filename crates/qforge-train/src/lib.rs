@@ -1,0 +1,13 @@
+//! qforge-train: the training core shared by every recipe.
+//!
+//! So far: [`losses`] (completion log-probabilities, entropy, SFT, the DPO family, SimPO, ORPO,
+//! Bradley-Terry) and [`policy`] (GRPO advantages, the clipped surrogate with clip-higher and
+//! dual-clip, verl's aggregation modes, KL estimators). Every function is built from candle
+//! ops with a backward, and parity with the reference formulas (values and gradients) is pinned
+//! by `tests/parity.rs`.
+
+pub mod error;
+pub mod losses;
+pub mod policy;
+
+pub use error::{Result, TrainError};
