@@ -3,6 +3,9 @@ pub enum TrainError {
     #[error("{0}")]
     Invalid(String),
 
+    #[error("the gradient norm is not finite ({0}); the step was not applied")]
+    NonFiniteGradient(f64),
+
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 

@@ -2,12 +2,14 @@
 //!
 //! So far: [`losses`] (completion log-probabilities, entropy, SFT, the DPO family, SimPO, ORPO,
 //! Bradley-Terry) and [`policy`] (GRPO advantages, the clipped surrogate with clip-higher and
-//! dual-clip, verl's aggregation modes, KL estimators). Every function is built from candle
+//! dual-clip, verl's aggregation modes, KL estimators) and [`optim`] (AdamW with f32 master
+//! weights, global-norm clipping, gradient accumulation, transformers' LR schedules). Every function is built from candle
 //! ops with a backward, and parity with the reference formulas (values and gradients) is pinned
 //! by `tests/parity.rs`.
 
 pub mod error;
 pub mod losses;
+pub mod optim;
 pub mod policy;
 
 pub use error::{Result, TrainError};

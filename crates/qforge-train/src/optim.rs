@@ -1,0 +1,218 @@
+//! AdamW with f32 master weights and moments, global-norm clipping, gradient accumulation
+//! and learning-rate schedules, matching `torch.optim.AdamW`, `clip_grad_norm_` and
+//! transformers' schedules (pinned by `tests/optim.rs`).
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor, Var};
+
+use crate::error::{Result, TrainError};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Decoupled weight decay, applied to matrices only (not to norms or biases).
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        Self {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+struct Slot {
+    name: String,
+    var: Var,
+    /// f32 copy of the parameter when the model runs in another dtype (bf16 on CUDA).
+    master: Option<Var>,
+    m: Var,
+    v: Var,
+    decay: bool,
+}
+
+/// AdamW over named variables. Parameters with one dimension (norm weights, biases) get no
+/// weight decay, as transformers' Trainer groups them.
+pub struct AdamW {
+    slots: Vec<Slot>,
+    config: AdamWConfig,
+    step: u64,
+}
+
+impl AdamW {
+    pub fn new(vars: Vec<(String, Var)>, config: AdamWConfig) -> Result<Self> {
+        let slots = vars
+            .into_iter()
+            .map(|(name, var)| {
+                let master = (var.dtype() != DType::F32)
+                    .then(|| Var::from_tensor(&var.to_dtype(DType::F32)?))
+                    .transpose()?;
+                let zeros = || Var::zeros(var.shape(), DType::F32, var.device());
+                Ok(Slot {
+                    decay: var.rank() >= 2,
+                    m: zeros()?,
+                    v: zeros()?,
+                    master,
+                    name,
+                    var,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            slots,
+            config,
+            step: 0,
+        })
+    }
+
+    pub fn steps_taken(&self) -> u64 {
+        self.step
+    }
+
+    /// One update with learning rate `lr`. Variables without a gradient are left alone.
+    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        self.step += 1;
+        let c = self.config;
+        let t = self.step as i32;
+        let bias1 = 1.0 - c.beta1.powi(t);
+        let bias2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
+        for slot in &self.slots {
+            let Some(g) = grads.get(slot.var.as_tensor()) else {
+                continue;
+            };
+            let g = g.to_dtype(DType::F32)?;
+            let param = slot.master.as_ref().unwrap_or(&slot.var);
+            let mut p = param.as_tensor().clone();
+            if slot.decay && c.weight_decay != 0.0 {
+                p = (&p * (1.0 - lr * c.weight_decay))?;
+            }
+            let m = ((slot.m.as_tensor() * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
+            let v = ((slot.v.as_tensor() * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+            let denom = ((v.sqrt()? / bias2_sqrt)? + c.eps)?;
+            let p = (p - ((&m / denom)? * (lr / bias1))?)?;
+            slot.m.set(&m)?;
+            slot.v.set(&v)?;
+            param.set(&p)?;
+            if slot.master.is_some() {
+                slot.var.set(&p.to_dtype(slot.var.dtype())?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Names and first/second moments, for checkpoints.
+    pub fn state(&self) -> Vec<(String, Tensor, Tensor)> {
+        self.slots
+            .iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    s.m.as_tensor().clone(),
+                    s.v.as_tensor().clone(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Scales gradients in place so their global L2 norm is at most `max_norm`
+/// (`torch.nn.utils.clip_grad_norm_`: coefficient `max_norm / (norm + 1e-6)`, capped at 1).
+/// Returns the norm before clipping; a non-finite norm is an error naming it, so a step with
+/// NaN gradients can be skipped instead of corrupting the weights.
+pub fn clip_grad_norm(grads: &mut GradStore, vars: &[&Var], max_norm: f64) -> Result<f64> {
+    let mut total = 0f64;
+    for v in vars {
+        if let Some(g) = grads.get(v.as_tensor()) {
+            total += g
+                .to_dtype(DType::F64)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f64>()?;
+        }
+    }
+    let norm = total.sqrt();
+    if !norm.is_finite() {
+        return Err(TrainError::NonFiniteGradient(norm));
+    }
+    let coef = max_norm / (norm + 1e-6);
+    if coef < 1.0 {
+        for v in vars {
+            if let Some(g) = grads.remove(v.as_tensor()) {
+                grads.insert(v.as_tensor(), (g * coef)?);
+            }
+        }
+    }
+    Ok(norm)
+}
+
+/// Sums gradients over micro-batches (each already divided by the number of micro-batches).
+#[derive(Default)]
+pub struct GradAccumulator {
+    grads: Option<GradStore>,
+}
+
+impl GradAccumulator {
+    pub fn add(&mut self, grads: GradStore, vars: &[&Var]) -> Result<()> {
+        match &mut self.grads {
+            None => self.grads = Some(grads),
+            Some(acc) => {
+                for v in vars {
+                    if let Some(g) = grads.get(v.as_tensor()) {
+                        let sum = match acc.remove(v.as_tensor()) {
+                            Some(prev) => (prev + g)?,
+                            None => g.clone(),
+                        };
+                        acc.insert(v.as_tensor(), sum);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The summed gradients; the accumulator starts over.
+    pub fn take(&mut self) -> Option<GradStore> {
+        self.grads.take()
+    }
+}
+
+/// Learning-rate schedules of transformers (`get_*_schedule_with_warmup`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Schedule {
+    Constant,
+    /// Linear warm-up, then linear decay to 0 at `total` steps.
+    Linear {
+        warmup: u64,
+        total: u64,
+    },
+    /// Linear warm-up, then half a cosine to 0 at `total` steps.
+    Cosine {
+        warmup: u64,
+        total: u64,
+    },
+}
+
+impl Schedule {
+    /// The multiplier of the base learning rate at `step` (0-based).
+    pub fn factor(&self, step: u64) -> f64 {
+        let warm = |warmup: u64| (step < warmup).then(|| step as f64 / warmup.max(1) as f64);
+        match *self {
+            Schedule::Constant => 1.0,
+            Schedule::Linear { warmup, total } => warm(warmup).unwrap_or_else(|| {
+                ((total as f64 - step as f64) / (total.saturating_sub(warmup)).max(1) as f64)
+                    .max(0.0)
+            }),
+            Schedule::Cosine { warmup, total } => warm(warmup).unwrap_or_else(|| {
+                let progress =
+                    (step - warmup) as f64 / (total.saturating_sub(warmup)).max(1) as f64;
+                (0.5 * (1.0 + (std::f64::consts::PI * progress).cos())).max(0.0)
+            }),
+        }
+    }
+}
