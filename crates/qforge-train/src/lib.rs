@@ -7,9 +7,12 @@
 //! ops with a backward, and parity with the reference formulas (values and gradients) is pinned
 //! by `tests/parity.rs`.
 
+pub mod data;
 pub mod error;
 pub mod losses;
 pub mod optim;
 pub mod policy;
+pub mod synthetic;
+pub mod trainer;
 
 pub use error::{Result, TrainError};

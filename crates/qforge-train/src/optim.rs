@@ -106,18 +106,44 @@ impl AdamW {
         Ok(())
     }
 
-    /// Names and first/second moments, for checkpoints.
-    pub fn state(&self) -> Vec<(String, Tensor, Tensor)> {
-        self.slots
-            .iter()
-            .map(|s| {
-                (
-                    s.name.clone(),
-                    s.m.as_tensor().clone(),
-                    s.v.as_tensor().clone(),
-                )
-            })
-            .collect()
+    /// Writes moments, f32 master weights (if any) and the step count as safetensors.
+    pub fn save_state(&self, path: &std::path::Path) -> Result<()> {
+        let mut tensors = vec![(
+            "step".to_string(),
+            Tensor::new(&[self.step as f64], &candle_core::Device::Cpu)?,
+        )];
+        for s in &self.slots {
+            tensors.push((format!("m.{}", s.name), s.m.as_tensor().clone()));
+            tensors.push((format!("v.{}", s.name), s.v.as_tensor().clone()));
+            if let Some(master) = &s.master {
+                tensors.push((format!("master.{}", s.name), master.as_tensor().clone()));
+            }
+        }
+        let map: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
+        let tmp = path.with_extension("safetensors.tmp");
+        candle_core::safetensors::save(&map, &tmp)?;
+        std::fs::rename(&tmp, path).map_err(|e| TrainError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })
+    }
+
+    /// Restores what [`Self::save_state`] wrote; every variable must be present.
+    pub fn load_state(&mut self, path: &std::path::Path) -> Result<()> {
+        let map = candle_core::safetensors::load(path, &candle_core::Device::Cpu)?;
+        let get = |k: &str| {
+            map.get(k)
+                .ok_or_else(|| TrainError::Invalid(format!("{}: no `{k}`", path.display())))
+        };
+        self.step = get("step")?.to_vec1::<f64>()?[0] as u64;
+        for s in &self.slots {
+            s.m.set(get(&format!("m.{}", s.name))?)?;
+            s.v.set(get(&format!("v.{}", s.name))?)?;
+            if let Some(master) = &s.master {
+                master.set(get(&format!("master.{}", s.name))?)?;
+            }
+        }
+        Ok(())
     }
 }
 

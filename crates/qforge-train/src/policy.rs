@@ -34,7 +34,7 @@ pub fn group_advantages(
     group_size: usize,
     norm: AdvantageNorm,
 ) -> Result<Vec<f64>> {
-    if group_size == 0 || rewards.len() % group_size != 0 {
+    if group_size == 0 || !rewards.len().is_multiple_of(group_size) {
         return Err(TrainError::Invalid(format!(
             "{} rewards do not split into groups of {group_size}",
             rewards.len()

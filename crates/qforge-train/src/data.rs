@@ -1,0 +1,384 @@
+//! JSONL datasets in TRL's formats, tokenised with the model's chat template.
+//!
+//! - SFT: `{"messages": [...]}` (the last message is the assistant turn to learn), or
+//!   `{"prompt": ..., "completion": ...}` with plain strings or message lists.
+//! - Preference: `{"prompt": ..., "chosen": ..., "rejected": ...}`, plain or conversational.
+//! - Prompt-only (RL): `{"prompt": ...}` or `{"messages": [...]}`.
+//!
+//! Prompt tokens are masked from the loss; plain-text completions get the EOS token appended
+//! (as TRL does). Sequences longer than `max_length` keep their start; an example whose prompt
+//! fills the budget is dropped (counted). A malformed line is an error naming file and line, or
+//! skipped and counted with `skip_malformed`.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use qforge_model::{Batch, ChatOptions, Tokenizer};
+use serde_json::Value;
+
+use crate::error::{Result, TrainError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatasetKind {
+    Sft,
+    Preference,
+    Prompt,
+}
+
+#[derive(Debug, Clone)]
+pub struct DataOptions {
+    pub max_length: usize,
+    pub skip_malformed: bool,
+}
+
+impl Default for DataOptions {
+    fn default() -> Self {
+        Self {
+            max_length: 1024,
+            skip_malformed: false,
+        }
+    }
+}
+
+/// A tokenised training sequence: prompt then completion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sequence {
+    pub ids: Vec<u32>,
+    /// Tokens from here on are learned.
+    pub prompt_len: usize,
+}
+
+impl Sequence {
+    pub fn completion_len(&self) -> usize {
+        self.ids.len() - self.prompt_len
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Example {
+    Sft(Sequence),
+    Preference {
+        chosen: Sequence,
+        rejected: Sequence,
+    },
+    /// Prompt ids plus the original messages (RL rollouts re-render them as needed).
+    Prompt {
+        ids: Vec<u32>,
+        messages: Vec<Value>,
+    },
+}
+
+impl Example {
+    /// Length used for bucketing.
+    pub fn len(&self) -> usize {
+        match self {
+            Example::Sft(s) => s.ids.len(),
+            Example::Preference { chosen, rejected } => chosen.ids.len().max(rejected.ids.len()),
+            Example::Prompt { ids, .. } => ids.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadStats {
+    pub lines: usize,
+    pub skipped_malformed: usize,
+    pub dropped_too_long: usize,
+    pub truncated: usize,
+}
+
+#[derive(Debug)]
+pub struct Dataset {
+    pub kind: DatasetKind,
+    pub examples: Vec<Example>,
+    pub stats: LoadStats,
+    pub path: PathBuf,
+}
+
+fn malformed(path: &Path, line: usize, message: impl Into<String>) -> TrainError {
+    TrainError::Data {
+        path: path.to_path_buf(),
+        line,
+        message: message.into(),
+    }
+}
+
+/// Renders and tokenises a conversation; returns the ids.
+fn render(
+    tok: &Tokenizer,
+    messages: &[Value],
+    generation_prompt: bool,
+) -> std::result::Result<Vec<u32>, String> {
+    let options = ChatOptions {
+        add_generation_prompt: generation_prompt,
+        ..ChatOptions::default()
+    };
+    let text = tok
+        .apply_chat_template(messages, &options)
+        .map_err(|e| e.to_string())?;
+    tok.encode(&text, false).map_err(|e| e.to_string())
+}
+
+fn messages_of(v: &Value, field: &str) -> std::result::Result<Vec<Value>, String> {
+    match v.get(field) {
+        Some(Value::Array(m)) if !m.is_empty() => {
+            for (i, msg) in m.iter().enumerate() {
+                if msg.get("role").and_then(Value::as_str).is_none() {
+                    return Err(format!("`{field}[{i}]` has no string `role`"));
+                }
+            }
+            Ok(m.clone())
+        }
+        Some(Value::Array(_)) => Err(format!("`{field}` is empty")),
+        _ => Err(format!("`{field}` must be a list of messages")),
+    }
+}
+
+/// Prompt then completion. Plain strings: `encode(prompt)` + `encode(completion)` + EOS.
+/// Conversations: the prompt rendered with the generation prompt, the completion the rest of
+/// the full rendering.
+fn prompt_completion(
+    tok: &Tokenizer,
+    prompt: &Value,
+    completion: &Value,
+    field: &str,
+) -> std::result::Result<Sequence, String> {
+    match (prompt, completion) {
+        (Value::String(p), Value::String(c)) => {
+            if c.is_empty() {
+                return Err(format!("`{field}` is empty"));
+            }
+            let mut ids = tok.encode(p, false).map_err(|e| e.to_string())?;
+            let prompt_len = ids.len();
+            ids.extend(tok.encode(c, false).map_err(|e| e.to_string())?);
+            ids.extend(tok.eos_token_id());
+            Ok(Sequence { ids, prompt_len })
+        }
+        (Value::Array(p), Value::Array(c)) => {
+            if c.is_empty() {
+                return Err(format!("`{field}` is empty"));
+            }
+            let prompt_ids = render(tok, p, true)?;
+            let full: Vec<Value> = p.iter().chain(c.iter()).cloned().collect();
+            let ids = render(tok, &full, false)?;
+            if !ids.starts_with(&prompt_ids) {
+                return Err(format!(
+                    "the chat template does not render the prompt as a prefix of prompt + `{field}`"
+                ));
+            }
+            Ok(Sequence {
+                prompt_len: prompt_ids.len(),
+                ids,
+            })
+        }
+        _ => Err(format!(
+            "`prompt` and `{field}` must both be strings or both be message lists"
+        )),
+    }
+}
+
+fn sft_example(tok: &Tokenizer, v: &Value) -> std::result::Result<Sequence, String> {
+    if v.get("messages").is_some() {
+        let messages = messages_of(v, "messages")?;
+        let (last, prompt) = messages.split_last().expect("non-empty");
+        if last.get("role").and_then(Value::as_str) != Some("assistant") {
+            return Err("the last message must be the assistant turn to learn".into());
+        }
+        return prompt_completion(
+            tok,
+            &Value::Array(prompt.to_vec()),
+            &Value::Array(vec![last.clone()]),
+            "messages",
+        );
+    }
+    let (Some(p), Some(c)) = (v.get("prompt"), v.get("completion")) else {
+        return Err("expected `messages`, or `prompt` and `completion`".into());
+    };
+    prompt_completion(tok, p, c, "completion")
+}
+
+fn preference_example(
+    tok: &Tokenizer,
+    v: &Value,
+) -> std::result::Result<(Sequence, Sequence), String> {
+    let (Some(p), Some(c), Some(r)) = (v.get("prompt"), v.get("chosen"), v.get("rejected")) else {
+        return Err("expected `prompt`, `chosen` and `rejected`".into());
+    };
+    if c == r {
+        return Err("`chosen` and `rejected` are identical".into());
+    }
+    Ok((
+        prompt_completion(tok, p, c, "chosen")?,
+        prompt_completion(tok, p, r, "rejected")?,
+    ))
+}
+
+fn prompt_example(
+    tok: &Tokenizer,
+    v: &Value,
+) -> std::result::Result<(Vec<u32>, Vec<Value>), String> {
+    let messages = match v.get("prompt") {
+        Some(Value::String(s)) => vec![serde_json::json!({"role": "user", "content": s})],
+        Some(Value::Array(_)) => messages_of(v, "prompt")?,
+        Some(_) => return Err("`prompt` must be a string or a list of messages".into()),
+        None => messages_of(v, "messages")?,
+    };
+    Ok((render(tok, &messages, true)?, messages))
+}
+
+/// Truncates (keeping the start) and reports whether the example survives.
+fn fit(seq: &mut Sequence, max_length: usize, stats: &mut LoadStats) -> bool {
+    if seq.prompt_len >= max_length {
+        return false;
+    }
+    if seq.ids.len() > max_length {
+        seq.ids.truncate(max_length);
+        stats.truncated += 1;
+    }
+    true
+}
+
+impl Dataset {
+    pub fn load(
+        path: &Path,
+        kind: DatasetKind,
+        tok: &Tokenizer,
+        options: &DataOptions,
+    ) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        let mut stats = LoadStats::default();
+        let mut examples = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line_no = i + 1;
+            if line.trim().is_empty() {
+                continue;
+            }
+            stats.lines += 1;
+            let parsed: std::result::Result<Example, String> = serde_json::from_str::<Value>(line)
+                .map_err(|e| format!("invalid JSON: {e}"))
+                .and_then(|v| match kind {
+                    DatasetKind::Sft => sft_example(tok, &v).map(Example::Sft),
+                    DatasetKind::Preference => preference_example(tok, &v)
+                        .map(|(chosen, rejected)| Example::Preference { chosen, rejected }),
+                    DatasetKind::Prompt => prompt_example(tok, &v)
+                        .map(|(ids, messages)| Example::Prompt { ids, messages }),
+                });
+            let example = match parsed {
+                Ok(e) => e,
+                Err(message) if options.skip_malformed => {
+                    tracing::warn!("{}:{line_no}: skipped: {message}", path.display());
+                    stats.skipped_malformed += 1;
+                    continue;
+                }
+                Err(message) => return Err(malformed(path, line_no, message)),
+            };
+            let keep = match example {
+                Example::Sft(mut s) => {
+                    fit(&mut s, options.max_length, &mut stats).then_some(Example::Sft(s))
+                }
+                Example::Preference {
+                    mut chosen,
+                    mut rejected,
+                } => {
+                    let keep = fit(&mut chosen, options.max_length, &mut stats)
+                        && fit(&mut rejected, options.max_length, &mut stats);
+                    keep.then_some(Example::Preference { chosen, rejected })
+                }
+                Example::Prompt { ids, messages } => {
+                    (ids.len() < options.max_length).then_some(Example::Prompt { ids, messages })
+                }
+            };
+            match keep {
+                Some(e) => examples.push(e),
+                None => stats.dropped_too_long += 1,
+            }
+        }
+        if examples.is_empty() {
+            return Err(malformed(path, 0, "no usable examples"));
+        }
+        Ok(Self {
+            kind,
+            examples,
+            stats,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Batches of example indices for `epoch`: a seeded shuffle, then length bucketing (sorting
+    /// within windows of 50 batches) so padding stays small, then the batches shuffled again.
+    /// Deterministic in (seed, epoch), which is what makes resumed runs repeat exactly.
+    pub fn batches(&self, batch_size: usize, seed: u64, epoch: u64) -> Vec<Vec<usize>> {
+        let mut rng = SplitMix(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut order: Vec<usize> = (0..self.examples.len()).collect();
+        rng.shuffle(&mut order);
+        let window = batch_size.max(1) * 50;
+        for chunk in order.chunks_mut(window) {
+            chunk.sort_by_key(|&i| self.examples[i].len());
+        }
+        let mut batches: Vec<Vec<usize>> = order
+            .chunks(batch_size.max(1))
+            .map(<[usize]>::to_vec)
+            .collect();
+        rng.shuffle(&mut batches);
+        batches
+    }
+}
+
+/// A small seeded generator (splitmix64) for data order.
+pub struct SplitMix(pub u64);
+
+impl SplitMix {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = self.below(i + 1);
+            items.swap(i, j);
+        }
+    }
+}
+
+/// Right-padded sequences with their completion mask, ready for the model.
+pub struct TrainBatch {
+    pub batch: Batch,
+    /// `[B, T]` f32: 1 on completion tokens.
+    pub completion_mask: Tensor,
+    /// Real length of each row.
+    pub lengths: Vec<usize>,
+}
+
+impl TrainBatch {
+    pub fn new(seqs: &[&Sequence], pad_id: u32, device: &Device) -> Result<Self> {
+        let ids: Vec<&[u32]> = seqs.iter().map(|s| s.ids.as_slice()).collect();
+        let batch = Batch::right_padded(&ids, pad_id, device)?;
+        let (b, t) = batch.dims()?;
+        let mut mask = vec![0f32; b * t];
+        for (i, s) in seqs.iter().enumerate() {
+            for j in s.prompt_len..s.ids.len() {
+                mask[i * t + j] = 1.0;
+            }
+        }
+        Ok(Self {
+            completion_mask: Tensor::from_vec(mask, (b, t), device)?,
+            lengths: seqs.iter().map(|s| s.ids.len()).collect(),
+            batch,
+        })
+    }
+}

@@ -1,0 +1,62 @@
+//! Small synthetic tasks for tests, demos and the quickstart: copying a digit string.
+//! SFT examples map `copy: 4 7 1` to `4 7 1`; preference pairs prefer the exact copy over the
+//! reversed one (or, for odd lengths where reversing can coincide, a shifted one).
+
+use serde_json::{Value, json};
+
+use crate::data::SplitMix;
+
+fn digits(rng: &mut SplitMix, min: usize, max: usize) -> Vec<u32> {
+    let n = min + rng.below(max - min + 1);
+    (0..n).map(|_| rng.below(10) as u32).collect()
+}
+
+fn join(d: &[u32]) -> String {
+    d.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")
+}
+
+/// `{"prompt": "copy: ...\n", "completion": "..."}` lines.
+pub fn copy_sft(n: usize, seed: u64) -> Vec<Value> {
+    let mut rng = SplitMix(seed);
+    (0..n)
+        .map(|_| {
+            let d = digits(&mut rng, 3, 6);
+            json!({"prompt": format!("copy: {}\n", join(&d)), "completion": join(&d)})
+        })
+        .collect()
+}
+
+/// `{"prompt", "chosen", "rejected"}` lines: the exact copy is preferred over a wrong one.
+pub fn copy_preferences(n: usize, seed: u64) -> Vec<Value> {
+    let mut rng = SplitMix(seed);
+    (0..n)
+        .map(|_| {
+            let d = digits(&mut rng, 3, 6);
+            let mut wrong: Vec<u32> = d.iter().rev().copied().collect();
+            if wrong == d {
+                wrong.rotate_left(1);
+                wrong[0] = (wrong[0] + 1) % 10;
+            }
+            json!({"prompt": format!("copy: {}\n", join(&d)), "chosen": join(&d), "rejected": join(&wrong)})
+        })
+        .collect()
+}
+
+/// Writes JSON values one per line.
+pub fn write_jsonl(path: &std::path::Path, rows: &[Value]) -> std::io::Result<()> {
+    let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(path, text)
+}
+
+/// The prompt of a copy example and the expected answer, for exact-match evaluation.
+pub fn copy_eval(n: usize, seed: u64) -> Vec<(String, String)> {
+    copy_sft(n, seed)
+        .into_iter()
+        .map(|v| {
+            (
+                v["prompt"].as_str().unwrap_or_default().to_string(),
+                v["completion"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,790 @@
+//! The training loop shared by SFT, DPO and reward-model training: micro-batches with gradient
+//! accumulation, global-norm clipping, AdamW on a schedule, evaluation, metrics as JSONL, and
+//! checkpoints that a killed run resumes from with the same loss sequence.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{D, DType, Device, IndexOp, Tensor, Var};
+use qforge_model::weights::{save_safetensors, write_json_atomic};
+use qforge_model::{Model, ModelConfig, Tokenizer};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::data::{DataOptions, Dataset, DatasetKind, Example, Sequence, SplitMix, TrainBatch};
+use crate::error::{Result, TrainError};
+use crate::losses::{self, DpoKind, PreferenceLogps};
+use crate::optim::{AdamW, AdamWConfig, GradAccumulator, Schedule, clip_grad_norm};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    Sft,
+    Dpo,
+    Rm,
+}
+
+/// A recipe's settings (the `[train]` table of a recipe TOML; every field has a default).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Checkpoint directory to start from.
+    pub model: PathBuf,
+    pub data: PathBuf,
+    pub eval_data: Option<PathBuf>,
+    pub output_dir: PathBuf,
+    pub max_length: usize,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub lr: f64,
+    /// "constant", "linear" or "cosine" (after `warmup_steps` of linear warm-up).
+    pub schedule: String,
+    pub warmup_steps: u64,
+    pub epochs: u64,
+    /// Overrides `epochs` when set.
+    pub max_steps: Option<u64>,
+    pub weight_decay: f64,
+    pub max_grad_norm: f64,
+    pub seed: u64,
+    /// Save a checkpoint every N optimiser steps (0: only at the end).
+    pub save_steps: u64,
+    /// Checkpoints kept (oldest removed first).
+    pub save_total_limit: usize,
+    /// Evaluate every N steps (0: only at the end).
+    pub eval_steps: u64,
+    pub skip_malformed: bool,
+    /// DPO: β, `loss_type` (sigmoid, hinge, ipo, robust) and label smoothing.
+    pub beta: f64,
+    pub loss_type: String,
+    pub label_smoothing: f64,
+    /// Reward model: centring coefficient of the Bradley-Terry loss.
+    pub center_rewards_coefficient: f64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            model: PathBuf::new(),
+            data: PathBuf::new(),
+            eval_data: None,
+            output_dir: PathBuf::from("runs/train"),
+            max_length: 512,
+            batch_size: 8,
+            grad_accum: 1,
+            lr: 1e-5,
+            schedule: "cosine".into(),
+            warmup_steps: 0,
+            epochs: 1,
+            max_steps: None,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            seed: 42,
+            save_steps: 0,
+            save_total_limit: 2,
+            eval_steps: 0,
+            skip_malformed: false,
+            beta: 0.1,
+            loss_type: "sigmoid".into(),
+            label_smoothing: 0.0,
+            center_rewards_coefficient: 0.0,
+        }
+    }
+}
+
+impl TrainConfig {
+    fn dpo_kind(&self) -> Result<DpoKind> {
+        Ok(match self.loss_type.as_str() {
+            "sigmoid" => DpoKind::Sigmoid {
+                label_smoothing: self.label_smoothing,
+            },
+            "hinge" => DpoKind::Hinge,
+            "ipo" => DpoKind::Ipo,
+            "robust" => DpoKind::Robust {
+                label_smoothing: self.label_smoothing,
+            },
+            other => {
+                return Err(TrainError::Invalid(format!(
+                    "unknown loss_type `{other}` (sigmoid, hinge, ipo, robust)"
+                )));
+            }
+        })
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(TrainError::Invalid(m));
+        if self.batch_size == 0 || self.grad_accum == 0 {
+            return bad("batch_size and grad_accum must be at least 1".into());
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad(format!("lr must be positive, got {}", self.lr));
+        }
+        if self.max_length < 2 {
+            return bad("max_length must be at least 2".into());
+        }
+        Ok(())
+    }
+}
+
+/// What one optimiser step reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    pub step: u64,
+    pub total_steps: u64,
+    pub epoch: u64,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens_per_s: f64,
+    /// Objective-specific: DPO/RM pairwise accuracy, DPO reward margin.
+    pub accuracy: Option<f64>,
+    pub margin: Option<f64>,
+    /// Whether the step was skipped (non-finite loss or gradient).
+    pub skipped: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EvalReport {
+    pub step: u64,
+    pub loss: f64,
+    pub accuracy: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainerState {
+    step: u64,
+    epoch: u64,
+    cursor: usize,
+    objective: Objective,
+    config: TrainConfig,
+}
+
+pub struct Trainer {
+    pub config: TrainConfig,
+    pub objective: Objective,
+    model: Model,
+    vars: Vec<(String, Var)>,
+    /// Reward-model head `[1, hidden]` (`score.weight`).
+    score: Option<Var>,
+    /// DPO: reference sequence log-probs (chosen, rejected) per training example, from the
+    /// starting weights.
+    reference: Option<Vec<(f32, f32)>>,
+    eval_reference: Option<Vec<(f32, f32)>>,
+    tokenizer: Arc<Tokenizer>,
+    optimizer: AdamW,
+    schedule: Schedule,
+    train: Dataset,
+    eval: Option<Dataset>,
+    step: u64,
+    epoch: u64,
+    cursor: usize,
+    device: Device,
+}
+
+fn pair_seqs<'a>(
+    examples: &'a [Example],
+    idx: &[usize],
+) -> Result<(Vec<&'a Sequence>, Vec<&'a Sequence>)> {
+    let mut chosen = Vec::new();
+    let mut rejected = Vec::new();
+    for &i in idx {
+        match &examples[i] {
+            Example::Preference {
+                chosen: c,
+                rejected: r,
+            } => {
+                chosen.push(c);
+                rejected.push(r);
+            }
+            _ => return Err(TrainError::Invalid("expected preference examples".into())),
+        }
+    }
+    Ok((chosen, rejected))
+}
+
+impl Trainer {
+    /// Loads the starting checkpoint and data; resumes from the newest checkpoint in
+    /// `output_dir` when there is one.
+    pub fn new(config: TrainConfig, objective: Objective) -> Result<Self> {
+        config.validate()?;
+        let device = Device::Cpu;
+        let tokenizer = Arc::new(Tokenizer::from_dir(&config.model)?);
+        let kind = match objective {
+            Objective::Sft => DatasetKind::Sft,
+            Objective::Dpo | Objective::Rm => DatasetKind::Preference,
+        };
+        let options = DataOptions {
+            max_length: config.max_length,
+            skip_malformed: config.skip_malformed,
+        };
+        let train = Dataset::load(&config.data, kind, &tokenizer, &options)?;
+        let eval = config
+            .eval_data
+            .as_ref()
+            .map(|p| Dataset::load(p, kind, &tokenizer, &options))
+            .transpose()?;
+        let resume_from = latest_checkpoint(&config.output_dir)?;
+        let weights_dir = resume_from.clone().unwrap_or_else(|| config.model.clone());
+        let allowed: &[&str] = if objective == Objective::Rm {
+            &["score."]
+        } else {
+            &[]
+        };
+        let base = Model::load(&weights_dir, DType::F32, &device, allowed)?;
+        let score = match objective {
+            Objective::Rm => Some(load_or_init_score(
+                &weights_dir,
+                base.config(),
+                config.seed,
+                &device,
+            )?),
+            _ => None,
+        };
+        let (model, mut vars) = base.into_trainable()?;
+        if let Some(s) = &score {
+            vars.push(("score.weight".into(), s.clone()));
+        }
+        let mut optimizer = AdamW::new(
+            vars.clone(),
+            AdamWConfig {
+                weight_decay: config.weight_decay,
+                ..AdamWConfig::default()
+            },
+        )?;
+        let mut trainer = Self {
+            objective,
+            model,
+            vars,
+            score,
+            reference: None,
+            eval_reference: None,
+            tokenizer,
+            optimizer: AdamW::new(Vec::new(), AdamWConfig::default())?,
+            schedule: Schedule::Constant,
+            train,
+            eval,
+            step: 0,
+            epoch: 0,
+            cursor: 0,
+            device,
+            config,
+        };
+        trainer.schedule = trainer.make_schedule()?;
+        if objective == Objective::Dpo {
+            // The reference is always the starting model, also when resuming.
+            let reference = Model::load(&trainer.config.model, DType::F32, &trainer.device, &[])?;
+            trainer.reference = Some(reference_logps(
+                &reference,
+                &trainer.train,
+                trainer.pad_id(),
+                &trainer.device,
+            )?);
+            if let Some(eval) = &trainer.eval {
+                trainer.eval_reference = Some(reference_logps(
+                    &reference,
+                    eval,
+                    trainer.pad_id(),
+                    &trainer.device,
+                )?);
+            }
+        }
+        if let Some(dir) = resume_from {
+            let state: TrainerState = read_json(&dir.join("trainer_state.json"))?;
+            optimizer.load_state(&dir.join("optimizer.safetensors"))?;
+            trainer.step = state.step;
+            trainer.epoch = state.epoch;
+            trainer.cursor = state.cursor;
+            tracing::info!("resumed from {} at step {}", dir.display(), state.step);
+        }
+        trainer.optimizer = optimizer;
+        Ok(trainer)
+    }
+
+    fn pad_id(&self) -> u32 {
+        self.tokenizer.pad_token_id()
+    }
+
+    fn batches_per_epoch(&self) -> usize {
+        self.train.examples.len().div_ceil(self.config.batch_size)
+    }
+
+    pub fn total_steps(&self) -> u64 {
+        self.config.max_steps.unwrap_or(
+            self.config.epochs
+                * (self.batches_per_epoch() as u64).div_ceil(self.config.grad_accum as u64),
+        )
+    }
+
+    fn make_schedule(&self) -> Result<Schedule> {
+        let (warmup, total) = (self.config.warmup_steps, self.total_steps());
+        Ok(match self.config.schedule.as_str() {
+            "constant" => Schedule::Constant,
+            "linear" => Schedule::Linear { warmup, total },
+            "cosine" => Schedule::Cosine { warmup, total },
+            other => {
+                return Err(TrainError::Invalid(format!(
+                    "unknown schedule `{other}` (constant, linear, cosine)"
+                )));
+            }
+        })
+    }
+
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+
+    /// Loss of a micro-batch, plus (accuracy, margin) for pairwise objectives, and tokens.
+    fn micro_loss(
+        &self,
+        data: &Dataset,
+        reference: Option<&[(f32, f32)]>,
+        idx: &[usize],
+    ) -> Result<(Tensor, Option<(f64, f64)>, usize)> {
+        match self.objective {
+            Objective::Sft => {
+                let seqs: Vec<&Sequence> = idx
+                    .iter()
+                    .map(|&i| match &data.examples[i] {
+                        Example::Sft(s) => Ok(s),
+                        _ => Err(TrainError::Invalid("expected SFT examples".into())),
+                    })
+                    .collect::<Result<_>>()?;
+                let tb = TrainBatch::new(&seqs, self.pad_id(), &self.device)?;
+                let logits = self.model.logits(&self.model.forward(&tb.batch, None)?)?;
+                let tokens = tb.lengths.iter().sum();
+                Ok((
+                    losses::sft_loss(&logits, &tb.batch.input_ids, &tb.completion_mask)?,
+                    None,
+                    tokens,
+                ))
+            }
+            Objective::Dpo => {
+                let (chosen, rejected) = pair_seqs(&data.examples, idx)?;
+                let n = chosen.len();
+                let all: Vec<&Sequence> = chosen.iter().chain(rejected.iter()).copied().collect();
+                let tb = TrainBatch::new(&all, self.pad_id(), &self.device)?;
+                let logits = self.model.logits(&self.model.forward(&tb.batch, None)?)?;
+                let lp = losses::completion_logps(
+                    &logits,
+                    &tb.batch.input_ids,
+                    &tb.completion_mask,
+                    1.0,
+                )?;
+                let reference = reference
+                    .ok_or_else(|| TrainError::Invalid("DPO needs reference log-probs".into()))?;
+                let rc: Vec<f32> = idx.iter().map(|&i| reference[i].0).collect();
+                let rr: Vec<f32> = idx.iter().map(|&i| reference[i].1).collect();
+                let lens = |s: &[&Sequence]| {
+                    Tensor::from_vec(
+                        s.iter()
+                            .map(|x| x.completion_len() as f32)
+                            .collect::<Vec<_>>(),
+                        n,
+                        &self.device,
+                    )
+                };
+                let (lw, ll) = (lens(&chosen)?, lens(&rejected)?);
+                let (rc, rr) = (
+                    Tensor::from_vec(rc, n, &self.device)?,
+                    Tensor::from_vec(rr, n, &self.device)?,
+                );
+                let out = losses::dpo_loss(
+                    &PreferenceLogps {
+                        policy_chosen: &lp.sum.narrow(0, 0, n)?,
+                        policy_rejected: &lp.sum.narrow(0, n, n)?,
+                        reference_chosen: &rc,
+                        reference_rejected: &rr,
+                        chosen_len: Some(&lw),
+                        rejected_len: Some(&ll),
+                    },
+                    self.config.dpo_kind()?,
+                    self.config.beta,
+                )?;
+                let margin = (&out.chosen_rewards - &out.rejected_rewards)?
+                    .mean_all()?
+                    .to_scalar::<f32>()? as f64;
+                Ok((
+                    out.loss.clone(),
+                    Some((out.accuracy()? as f64, margin)),
+                    tb.lengths.iter().sum(),
+                ))
+            }
+            Objective::Rm => {
+                let (chosen, rejected) = pair_seqs(&data.examples, idx)?;
+                let n = chosen.len();
+                let all: Vec<&Sequence> = chosen.iter().chain(rejected.iter()).copied().collect();
+                let rewards = self.rewards(&all)?;
+                let (rw, rl) = (rewards.narrow(0, 0, n)?, rewards.narrow(0, n, n)?);
+                let loss = losses::bradley_terry_loss(
+                    &rw,
+                    &rl,
+                    None,
+                    self.config.center_rewards_coefficient,
+                )?;
+                let acc = rw
+                    .gt(&rl)?
+                    .to_dtype(DType::F32)?
+                    .mean_all()?
+                    .to_scalar::<f32>()? as f64;
+                let margin = (&rw - &rl)?.mean_all()?.to_scalar::<f32>()? as f64;
+                Ok((
+                    loss,
+                    Some((acc, margin)),
+                    all.iter().map(|s| s.ids.len()).sum(),
+                ))
+            }
+        }
+    }
+
+    /// Reward-model scores `[N]` read at each sequence's last token (last-non-pad pooling).
+    pub fn rewards(&self, seqs: &[&Sequence]) -> Result<Tensor> {
+        let score = self
+            .score
+            .as_ref()
+            .ok_or_else(|| TrainError::Invalid("not a reward model".into()))?;
+        let tb = TrainBatch::new(seqs, self.pad_id(), &self.device)?;
+        let hidden = self.model.forward(&tb.batch, None)?;
+        let last: Vec<Tensor> = tb
+            .lengths
+            .iter()
+            .enumerate()
+            .map(|(b, &len)| hidden.i((b, len - 1)))
+            .collect::<candle_core::Result<_>>()?;
+        let pooled = Tensor::stack(&last, 0)?;
+        Ok(pooled.matmul(&score.as_tensor().t()?)?.squeeze(D::Minus1)?)
+    }
+
+    /// Runs to the end, calling `on_step` after every optimiser step and `on_eval` after each
+    /// evaluation. Metrics go to `output_dir/metrics.jsonl`; checkpoints as configured.
+    pub fn train(
+        &mut self,
+        on_step: impl FnMut(&StepReport),
+        on_eval: impl FnMut(&EvalReport),
+    ) -> Result<Vec<StepReport>> {
+        self.train_until(None, on_step, on_eval)
+    }
+
+    /// Like [`Self::train`], but returns right after step `stop_after` without saving, as if
+    /// the process were killed there (tests use it to check resuming).
+    pub fn train_until(
+        &mut self,
+        stop_after: Option<u64>,
+        mut on_step: impl FnMut(&StepReport),
+        mut on_eval: impl FnMut(&EvalReport),
+    ) -> Result<Vec<StepReport>> {
+        std::fs::create_dir_all(&self.config.output_dir)
+            .map_err(|e| self.io_err(&self.config.output_dir, e))?;
+        let metrics_path = self.config.output_dir.join("metrics.jsonl");
+        let mut metrics = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&metrics_path)
+            .map_err(|e| self.io_err(&metrics_path, e))?;
+        let total = self.total_steps();
+        let vars: Vec<Var> = self.vars.iter().map(|(_, v)| v.clone()).collect();
+        let var_refs: Vec<&Var> = vars.iter().collect();
+        let mut reports = Vec::new();
+        let mut batches = self
+            .train
+            .batches(self.config.batch_size, self.config.seed, self.epoch);
+        while self.step < total {
+            let started = Instant::now();
+            let mut acc = GradAccumulator::default();
+            let (mut loss_sum, mut tokens, mut pairwise, mut pair_count) =
+                (0f64, 0usize, (0f64, 0f64), 0usize);
+            let mut finite = true;
+            for _ in 0..self.config.grad_accum {
+                if self.cursor >= batches.len() {
+                    self.epoch += 1;
+                    self.cursor = 0;
+                    batches =
+                        self.train
+                            .batches(self.config.batch_size, self.config.seed, self.epoch);
+                }
+                let idx = batches[self.cursor].clone();
+                self.cursor += 1;
+                let (loss, pair, n_tokens) =
+                    self.micro_loss(&self.train, self.reference.as_deref(), &idx)?;
+                let value = loss.to_scalar::<f32>()? as f64;
+                if !value.is_finite() {
+                    finite = false;
+                    continue;
+                }
+                loss_sum += value / self.config.grad_accum as f64;
+                tokens += n_tokens;
+                if let Some((a, m)) = pair {
+                    pairwise = (pairwise.0 + a, pairwise.1 + m);
+                    pair_count += 1;
+                }
+                let grads = (loss / self.config.grad_accum as f64)?.backward()?;
+                acc.add(grads, &var_refs)?;
+            }
+            let lr = self.config.lr * self.schedule.factor(self.step);
+            let mut grad_norm = f64::NAN;
+            let mut skipped = !finite;
+            if finite && let Some(mut grads) = acc.take() {
+                match clip_grad_norm(&mut grads, &var_refs, self.config.max_grad_norm) {
+                    Ok(norm) => {
+                        grad_norm = norm;
+                        self.optimizer.step(&grads, lr)?;
+                    }
+                    Err(TrainError::NonFiniteGradient(_)) => skipped = true,
+                    Err(e) => return Err(e),
+                }
+            }
+            if skipped {
+                tracing::warn!(
+                    "step {}: non-finite loss or gradient, update skipped",
+                    self.step + 1
+                );
+            }
+            self.step += 1;
+            let report = StepReport {
+                step: self.step,
+                total_steps: total,
+                epoch: self.epoch,
+                loss: loss_sum,
+                lr,
+                grad_norm,
+                tokens_per_s: tokens as f64 / started.elapsed().as_secs_f64().max(1e-9),
+                accuracy: (pair_count > 0).then(|| pairwise.0 / pair_count as f64),
+                margin: (pair_count > 0).then(|| pairwise.1 / pair_count as f64),
+                skipped,
+            };
+            writeln!(
+                metrics,
+                "{}",
+                serde_json::to_string(&report).expect("serialisable")
+            )
+            .map_err(|e| self.io_err(&metrics_path, e))?;
+            on_step(&report);
+            reports.push(report);
+            if stop_after == Some(self.step) {
+                return Ok(reports);
+            }
+            let last = self.step == total;
+            if self.eval.is_some()
+                && (last || (self.config.eval_steps > 0 && self.step % self.config.eval_steps == 0))
+            {
+                let eval = self.evaluate()?;
+                writeln!(metrics, "{}", json!({"eval": eval}))
+                    .map_err(|e| self.io_err(&metrics_path, e))?;
+                on_eval(&eval);
+            }
+            if last || (self.config.save_steps > 0 && self.step % self.config.save_steps == 0) {
+                self.save_checkpoint()?;
+            }
+        }
+        Ok(reports)
+    }
+
+    fn io_err(&self, path: &Path, source: std::io::Error) -> TrainError {
+        TrainError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// Mean loss (and pairwise accuracy) over the evaluation set, without gradients.
+    pub fn evaluate(&self) -> Result<EvalReport> {
+        let data = self
+            .eval
+            .as_ref()
+            .ok_or_else(|| TrainError::Invalid("no eval_data configured".into()))?;
+        self.evaluate_on(data, self.eval_reference.as_deref())
+    }
+
+    pub fn evaluate_on(
+        &self,
+        data: &Dataset,
+        reference: Option<&[(f32, f32)]>,
+    ) -> Result<EvalReport> {
+        let idx: Vec<usize> = (0..data.examples.len()).collect();
+        let (mut loss, mut acc, mut n) = (0f64, 0f64, 0usize);
+        for chunk in idx.chunks(self.config.batch_size) {
+            let (l, pair, _) = self.micro_loss(data, reference, chunk)?;
+            loss += l.to_scalar::<f32>()? as f64 * chunk.len() as f64;
+            if let Some((a, _)) = pair {
+                acc += a * chunk.len() as f64;
+            }
+            n += chunk.len();
+        }
+        Ok(EvalReport {
+            step: self.step,
+            loss: loss / n as f64,
+            accuracy: (self.objective != Objective::Sft).then(|| acc / n as f64),
+        })
+    }
+
+    /// Writes the current model (HF layout, tokenizer files included) to `dir`.
+    pub fn save_model(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| self.io_err(dir, e))?;
+        match &self.score {
+            None => self.model.save_pretrained(dir, 5 << 30)?,
+            Some(score) => {
+                let mut tensors = self.model.named_tensors();
+                tensors.push(("score.weight".into(), score.as_tensor().clone()));
+                save_safetensors(dir, &tensors, 5 << 30)?;
+                let mut config = self.model.config().to_json();
+                let arch = if self.model.config().model_type() == "qwen2" {
+                    "Qwen2ForSequenceClassification"
+                } else {
+                    "Qwen3ForSequenceClassification"
+                };
+                config["architectures"] = json!([arch]);
+                config["num_labels"] = json!(1);
+                config["id2label"] = json!({"0": "LABEL_0"});
+                config["label2id"] = json!({"LABEL_0": 0});
+                write_json_atomic(&dir.join("config.json"), &config)?;
+            }
+        }
+        qforge_model::copy_tokenizer_files(&self.config.model, dir)?;
+        Ok(())
+    }
+
+    /// `output_dir/checkpoint-STEP`: model, optimiser state and trainer state, written to a
+    /// temporary directory and renamed, so a crash never leaves a half checkpoint. Keeps the
+    /// newest `save_total_limit`.
+    pub fn save_checkpoint(&self) -> Result<PathBuf> {
+        let out = &self.config.output_dir;
+        let final_dir = out.join(format!("checkpoint-{}", self.step));
+        let tmp = out.join(format!(".checkpoint-{}.tmp", self.step));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| self.io_err(&tmp, e))?;
+        }
+        self.save_model(&tmp)?;
+        self.optimizer
+            .save_state(&tmp.join("optimizer.safetensors"))?;
+        let state = TrainerState {
+            step: self.step,
+            epoch: self.epoch,
+            cursor: self.cursor,
+            objective: self.objective,
+            config: self.config.clone(),
+        };
+        write_json_atomic(
+            &tmp.join("trainer_state.json"),
+            &serde_json::to_value(&state).expect("serialisable"),
+        )?;
+        if final_dir.exists() {
+            std::fs::remove_dir_all(&final_dir).map_err(|e| self.io_err(&final_dir, e))?;
+        }
+        std::fs::rename(&tmp, &final_dir).map_err(|e| self.io_err(&final_dir, e))?;
+        let mut all = checkpoints(out)?;
+        while all.len() > self.config.save_total_limit.max(1) {
+            let (_, oldest) = all.remove(0);
+            std::fs::remove_dir_all(&oldest).map_err(|e| self.io_err(&oldest, e))?;
+        }
+        Ok(final_dir)
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    serde_json::from_str(&text).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))
+}
+
+/// Completed checkpoints in `dir`, oldest first.
+fn checkpoints(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(Vec::new());
+    };
+    let mut out: Vec<(u64, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let step = name.strip_prefix("checkpoint-")?.parse().ok()?;
+            e.path()
+                .join("trainer_state.json")
+                .is_file()
+                .then(|| (step, e.path()))
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+pub fn latest_checkpoint(dir: &Path) -> Result<Option<PathBuf>> {
+    Ok(checkpoints(dir)?.pop().map(|(_, p)| p))
+}
+
+fn load_or_init_score(dir: &Path, config: &ModelConfig, seed: u64, device: &Device) -> Result<Var> {
+    let store = qforge_model::WeightStore::open_dir(dir)?;
+    if store.contains("score.weight") {
+        return Ok(Var::from_tensor(&store.load(
+            "score.weight",
+            &[1, config.hidden_size],
+            DType::F32,
+            device,
+        )?)?);
+    }
+    // transformers initialises the head with N(0, initializer_range = 0.02).
+    let mut rng = SplitMix(seed ^ 0x5C0E);
+    let data: Vec<f32> = (0..config.hidden_size)
+        .map(|_| {
+            let u1 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+            let u2 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+            (0.02 * (-2.0 * (u1 + 1e-300).ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos())
+                as f32
+        })
+        .collect();
+    Ok(Var::from_tensor(&Tensor::from_vec(
+        data,
+        (1, config.hidden_size),
+        device,
+    )?)?)
+}
+
+/// Sequence log-prob sums (chosen, rejected) of every preference example under `model`.
+pub fn reference_logps(
+    model: &Model,
+    data: &Dataset,
+    pad_id: u32,
+    device: &Device,
+) -> Result<Vec<(f32, f32)>> {
+    let idx: Vec<usize> = (0..data.examples.len()).collect();
+    let mut out = Vec::with_capacity(idx.len());
+    for chunk in idx.chunks(8) {
+        let (chosen, rejected) = pair_seqs(&data.examples, chunk)?;
+        let all: Vec<&Sequence> = chosen.iter().chain(rejected.iter()).copied().collect();
+        let tb = TrainBatch::new(&all, pad_id, device)?;
+        let logits = model.logits(&model.forward(&tb.batch, None)?)?;
+        let sums =
+            losses::completion_logps(&logits, &tb.batch.input_ids, &tb.completion_mask, 1.0)?
+                .sum
+                .to_vec1::<f32>()?;
+        let n = chunk.len();
+        out.extend((0..n).map(|i| (sums[i], sums[n + i])));
+    }
+    Ok(out)
+}
+
+/// Parses `key=value` overrides onto a JSON view of the config (values parsed as JSON, else
+/// taken as strings).
+pub fn apply_overrides(config: &TrainConfig, overrides: &[String]) -> Result<TrainConfig> {
+    let mut v = serde_json::to_value(config).expect("serialisable");
+    for o in overrides {
+        let (key, value) = o
+            .split_once('=')
+            .ok_or_else(|| TrainError::Invalid(format!("--set `{o}`: expected key=value")))?;
+        if v.get(key).is_none() {
+            return Err(TrainError::Invalid(format!(
+                "--set `{key}`: unknown setting"
+            )));
+        }
+        v[key] = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
+    }
+    serde_json::from_value(v).map_err(|e| TrainError::Invalid(format!("--set: {e}")))
+}
