@@ -60,3 +60,24 @@ pub fn copy_eval(n: usize, seed: u64) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// Preference pairs against near misses, the mistakes a half-trained copier makes: the exact
+/// copy is preferred over one with a digit changed, dropped or repeated.
+pub fn near_miss_preferences(n: usize, seed: u64) -> Vec<Value> {
+    let mut rng = SplitMix(seed);
+    (0..n)
+        .map(|_| {
+            let d = digits(&mut rng, 3, 6);
+            let mut wrong = d.clone();
+            let at = rng.below(d.len());
+            match rng.below(3) {
+                0 => wrong[at] = (wrong[at] + 1 + rng.below(9) as u32) % 10,
+                1 => {
+                    wrong.remove(at);
+                }
+                _ => wrong.insert(at, d[at]),
+            }
+            json!({"prompt": format!("copy: {}\n", join(&d)), "chosen": join(&d), "rejected": join(&wrong)})
+        })
+        .collect()
+}

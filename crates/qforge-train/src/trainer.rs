@@ -59,6 +59,8 @@ pub struct TrainConfig {
     pub beta: f64,
     pub loss_type: String,
     pub label_smoothing: f64,
+    /// DPO: weight of the chosen responses' NLL added to the loss (TRL's `rpo_alpha`; 0: off).
+    pub rpo_alpha: f64,
     /// Reward model: centring coefficient of the Bradley-Terry loss.
     pub center_rewards_coefficient: f64,
 }
@@ -88,6 +90,7 @@ impl Default for TrainConfig {
             beta: 0.1,
             loss_type: "sigmoid".into(),
             label_smoothing: 0.0,
+            rpo_alpha: 0.0,
             center_rewards_coefficient: 0.0,
         }
     }
@@ -342,7 +345,8 @@ impl Trainer {
         &self.tokenizer
     }
 
-    /// Loss of a micro-batch, plus (accuracy, margin) for pairwise objectives, and tokens.
+    /// Loss of a micro-batch, (accuracy, margin) for pairwise objectives, and tokens seen.
+    #[allow(clippy::type_complexity)]
     fn micro_loss(
         &self,
         data: &Dataset,
@@ -412,8 +416,15 @@ impl Trainer {
                 let margin = (&out.chosen_rewards - &out.rejected_rewards)?
                     .mean_all()?
                     .to_scalar::<f32>()? as f64;
+                let mut loss = out.loss.clone();
+                if self.config.rpo_alpha != 0.0 {
+                    // RPO: token-mean NLL of the chosen completions.
+                    let chosen_tokens = lp.mask.narrow(0, 0, n)?.sum_all()?.maximum(1f32)?;
+                    let nll = (lp.per_token.narrow(0, 0, n)?.sum_all()?.neg()? / chosen_tokens)?;
+                    loss = (loss + (nll * self.config.rpo_alpha)?)?;
+                }
                 Ok((
-                    out.loss.clone(),
+                    loss,
                     Some((out.accuracy()? as f64, margin)),
                     tb.lengths.iter().sum(),
                 ))
@@ -573,14 +584,18 @@ impl Trainer {
             }
             let last = self.step == total;
             if self.eval.is_some()
-                && (last || (self.config.eval_steps > 0 && self.step % self.config.eval_steps == 0))
+                && (last
+                    || (self.config.eval_steps > 0
+                        && self.step.is_multiple_of(self.config.eval_steps)))
             {
                 let eval = self.evaluate()?;
                 writeln!(metrics, "{}", json!({"eval": eval}))
                     .map_err(|e| self.io_err(&metrics_path, e))?;
                 on_eval(&eval);
             }
-            if last || (self.config.save_steps > 0 && self.step % self.config.save_steps == 0) {
+            if last
+                || (self.config.save_steps > 0 && self.step.is_multiple_of(self.config.save_steps))
+            {
                 self.save_checkpoint()?;
             }
         }

@@ -10,8 +10,11 @@ mod convert;
 mod demo;
 mod generate;
 mod logprobs;
+mod plot;
+mod quickstart;
 mod serve;
 mod template;
+mod train;
 
 // glibc hands large temporaries fresh mmaps and zeroes them on every use; mimalloc reuses
 // them (specs/train_perf.md: +25-60% on training steps).
@@ -38,6 +41,11 @@ enum Command {
     Logprobs(logprobs::Args),
     /// Print exactly the prompt (text or token ids) a model will see for a conversation.
     Template(template::Args),
+    /// Build a tiny model and teach it a synthetic task with SFT then DPO, end to end.
+    Quickstart(quickstart::Args),
+    /// Train with SFT, DPO or a reward model from a recipe.
+    #[command(subcommand)]
+    Train(train::TrainCommand),
     /// Serve a model over an OpenAI-compatible HTTP API with continuous batching.
     Serve(serve::Args),
     /// Re-save a checkpoint in Hugging Face layout (dtype, sharding).
@@ -54,6 +62,8 @@ fn main() {
         Command::Generate(a) => generate::run(a),
         Command::Logprobs(a) => logprobs::run(a),
         Command::Template(a) => template::run(a),
+        Command::Quickstart(a) => quickstart::run(a),
+        Command::Train(t) => train::run(t),
         Command::Serve(a) => serve::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Bench(b) => bench::run(b),

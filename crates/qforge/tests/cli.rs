@@ -224,3 +224,95 @@ fn bad_input_fails_with_a_clear_message() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn quickstart_runs_the_whole_pipeline() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("qs");
+    let result = qforge(
+        &[
+            "quickstart",
+            "--out",
+            dir.to_str().unwrap(),
+            "--sft-steps",
+            "12",
+            "--dpo-steps",
+            "4",
+        ],
+        None,
+    );
+    let stdout = ok(&result);
+    assert!(stdout.starts_with("copy: 3 1 4 1 5\n"), "{stdout}");
+    for f in [
+        "final/config.json",
+        "final/model.safetensors",
+        "final/tokenizer.json",
+        "sft/metrics.jsonl",
+        "dpo/metrics.jsonl",
+        "sft/curves.png",
+        "dpo/curves.png",
+    ] {
+        assert!(dir.join(f).is_file(), "missing {f}");
+    }
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(
+        stderr.contains("after SFT") && stderr.contains("after DPO"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn train_cli_runs_a_recipe_with_overrides_and_rejects_bad_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("sft.jsonl");
+    std::fs::write(
+        &data,
+        (0..16)
+            .map(|i| format!("{{\"prompt\": \"copy: {i}\\n\", \"completion\": \"{i}\"}}\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    let recipe = tmp.path().join("recipe.toml");
+    std::fs::write(
+        &recipe,
+        format!("model = {:?}\ndata = {:?}\noutput_dir = {:?}\nbatch_size = 4\nmax_length = 32\nlr = 1e-3\n", model("qwen3_tied_gqa"), data.to_str().unwrap(), tmp.path().join("out").to_str().unwrap()),
+    )
+    .unwrap();
+    ok(&qforge(
+        &[
+            "train",
+            "sft",
+            "--config",
+            recipe.to_str().unwrap(),
+            "--set",
+            "max_steps=3",
+        ],
+        None,
+    ));
+    let metrics = std::fs::read_to_string(tmp.path().join("out/metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 3);
+    assert!(tmp.path().join("out/final/model.safetensors").is_file());
+    assert!(tmp.path().join("out/curves.png").is_file());
+    let bad = qforge(
+        &[
+            "train",
+            "sft",
+            "--config",
+            recipe.to_str().unwrap(),
+            "--set",
+            "warp=9",
+        ],
+        None,
+    );
+    assert!(
+        !bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("unknown setting")
+    );
+    std::fs::write(&recipe, "model = 3\n").unwrap();
+    let bad = qforge(
+        &["train", "dpo", "--config", recipe.to_str().unwrap()],
+        None,
+    );
+    assert!(
+        !bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("invalid recipe")
+    );
+}

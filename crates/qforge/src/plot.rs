@@ -1,0 +1,104 @@
+//! PNG training curves (plotters). Labels need a TrueType font: DejaVu Sans from the system
+//! when present; without it the curves are drawn unlabeled rather than failing the run.
+
+use std::path::Path;
+
+use anyhow::{Result, anyhow};
+use plotters::prelude::*;
+
+const FONT_PATHS: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/Library/Fonts/Arial.ttf",
+];
+
+fn register_font() -> bool {
+    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *REGISTERED.get_or_init(|| {
+        for p in FONT_PATHS {
+            if let Ok(bytes) = std::fs::read(p) {
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+}
+
+/// One named series of (x, y) points.
+pub struct Series<'a> {
+    pub name: &'a str,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Writes a line chart of `series` to `path` (800x480 PNG).
+pub fn line_chart(path: &Path, title: &str, x_label: &str, series: &[Series]) -> Result<()> {
+    let points: Vec<&(f64, f64)> = series
+        .iter()
+        .flat_map(|s| s.points.iter())
+        .filter(|(_, y)| y.is_finite())
+        .collect();
+    if points.is_empty() {
+        return Err(anyhow!("nothing to plot"));
+    }
+    let (x0, x1) = points.iter().fold((f64::MAX, f64::MIN), |(a, b), (x, _)| {
+        (a.min(*x), b.max(*x))
+    });
+    let (y0, y1) = points.iter().fold((f64::MAX, f64::MIN), |(a, b), (_, y)| {
+        (a.min(*y), b.max(*y))
+    });
+    let pad = ((y1 - y0) * 0.05).max(1e-6);
+    let labels = register_font();
+    let root = BitMapBackend::new(path, (800, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    let mut builder = ChartBuilder::on(&root);
+    builder
+        .margin(20)
+        .x_label_area_size(if labels { 40 } else { 10 })
+        .y_label_area_size(if labels { 60 } else { 10 });
+    if labels {
+        builder.caption(title, ("sans-serif", 24));
+    }
+    let mut chart = builder
+        .build_cartesian_2d(x0..x1.max(x0 + 1.0), (y0 - pad)..(y1 + pad))
+        .map_err(|e| anyhow!("{e}"))?;
+    let mut mesh = chart.configure_mesh();
+    if labels {
+        mesh.x_desc(x_label);
+    } else {
+        mesh.x_labels(0).y_labels(0);
+    }
+    mesh.draw().map_err(|e| anyhow!("{e}"))?;
+    let colors = [BLUE, RED, GREEN, MAGENTA, CYAN];
+    for (i, s) in series.iter().enumerate() {
+        let color = colors[i % colors.len()];
+        let drawn = chart
+            .draw_series(LineSeries::new(
+                s.points.iter().copied().filter(|(_, y)| y.is_finite()),
+                color.stroke_width(2),
+            ))
+            .map_err(|e| anyhow!("{e}"))?;
+        if labels {
+            drawn.label(s.name).legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        }
+        if s.points.len() < 30 {
+            chart
+                .draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                .map_err(|e| anyhow!("{e}"))?;
+        }
+    }
+    if labels {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| anyhow!("{e}"))?;
+    }
+    root.present().map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! `qforge train sft|dpo|rm`: the training core's trainers with a live progress bar, metrics
+//! JSONL, checkpoints (resumed automatically) and a PNG of the curves.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use qforge_train::trainer::{
+    EvalReport, Objective, StepReport, TrainConfig, Trainer, apply_overrides,
+};
+
+use crate::plot::{Series, line_chart};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum TrainCommand {
+    /// Supervised fine-tuning (prompt tokens masked from the loss).
+    Sft(Args),
+    /// Direct preference optimisation against the starting model as reference.
+    Dpo(Args),
+    /// Bradley-Terry reward model with a `score` head (Qwen*ForSequenceClassification layout).
+    Rm(Args),
+}
+
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "The recipe is a TOML file of settings (model, data, eval_data, output_dir, lr, batch_size,\n\
+    grad_accum, max_steps or epochs, schedule, warmup_steps, save_steps, eval_steps, beta, loss_type, ...).\n\
+    A run whose output_dir already holds checkpoints resumes from the newest one.\n\nExample:\n  \
+    qforge train sft --config recipe.toml --set lr=1e-4 --set max_steps=200"
+)]
+pub struct Args {
+    /// Recipe TOML.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override a recipe setting (repeatable), e.g. `--set lr=2e-5`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+}
+
+pub fn load_config(path: Option<&Path>, overrides: &[String]) -> Result<TrainConfig> {
+    let base = match path {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("{}: invalid recipe", p.display()))?
+        }
+        None => TrainConfig::default(),
+    };
+    let config = apply_overrides(&base, overrides)?;
+    if config.model.as_os_str().is_empty() || config.data.as_os_str().is_empty() {
+        anyhow::bail!("the recipe needs `model` and `data` (in --config or via --set)");
+    }
+    Ok(config)
+}
+
+pub fn run(cmd: TrainCommand) -> Result<()> {
+    let (args, objective) = match cmd {
+        TrainCommand::Sft(a) => (a, Objective::Sft),
+        TrainCommand::Dpo(a) => (a, Objective::Dpo),
+        TrainCommand::Rm(a) => (a, Objective::Rm),
+    };
+    let config = load_config(args.config.as_deref(), &args.overrides)?;
+    let mut trainer = Trainer::new(config, objective)?;
+    let (steps, evals) = run_with_progress(&mut trainer, &format!("{objective:?}").to_lowercase())?;
+    let out = trainer.config.output_dir.clone();
+    let final_dir = out.join("final");
+    trainer.save_model(&final_dir)?;
+    plot_run(
+        &out.join("curves.png"),
+        &format!("{objective:?} training"),
+        &steps,
+        &evals,
+    )?;
+    eprintln!(
+        "saved the model to {} (metrics.jsonl and curves.png in {})",
+        final_dir.display(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// Trains with an indicatif bar showing loss, lr, tokens/s and ETA.
+pub fn run_with_progress(
+    trainer: &mut Trainer,
+    label: &str,
+) -> Result<(Vec<StepReport>, Vec<EvalReport>)> {
+    let total = trainer.total_steps();
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>6} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(label.to_string());
+    bar.set_position(trainer.step());
+    let started = Instant::now();
+    let mut evals = Vec::new();
+    let steps = trainer.train(
+        |r| {
+            bar.set_position(r.step);
+            let acc = r
+                .accuracy
+                .map(|a| format!(" acc {a:.2}"))
+                .unwrap_or_default();
+            bar.set_message(format!(
+                "loss {:.4}{acc} lr {:.2e} {:.0} tok/s",
+                r.loss, r.lr, r.tokens_per_s
+            ));
+        },
+        |e| {
+            let acc = e
+                .accuracy
+                .map(|a| format!(", accuracy {a:.3}"))
+                .unwrap_or_default();
+            bar.println(format!("  eval @ step {}: loss {:.4}{acc}", e.step, e.loss));
+            evals.push(e.clone());
+        },
+    )?;
+    bar.finish_and_clear();
+    eprintln!(
+        "{label}: {} steps in {:.1}s",
+        steps.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok((steps, evals))
+}
+
+pub fn plot_run(
+    path: &Path,
+    title: &str,
+    steps: &[StepReport],
+    evals: &[EvalReport],
+) -> Result<()> {
+    let mut series = vec![Series {
+        name: "train loss",
+        points: steps.iter().map(|r| (r.step as f64, r.loss)).collect(),
+    }];
+    if !evals.is_empty() {
+        series.push(Series {
+            name: "eval loss",
+            points: evals.iter().map(|e| (e.step as f64, e.loss)).collect(),
+        });
+    }
+    line_chart(path, title, "step", &series)
+}
