@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod error;
+pub mod lora;
 pub mod model;
 pub mod ops;
 pub mod resolve;
@@ -20,8 +21,10 @@ pub mod weights;
 
 pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use error::{ModelError, Result};
+pub use lora::{LoraConfig, add_lora, load_adapter, merge_lora, save_adapter};
 pub use model::{
-    AttentionKind, Batch, Linear, Model, SequenceCache, expected_shapes, random_tensors,
+    AttentionKind, Batch, Linear, LoraAdapter, Model, SequenceCache, expected_shapes,
+    random_tensors,
 };
 pub use resolve::resolve_model_dir;
 pub use template::{ChatOptions, ChatTemplate};

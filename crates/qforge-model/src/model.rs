@@ -14,6 +14,25 @@ use crate::error::{ModelError, Result};
 use crate::ops;
 use crate::weights::{WeightStore, save_safetensors, write_json_atomic};
 
+/// The seven projections of every layer, by module path, borrowed as `$r` via `$iter`.
+macro_rules! linears {
+    ($model:expr, $iter:ident, $($r:tt)+) => {{
+        let mut out = Vec::new();
+        for (l, layer) in $model.layers.$iter().enumerate() {
+            let p = format!("model.layers.{l}");
+            let (a, m) = ($($r)+ layer.self_attn, $($r)+ layer.mlp);
+            out.push((format!("{p}.self_attn.q_proj"), $($r)+ a.q_proj));
+            out.push((format!("{p}.self_attn.k_proj"), $($r)+ a.k_proj));
+            out.push((format!("{p}.self_attn.v_proj"), $($r)+ a.v_proj));
+            out.push((format!("{p}.self_attn.o_proj"), $($r)+ a.o_proj));
+            out.push((format!("{p}.mlp.gate_proj"), $($r)+ m.gate_proj));
+            out.push((format!("{p}.mlp.up_proj"), $($r)+ m.up_proj));
+            out.push((format!("{p}.mlp.down_proj"), $($r)+ m.down_proj));
+        }
+        out
+    }};
+}
+
 /// Which keys a layer attends to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttentionKind {
@@ -217,6 +236,16 @@ impl SequenceCache {
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// A low-rank update `scale · B·A` added to the output (LoRA, PEFT's layout).
+    pub lora: Option<LoraAdapter>,
+}
+
+/// `A` `[r, in]`, `B` `[out, r]`, `scale = lora_alpha / r`.
+#[derive(Debug, Clone)]
+pub struct LoraAdapter {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
 }
 
 impl Linear {
@@ -236,6 +265,10 @@ impl Linear {
         };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let y = match &self.lora {
+            Some(l) => (y + (x2.matmul(&l.a.t()?)?.matmul(&l.b.t()?)? * l.scale)?)?,
             None => y,
         };
         let mut out = dims;
@@ -397,6 +430,7 @@ impl Model {
             let mut linear = |name: &str, bias: bool| Linear {
                 weight: take(&format!("{p}.{name}.weight")),
                 bias: bias.then(|| take(&format!("{p}.{name}.bias"))),
+                lora: None,
             };
             let self_attn = Attention {
                 q_proj: linear("self_attn.q_proj", config.qkv_bias),
@@ -527,6 +561,15 @@ impl Model {
 
     pub fn new_cache(&self) -> SequenceCache {
         SequenceCache::new(self.layers.len())
+    }
+
+    /// Every projection with its module path (`model.layers.0.self_attn.q_proj`, ...).
+    pub fn linears(&self) -> Vec<(String, &Linear)> {
+        linears!(self, iter, &)
+    }
+
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        linears!(self, iter_mut, &mut)
     }
 
     /// Every parameter by checkpoint name, in checkpoint order.
@@ -705,6 +748,7 @@ impl Model {
         let logits = Linear {
             weight: head.clone(),
             bias: None,
+            lora: None,
         }
         .forward(hidden, self.differentiable)?;
         Ok(logits.to_dtype(DType::F32)?)

@@ -61,6 +61,10 @@ pub struct TrainConfig {
     pub label_smoothing: f64,
     /// DPO: weight of the chosen responses' NLL added to the loss (TRL's `rpo_alpha`; 0: off).
     pub rpo_alpha: f64,
+    /// LoRA rank (0: full fine-tuning). Adapters are saved in PEFT's layout.
+    pub lora_r: usize,
+    pub lora_alpha: f64,
+    pub lora_target_modules: Vec<String>,
     /// Reward model: centring coefficient of the Bradley-Terry loss.
     pub center_rewards_coefficient: f64,
 }
@@ -91,6 +95,19 @@ impl Default for TrainConfig {
             loss_type: "sigmoid".into(),
             label_smoothing: 0.0,
             rpo_alpha: 0.0,
+            lora_r: 0,
+            lora_alpha: 16.0,
+            lora_target_modules: [
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+            ]
+            .map(String::from)
+            .to_vec(),
             center_rewards_coefficient: 0.0,
         }
     }
@@ -125,6 +142,23 @@ impl TrainConfig {
         }
         if self.max_length < 2 {
             return bad("max_length must be at least 2".into());
+        }
+        Ok(())
+    }
+
+    fn lora(&self) -> Option<qforge_model::LoraConfig> {
+        (self.lora_r > 0).then(|| qforge_model::LoraConfig {
+            r: self.lora_r,
+            alpha: self.lora_alpha,
+            target_modules: self.lora_target_modules.clone(),
+        })
+    }
+
+    fn check_objective(&self, objective: Objective) -> Result<()> {
+        if self.lora_r > 0 && objective == Objective::Rm {
+            return Err(TrainError::Invalid(
+                "LoRA reward models are not supported yet: set lora_r = 0".into(),
+            ));
         }
         Ok(())
     }
@@ -211,6 +245,7 @@ impl Trainer {
     /// `output_dir` when there is one.
     pub fn new(config: TrainConfig, objective: Objective) -> Result<Self> {
         config.validate()?;
+        config.check_objective(objective)?;
         let device = Device::Cpu;
         let tokenizer = Arc::new(Tokenizer::from_dir(&config.model)?);
         let kind = match objective {
@@ -228,7 +263,11 @@ impl Trainer {
             .map(|p| Dataset::load(p, kind, &tokenizer, &options))
             .transpose()?;
         let resume_from = latest_checkpoint(&config.output_dir)?;
-        let weights_dir = resume_from.clone().unwrap_or_else(|| config.model.clone());
+        // LoRA checkpoints hold only the adapter: the base always comes from `model`.
+        let weights_dir = match (&resume_from, config.lora_r) {
+            (Some(dir), 0) => dir.clone(),
+            _ => config.model.clone(),
+        };
         let allowed: &[&str] = if objective == Objective::Rm {
             &["score."]
         } else {
@@ -244,7 +283,20 @@ impl Trainer {
             )?),
             _ => None,
         };
-        let (model, mut vars) = base.into_trainable()?;
+        let (model, mut vars) = match config.lora() {
+            None => base.into_trainable()?,
+            Some(lora) => {
+                let mut model = base;
+                let vars = match &resume_from {
+                    Some(dir) => {
+                        qforge_model::load_adapter(&mut model, dir)?;
+                        qforge_model::lora::lora_vars(&mut model)?
+                    }
+                    None => qforge_model::add_lora(&mut model, &lora, config.seed)?,
+                };
+                (model, vars)
+            }
+        };
         if let Some(s) = &score {
             vars.push(("score.weight".into(), s.clone()));
         }
@@ -643,6 +695,15 @@ impl Trainer {
     /// Writes the current model (HF layout, tokenizer files included) to `dir`.
     pub fn save_model(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| self.io_err(dir, e))?;
+        if let Some(lora) = self.config.lora() {
+            qforge_model::save_adapter(
+                &self.model,
+                &lora,
+                dir,
+                &self.config.model.to_string_lossy(),
+            )?;
+            return Ok(qforge_model::copy_tokenizer_files(&self.config.model, dir)?);
+        }
         match &self.score {
             None => self.model.save_pretrained(dir, 5 << 30)?,
             Some(score) => {

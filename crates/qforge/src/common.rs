@@ -34,6 +34,10 @@ pub struct ModelArgs {
     /// Weight and compute dtype: f32, f16 or bf16 (bf16 matmul is ~10x slower on CPU).
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+
+    /// A LoRA adapter directory (PEFT layout) applied on top of the model.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
 }
 
 impl ModelArgs {
@@ -44,8 +48,19 @@ impl ModelArgs {
 
     pub fn load(&self) -> Result<Checkpoint> {
         let dir = self.dir()?;
-        Checkpoint::load_dir(&dir, self.dtype()?, &Device::Cpu)
-            .with_context(|| format!("loading model from {}", dir.display()))
+        let mut ck = Checkpoint::load_dir(&dir, self.dtype()?, &Device::Cpu)
+            .with_context(|| format!("loading model from {}", dir.display()))?;
+        if let Some(adapter) = &self.adapter {
+            let lora = qforge_model::load_adapter(&mut ck.model, adapter)
+                .with_context(|| format!("loading the LoRA adapter in {}", adapter.display()))?;
+            eprintln!(
+                "applied LoRA adapter (r={}, alpha={}) from {}",
+                lora.r,
+                lora.alpha,
+                adapter.display()
+            );
+        }
+        Ok(ck)
     }
 
     /// The checkpoint directory: the argument, the HF cache, a download (feature `hub`), or

@@ -24,7 +24,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let ck = args.model.load()?;
+    let mut ck = args.model.load()?;
+    // An adapter given with --adapter is merged into the saved weights.
+    qforge_model::merge_lora(&mut ck.model)?;
     ck.model
         .save_pretrained(&args.out, args.max_shard_mb.saturating_mul(1 << 20))
         .with_context(|| format!("saving to {}", args.out.display()))?;

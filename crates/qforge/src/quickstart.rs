@@ -80,6 +80,7 @@ pub fn run(args: Args) -> Result<()> {
         Some(m) => crate::common::ModelArgs {
             model: Some(m.clone()),
             dtype: "f32".into(),
+            adapter: None,
         }
         .dir()?,
         None => {
