@@ -302,6 +302,12 @@ struct Layer {
     mlp: Mlp,
 }
 
+/// What every layer of one forward shares.
+struct LayerContext {
+    rotary: Rotary,
+    padding_bias: Option<Tensor>,
+}
+
 /// Rotary tables for one batch, in the model dtype.
 struct Rotary {
     cos: Tensor,
@@ -674,7 +680,7 @@ impl Model {
         batch: &Batch,
         mut caches: Option<&mut [&mut SequenceCache]>,
     ) -> Result<Tensor> {
-        let (b, t) = batch.dims()?;
+        let (b, _) = batch.dims()?;
         if let Some(caches) = caches.as_deref()
             && caches.len() != b
         {
@@ -683,6 +689,17 @@ impl Model {
                 caches.len()
             )));
         }
+        let ctx = self.prepare(batch)?;
+        let mut x = self.embed(batch)?;
+        for l in 0..self.layers.len() {
+            x = self.layer_forward(l, &x, &ctx, batch, caches.as_deref_mut())?;
+        }
+        self.final_norm(&x)
+    }
+
+    /// Checks a batch and builds what every layer needs (rotary tables, padding bias).
+    fn prepare(&self, batch: &Batch) -> Result<LayerContext> {
+        let (b, t) = batch.dims()?;
         if batch.positions.len() != b || batch.positions.iter().any(|r| r.len() != t) {
             return Err(ModelError::InvalidInput(
                 "positions must be [B, T] like input_ids".into(),
@@ -697,49 +714,126 @@ impl Model {
                 max: max_pos,
             });
         }
-        let rotary = self.rotary(batch)?;
+        Ok(LayerContext {
+            rotary: self.rotary(batch)?,
+            padding_bias: self.padding_bias(batch)?,
+        })
+    }
+
+    fn embed(&self, batch: &Batch) -> Result<Tensor> {
+        let (b, t) = batch.dims()?;
         let ids = batch.input_ids.flatten_all()?;
-        let mut x =
-            self.embed_tokens
-                .index_select(&ids, 0)?
-                .reshape((b, t, self.config.hidden_size))?;
-        let padding_bias = self.padding_bias(batch)?;
-        for (l, layer) in self.layers.iter().enumerate() {
-            let kind = self.attention_kinds[l];
-            let h = ops::rms_norm(
-                &x,
-                &layer.input_layernorm,
-                self.config.rms_norm_eps,
-                self.differentiable,
-            )?;
-            let h = self.attention(
-                &layer.self_attn,
-                &h,
-                &rotary,
-                kind,
-                batch,
-                &padding_bias,
-                caches.as_deref_mut(),
-                l,
-            )?;
-            x = (x + h)?;
-            let h = ops::rms_norm(
-                &x,
-                &layer.post_attention_layernorm,
-                self.config.rms_norm_eps,
-                self.differentiable,
-            )?;
-            let mlp = &layer.mlp;
-            let h = (mlp.gate_proj.forward(&h, self.differentiable)?.silu()?
-                * mlp.up_proj.forward(&h, self.differentiable)?)?;
-            x = (x + mlp.down_proj.forward(&h, self.differentiable)?)?;
-        }
+        Ok(self
+            .embed_tokens
+            .index_select(&ids, 0)?
+            .reshape((b, t, self.config.hidden_size))?)
+    }
+
+    fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
         Ok(ops::rms_norm(
-            &x,
+            x,
             &self.norm,
             self.config.rms_norm_eps,
             self.differentiable,
         )?)
+    }
+
+    /// One decoder layer: pre-norm attention and pre-norm SwiGLU MLP, both residual.
+    fn layer_forward(
+        &self,
+        l: usize,
+        x: &Tensor,
+        ctx: &LayerContext,
+        batch: &Batch,
+        caches: Option<&mut [&mut SequenceCache]>,
+    ) -> Result<Tensor> {
+        let layer = &self.layers[l];
+        let eps = self.config.rms_norm_eps;
+        let h = ops::rms_norm(x, &layer.input_layernorm, eps, self.differentiable)?;
+        let h = self.attention(
+            &layer.self_attn,
+            &h,
+            &ctx.rotary,
+            self.attention_kinds[l],
+            batch,
+            &ctx.padding_bias,
+            caches,
+            l,
+        )?;
+        let x = (x + h)?;
+        let h = ops::rms_norm(
+            &x,
+            &layer.post_attention_layernorm,
+            eps,
+            self.differentiable,
+        )?;
+        let mlp = &layer.mlp;
+        let h = (mlp.gate_proj.forward(&h, self.differentiable)?.silu()?
+            * mlp.up_proj.forward(&h, self.differentiable)?)?;
+        Ok((x + mlp.down_proj.forward(&h, self.differentiable)?)?)
+    }
+
+    /// Gradient checkpointing: runs the forward keeping only each layer's input, then
+    /// back-propagates layer by layer from the top, recomputing one layer's activations at a
+    /// time. `head` maps the final hidden states `[B, T, H]` to a scalar loss. Returns the loss
+    /// and the gradients of every parameter (same as `head(forward(batch)).backward()`), with
+    /// activation memory bounded by one layer instead of all of them. Gradients are kept only
+    /// for the model's parameters, its LoRA adapters and `extra_params` (e.g. a reward head).
+    pub fn checkpointed_backward(
+        &self,
+        batch: &Batch,
+        extra_params: &[&Tensor],
+        head: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+    ) -> Result<(Tensor, candle_core::backprop::GradStore)> {
+        let mut params: std::collections::HashSet<candle_core::TensorId> =
+            self.named_tensors().iter().map(|(_, t)| t.id()).collect();
+        params.extend(crate::lora::lora_tensors(self).iter().map(|(_, t)| t.id()));
+        params.extend(extra_params.iter().map(|t| t.id()));
+        // Only parameter gradients are kept; each partial store (with every intermediate's
+        // gradient) is dropped as soon as it is folded in.
+        let mut grads = Var::zeros(1, DType::F32, &self.device)?
+            .as_tensor()
+            .sum_all()?
+            .backward()?;
+        let mut fold = |partial: &candle_core::backprop::GradStore| -> Result<()> {
+            for id in partial.get_ids().filter(|id| params.contains(id)) {
+                let g = partial.get_id(*id).expect("listed");
+                let sum = match grads.get_id(*id) {
+                    Some(prev) => (prev + g)?,
+                    None => g.clone(),
+                };
+                grads.insert_id(*id, sum);
+            }
+            Ok(())
+        };
+        let ctx = self.prepare(batch)?;
+        let mut inputs = Vec::with_capacity(self.layers.len());
+        let mut x = self.embed(batch)?.detach();
+        for l in 0..self.layers.len() {
+            inputs.push(x.clone());
+            x = self.layer_forward(l, &x, &ctx, batch, None)?.detach();
+        }
+        // Top: norm and head, with the last hidden state as a leaf.
+        let top = Var::from_tensor(&x)?;
+        let loss = head(&self.final_norm(top.as_tensor())?)?;
+        let partial = loss.backward()?;
+        let mut upstream = partial.get(top.as_tensor()).cloned().ok_or_else(|| {
+            ModelError::InvalidInput("the loss does not depend on the hidden states".into())
+        })?;
+        fold(&partial)?;
+        drop(partial);
+        for l in (0..self.layers.len()).rev() {
+            let input = Var::from_tensor(&inputs[l])?;
+            let out = self.layer_forward(l, input.as_tensor(), &ctx, batch, None)?;
+            let partial = (out * &upstream)?.sum_all()?.backward()?;
+            upstream = partial.get(input.as_tensor()).cloned().ok_or_else(|| {
+                ModelError::InvalidInput(format!("layer {l} input got no gradient"))
+            })?;
+            fold(&partial)?;
+        }
+        let partial = (self.embed(batch)? * &upstream)?.sum_all()?.backward()?;
+        fold(&partial)?;
+        Ok((loss, grads))
     }
 
     /// Logits over the vocabulary for hidden states `[.., hidden]`, in f32.

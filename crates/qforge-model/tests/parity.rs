@@ -334,3 +334,47 @@ fn f16_forward_stays_close_to_f32() {
     };
     assert_close(&real(&l16), &real(&l32), 0.05, "f16 vs f32 logits");
 }
+
+#[test]
+fn gradient_checkpointing_gives_the_same_loss_and_gradients() {
+    for variant in VARIANTS {
+        let (model, vars) = load(variant).into_trainable().unwrap();
+        let batch = &Batch::right_padded(&SEQUENCES, 0, &Device::Cpu).unwrap();
+        let count: usize = SEQUENCES.iter().map(|s| s.len() - 1).sum();
+        let loss_of = |hidden: &Tensor| -> candle_core::Result<Tensor> {
+            let (_, t, _) = hidden.dims3()?;
+            let logits = model
+                .logits(&hidden.narrow(1, 0, t - 1)?)
+                .map_err(candle_core::Error::wrap)?;
+            let logp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?;
+            let targets = batch
+                .input_ids
+                .narrow(1, 1, t - 1)?
+                .unsqueeze(2)?
+                .contiguous()?;
+            let picked = logp.gather(&targets, 2)?.squeeze(2)?;
+            let mask: Vec<f32> = (0..SEQUENCES.len())
+                .flat_map(|b| (1..t).map(move |j| if batch.is_valid(b, j) { 1.0 } else { 0.0 }))
+                .collect();
+            let mask = Tensor::from_vec(mask, (SEQUENCES.len(), t - 1), &Device::Cpu)?;
+            (picked * mask)?.sum_all()?.neg()? / count as f64
+        };
+        let plain_loss = loss_of(&model.forward(batch, None).unwrap()).unwrap();
+        let plain = plain_loss.backward().unwrap();
+        let (loss, grads) = model.checkpointed_backward(batch, &[], loss_of).unwrap();
+        assert_close(
+            &loss.reshape(1).unwrap(),
+            &plain_loss.reshape(1).unwrap(),
+            1e-6,
+            variant,
+        );
+        for (name, var) in &vars {
+            let a = grads
+                .get(var)
+                .unwrap_or_else(|| panic!("{variant}: {name} missing"));
+            let b = plain.get(var).unwrap();
+            let rel = max_abs_diff(a, b) / max_abs(b).max(1e-12);
+            assert!(rel < 1e-5, "{variant} {name}: relative difference {rel}");
+        }
+    }
+}

@@ -61,6 +61,9 @@ pub struct TrainConfig {
     pub label_smoothing: f64,
     /// DPO: weight of the chosen responses' NLL added to the loss (TRL's `rpo_alpha`; 0: off).
     pub rpo_alpha: f64,
+    /// Recompute each layer's activations in the backward pass instead of keeping them
+    /// (memory bounded by one layer; about one extra forward of compute).
+    pub gradient_checkpointing: bool,
     /// LoRA rank (0: full fine-tuning). Adapters are saved in PEFT's layout.
     pub lora_r: usize,
     pub lora_alpha: f64,
@@ -95,6 +98,7 @@ impl Default for TrainConfig {
             loss_type: "sigmoid".into(),
             label_smoothing: 0.0,
             rpo_alpha: 0.0,
+            gradient_checkpointing: false,
             lora_r: 0,
             lora_alpha: 16.0,
             lora_target_modules: [
@@ -397,38 +401,49 @@ impl Trainer {
         &self.tokenizer
     }
 
-    /// Loss of a micro-batch, (accuracy, margin) for pairwise objectives, and tokens seen.
-    #[allow(clippy::type_complexity)]
-    fn micro_loss(
+    /// The padded batch of a micro-step: SFT rows, or `[chosen; rejected]` for pairs.
+    fn micro_batch(&self, data: &Dataset, idx: &[usize]) -> Result<(TrainBatch, Vec<usize>)> {
+        let seqs: Vec<&Sequence> = match self.objective {
+            Objective::Sft => idx
+                .iter()
+                .map(|&i| match &data.examples[i] {
+                    Example::Sft(s) => Ok(s),
+                    _ => Err(TrainError::Invalid("expected SFT examples".into())),
+                })
+                .collect::<Result<_>>()?,
+            Objective::Dpo | Objective::Rm => {
+                let (chosen, rejected) = pair_seqs(&data.examples, idx)?;
+                chosen.into_iter().chain(rejected).collect()
+            }
+        };
+        let completion_lens = seqs.iter().map(|s| s.completion_len()).collect();
+        Ok((
+            TrainBatch::new(&seqs, self.pad_id(), &self.device)?,
+            completion_lens,
+        ))
+    }
+
+    /// The objective's loss from the final hidden states of a micro-batch, and (accuracy,
+    /// margin) for pairwise objectives.
+    fn head_loss(
         &self,
-        data: &Dataset,
-        reference: Option<&[(f32, f32)]>,
+        hidden: &Tensor,
+        tb: &TrainBatch,
+        completion_lens: &[usize],
         idx: &[usize],
-    ) -> Result<(Tensor, Option<(f64, f64)>, usize)> {
+        reference: Option<&[(f32, f32)]>,
+    ) -> Result<(Tensor, Option<(f64, f64)>)> {
+        let n = idx.len();
         match self.objective {
             Objective::Sft => {
-                let seqs: Vec<&Sequence> = idx
-                    .iter()
-                    .map(|&i| match &data.examples[i] {
-                        Example::Sft(s) => Ok(s),
-                        _ => Err(TrainError::Invalid("expected SFT examples".into())),
-                    })
-                    .collect::<Result<_>>()?;
-                let tb = TrainBatch::new(&seqs, self.pad_id(), &self.device)?;
-                let logits = self.model.logits(&self.model.forward(&tb.batch, None)?)?;
-                let tokens = tb.lengths.iter().sum();
+                let logits = self.model.logits(hidden)?;
                 Ok((
                     losses::sft_loss(&logits, &tb.batch.input_ids, &tb.completion_mask)?,
                     None,
-                    tokens,
                 ))
             }
             Objective::Dpo => {
-                let (chosen, rejected) = pair_seqs(&data.examples, idx)?;
-                let n = chosen.len();
-                let all: Vec<&Sequence> = chosen.iter().chain(rejected.iter()).copied().collect();
-                let tb = TrainBatch::new(&all, self.pad_id(), &self.device)?;
-                let logits = self.model.logits(&self.model.forward(&tb.batch, None)?)?;
+                let logits = self.model.logits(hidden)?;
                 let lp = losses::completion_logps(
                     &logits,
                     &tb.batch.input_ids,
@@ -437,22 +452,11 @@ impl Trainer {
                 )?;
                 let reference = reference
                     .ok_or_else(|| TrainError::Invalid("DPO needs reference log-probs".into()))?;
-                let rc: Vec<f32> = idx.iter().map(|&i| reference[i].0).collect();
-                let rr: Vec<f32> = idx.iter().map(|&i| reference[i].1).collect();
-                let lens = |s: &[&Sequence]| {
-                    Tensor::from_vec(
-                        s.iter()
-                            .map(|x| x.completion_len() as f32)
-                            .collect::<Vec<_>>(),
-                        n,
-                        &self.device,
-                    )
-                };
-                let (lw, ll) = (lens(&chosen)?, lens(&rejected)?);
-                let (rc, rr) = (
-                    Tensor::from_vec(rc, n, &self.device)?,
-                    Tensor::from_vec(rr, n, &self.device)?,
-                );
+                let vec = |v: Vec<f32>| Tensor::from_vec(v, n, &self.device);
+                let rc = vec(idx.iter().map(|&i| reference[i].0).collect())?;
+                let rr = vec(idx.iter().map(|&i| reference[i].1).collect())?;
+                let lw = vec(completion_lens[..n].iter().map(|&l| l as f32).collect())?;
+                let ll = vec(completion_lens[n..].iter().map(|&l| l as f32).collect())?;
                 let out = losses::dpo_loss(
                     &PreferenceLogps {
                         policy_chosen: &lp.sum.narrow(0, 0, n)?,
@@ -475,17 +479,10 @@ impl Trainer {
                     let nll = (lp.per_token.narrow(0, 0, n)?.sum_all()?.neg()? / chosen_tokens)?;
                     loss = (loss + (nll * self.config.rpo_alpha)?)?;
                 }
-                Ok((
-                    loss,
-                    Some((out.accuracy()? as f64, margin)),
-                    tb.lengths.iter().sum(),
-                ))
+                Ok((loss, Some((out.accuracy()? as f64, margin))))
             }
             Objective::Rm => {
-                let (chosen, rejected) = pair_seqs(&data.examples, idx)?;
-                let n = chosen.len();
-                let all: Vec<&Sequence> = chosen.iter().chain(rejected.iter()).copied().collect();
-                let rewards = self.rewards(&all)?;
+                let rewards = self.rewards_from_hidden(hidden, &tb.lengths)?;
                 let (rw, rl) = (rewards.narrow(0, 0, n)?, rewards.narrow(0, n, n)?);
                 let loss = losses::bradley_terry_loss(
                     &rw,
@@ -499,31 +496,85 @@ impl Trainer {
                     .mean_all()?
                     .to_scalar::<f32>()? as f64;
                 let margin = (&rw - &rl)?.mean_all()?.to_scalar::<f32>()? as f64;
-                Ok((
-                    loss,
-                    Some((acc, margin)),
-                    all.iter().map(|s| s.ids.len()).sum(),
-                ))
+                Ok((loss, Some((acc, margin))))
             }
         }
     }
 
+    /// Loss of a micro-batch (no gradients), (accuracy, margin), and tokens seen.
+    #[allow(clippy::type_complexity)]
+    fn micro_loss(
+        &self,
+        data: &Dataset,
+        reference: Option<&[(f32, f32)]>,
+        idx: &[usize],
+    ) -> Result<(Tensor, Option<(f64, f64)>, usize)> {
+        let (tb, lens) = self.micro_batch(data, idx)?;
+        let hidden = self.model.forward(&tb.batch, None)?;
+        let (loss, pair) = self.head_loss(&hidden, &tb, &lens, idx, reference)?;
+        Ok((loss, pair, tb.lengths.iter().sum()))
+    }
+
+    /// Like [`Self::micro_loss`], plus the gradients of `loss · scale`, through per-layer
+    /// recomputation when `gradient_checkpointing` is set.
+    #[allow(clippy::type_complexity)]
+    fn micro_backward(
+        &self,
+        data: &Dataset,
+        reference: Option<&[(f32, f32)]>,
+        idx: &[usize],
+        scale: f64,
+    ) -> Result<(
+        f64,
+        Option<(f64, f64)>,
+        usize,
+        candle_core::backprop::GradStore,
+    )> {
+        let (tb, lens) = self.micro_batch(data, idx)?;
+        let tokens = tb.lengths.iter().sum();
+        if !self.config.gradient_checkpointing {
+            let hidden = self.model.forward(&tb.batch, None)?;
+            let (loss, pair) = self.head_loss(&hidden, &tb, &lens, idx, reference)?;
+            let value = loss.to_scalar::<f32>()? as f64;
+            return Ok((value, pair, tokens, (loss * scale)?.backward()?));
+        }
+        let pair = std::cell::Cell::new(None);
+        let head = |hidden: &Tensor| -> candle_core::Result<Tensor> {
+            let (loss, p) = self
+                .head_loss(hidden, &tb, &lens, idx, reference)
+                .map_err(candle_core::Error::wrap)?;
+            pair.set(p);
+            loss * scale
+        };
+        let extra: Vec<&Tensor> = self.score.iter().map(|s| s.as_tensor()).collect();
+        let (loss, grads) = self.model.checkpointed_backward(&tb.batch, &extra, head)?;
+        Ok((
+            loss.to_scalar::<f32>()? as f64 / scale,
+            pair.get(),
+            tokens,
+            grads,
+        ))
+    }
+
     /// Reward-model scores `[N]` read at each sequence's last token (last-non-pad pooling).
     pub fn rewards(&self, seqs: &[&Sequence]) -> Result<Tensor> {
+        let tb = TrainBatch::new(seqs, self.pad_id(), &self.device)?;
+        self.rewards_from_hidden(&self.model.forward(&tb.batch, None)?, &tb.lengths)
+    }
+
+    fn rewards_from_hidden(&self, hidden: &Tensor, lengths: &[usize]) -> Result<Tensor> {
         let score = self
             .score
             .as_ref()
             .ok_or_else(|| TrainError::Invalid("not a reward model".into()))?;
-        let tb = TrainBatch::new(seqs, self.pad_id(), &self.device)?;
-        let hidden = self.model.forward(&tb.batch, None)?;
-        let last: Vec<Tensor> = tb
-            .lengths
+        let last: Vec<Tensor> = lengths
             .iter()
             .enumerate()
             .map(|(b, &len)| hidden.i((b, len - 1)))
             .collect::<candle_core::Result<_>>()?;
-        let pooled = Tensor::stack(&last, 0)?;
-        Ok(pooled.matmul(&score.as_tensor().t()?)?.squeeze(D::Minus1)?)
+        Ok(Tensor::stack(&last, 0)?
+            .matmul(&score.as_tensor().t()?)?
+            .squeeze(D::Minus1)?)
     }
 
     /// Runs to the end, calling `on_step` after every optimiser step and `on_eval` after each
@@ -575,20 +626,19 @@ impl Trainer {
                 }
                 let idx = batches[self.cursor].clone();
                 self.cursor += 1;
-                let (loss, pair, n_tokens) =
-                    self.micro_loss(&self.train, self.reference.as_deref(), &idx)?;
-                let value = loss.to_scalar::<f32>()? as f64;
+                let scale = 1.0 / self.config.grad_accum as f64;
+                let (value, pair, n_tokens, grads) =
+                    self.micro_backward(&self.train, self.reference.as_deref(), &idx, scale)?;
                 if !value.is_finite() {
                     finite = false;
                     continue;
                 }
-                loss_sum += value / self.config.grad_accum as f64;
+                loss_sum += value * scale;
                 tokens += n_tokens;
                 if let Some((a, m)) = pair {
                     pairwise = (pairwise.0 + a, pairwise.1 + m);
                     pair_count += 1;
                 }
-                let grads = (loss / self.config.grad_accum as f64)?.backward()?;
                 acc.add(grads, &var_refs)?;
             }
             let lr = self.config.lr * self.schedule.factor(self.step);

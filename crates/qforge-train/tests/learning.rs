@@ -387,3 +387,39 @@ fn lora_sft_learns_saves_peft_adapters_and_resumes_exactly() {
         assert!((a - b).abs() < 1e-6, "step {}: {a} vs {b}", i + 21);
     }
 }
+
+#[test]
+fn gradient_checkpointing_trains_identically_for_every_objective() {
+    let dir = tempfile::tempdir().unwrap();
+    write_jsonl(&dir.path().join("sft.jsonl"), &copy_sft(64, 12)).unwrap();
+    write_jsonl(&dir.path().join("pref.jsonl"), &copy_preferences(64, 13)).unwrap();
+    for (objective, data) in [
+        (Objective::Sft, "sft.jsonl"),
+        (Objective::Dpo, "pref.jsonl"),
+        (Objective::Rm, "pref.jsonl"),
+    ] {
+        let run = |checkpointing: bool| -> Vec<f64> {
+            let cfg = TrainConfig {
+                lr: 1e-3,
+                max_steps: Some(4),
+                gradient_checkpointing: checkpointing,
+                output_dir: dir.path().join(format!("{objective:?}-{checkpointing}")),
+                ..config(dir.path(), data, data)
+            };
+            Trainer::new(cfg, objective)
+                .unwrap()
+                .train(|_| {}, |_| {})
+                .unwrap()
+                .iter()
+                .map(|r| r.loss)
+                .collect()
+        };
+        let (plain, recomputed) = (run(false), run(true));
+        for (a, b) in plain.iter().zip(&recomputed) {
+            assert!(
+                (a - b).abs() < 1e-5,
+                "{objective:?}: {plain:?} vs {recomputed:?}"
+            );
+        }
+    }
+}
