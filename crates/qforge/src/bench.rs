@@ -21,6 +21,8 @@ pub enum BenchCommand {
     /// `qforge serve` throughput and time per output token at several concurrent streams,
     /// and its overhead against direct engine generation.
     Serve(ServeArgs),
+    /// Training throughput (forward + backward + AdamW) against PyTorch on the same config.
+    Train(crate::bench_train::TrainArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -234,6 +236,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Decode(a) => (a, true),
         BenchCommand::Prefill(a) => (a, false),
         BenchCommand::Serve(a) => return crate::bench_serve::run(a),
+        BenchCommand::Train(a) => return crate::bench_train::run(a),
     };
     if args.steps < 2 || args.repeats == 0 || args.prompt_len == 0 || args.batch.contains(&0) {
         bail!("--steps must be >= 2, --repeats and --prompt-len >= 1, batch sizes >= 1");

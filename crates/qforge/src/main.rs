@@ -5,6 +5,7 @@ use mimalloc::MiMalloc;
 
 mod bench;
 mod bench_serve;
+mod bench_train;
 mod common;
 mod convert;
 mod demo;
