@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod error;
+pub mod fused;
 pub mod lora;
 pub mod model;
 pub mod ops;

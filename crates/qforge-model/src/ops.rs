@@ -3,12 +3,15 @@
 //! forward may be differentiated, and the fused inference kernel, used otherwise. Tests pin
 //! that both forms agree.
 
-use candle_core::{D, Result, Tensor};
+use candle_core::{D, DType, Result, Tensor};
 
 /// `w * x / sqrt(mean(x^2) + eps)`, normalised in f32 and multiplied by `w` in the input dtype
 /// (transformers' Qwen2/Qwen3 RMSNorm).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, differentiable: bool) -> Result<Tensor> {
     if differentiable {
+        if x.dtype() == DType::F32 && weight.dtype() == DType::F32 && x.device().is_cpu() {
+            return crate::fused::rms_norm(x, weight, eps);
+        }
         return candle_nn::ops::rms_norm_slow(x, weight, eps as f32);
     }
     // Inference: candle's kernel normalises in f32 internally for f16/bf16 too; it multiplies
@@ -34,6 +37,9 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, differentiable: bool) -> Res
 /// Softmax over the last dimension.
 pub fn softmax(x: &Tensor, differentiable: bool) -> Result<Tensor> {
     if differentiable {
+        if x.dtype() == DType::F32 && x.device().is_cpu() {
+            return crate::fused::softmax_last_dim(x);
+        }
         candle_nn::ops::softmax(x, D::Minus1)
     } else {
         candle_nn::ops::softmax_last_dim(&x.contiguous()?)
@@ -43,7 +49,7 @@ pub fn softmax(x: &Tensor, differentiable: bool) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{DType, Device, Var};
+    use candle_core::{Device, Var};
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
@@ -96,6 +102,38 @@ mod tests {
         let a = softmax(&x, true).unwrap();
         let b = softmax(&x, false).unwrap();
         assert!(max_diff(&a, &b) < 1e-6);
+    }
+
+    #[test]
+    fn fused_training_ops_match_the_compositions_in_value_and_gradient() {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f32, 1.0, (2, 3, 16), &dev).unwrap();
+        let w = Var::randn(1f32, 0.2, 16, &dev).unwrap();
+        let up = Tensor::randn(0f32, 1.0, (2, 3, 16), &dev).unwrap();
+        let run = |fused: bool| {
+            let y = if fused {
+                crate::fused::softmax_last_dim(
+                    &crate::fused::rms_norm(x.as_tensor(), w.as_tensor(), 1e-6).unwrap(),
+                )
+                .unwrap()
+            } else {
+                candle_nn::ops::softmax(
+                    &candle_nn::ops::rms_norm_slow(x.as_tensor(), w.as_tensor(), 1e-6).unwrap(),
+                    D::Minus1,
+                )
+                .unwrap()
+            };
+            let grads = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            (
+                y,
+                grads.get(&x).unwrap().clone(),
+                grads.get(&w).unwrap().clone(),
+            )
+        };
+        let (a, b) = (run(true), run(false));
+        assert!(max_diff(&a.0, &b.0) < 1e-6);
+        assert!(max_diff(&a.1, &b.1) < 1e-5, "dx");
+        assert!(max_diff(&a.2, &b.2) < 1e-5, "dw");
     }
 
     #[test]

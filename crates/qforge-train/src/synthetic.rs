@@ -26,18 +26,18 @@ pub fn copy_sft(n: usize, seed: u64) -> Vec<Value> {
         .collect()
 }
 
-/// `{"prompt", "chosen", "rejected"}` lines: the exact copy is preferred over a wrong one.
+/// `{"prompt", "chosen", "rejected"}` lines whose rejected answer has one digit replaced by `x`:
+/// a preference a tiny model can learn in tens of steps, so tests exercise the optimisation
+/// itself (the relational near misses of [`near_miss_preferences`] need a trained copier).
 pub fn copy_preferences(n: usize, seed: u64) -> Vec<Value> {
     let mut rng = SplitMix(seed);
     (0..n)
         .map(|_| {
             let d = digits(&mut rng, 3, 6);
-            let mut wrong: Vec<u32> = d.iter().rev().copied().collect();
-            if wrong == d {
-                wrong.rotate_left(1);
-                wrong[0] = (wrong[0] + 1) % 10;
-            }
-            json!({"prompt": format!("copy: {}\n", join(&d)), "chosen": join(&d), "rejected": join(&wrong)})
+            let mut wrong: Vec<String> = d.iter().map(u32::to_string).collect();
+            let at = rng.below(wrong.len());
+            wrong[at] = "x".into();
+            json!({"prompt": format!("copy: {}\n", join(&d)), "chosen": join(&d), "rejected": wrong.join(" ")})
         })
         .collect()
 }
