@@ -12,7 +12,7 @@ use crate::chat::{
     ChatDelta, ChatEvent, ChatRequest, OutputParser, TokenLogprob, TopLogprob, Usage,
 };
 use crate::engine::{GeneratedToken, GenerationRequest, StopConditions};
-use crate::sampling::SamplingParams;
+use crate::sampling::{SamplingFields, SamplingParams};
 use crate::scheduler::{Scheduler, SeqEvent, SubmitError};
 
 #[derive(Clone)]
@@ -24,17 +24,6 @@ pub struct EmbeddedBackend {
     stop_token_ids: Vec<u32>,
     /// Split `<think>` reasoning into `reasoning_content` (vLLM's qwen3 reasoning parser).
     pub parse_reasoning: bool,
-}
-
-/// How to turn a request's sampling fields into [`SamplingParams`] (shared with completions).
-#[derive(Debug, Clone, Default)]
-pub struct SamplingFields {
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
-    pub top_k: Option<usize>,
-    pub min_p: Option<f32>,
-    pub repetition_penalty: Option<f32>,
-    pub seed: Option<u64>,
 }
 
 impl From<&ChatRequest> for SamplingFields {
@@ -125,32 +114,12 @@ impl EmbeddedBackend {
         self.tokenizer.encode(&text, false).map_err(invalid)
     }
 
-    /// Request fields, else generation_config.json's sampling defaults (as vLLM), else
-    /// OpenAI's defaults (temperature 1).
+    /// Request fields, else generation_config.json's defaults, else OpenAI's (temperature 1);
+    /// choice `i` of a seeded request uses seed + i.
     fn sampling(&self, fields: &SamplingFields, choice: usize) -> SamplingParams {
-        let g = &self.generation;
-        let from_config = g.do_sample != Some(false);
-        let cfg = |v: Option<f64>| {
-            if from_config {
-                v.map(|x| x as f32)
-            } else {
-                None
-            }
-        };
-        SamplingParams {
-            temperature: fields.temperature.or(cfg(g.temperature)).unwrap_or(1.0),
-            top_k: fields
-                .top_k
-                .or(g.top_k.filter(|_| from_config))
-                .unwrap_or(0),
-            top_p: fields.top_p.or(cfg(g.top_p)).unwrap_or(1.0),
-            min_p: fields.min_p.or(cfg(g.min_p)).unwrap_or(0.0),
-            repetition_penalty: fields
-                .repetition_penalty
-                .or(cfg(g.repetition_penalty))
-                .unwrap_or(1.0),
-            seed: fields.seed.map(|s| s.wrapping_add(choice as u64)),
-        }
+        let mut p = fields.resolve(&self.generation, 1.0);
+        p.seed = fields.seed.map(|s| s.wrapping_add(choice as u64));
+        p
     }
 
     /// Builds the generation requests (one per choice) for a prompt, checking the context.

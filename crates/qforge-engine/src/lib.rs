@@ -23,5 +23,5 @@ pub use engine::{
 };
 pub use error::{EngineError, Result};
 pub use remote::{RemoteBackend, RemoteConfig};
-pub use sampling::{Sampler, SamplingParams};
+pub use sampling::{Sampler, SamplingFields, SamplingParams};
 pub use scheduler::{Metrics, Scheduler, SchedulerConfig};

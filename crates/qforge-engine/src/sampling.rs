@@ -65,6 +65,49 @@ impl SamplingParams {
     }
 }
 
+/// Sampling fields as a request or command line gives them (`None`: not given).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SamplingFields {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub seed: Option<u64>,
+}
+
+impl SamplingFields {
+    /// Given fields win; then, like vLLM, the checkpoint's generation_config.json (unless it says
+    /// `do_sample: false`); then the filters are off and the temperature is
+    /// `default_temperature` (0 = greedy for the CLI, 1 for OpenAI's API).
+    pub fn resolve(
+        &self,
+        generation: &qforge_model::GenerationConfig,
+        default_temperature: f32,
+    ) -> SamplingParams {
+        let from_config = generation.do_sample != Some(false);
+        let cfg = |v: Option<f64>| v.filter(|_| from_config).map(|x| x as f32);
+        let config_temperature = cfg(generation.temperature);
+        SamplingParams {
+            temperature: self
+                .temperature
+                .or(config_temperature)
+                .unwrap_or(default_temperature),
+            top_k: self
+                .top_k
+                .or(generation.top_k.filter(|_| from_config))
+                .unwrap_or(0),
+            top_p: self.top_p.or(cfg(generation.top_p)).unwrap_or(1.0),
+            min_p: self.min_p.or(cfg(generation.min_p)).unwrap_or(0.0),
+            repetition_penalty: self
+                .repetition_penalty
+                .or(cfg(generation.repetition_penalty))
+                .unwrap_or(1.0),
+            seed: self.seed,
+        }
+    }
+}
+
 /// One sequence's sampler: its parameters and its own random stream, so a sequence samples
 /// the same tokens whatever else shares its batch.
 #[derive(Debug, Clone)]
@@ -302,6 +345,36 @@ mod tests {
             s.sample(&[0.0, f32::NAN], &[]),
             Err(EngineError::NonFiniteLogits)
         ));
+    }
+
+    #[test]
+    fn fields_then_generation_config_then_defaults() {
+        let qwen3 = qforge_model::GenerationConfig {
+            do_sample: Some(true),
+            temperature: Some(0.6),
+            top_p: Some(0.95),
+            top_k: Some(20),
+            ..Default::default()
+        };
+        let none = SamplingFields::default();
+        let p = none.resolve(&qwen3, 0.0);
+        assert_eq!((p.temperature, p.top_p, p.top_k), (0.6, 0.95, 20));
+        let p = SamplingFields {
+            temperature: Some(0.0),
+            ..none.clone()
+        }
+        .resolve(&qwen3, 1.0);
+        assert!(p.is_greedy());
+        let greedy_config = qforge_model::GenerationConfig {
+            do_sample: Some(false),
+            ..qwen3
+        };
+        assert_eq!(none.resolve(&greedy_config, 1.0).temperature, 1.0);
+        assert_eq!(
+            none.resolve(&qforge_model::GenerationConfig::default(), 0.0)
+                .top_p,
+            1.0
+        );
     }
 
     #[test]

@@ -13,6 +13,16 @@ use crate::weights::{WeightStore, write_json_atomic};
 
 const PREFIX: &str = "base_model.model.";
 pub const CONFIG_FILE: &str = "adapter_config.json";
+/// The projections of a Qwen layer that can carry an adapter.
+pub const PROJECTIONS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
 
 #[derive(Debug, Clone, PartialEq)]
@@ -39,23 +49,15 @@ impl LoraConfig {
                 "LoRA needs r >= 1 and at least one target module".into(),
             ));
         }
-        const KNOWN: [&str; 7] = [
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ];
+
         if let Some(t) = self
             .target_modules
             .iter()
-            .find(|t| !KNOWN.contains(&t.as_str()))
+            .find(|t| !PROJECTIONS.contains(&t.as_str()))
         {
             return Err(ModelError::InvalidInput(format!(
                 "unknown LoRA target module `{t}` (known: {})",
-                KNOWN.join(", ")
+                PROJECTIONS.join(", ")
             )));
         }
         Ok(())

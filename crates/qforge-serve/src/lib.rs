@@ -24,11 +24,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream;
+use qforge_engine::SamplingFields;
 use qforge_engine::chat::{
     ChatDelta, ChatEvent, ChatRequest, TokenLogprob, Usage, collect_response, parse_sampling,
     random_id, unix_now,
 };
-use qforge_engine::embedded::SamplingFields;
 use qforge_engine::{BackendError, ChatBackend, ChatStream, EmbeddedBackend, Metrics};
 use serde_json::{Value, json};
 

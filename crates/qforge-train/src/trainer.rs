@@ -101,17 +101,7 @@ impl Default for TrainConfig {
             gradient_checkpointing: false,
             lora_r: 0,
             lora_alpha: 16.0,
-            lora_target_modules: [
-                "q_proj",
-                "k_proj",
-                "v_proj",
-                "o_proj",
-                "gate_proj",
-                "up_proj",
-                "down_proj",
-            ]
-            .map(String::from)
-            .to_vec(),
+            lora_target_modules: qforge_model::lora::PROJECTIONS.map(String::from).to_vec(),
             center_rewards_coefficient: 0.0,
         }
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
-use qforge_engine::{Engine, GenerationRequest, SamplingParams};
+use qforge_engine::{Engine, GenerationRequest, SamplingFields, SamplingParams};
 use qforge_model::GenerationConfig;
 use serde_json::{Value, json};
 
@@ -82,38 +82,21 @@ pub struct Args {
     top_logprobs: usize,
 }
 
-/// Flags win; otherwise, like transformers and vLLM, the checkpoint's generation_config.json
-/// supplies the defaults when it asks to sample; otherwise greedy.
+/// Flags win, then the checkpoint's generation_config.json, else greedy.
 fn sampling(args: &Args, generation: &GenerationConfig) -> SamplingParams {
-    let from_config = !args.greedy && generation.do_sample == Some(true);
-    let cfg = |v: Option<f64>| {
-        if from_config {
-            v.map(|x| x as f32)
+    let fields = SamplingFields {
+        temperature: if args.greedy {
+            Some(0.0)
         } else {
-            None
-        }
-    };
-    let temperature = if args.greedy {
-        0.0
-    } else {
-        args.temperature
-            .or(cfg(generation.temperature))
-            .unwrap_or(if from_config { 1.0 } else { 0.0 })
-    };
-    SamplingParams {
-        temperature,
-        top_k: args
-            .top_k
-            .or(generation.top_k.filter(|_| from_config))
-            .unwrap_or(0),
-        top_p: args.top_p.or(cfg(generation.top_p)).unwrap_or(1.0),
-        min_p: args.min_p.or(cfg(generation.min_p)).unwrap_or(0.0),
-        repetition_penalty: args
-            .repetition_penalty
-            .or(cfg(generation.repetition_penalty))
-            .unwrap_or(1.0),
+            args.temperature
+        },
+        top_p: args.top_p,
+        top_k: args.top_k,
+        min_p: args.min_p,
+        repetition_penalty: args.repetition_penalty,
         seed: Some(args.seed),
-    }
+    };
+    fields.resolve(generation, 0.0)
 }
 
 pub fn run(args: Args) -> Result<()> {
