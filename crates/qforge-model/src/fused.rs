@@ -115,3 +115,90 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     x.contiguous()?
         .apply_op2(&w.contiguous()?, RmsNorm { eps: eps as f32 })
 }
+
+struct SelectiveLogSoftmax;
+
+impl CustomOp2 for SelectiveLogSoftmax {
+    fn name(&self) -> &'static str {
+        "qforge-selective-log-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous(s1, l1, "selective_log_softmax")?;
+        let CpuStorage::U32(t) = s2 else {
+            bail!("fused selective_log_softmax: targets must be u32")
+        };
+        let Some((a, b)) = l2.contiguous_offsets() else {
+            bail!("fused selective_log_softmax: targets must be contiguous")
+        };
+        let targets = &t[a..b];
+        let vocab = l1.shape().dims().last().copied().unwrap_or(1).max(1);
+        if targets.len() * vocab != x.len() {
+            bail!(
+                "fused selective_log_softmax: {} targets for logits {:?}",
+                targets.len(),
+                l1.shape()
+            );
+        }
+        let mut out = vec![0f32; targets.len()];
+        let mut bad = None;
+        out.iter_mut()
+            .zip(x.chunks(vocab))
+            .zip(targets)
+            .for_each(|((o, row), &t)| {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let lse = row.iter().map(|v| (v - max).exp()).sum::<f32>().ln() + max;
+                match row.get(t as usize) {
+                    Some(v) => *o = v - lse,
+                    None => bad = Some(t),
+                }
+            });
+        if let Some(t) = bad {
+            bail!("fused selective_log_softmax: target {t} outside the vocabulary of {vocab}");
+        }
+        let mut shape = l1.shape().dims().to_vec();
+        shape.pop();
+        Ok((CpuStorage::F32(out), Shape::from(shape)))
+    }
+
+    /// `d logits = g · (onehot(target) − softmax(logits))`; targets get no gradient.
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let probs = softmax_last_dim(logits)?.detach();
+        let onehot = Tensor::zeros(logits.shape(), logits.dtype(), logits.device())?.scatter_add(
+            &targets.unsqueeze(D::Minus1)?,
+            &Tensor::ones(
+                targets
+                    .dims()
+                    .iter()
+                    .copied()
+                    .chain([1])
+                    .collect::<Vec<_>>(),
+                logits.dtype(),
+                logits.device(),
+            )?,
+            D::Minus1,
+        )?;
+        let g = grad.unsqueeze(D::Minus1)?;
+        Ok((Some((onehot - probs)?.broadcast_mul(&g)?), None))
+    }
+}
+
+/// `log softmax(logits)[target]` along the last dimension, with a backward pass (f32 logits,
+/// u32 targets of shape `logits.shape[..-1]`). Never materialises the full log-softmax.
+pub fn selective_log_softmax(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    logits
+        .contiguous()?
+        .apply_op2(&targets.contiguous()?, SelectiveLogSoftmax)
+}

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{D, DType, Device, IndexOp, Tensor, Var};
+use candle_core::{DType, Device, IndexOp, Tensor, Var};
 
 use crate::config::{Architecture, ModelConfig};
 use crate::error::{ModelError, Result};
@@ -1034,9 +1034,9 @@ impl Model {
         }
         let hidden = self.forward(batch, None)?;
         let logits = self.logits(&hidden.narrow(1, 0, t - 1)?)?;
-        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let targets = batch.input_ids.narrow(1, 1, t - 1)?.unsqueeze(2)?;
-        let picked = logp.gather(&targets.contiguous()?, 2)?.squeeze(2)?;
+        // `logits` is f32 whatever the model dtype.
+        let targets = batch.input_ids.narrow(1, 1, t - 1)?.to_dtype(DType::U32)?;
+        let picked = crate::fused::selective_log_softmax(&logits, &targets)?;
         match &batch.valid {
             None => Ok(picked),
             Some(valid) => {

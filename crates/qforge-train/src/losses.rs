@@ -47,15 +47,14 @@ pub fn selective_log_softmax(
     temperature: f64,
 ) -> Result<Tensor> {
     let z = scaled(logits, temperature)?;
+    let targets = targets.to_dtype(DType::U32)?;
+    if z.dtype() == DType::F32 && z.device().is_cpu() {
+        // Fused: the [B, T, V] log-softmax is never materialised.
+        return Ok(qforge_model::fused::selective_log_softmax(&z, &targets)?);
+    }
     let logp = candle_nn::ops::log_softmax(&z, D::Minus1)?;
     Ok(logp
-        .gather(
-            &targets
-                .to_dtype(DType::U32)?
-                .unsqueeze(D::Minus1)?
-                .contiguous()?,
-            D::Minus1,
-        )?
+        .gather(&targets.unsqueeze(D::Minus1)?.contiguous()?, D::Minus1)?
         .squeeze(D::Minus1)?)
 }
 
