@@ -142,6 +142,17 @@ fn run_torch(
     )?))
 }
 
+/// Hands memory kept by the allocator back to the OS, so the PyTorch process that runs next has
+/// the machine's memory (qforge keeps freed memory by default, see common.rs).
+fn release_memory() {
+    // SAFETY: option setter and collection of the linked allocator.
+    unsafe {
+        libmimalloc_sys::mi_option_set(15, 0);
+        libmimalloc_sys::mi_collect(true);
+        libmimalloc_sys::mi_option_set(15, -1);
+    }
+}
+
 pub fn run(args: TrainArgs) -> Result<()> {
     let python = args
         .python
@@ -161,6 +172,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             config.num_parameters() as f64 / 1e6
         );
         let (ours, peak) = run_qforge(&config, batch, seq, warmup, steps)?;
+        release_memory();
         let peak = peak
             .map(|p| format!("{p:.0} MiB"))
             .unwrap_or_else(|| "n/a".into());
