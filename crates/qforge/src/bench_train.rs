@@ -143,13 +143,13 @@ fn run_torch(
 }
 
 /// Hands memory kept by the allocator back to the OS, so the PyTorch process that runs next has
-/// the machine's memory (qforge keeps freed memory by default, see common.rs).
+/// the machine's memory (qforge keeps freed memory for a while, see common.rs).
 fn release_memory() {
     // SAFETY: option setter and collection of the linked allocator.
     unsafe {
         libmimalloc_sys::mi_option_set(15, 0);
         libmimalloc_sys::mi_collect(true);
-        libmimalloc_sys::mi_option_set(15, -1);
+        libmimalloc_sys::mi_option_set(15, 2000);
     }
 }
 

@@ -15,12 +15,14 @@ pub fn init_runtime() {
         // SAFETY: called first thing in main, before any other thread exists.
         unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
     }
-    // Keep freed memory instead of returning it to the OS: training and decode allocate the same
-    // large temporaries every step, and fresh pages cost a kernel page-zeroing each time (40% of
-    // a training step's profile before this; +14% tokens/s after, `qforge bench train`).
-    // mi_option_purge_delay is 15 in mimalloc v2 and v3; -1 means never purge.
+    // Keep freed memory for 2 s before returning it to the OS: training and decode allocate the
+    // same large temporaries every step, and fresh pages cost a kernel page-zeroing each time
+    // (40% of a training step's profile before this; +14% tokens/s after, `qforge bench train`).
+    // Never purging (-1) was as fast on small models but pushed the 0.6B training bench past
+    // 24 GiB (OOM-killed); with 2 s it peaks at 19 GiB.
+    // mi_option_purge_delay is 15 in mimalloc v2 and v3; the value is in milliseconds.
     // SAFETY: plain option setter of the linked allocator.
-    unsafe { libmimalloc_sys::mi_option_set(15, -1) };
+    unsafe { libmimalloc_sys::mi_option_set(15, 2000) };
     let filter = tracing_subscriber::EnvFilter::try_from_env("QFORGE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
