@@ -134,10 +134,7 @@ impl CustomOp2 for SelectiveLogSoftmax {
         let CpuStorage::U32(t) = s2 else {
             bail!("fused selective_log_softmax: targets must be u32")
         };
-        let Some((a, b)) = l2.contiguous_offsets() else {
-            bail!("fused selective_log_softmax: targets must be contiguous")
-        };
-        let targets = &t[a..b];
+        let targets = crate::skinny::contiguous(t, l2, "fused selective_log_softmax: the targets")?;
         let vocab = l1.shape().dims().last().copied().unwrap_or(1).max(1);
         if targets.len() * vocab != x.len() {
             bail!(

@@ -283,10 +283,15 @@ fn run<T: Widen>(x: &[T], (m, k): (usize, usize), w: &[T], n: usize) -> Vec<T> {
     out
 }
 
-fn contiguous<'a, T: WithDType>(data: &'a [T], layout: &Layout, what: &str) -> Result<&'a [T]> {
+/// The slice of a CPU storage a contiguous layout covers (custom ops read inputs through it).
+pub(crate) fn contiguous<'a, T: WithDType>(
+    data: &'a [T],
+    layout: &Layout,
+    what: &str,
+) -> Result<&'a [T]> {
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
-        None => bail!("skinny matmul: {what} must be contiguous"),
+        None => bail!("{what} must be contiguous"),
     }
 }
 
@@ -309,21 +314,21 @@ impl CustomOp2 for SkinnyMatmul {
         }
         let storage = match (s1, s2) {
             (CpuStorage::F32(x), CpuStorage::F32(w)) => CpuStorage::F32(run(
-                contiguous(x, l1, "x")?,
+                contiguous(x, l1, "skinny matmul: x")?,
                 (m, k),
-                contiguous(w, l2, "w")?,
+                contiguous(w, l2, "skinny matmul: w")?,
                 n,
             )),
             (CpuStorage::F16(x), CpuStorage::F16(w)) => CpuStorage::F16(run(
-                contiguous(x, l1, "x")?,
+                contiguous(x, l1, "skinny matmul: x")?,
                 (m, k),
-                contiguous(w, l2, "w")?,
+                contiguous(w, l2, "skinny matmul: w")?,
                 n,
             )),
             (CpuStorage::BF16(x), CpuStorage::BF16(w)) => CpuStorage::BF16(run(
-                contiguous(x, l1, "x")?,
+                contiguous(x, l1, "skinny matmul: x")?,
                 (m, k),
-                contiguous(w, l2, "w")?,
+                contiguous(w, l2, "skinny matmul: w")?,
                 n,
             )),
             _ => bail!(
