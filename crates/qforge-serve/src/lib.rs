@@ -267,6 +267,16 @@ fn parse_body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<V
     Ok(value)
 }
 
+/// The body as a JSON object plus its `stream` and `stream_options.include_usage` flags.
+fn parse_request(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(Value, bool, bool), Response> {
+    let v = parse_body(state, body)?;
+    let (stream, include_usage) = stream_flags(&v)?;
+    Ok((v, stream, include_usage))
+}
+
 fn stream_flags(v: &Value) -> Result<(bool, bool), Response> {
     let stream = match v.get("stream") {
         None | Some(Value::Null) => false,
@@ -302,12 +312,8 @@ async fn chat_completions(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let v = match parse_body(&state, body) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let (stream, include_usage) = match stream_flags(&v) {
-        Ok(f) => f,
+    let (v, stream, include_usage) = match parse_request(&state, body) {
+        Ok(parsed) => parsed,
         Err(r) => return r,
     };
     let request = match ChatRequest::from_openai(&v) {
@@ -495,12 +501,8 @@ async fn completions(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let v = match parse_body(&state, body) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let (stream, include_usage) = match stream_flags(&v) {
-        Ok(f) => f,
+    let (v, stream, include_usage) = match parse_request(&state, body) {
+        Ok(parsed) => parsed,
         Err(r) => return r,
     };
     if v.get("echo").and_then(Value::as_bool) == Some(true) {
