@@ -768,8 +768,11 @@ impl Model {
             self.differentiable,
         )?;
         let mlp = &layer.mlp;
-        let h = (mlp.gate_proj.forward(&h, self.differentiable)?.silu()?
-            * mlp.up_proj.forward(&h, self.differentiable)?)?;
+        let h = ops::swiglu(
+            &mlp.gate_proj.forward(&h, self.differentiable)?,
+            &mlp.up_proj.forward(&h, self.differentiable)?,
+            self.differentiable,
+        )?;
         Ok((x + mlp.down_proj.forward(&h, self.differentiable)?)?)
     }
 
@@ -854,7 +857,7 @@ impl Model {
         self.logits(&hidden.i((.., t - 1, ..))?)
     }
 
-    /// Additive `[B, 1, 1, T]` key-padding bias (0 or the dtype minimum), or `None`.
+    /// Additive `[B, 1, T]` key-padding bias (0 or the dtype minimum), or `None`.
     fn padding_bias(&self, batch: &Batch) -> Result<Option<Tensor>> {
         let Some(valid) = &batch.valid else {
             return Ok(None);
@@ -864,7 +867,7 @@ impl Model {
             .iter()
             .flat_map(|r| r.iter().map(|&v| if v { 0.0 } else { f32::MIN }))
             .collect();
-        Ok(Some(Tensor::from_vec(data, (b, 1, 1, t), &self.device)?))
+        Ok(Some(Tensor::from_vec(data, (b, 1, t), &self.device)?))
     }
 
     /// q, k, v `[B, heads, T, D]` after q/k norm and rotary embedding.
@@ -901,41 +904,30 @@ impl Model {
             Some(w) => ops::rms_norm(&k, w, eps, self.differentiable)?,
             None => k,
         };
-        let q = ops::rope(
-            &q.transpose(1, 2)?.contiguous()?,
-            &rotary.cos,
-            &rotary.sin,
-            self.differentiable,
-        )?;
-        let k = ops::rope(
-            &k.transpose(1, 2)?.contiguous()?,
-            &rotary.cos,
-            &rotary.sin,
-            self.differentiable,
-        )?;
+        let q = ops::rope_to_heads(&q, &rotary.cos, &rotary.sin, self.differentiable)?;
+        let k = ops::rope_to_heads(&k, &rotary.cos, &rotary.sin, self.differentiable)?;
         let v = v.transpose(1, 2)?.contiguous()?;
         Ok((q, k, v))
     }
 
     /// Scaled dot-product attention with grouped KV heads and no KV copy: the query heads that
     /// share a KV head are stacked along the rows, `[B, KV, G*Tq, D] @ [B, KV, D, Tk]`.
-    /// `bias` is added to `[B, KV, G, Tq, Tk]` scores by broadcasting (f32).
+    /// `bias` `[Bb, Tqb, Tk]` is added to the f32 scores of every head (see
+    /// [`ops::attention_softmax`]).
     fn sdpa(&self, q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let (b, nh, tq, d) = q.dims4()?;
         let (_, nkv, tk, _) = k.dims4()?;
         let g = nh / nkv;
         let scale = 1.0 / (d as f64).sqrt();
         let q = q.reshape((b, nkv, g * tq, d))?;
-        let scores = (q.matmul(&k.t()?)? * scale)?;
-        let scores = scores.to_dtype(DType::F32)?;
-        let scores = match bias {
-            Some(bias) => scores
-                .reshape((b, nkv, g, tq, tk))?
-                .broadcast_add(bias)?
-                .reshape((b, nkv, g * tq, tk))?,
-            None => scores,
-        };
-        let probs = ops::softmax(&scores, self.differentiable)?.to_dtype(v.dtype())?;
+        // The rows of [B, KV, G*Tq, Tk] are those of [B, H, Tq, Tk]: same memory.
+        let scores = q
+            .matmul(&k.t()?)?
+            .to_dtype(DType::F32)?
+            .reshape((b, nh, tq, tk))?;
+        let probs = ops::attention_softmax(&scores, scale, bias, self.differentiable)?
+            .to_dtype(v.dtype())?
+            .reshape((b, nkv, g * tq, tk))?;
         Ok(probs.matmul(v)?.reshape((b, nh, tq, d))?)
     }
 
@@ -974,7 +966,7 @@ impl Model {
                     let bias = (kind == AttentionKind::Causal && n > 1)
                         .then(|| causal_bias(n, past + n, past, &self.device))
                         .transpose()?
-                        .map(|c| c.reshape((1, 1, 1, n, past + n)))
+                        .map(|c| c.reshape((1, n, past + n)))
                         .transpose()?;
                     let out = self
                         .sdpa(&qi, &k_all, &v_all, bias.as_ref())?
@@ -1004,16 +996,13 @@ impl Model {
                 let causal = (kind == AttentionKind::Causal && t > 1)
                     .then(|| causal_bias(t, t, 0, &self.device))
                     .transpose()?;
-                // [B, 1, 1, Tq, Tk] after the GQA reshape (group axis inserted).
+                // [Bb, Tqb, Tk], see `ops::attention_softmax`.
                 let bias = match (causal, padding_bias) {
                     (None, None) => None,
-                    (Some(c), None) => Some(c.reshape((1, 1, 1, t, t))?),
-                    (None, Some(p)) => Some(p.unsqueeze(1)?),
+                    (Some(c), None) => Some(c.reshape((1, t, t))?),
+                    (None, Some(p)) => Some(p.clone()),
                     // Adding two dtype minima overflows to -inf; take the minimum instead.
-                    (Some(c), Some(p)) => Some(
-                        c.reshape((1, 1, 1, t, t))?
-                            .broadcast_minimum(&p.unsqueeze(1)?)?,
-                    ),
+                    (Some(c), Some(p)) => Some(c.reshape((1, t, t))?.broadcast_minimum(p)?),
                 };
                 self.sdpa(&q, &k, &v, bias.as_ref())?
                     .transpose(1, 2)?

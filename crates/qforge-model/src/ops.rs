@@ -1,7 +1,8 @@
 //! The three ops where candle's fast kernels silently drop gradients (specs/stack.md §1.2):
-//! RMSNorm, rotary embedding and softmax. Each has a differentiable form, used whenever the
-//! forward may be differentiated, and the fused inference kernel, used otherwise. Tests pin
-//! that both forms agree.
+//! RMSNorm, rotary embedding and softmax, plus the attention softmax and SwiGLU. Each has a
+//! differentiable form, used whenever the forward may be differentiated (our fused f32 CPU
+//! kernels with a backward pass, else compositions of basic ops), and candle's fused inference
+//! kernel otherwise. Tests pin that all forms agree.
 
 use candle_core::{D, DType, Result, Tensor};
 
@@ -9,7 +10,7 @@ use candle_core::{D, DType, Result, Tensor};
 /// (transformers' Qwen2/Qwen3 RMSNorm).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, differentiable: bool) -> Result<Tensor> {
     if differentiable {
-        if x.dtype() == DType::F32 && weight.dtype() == DType::F32 && x.device().is_cpu() {
+        if fused_applies(x) && fused_applies(weight) {
             return crate::fused::rms_norm(x, weight, eps);
         }
         return candle_nn::ops::rms_norm_slow(x, weight, eps as f32);
@@ -34,10 +35,63 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, differentiable: bool) -> Res
     candle_nn::rotary_emb::rope(&x.contiguous()?, &cos.contiguous()?, &sin.contiguous()?)
 }
 
+/// Rotary embedding of `x` `[B, T, H, D]` (the projection's layout), returned as
+/// `[B, H, T, D]` contiguous.
+pub fn rope_to_heads(
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    differentiable: bool,
+) -> Result<Tensor> {
+    if differentiable && fused_applies(x) {
+        return crate::fused::rope_to_heads(x, cos, sin);
+    }
+    rope(&x.transpose(1, 2)?.contiguous()?, cos, sin, differentiable)
+}
+
+/// `softmax(scale · scores + bias)` for attention scores `[B, H, Tq, Tk]` (f32) and an additive
+/// mask `bias` `[Bb, Tqb, Tk]` broadcast like `[Bb, 1, Tqb, Tk]` (`Bb ∈ {1, B}`,
+/// `Tqb ∈ {1, Tq}`).
+pub fn attention_softmax(
+    scores: &Tensor,
+    scale: f64,
+    bias: Option<&Tensor>,
+    differentiable: bool,
+) -> Result<Tensor> {
+    if let Some(bias) = bias
+        && differentiable
+        && fused_applies(scores)
+    {
+        return crate::fused::attention_softmax(scores, scale, bias);
+    }
+    let scores = (scores * scale)?;
+    let scores = match bias {
+        Some(bias) => {
+            let (bb, tqb, tk) = bias.dims3()?;
+            scores.broadcast_add(&bias.reshape((bb, 1, tqb, tk))?)?
+        }
+        None => scores,
+    };
+    softmax(&scores, differentiable)
+}
+
+/// `silu(gate) ⊙ up`.
+pub fn swiglu(gate: &Tensor, up: &Tensor, differentiable: bool) -> Result<Tensor> {
+    if differentiable && fused_applies(gate) && fused_applies(up) {
+        return crate::fused::swiglu(gate, up);
+    }
+    gate.silu()? * up
+}
+
+/// Our fused training kernels are f32 and CPU only.
+fn fused_applies(x: &Tensor) -> bool {
+    x.dtype() == DType::F32 && x.device().is_cpu()
+}
+
 /// Softmax over the last dimension.
 pub fn softmax(x: &Tensor, differentiable: bool) -> Result<Tensor> {
     if differentiable {
-        if x.dtype() == DType::F32 && x.device().is_cpu() {
+        if fused_applies(x) {
             return crate::fused::softmax_last_dim(x);
         }
         candle_nn::ops::softmax(x, D::Minus1)

@@ -3,7 +3,8 @@
 //! transformers' schedules (pinned by `tests/optim.rs`).
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor, Var};
+use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
+use rayon::prelude::*;
 
 use crate::error::{Result, TrainError};
 
@@ -86,6 +87,37 @@ impl AdamW {
             let Some(g) = grads.get(slot.var.as_tensor()) else {
                 continue;
             };
+            if slot.master.is_none() && slot.var.device().is_cpu() {
+                // f32 on CPU: three passes over memory, no temporaries (specs/train_perf.md).
+                let (m, v, p) = (slot.m.as_tensor(), slot.v.as_tensor(), slot.var.as_tensor());
+                // Weight gradients of `x @ Wᵀ` come back transposed.
+                let g = &g.contiguous()?;
+                m.inplace_op2(
+                    g,
+                    &MovingAverage {
+                        beta: c.beta1,
+                        square: false,
+                    },
+                )?;
+                v.inplace_op2(
+                    g,
+                    &MovingAverage {
+                        beta: c.beta2,
+                        square: true,
+                    },
+                )?;
+                p.inplace_op3(
+                    m,
+                    v,
+                    &AdamWUpdate {
+                        decay: if slot.decay { lr * c.weight_decay } else { 0.0 },
+                        step: lr / bias1,
+                        bias2_sqrt,
+                        eps: c.eps,
+                    },
+                )?;
+                continue;
+            }
             let g = g.to_dtype(DType::F32)?;
             let param = slot.master.as_ref().unwrap_or(&slot.var);
             let mut p = param.as_tensor().clone();
@@ -143,6 +175,104 @@ impl AdamW {
                 master.set(get(&format!("master.{}", s.name))?)?;
             }
         }
+        Ok(())
+    }
+}
+
+const CHUNK: usize = 1 << 14;
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(d), Some((a, b))) => Ok(&d[a..b]),
+        _ => candle_core::bail!("in-place AdamW: {what} must be contiguous f32"),
+    }
+}
+
+fn f32_slice_mut<'a>(
+    s: &'a mut CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a mut [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(d), Some((a, b))) => Ok(&mut d[a..b]),
+        _ => candle_core::bail!("in-place AdamW: {what} must be contiguous f32"),
+    }
+}
+
+/// `m ← β·m + (1−β)·g` (or `g²` for the second moment), in place.
+struct MovingAverage {
+    beta: f64,
+    square: bool,
+}
+
+impl InplaceOp2 for MovingAverage {
+    fn name(&self) -> &'static str {
+        "qforge-adamw-moment"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
+        let g = f32_slice(s2, l2, "the gradient")?;
+        let m = f32_slice_mut(s1, l1, "a moment")?;
+        if m.len() != g.len() {
+            candle_core::bail!("in-place AdamW: gradient of {} for {}", g.len(), m.len());
+        }
+        let (b, a) = (self.beta as f32, (1.0 - self.beta) as f32);
+        let square = self.square;
+        m.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .for_each(|(m, g)| {
+                for (m, &g) in m.iter_mut().zip(g) {
+                    *m = b * *m + a * if square { g * g } else { g };
+                }
+            });
+        Ok(())
+    }
+}
+
+/// `p ← p·(1 − lr·wd) − (lr/bias1) · m / (√v/√bias2 + ε)`, in place (torch's AdamW order).
+struct AdamWUpdate {
+    decay: f64,
+    step: f64,
+    bias2_sqrt: f64,
+    eps: f64,
+}
+
+impl InplaceOp3 for AdamWUpdate {
+    fn name(&self) -> &'static str {
+        "qforge-adamw-update"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<()> {
+        let m = f32_slice(s2, l2, "the first moment")?;
+        let v = f32_slice(s3, l3, "the second moment")?;
+        let p = f32_slice_mut(s1, l1, "the parameter")?;
+        let keep = (1.0 - self.decay) as f32;
+        let (step, inv_b2, eps) = (
+            self.step as f32,
+            (1.0 / self.bias2_sqrt) as f32,
+            self.eps as f32,
+        );
+        p.par_chunks_mut(CHUNK)
+            .zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK)))
+            .for_each(|(p, (m, v))| {
+                for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
+                    *p = *p * keep - step * m / (v.sqrt() * inv_b2 + eps);
+                }
+            });
         Ok(())
     }
 }

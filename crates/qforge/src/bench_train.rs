@@ -142,14 +142,16 @@ fn run_torch(
     )?))
 }
 
-/// Hands memory kept by the allocator back to the OS, so the PyTorch process that runs next has
+/// Hands memory kept by the allocator back to the OS (decommitted, not just reset), so the PyTorch process that runs next has
 /// the machine's memory (qforge keeps freed memory for a while, see common.rs).
 fn release_memory() {
     // SAFETY: option setter and collection of the linked allocator.
     unsafe {
         libmimalloc_sys::mi_option_set(15, 0);
+        libmimalloc_sys::mi_option_set(5, 1);
         libmimalloc_sys::mi_collect(true);
-        libmimalloc_sys::mi_option_set(15, 2000);
+        libmimalloc_sys::mi_option_set(5, 0);
+        libmimalloc_sys::mi_option_set(15, 10_000);
     }
 }
 

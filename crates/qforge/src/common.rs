@@ -15,14 +15,20 @@ pub fn init_runtime() {
         // SAFETY: called first thing in main, before any other thread exists.
         unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
     }
-    // Keep freed memory for 2 s before returning it to the OS: training and decode allocate the
-    // same large temporaries every step, and fresh pages cost a kernel page-zeroing each time
-    // (40% of a training step's profile before this; +14% tokens/s after, `qforge bench train`).
-    // Never purging (-1) was as fast on small models but pushed the 0.6B training bench past
-    // 24 GiB (OOM-killed); with 2 s it peaks at 19 GiB.
-    // mi_option_purge_delay is 15 in mimalloc v2 and v3; the value is in milliseconds.
-    // SAFETY: plain option setter of the linked allocator.
-    unsafe { libmimalloc_sys::mi_option_set(15, 2000) };
+    // Keep freed memory for 10 s before purging it, and purge with MADV_FREE (a "reset")
+    // rather than a decommit: training and decode allocate the same large temporaries every
+    // step, and a decommitted page costs a kernel page-zeroing when touched again (40% of a
+    // training step's profile with the defaults; with a 2 s delay and decommits still 2,300
+    // page faults per step of `qforge bench train --shapes small`, with 2 s resets ~700, with
+    // 10 s resets none). The kernel takes reset pages back under memory pressure, so unlike
+    // never purging (-1, which pushed the 0.6B training bench past 24 GiB) memory stays
+    // bounded: that bench peaks at 12 GiB, like PyTorch.
+    // Options of mimalloc v2 (the linked one): 15 = purge_delay (ms), 5 = purge_decommits.
+    // SAFETY: plain option setters of the linked allocator, before any allocation-heavy work.
+    unsafe {
+        libmimalloc_sys::mi_option_set(15, 10_000);
+        libmimalloc_sys::mi_option_set(5, 0);
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("QFORGE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
