@@ -30,7 +30,7 @@ pub use model::{
 pub use resolve::resolve_model_dir;
 pub use template::{ChatOptions, ChatTemplate};
 pub use tokenizer::{GenerationConfig, Tokenizer};
-pub use weights::{WeightStore, parse_dtype, save_safetensors};
+pub use weights::{WeightStore, parse_device, parse_dtype, save_safetensors};
 
 use std::path::{Path, PathBuf};
 

@@ -92,6 +92,8 @@ pub fn add_lora(model: &mut Model, config: &LoraConfig, seed: u64) -> Result<Vec
         let (out_dim, in_dim) = linear.weight.dims2()?;
         let bound = 1.0 / (in_dim as f32).sqrt();
         let a: Vec<f32> = (0..config.r * in_dim).map(|_| bound * uniform()).collect();
+        // f32 whatever the base dtype, like PEFT's `autocast_adapter_dtype` (the update is
+        // computed in the adapter's dtype, see `Linear::forward`).
         let a = Var::from_tensor(&Tensor::from_vec(a, (config.r, in_dim), &device)?)?;
         let b = Var::zeros((out_dim, config.r), DType::F32, &device)?;
         linear.lora = Some(LoraAdapter {

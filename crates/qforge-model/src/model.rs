@@ -268,7 +268,16 @@ impl Linear {
             None => y,
         };
         let y = match &self.lora {
-            Some(l) => (y + (x2.matmul(&l.a.t()?)?.matmul(&l.b.t()?)? * l.scale)?)?,
+            // In the adapter's dtype (f32 adapters on a bf16 base, as PEFT does).
+            Some(l) => {
+                let update = (x2
+                    .to_dtype(l.a.dtype())?
+                    .matmul(&l.a.t()?)?
+                    .matmul(&l.b.t()?)?
+                    * l.scale)?;
+                let dtype = y.dtype();
+                (y + update.to_dtype(dtype)?)?
+            }
             None => y,
         };
         let mut out = dims;

@@ -253,6 +253,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Parses a dtype name as used on the command line and in configs.
+/// `cpu`, `cuda` or `cuda:N`. CUDA needs the `cuda` cargo feature; without it candle answers
+/// with a "not compiled with CUDA support" error, which is passed on.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    let spec = spec.trim().to_ascii_lowercase();
+    let ordinal = match spec.as_str() {
+        "cpu" => return Ok(Device::Cpu),
+        "cuda" => Some(0),
+        s => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok()),
+    };
+    match ordinal {
+        Some(n) => Ok(Device::new_cuda(n)?),
+        None => Err(ModelError::InvalidInput(format!(
+            "unknown device `{spec}` (use cpu, cuda or cuda:N)"
+        ))),
+    }
+}
+
 pub fn parse_dtype(name: &str) -> Option<DType> {
     match name.to_ascii_lowercase().as_str() {
         "f32" | "float32" => Some(DType::F32),

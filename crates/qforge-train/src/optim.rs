@@ -169,10 +169,11 @@ impl AdamW {
         };
         self.step = get("step")?.to_vec1::<f64>()?[0] as u64;
         for s in &self.slots {
-            s.m.set(get(&format!("m.{}", s.name))?)?;
-            s.v.set(get(&format!("v.{}", s.name))?)?;
+            let dev = s.var.device();
+            s.m.set(&get(&format!("m.{}", s.name))?.to_device(dev)?)?;
+            s.v.set(&get(&format!("v.{}", s.name))?.to_device(dev)?)?;
             if let Some(master) = &s.master {
-                master.set(get(&format!("master.{}", s.name))?)?;
+                master.set(&get(&format!("master.{}", s.name))?.to_device(dev)?)?;
             }
         }
         Ok(())

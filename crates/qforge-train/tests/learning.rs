@@ -423,3 +423,84 @@ fn gradient_checkpointing_trains_identically_for_every_objective() {
         }
     }
 }
+
+/// The bf16 path (meant for CUDA) runs on CPU too: every objective, and LoRA, trains with bf16
+/// compute, f32 master weights in the optimiser, and saves bf16 checkpoints.
+#[test]
+fn bf16_training_keeps_f32_master_weights_and_learns() {
+    let dir = tempfile::tempdir().unwrap();
+    write_jsonl(&dir.path().join("sft.jsonl"), &copy_sft(256, 21)).unwrap();
+    write_jsonl(&dir.path().join("pref.jsonl"), &copy_preferences(32, 22)).unwrap();
+    for (objective, data, lora_r) in [
+        (Objective::Sft, "sft.jsonl", 0),
+        (Objective::Sft, "sft.jsonl", 4),
+        (Objective::Dpo, "pref.jsonl", 0),
+        (Objective::Rm, "pref.jsonl", 0),
+    ] {
+        let steps = if objective == Objective::Sft && lora_r == 0 {
+            40
+        } else {
+            3
+        };
+        let out = dir.path().join(format!("{objective:?}-{lora_r}"));
+        let cfg = TrainConfig {
+            lr: 3e-3,
+            max_steps: Some(steps),
+            dtype: "bf16".into(),
+            lora_r,
+            output_dir: out.clone(),
+            ..config(dir.path(), data, data)
+        };
+        let losses: Vec<f64> = Trainer::new(cfg, objective)
+            .unwrap()
+            .train(|_| {}, |_| {})
+            .unwrap()
+            .iter()
+            .map(|r| r.loss)
+            .collect();
+        assert!(
+            losses.iter().all(|l| l.is_finite()),
+            "{objective:?}: {losses:?}"
+        );
+        let ckpt = out.join(format!("checkpoint-{steps}"));
+        let opt = candle_core::safetensors::load(
+            ckpt.join("optimizer.safetensors"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let masters: Vec<_> = opt
+            .iter()
+            .filter(|(k, _)| k.starts_with("master."))
+            .collect();
+        assert_eq!(
+            masters.is_empty(),
+            lora_r > 0,
+            "{objective:?}: f32 master weights exactly for the bf16 parameters"
+        );
+        assert!(
+            masters
+                .iter()
+                .all(|(_, t)| t.dtype() == candle_core::DType::F32)
+        );
+        // LoRA adapters stay f32 on a bf16 base, as PEFT keeps them (autocast_adapter_dtype).
+        let (weights, dtype) = if lora_r > 0 {
+            ("adapter_model.safetensors", candle_core::DType::F32)
+        } else {
+            ("model.safetensors", candle_core::DType::BF16)
+        };
+        let saved =
+            candle_core::safetensors::load(ckpt.join(weights), &candle_core::Device::Cpu).unwrap();
+        assert!(
+            saved.values().all(|t| t.dtype() == dtype),
+            "{objective:?}: checkpoint not in {dtype:?}: {:?}",
+            saved
+                .iter()
+                .map(|(k, t)| (k, t.dtype()))
+                .collect::<Vec<_>>()
+        );
+        if objective == Objective::Sft && lora_r == 0 {
+            let (first, last) = (losses[0], losses[losses.len() - 1]);
+            assert!(last < 0.6 * first, "bf16 SFT did not learn: {losses:?}");
+        }
+    }
+}

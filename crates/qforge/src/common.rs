@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use candle_core::{DType, Device};
+use candle_core::DType;
 use qforge_model::{ChatOptions, Checkpoint};
 use serde_json::Value;
 
@@ -52,6 +52,10 @@ pub struct ModelArgs {
     /// A LoRA adapter directory (PEFT layout) applied on top of the model.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
+
+    /// cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 impl ModelArgs {
@@ -62,7 +66,9 @@ impl ModelArgs {
 
     pub fn load(&self) -> Result<Checkpoint> {
         let dir = self.dir()?;
-        let mut ck = Checkpoint::load_dir(&dir, self.dtype()?, &Device::Cpu)
+        let device = qforge_model::parse_device(&self.device)
+            .with_context(|| format!("--device `{}`", self.device))?;
+        let mut ck = Checkpoint::load_dir(&dir, self.dtype()?, &device)
             .with_context(|| format!("loading model from {}", dir.display()))?;
         if let Some(adapter) = &self.adapter {
             let lora = qforge_model::load_adapter(&mut ck.model, adapter)

@@ -81,6 +81,7 @@ pub fn run(args: Args) -> Result<()> {
             model: Some(m.clone()),
             dtype: "f32".into(),
             adapter: None,
+            device: "cpu".into(),
         }
         .dir()?,
         None => {
