@@ -12,9 +12,11 @@
 pub mod datasets;
 pub mod error;
 pub mod eval;
+pub mod fixtures;
 pub mod generative;
 pub mod labels;
 pub mod metrics;
+pub mod proxy;
 pub mod stream;
 
 pub use error::{GuardError, Result};

@@ -504,6 +504,10 @@ impl StreamSession {
         self.id
     }
 
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.guard.tokenizer
+    }
+
     /// Every token fed so far.
     pub fn ids(&self) -> &[u32] {
         &self.ids

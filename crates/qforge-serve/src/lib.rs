@@ -1,7 +1,9 @@
 //! qforge-serve: an OpenAI-compatible HTTP server over the embedded engine.
 //!
 //! Routes: `POST /v1/chat/completions` (SSE streaming or whole), `POST /v1/completions`,
-//! `GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus text). Errors use OpenAI's body
+//! `GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus text), and with a guard model
+//! `POST /v1/moderations` and `POST /v1/guard/moderate` ([`guard`], which also has the guarded
+//! chat proxy). Errors use OpenAI's body
 //! shape. Requests go through [`EmbeddedBackend`], whose scheduler batches them continuously;
 //! a client that disconnects cancels its sequences.
 
@@ -32,6 +34,8 @@ use qforge_engine::chat::{
 use qforge_engine::{BackendError, ChatBackend, ChatStream, EmbeddedBackend, Metrics};
 use serde_json::{Value, json};
 
+pub mod guard;
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Bearer token required on `/v1/*` when set.
@@ -58,6 +62,7 @@ pub struct AppState {
     metrics: Arc<Metrics>,
     config: Arc<ServerConfig>,
     http_status: Arc<Mutex<BTreeMap<u16, u64>>>,
+    moderation: Option<guard::ModerationState>,
 }
 
 impl AppState {
@@ -68,7 +73,14 @@ impl AppState {
             metrics,
             config: Arc::new(config),
             http_status: Arc::default(),
+            moderation: None,
         }
+    }
+
+    /// Adds `POST /v1/moderations` and `POST /v1/guard/moderate`, answered by a Qwen3Guard-Gen.
+    pub fn with_moderation(mut self, moderation: guard::ModerationState) -> Self {
+        self.moderation = Some(moderation);
+        self
     }
 }
 
@@ -91,7 +103,7 @@ pub fn api_error(
     (status, Json(body)).into_response()
 }
 
-fn backend_error(e: BackendError) -> Response {
+pub(crate) fn backend_error(e: BackendError) -> Response {
     match &e {
         BackendError::InvalidRequest { message, param } => api_error(
             StatusCode::BAD_REQUEST,
@@ -126,6 +138,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
+        .route("/v1/moderations", post(moderations))
+        .route("/v1/guard/moderate", post(guard_moderate))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,
@@ -157,21 +171,58 @@ async fn require_api_key(
     request: Request,
     next: Next,
 ) -> Response {
-    if let Some(key) = &state.config.api_key {
+    match check_api_key(&state.config, &headers) {
+        Ok(()) => next.run(request).await,
+        Err(r) => r,
+    }
+}
+
+/// `Authorization: Bearer KEY` when the server has a key.
+pub(crate) fn check_api_key(config: &ServerConfig, headers: &HeaderMap) -> Result<(), Response> {
+    if let Some(key) = &config.api_key {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         if given != Some(key.as_str()) {
-            return api_error(
+            return Err(api_error(
                 StatusCode::UNAUTHORIZED,
                 "invalid or missing API key",
                 None,
                 Some("invalid_api_key"),
-            );
+            ));
         }
     }
-    next.run(request).await
+    Ok(())
+}
+
+fn no_guard() -> Response {
+    api_error(
+        StatusCode::NOT_FOUND,
+        "this server has no guard model (start it with --guard-model)",
+        None,
+        None,
+    )
+}
+
+async fn moderations(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match &state.moderation {
+        Some(m) => guard::moderations(&state.config, m, body).await,
+        None => no_guard(),
+    }
+}
+
+async fn guard_moderate(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match &state.moderation {
+        Some(m) => guard::native_moderate(&state.config, m, body).await,
+        None => no_guard(),
+    }
 }
 
 async fn count_status(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -204,13 +255,17 @@ async fn models(State(state): State<AppState>) -> Json<Value> {
 }
 
 /// Body -> JSON object, with OpenAI errors for oversized bodies, bad UTF-8 and bad JSON.
-fn parse_body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Value, Response> {
+pub(crate) fn parse_body(
+    config: &ServerConfig,
+    served_model: &str,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Value, Response> {
     let body = body.map_err(|rejection| {
         let status = rejection.status();
         let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
             format!(
                 "the request body is larger than {} bytes",
-                state.config.max_body_bytes
+                config.max_body_bytes
             )
         } else {
             rejection.body_text()
@@ -243,14 +298,11 @@ fn parse_body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<V
     }
     match value.get("model") {
         None | Some(Value::Null) => {}
-        Some(Value::String(m)) if m == state.backend.model_name() => {}
+        Some(Value::String(m)) if m == served_model => {}
         Some(Value::String(m)) => {
             return Err(api_error(
                 StatusCode::NOT_FOUND,
-                format!(
-                    "The model `{m}` does not exist; this server serves `{}`",
-                    state.backend.model_name()
-                ),
+                format!("The model `{m}` does not exist; this server serves `{served_model}`"),
                 Some("model"),
                 Some("model_not_found"),
             ));
@@ -268,11 +320,12 @@ fn parse_body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<V
 }
 
 /// The body as a JSON object plus its `stream` and `stream_options.include_usage` flags.
-fn parse_request(
-    state: &AppState,
+pub(crate) fn parse_request(
+    config: &ServerConfig,
+    served_model: &str,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(Value, bool, bool), Response> {
-    let v = parse_body(state, body)?;
+    let v = parse_body(config, served_model, body)?;
     let (stream, include_usage) = stream_flags(&v)?;
     Ok((v, stream, include_usage))
 }
@@ -312,10 +365,11 @@ async fn chat_completions(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let (v, stream, include_usage) = match parse_request(&state, body) {
-        Ok(parsed) => parsed,
-        Err(r) => return r,
-    };
+    let (v, stream, include_usage) =
+        match parse_request(&state.config, state.backend.model_name(), body) {
+            Ok(parsed) => parsed,
+            Err(r) => return r,
+        };
     let request = match ChatRequest::from_openai(&v) {
         Ok(r) => r,
         Err(e) => return api_error(StatusCode::BAD_REQUEST, e.message, Some(&e.param), None),
@@ -333,8 +387,25 @@ async fn chat_completions(
         Ok(rx) => rx,
         Err(e) => return backend_error(e),
     };
+    chat_response(
+        events,
+        state.backend.model_name().to_string(),
+        n,
+        stream,
+        include_usage,
+    )
+    .await
+}
+
+/// A chat completion from its event stream: whole, or as `chat.completion.chunk` SSE.
+pub(crate) async fn chat_response(
+    events: ChatStream,
+    model: String,
+    n: usize,
+    stream: bool,
+    include_usage: bool,
+) -> Response {
     let id = random_id("chatcmpl-");
-    let model = state.backend.model_name().to_string();
     if !stream {
         return match collect(events).await {
             Ok(all) => Json(collect_response(id, model, n, all).to_openai()).into_response(),
@@ -501,10 +572,11 @@ async fn completions(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let (v, stream, include_usage) = match parse_request(&state, body) {
-        Ok(parsed) => parsed,
-        Err(r) => return r,
-    };
+    let (v, stream, include_usage) =
+        match parse_request(&state.config, state.backend.model_name(), body) {
+            Ok(parsed) => parsed,
+            Err(r) => return r,
+        };
     if v.get("echo").and_then(Value::as_bool) == Some(true) {
         return api_error(
             StatusCode::BAD_REQUEST,

@@ -10,6 +10,7 @@ mod common;
 mod convert;
 mod demo;
 mod generate;
+mod guard;
 mod logprobs;
 mod plot;
 mod quickstart;
@@ -51,6 +52,9 @@ enum Command {
     Serve(serve::Args),
     /// Re-save a checkpoint in Hugging Face layout (dtype, sharding).
     Convert(convert::Args),
+    /// Qwen3Guard safety moderation: moderate, stream, evaluate, and a guarded chat proxy.
+    #[command(subcommand)]
+    Guard(guard::GuardCommand),
     /// Benchmarks with ratios against baselines measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -67,6 +71,7 @@ fn main() {
         Command::Train(t) => train::run(t),
         Command::Serve(a) => serve::run(a),
         Command::Convert(a) => convert::run(a),
+        Command::Guard(g) => guard::run(g),
         Command::Bench(b) => bench::run(b),
     };
     if let Err(err) = result {

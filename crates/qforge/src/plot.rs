@@ -102,3 +102,63 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, series: &[Series]) ->
     root.present().map_err(|e| anyhow!("{e}"))?;
     Ok(())
 }
+
+/// Writes a bar chart of named values to `path` (800x480 PNG); bars are labelled when a font
+/// is available.
+pub fn bar_chart(path: &Path, title: &str, bars: &[(String, f64)]) -> Result<()> {
+    if bars.is_empty() {
+        return Err(anyhow!("nothing to plot"));
+    }
+    let top = bars
+        .iter()
+        .map(|(_, v)| *v)
+        .filter(|v| v.is_finite())
+        .fold(0f64, f64::max)
+        .max(1e-9)
+        * 1.1;
+    let labels = register_font();
+    let root = BitMapBackend::new(path, (800, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    let mut builder = ChartBuilder::on(&root);
+    builder
+        .margin(20)
+        .x_label_area_size(if labels { 60 } else { 10 })
+        .y_label_area_size(if labels { 60 } else { 10 });
+    if labels {
+        builder.caption(title, ("sans-serif", 24));
+    }
+    let n = bars.len();
+    let mut chart = builder
+        .build_cartesian_2d(0f64..n as f64, 0f64..top)
+        .map_err(|e| anyhow!("{e}"))?;
+    let mut mesh = chart.configure_mesh();
+    mesh.disable_x_mesh();
+    if labels {
+        let names: Vec<String> = bars.iter().map(|(name, _)| name.clone()).collect();
+        let formatter = move |x: &f64| {
+            let i = x.floor() as usize;
+            if (x - x.floor() - 0.5).abs() < 1e-6 {
+                names.get(i).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        };
+        mesh.x_labels(2 * n + 1)
+            .x_label_formatter(&formatter)
+            .draw()
+    } else {
+        mesh.x_labels(0).y_labels(0).draw()
+    }
+    .map_err(|e| anyhow!("{e}"))?;
+    chart
+        .draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
+            let x = i as f64;
+            Rectangle::new(
+                [(x + 0.15, 0.0), (x + 0.85, v.max(0.0))],
+                BLUE.mix(0.7).filled(),
+            )
+        }))
+        .map_err(|e| anyhow!("{e}"))?;
+    root.present().map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}

@@ -11,7 +11,8 @@ use crate::common::ModelArgs;
 #[derive(clap::Args, Debug)]
 #[command(
     after_help = "Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models,\n\
-    GET /health, GET /metrics (Prometheus).\n\nExamples:\n  \
+    GET /health, GET /metrics (Prometheus); with --guard-model also POST /v1/moderations and\n\
+    POST /v1/guard/moderate.\n\nExamples:\n  \
     qforge serve                                  # built-in demo model on 127.0.0.1:8000\n  \
     qforge serve -m Qwen/Qwen3-0.6B --port 9000 --api-key secret\n  \
     curl localhost:8000/v1/chat/completions -d '{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'"
@@ -58,6 +59,15 @@ pub struct Args {
     /// Keep `<think>` blocks in `content` instead of moving them to `reasoning_content`.
     #[arg(long)]
     no_reasoning_parser: bool,
+
+    /// A Qwen3Guard-Gen checkpoint answering POST /v1/moderations (OpenAI shape) and
+    /// POST /v1/guard/moderate (native verdicts).
+    #[arg(long)]
+    guard_model: Option<String>,
+
+    /// How the moderation endpoints read Controversial: strict (unsafe) or loose (safe).
+    #[arg(long, value_enum, default_value = "strict")]
+    guard_policy: crate::guard::PolicyArg,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -79,7 +89,7 @@ pub fn run(args: Args) -> Result<()> {
     );
     let mut backend = EmbeddedBackend::new(name.clone(), scheduler, ck.generation);
     backend.parse_reasoning = !args.no_reasoning_parser;
-    let state = AppState::new(
+    let mut state = AppState::new(
         backend,
         ServerConfig {
             api_key: args.api_key.clone(),
@@ -87,6 +97,25 @@ pub fn run(args: Args) -> Result<()> {
             max_prompt_tokens: args.max_prompt_tokens,
         },
     );
+    if let Some(guard_model) = &args.guard_model {
+        let guard_args = ModelArgs {
+            model: Some(guard_model.clone()),
+            adapter: None,
+            ..args.model.clone()
+        };
+        let dir = guard_args.dir()?;
+        let guard = qforge_guard::GenGuard::load(
+            &dir,
+            guard_args.dtype()?,
+            &qforge_model::parse_device(&guard_args.device)?,
+        )
+        .with_context(|| format!("loading the guard model from {}", dir.display()))?;
+        state = state.with_moderation(qforge_serve::guard::ModerationState {
+            guard: Arc::new(guard),
+            model: guard_model.clone(),
+            policy: args.guard_policy.into(),
+        });
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -111,7 +140,7 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 /// Ctrl-C or SIGTERM: stop accepting, let in-flight requests finish.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -1,0 +1,93 @@
+//! Guards with known behaviour, built from a Stream checkpoint for end-to-end tests: the
+//! response heads flag exactly a chosen set of tokens, whatever their context.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{GuardError, Result};
+
+/// Copies the Stream checkpoint in `src` to `dst`, rewired so that the response risk head says
+/// Unsafe exactly at the tokens in `unsafe_tokens` and Safe everywhere else. The query heads
+/// say Safe, or with `query_too` follow the same rule (the prompt verdict is read at the user
+/// turn's `<|im_end|>`, so include that token to flag every prompt). How: every layer's output projections are zeroed, so the final
+/// hidden state is the normalised token embedding; embedding column 0 is 10 for the chosen
+/// tokens and 0 for all others; the response branch reads column 0 into its Unsafe and
+/// (negated) Controversial logits. Other tokens get three equal logits, and ties go to Safe.
+pub fn token_trigger_guard(
+    src: &Path,
+    dst: &Path,
+    unsafe_tokens: &[u32],
+    query_too: bool,
+) -> Result<()> {
+    std::fs::create_dir_all(dst).map_err(|e| GuardError::InvalidInput(e.to_string()))?;
+    for f in std::fs::read_dir(src).map_err(|e| GuardError::InvalidInput(e.to_string()))? {
+        let f = f
+            .map_err(|e| GuardError::InvalidInput(e.to_string()))?
+            .path();
+        if f.is_file() {
+            std::fs::copy(&f, dst.join(f.file_name().unwrap_or_default()))
+                .map_err(|e| GuardError::InvalidInput(e.to_string()))?;
+        }
+    }
+    let path = dst.join("model.safetensors");
+    let dev = Device::Cpu;
+    let mut w: HashMap<String, Tensor> = candle_core::safetensors::load(&path, &dev)?;
+    let keys: Vec<String> = w.keys().cloned().collect();
+    for k in keys {
+        if k.ends_with("o_proj.weight") || k.ends_with("down_proj.weight") {
+            let t = &w[&k];
+            w.insert(k, t.zeros_like()?);
+        } else if k == "model.norm.weight" {
+            let t = &w[&k];
+            w.insert(k, t.ones_like()?);
+        }
+    }
+    let embed = w
+        .get("model.embed_tokens.weight")
+        .ok_or_else(|| GuardError::InvalidInput("no model.embed_tokens.weight".into()))?
+        .to_dtype(DType::F32)?;
+    let (vocab, hidden) = embed.dims2()?;
+    let mut e = embed.flatten_all()?.to_vec1::<f32>()?;
+    for v in 0..vocab {
+        e[v * hidden] = if unsafe_tokens.contains(&(v as u32)) {
+            10.0
+        } else {
+            0.0
+        };
+    }
+    w.insert(
+        "model.embed_tokens.weight".into(),
+        Tensor::from_vec(e, (vocab, hidden), &dev)?,
+    );
+    let inner = w["risk_level_category_pre.weight"].dim(0)?;
+    let mut pre = vec![0f32; inner * hidden];
+    for i in 0..inner.min(hidden) {
+        pre[i * hidden + i] = 1.0;
+    }
+    let mut risk = vec![0f32; 3 * inner];
+    risk[inner] = 10.0; // Unsafe row
+    risk[2 * inner] = -10.0; // Controversial row
+    let branches: &[&str] = if query_too { &["", "query_"] } else { &[""] };
+    for prefix in branches {
+        w.insert(
+            format!("{prefix}risk_level_category_pre.weight"),
+            Tensor::from_vec(pre.clone(), (inner, hidden), &dev)?,
+        );
+        w.insert(
+            format!("{prefix}risk_level_category_layernorm.weight"),
+            Tensor::ones(inner, DType::F32, &dev)?,
+        );
+        w.insert(
+            format!("{prefix}risk_level_head.weight"),
+            Tensor::from_vec(risk.clone(), (3, inner), &dev)?,
+        );
+    }
+    if !query_too {
+        let q = w["query_risk_level_head.weight"].zeros_like()?;
+        w.insert("query_risk_level_head.weight".into(), q);
+    }
+    candle_core::safetensors::save(&w, &path)?;
+    Ok(())
+}

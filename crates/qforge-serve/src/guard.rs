@@ -1,0 +1,278 @@
+//! Qwen3Guard over HTTP: the moderation endpoints (`POST /v1/moderations` in OpenAI's shape,
+//! `POST /v1/guard/moderate` with the native verdicts) and the guarded chat proxy.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use qforge_engine::ChatBackend;
+use qforge_engine::chat::{ChatRequest, random_id, unix_now};
+use qforge_guard::proxy::{GuardedBackend, PromptAction};
+use qforge_guard::{Category, GenGuard, GenOutcome, Policy, SafetyProbs};
+use serde_json::{Value, json};
+
+use crate::{
+    ServerConfig, api_error, backend_error, chat_response, check_api_key, parse_body, parse_request,
+};
+
+/// OpenAI moderation categories, in the order OpenAI lists them.
+pub const OPENAI_CATEGORIES: [&str; 13] = [
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/intent",
+    "self-harm/instructions",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
+];
+
+/// The OpenAI categories a Qwen3Guard category stands for. PII, politically sensitive topics,
+/// copyright and jailbreaks have no OpenAI counterpart: they show only in `qwen3guard`.
+pub fn openai_categories(c: Category) -> &'static [&'static str] {
+    match c {
+        Category::Violent => &["violence"],
+        Category::NonViolentIllegalActs => &["illicit"],
+        Category::SexualContent => &["sexual"],
+        Category::SuicideSelfHarm => &["self-harm"],
+        Category::UnethicalActs => &["hate", "harassment"],
+        Category::Pii
+        | Category::PoliticallySensitive
+        | Category::CopyrightViolation
+        | Category::Jailbreak => &[],
+    }
+}
+
+/// One moderation result in OpenAI's shape, with the native verdict under `qwen3guard`.
+pub fn openai_result(outcome: &GenOutcome, probs: &SafetyProbs, policy: Policy) -> Value {
+    let verdict = outcome.verdict();
+    // Unparsable output is not silently safe: the fast-path severity decides then.
+    let flagged = match verdict {
+        Some(v) => v.is_flagged(policy),
+        None => probs.argmax().is_flagged(policy),
+    };
+    let harmful = probs.unsafe_
+        + if policy == Policy::Strict {
+            probs.controversial
+        } else {
+            0.0
+        };
+    let mut categories = serde_json::Map::new();
+    let mut scores = serde_json::Map::new();
+    for key in OPENAI_CATEGORIES {
+        let hit = verdict.is_some_and(|v| {
+            v.categories
+                .iter()
+                .any(|c| openai_categories(*c).contains(&key))
+        });
+        categories.insert(key.into(), json!(flagged && hit));
+        scores.insert(key.into(), json!(if hit { harmful } else { 0.0 }));
+    }
+    json!({
+        "flagged": flagged,
+        "categories": categories,
+        "category_scores": scores,
+        "qwen3guard": {"outcome": outcome, "probabilities": probs},
+    })
+}
+
+/// The moderation half of [`crate::AppState`].
+#[derive(Clone)]
+pub struct ModerationState {
+    pub guard: Arc<GenGuard>,
+    pub model: String,
+    pub policy: Policy,
+}
+
+async fn run_guard(
+    state: &ModerationState,
+    conversations: Vec<Vec<Value>>,
+) -> Result<(Vec<GenOutcome>, Vec<SafetyProbs>), Response> {
+    let guard = state.guard.clone();
+    tokio::task::spawn_blocking(move || {
+        let outcomes = guard.moderate(&conversations)?;
+        let probs = guard.safety_probs(&conversations)?;
+        Ok::<_, qforge_guard::GuardError>((outcomes, probs))
+    })
+    .await
+    .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None, None))?
+    .map_err(|e| api_error(StatusCode::BAD_REQUEST, e.to_string(), None, None))
+}
+
+/// `POST /v1/moderations`: `input` is a string or a list of strings (each a user prompt).
+pub(crate) async fn moderations(
+    config: &ServerConfig,
+    state: &ModerationState,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let v = match parse_body(config, &state.model, body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let inputs: Vec<String> = match &v["input"] {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) if !a.is_empty() && a.iter().all(Value::is_string) => a
+            .iter()
+            .map(|s| s.as_str().unwrap_or_default().to_string())
+            .collect(),
+        _ => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                "`input` must be a string or a non-empty list of strings (images are not supported)",
+                Some("input"),
+                None,
+            );
+        }
+    };
+    let conversations = inputs
+        .iter()
+        .map(|text| vec![json!({"role": "user", "content": text})])
+        .collect();
+    let (outcomes, probs) = match run_guard(state, conversations).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let results: Vec<Value> = outcomes
+        .iter()
+        .zip(&probs)
+        .map(|(o, p)| openai_result(o, p, state.policy))
+        .collect();
+    Json(json!({"id": random_id("modr-"), "model": state.model, "results": results}))
+        .into_response()
+}
+
+/// `POST /v1/guard/moderate`: `{"messages": [...]}` or `{"conversations": [[...], ...]}`; the
+/// last message's role picks prompt or response moderation.
+pub(crate) async fn native_moderate(
+    config: &ServerConfig,
+    state: &ModerationState,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let v = match parse_body(config, &state.model, body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let conversations: Vec<Vec<Value>> = match (&v["messages"], &v["conversations"]) {
+        (Value::Array(m), Value::Null) if !m.is_empty() => vec![m.clone()],
+        (Value::Null, Value::Array(c))
+            if !c.is_empty()
+                && c.iter()
+                    .all(|m| m.as_array().is_some_and(|m| !m.is_empty())) =>
+        {
+            c.iter()
+                .map(|m| m.as_array().cloned().unwrap_or_default())
+                .collect()
+        }
+        _ => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                "give `messages` (a non-empty list) or `conversations` (a list of them)",
+                Some("messages"),
+                None,
+            );
+        }
+    };
+    let (outcomes, probs) = match run_guard(state, conversations).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let results: Vec<Value> = outcomes
+        .iter()
+        .zip(&probs)
+        .map(|(o, p)| {
+            json!({
+                "outcome": o,
+                "probabilities": p,
+                "flagged": {
+                    "strict": o.verdict().map_or(p.argmax().is_flagged(Policy::Strict), |v| v.is_flagged(Policy::Strict)),
+                    "loose": o.verdict().map_or(p.argmax().is_flagged(Policy::Loose), |v| v.is_flagged(Policy::Loose)),
+                },
+            })
+        })
+        .collect();
+    Json(json!({"model": state.model, "created": unix_now(), "results": results})).into_response()
+}
+
+/// State of `qforge guard proxy`.
+#[derive(Clone)]
+pub struct ProxyState {
+    pub backend: Arc<GuardedBackend>,
+    pub config: Arc<ServerConfig>,
+}
+
+pub fn proxy_router(state: ProxyState) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(proxy_chat))
+        .route(
+            "/v1/models",
+            get(|State(s): State<ProxyState>| async move {
+                Json(json!({"object": "list", "data": [{
+                    "id": s.backend.model_name(), "object": "model", "created": unix_now(),
+                    "owned_by": "qforge-guard-proxy"}]}))
+            }),
+        )
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .fallback(|| async { api_error(StatusCode::NOT_FOUND, "no such route", None, None) })
+        .layer(axum::extract::DefaultBodyLimit::max(
+            state.config.max_body_bytes,
+        ))
+        .with_state(state)
+}
+
+pub async fn serve_proxy(
+    listener: tokio::net::TcpListener,
+    state: ProxyState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, proxy_router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn proxy_chat(
+    State(state): State<ProxyState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if let Err(r) = check_api_key(&state.config, &headers) {
+        return r;
+    }
+    let model = state.backend.model_name().to_string();
+    let (v, stream, include_usage) = match parse_request(&state.config, &model, body) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let request = match ChatRequest::from_openai(&v) {
+        Ok(r) => r,
+        Err(e) => return api_error(StatusCode::BAD_REQUEST, e.message, Some(&e.param), None),
+    };
+    let check = match state.backend.check_prompt(&request).await {
+        Ok(c) => c,
+        Err(e) => return backend_error(e),
+    };
+    let n = request.n;
+    let events = if check.flagged && state.backend.config().prompt_action == PromptAction::Block {
+        state.backend.refusal_stream(n)
+    } else {
+        match state.backend.stream_moderated(request).await {
+            Ok(e) => e,
+            Err(e) => return backend_error(e),
+        }
+    };
+    let mut response = chat_response(events, model, n, stream, include_usage).await;
+    if let Ok(h) = HeaderValue::from_str(&check.header()) {
+        response.headers_mut().insert("x-qforge-guard-prompt", h);
+    }
+    response
+}
