@@ -3,57 +3,16 @@
 //! Needs a Python with `openai` installed: `$QFORGE_PYTHON`, else `python3`. Without one the test
 //! says it skipped; with `QFORGE_REQUIRE_OPENAI=1` (set by .ci/run) it fails instead.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/fixtures")
-}
-
-fn python() -> Option<String> {
-    let python = std::env::var("QFORGE_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&python)
-        .args(["-c", "import openai"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    ok.then_some(python)
-}
-
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn qforge(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_qforge"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use support::{fixtures, python_with_openai, qforge, start};
 
 #[test]
 fn official_openai_client_against_qforge_serve() {
-    let Some(python) = python() else {
-        if std::env::var("QFORGE_REQUIRE_OPENAI").is_ok_and(|v| v == "1") {
-            panic!(
-                "QFORGE_REQUIRE_OPENAI=1 but no Python with the `openai` package (set QFORGE_PYTHON)"
-            );
-        }
-        eprintln!(
-            "SKIPPED: no Python with the `openai` package (set QFORGE_PYTHON); .ci/run installs one"
-        );
+    let Some(python) = python_with_openai() else {
         return;
     };
     let model = fixtures().join("model/qwen3_tied_gqa");
@@ -99,37 +58,18 @@ fn official_openai_client_against_qforge_serve() {
     ]);
     let tools_prompt_tokens = serde_json::from_str::<Vec<u32>>(ids.trim()).unwrap().len();
 
-    let mut server = Child(
-        Command::new(env!("CARGO_BIN_EXE_qforge"))
-            .args([
-                "serve",
-                "--model",
-                model,
-                "--port",
-                "0",
-                "--served-model-name",
-                "tiny",
-            ])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+    let (_server, base_url) = start(
+        &[
+            "serve",
+            "--model",
+            model,
+            "--port",
+            "0",
+            "--served-model-name",
+            "tiny",
+        ],
+        "serving",
     );
-    let stderr = BufReader::new(server.0.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if let Some(url) = line
-                .split("on ")
-                .nth(1)
-                .filter(|_| line.starts_with("serving"))
-            {
-                let _ = tx.send(url.split_whitespace().next().unwrap_or("").to_string());
-            }
-        }
-    });
-    let base_url = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the server did not start");
     let out = Command::new(python)
         .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client.py"))
         .env("QFORGE_BASE_URL", &base_url)

@@ -1,0 +1,143 @@
+//! qforge's guard over HTTP, driven by the official `openai` client (tests/guard_client.py):
+//! `qforge guard proxy` in front of `qforge serve`, with a guard wired to flag two chosen tokens
+//! of the reply (`qforge_guard::fixtures::token_trigger_guard`): the client must receive exactly
+//! the text before them and `finish_reason: "content_filter"`; and `/v1/moderations` of
+//! `qforge serve --guard-model`.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use support::{fixtures, python_with_openai, qforge, start};
+
+#[test]
+fn the_proxy_cuts_the_reply_before_the_flagged_tokens() {
+    let Some(python) = python_with_openai() else {
+        return;
+    };
+    let model = fixtures().join("model/qwen3_tied_gqa");
+    let model = model.to_str().unwrap();
+    let prompt = "Tell me about the quick brown fox.";
+    let generated = qforge(&[
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        prompt,
+        "--max-new-tokens",
+        "40",
+        "--greedy",
+        "--json",
+    ]);
+    let reply: serde_json::Value = serde_json::from_str(generated.trim()).unwrap();
+    let reply = reply["text"].as_str().unwrap().to_string();
+
+    let src = fixtures().join("guard/stream_tiny");
+    let tok = qforge_model::Tokenizer::from_dir(&src).unwrap();
+    let ids = tok.encode(&reply, false).unwrap();
+    let k = (3..ids.len() - 1)
+        .find(|&k| !ids[..k].contains(&ids[k]) && !ids[..k].contains(&ids[k + 1]))
+        .expect("two fresh consecutive tokens in the reply");
+    let guard = tempfile::tempdir().unwrap();
+    qforge_guard::fixtures::token_trigger_guard(&src, guard.path(), &[ids[k], ids[k + 1]], false)
+        .unwrap();
+    let expected = tok.decode(&ids[..k], false).unwrap();
+
+    let (_upstream, upstream_url) = start(
+        &[
+            "serve",
+            "--model",
+            model,
+            "--port",
+            "0",
+            "--served-model-name",
+            "tiny",
+        ],
+        "serving",
+    );
+    let (_proxy, proxy_url) = start(
+        &[
+            "guard",
+            "proxy",
+            "--upstream",
+            &upstream_url,
+            "--stream-model",
+            guard.path().to_str().unwrap(),
+            "--port",
+            "0",
+        ],
+        "guard proxy",
+    );
+    let out = Command::new(python)
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/guard_client.py"))
+        .env("QFORGE_CHECK", "proxy")
+        .env("QFORGE_BASE_URL", &proxy_url)
+        .env("QFORGE_PROMPT", prompt)
+        .env("QFORGE_EXPECTED", &expected)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "openai client checks failed:\n{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(report.contains("3 passed, 0 failed"), "{report}");
+}
+
+/// A Gen guard for tests: the tiny model with the Gen-structured template.
+fn gen_guard_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(fixtures().join("model/qwen3_tied_gqa")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(
+        fixtures().join("templates/qwen3guard_gen.jinja"),
+        dir.path().join("chat_template.jinja"),
+    )
+    .unwrap();
+    // The test tokenizer's small vocabulary makes the moderation prompt ~1,100 tokens.
+    let path = dir.path().join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["max_position_embeddings"] = 4096.into();
+    std::fs::write(&path, config.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn openai_moderations_endpoint_answers_the_official_client() {
+    let Some(python) = python_with_openai() else {
+        return;
+    };
+    let guard = gen_guard_dir();
+    let guard_path = guard.path().to_str().unwrap();
+    let model = fixtures().join("model/qwen3_tied_gqa");
+    let (_server, url) = start(
+        &[
+            "serve",
+            "--model",
+            model.to_str().unwrap(),
+            "--guard-model",
+            guard_path,
+            "--port",
+            "0",
+        ],
+        "serving",
+    );
+    let out = Command::new(python)
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/guard_client.py"))
+        .env("QFORGE_CHECK", "moderation")
+        .env("QFORGE_BASE_URL", &url)
+        .env("QFORGE_GUARD_MODEL", guard_path)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && report.contains("1 passed, 0 failed"),
+        "openai client checks failed:\n{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

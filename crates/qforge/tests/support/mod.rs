@@ -1,0 +1,85 @@
+//! Helpers of the tests that drive qforge processes with the official `openai` client.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/fixtures")
+}
+
+/// A Python with `openai` (`$QFORGE_PYTHON`, else `python3`). Without one the caller skips,
+/// unless `QFORGE_REQUIRE_OPENAI=1` (set by .ci/run), which makes this panic.
+pub fn python_with_openai() -> Option<String> {
+    let python = std::env::var("QFORGE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&python)
+        .args(["-c", "import openai"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(python);
+    }
+    if std::env::var("QFORGE_REQUIRE_OPENAI").is_ok_and(|v| v == "1") {
+        panic!(
+            "QFORGE_REQUIRE_OPENAI=1 but no Python with the `openai` package (set QFORGE_PYTHON)"
+        );
+    }
+    eprintln!(
+        "SKIPPED: no Python with the `openai` package (set QFORGE_PYTHON); .ci/run installs one"
+    );
+    None
+}
+
+/// A child process killed when dropped.
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs qforge to completion; panics with its stderr on failure; returns stdout.
+pub fn qforge(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_qforge"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Starts a long-running qforge command and waits for the stderr line starting with `banner`,
+/// returning the child and the URL that follows " on ".
+pub fn start(args: &[&str], banner: &'static str) -> (Child, String) {
+    let mut child = Child(
+        Command::new(env!("CARGO_BIN_EXE_qforge"))
+            .args(args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = BufReader::new(child.0.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if line.starts_with(banner)
+                && let Some(url) = line.split(" on ").nth(1)
+            {
+                let _ = tx.send(url.split_whitespace().next().unwrap_or("").to_string());
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("`qforge {}` did not start", args.join(" ")));
+    (child, url)
+}
