@@ -23,5 +23,6 @@ pub use error::{GuardError, Result};
 pub use generative::{GenGuard, GenOutcome, SafetyProbs};
 pub use labels::{Category, Mode, Policy, Safety, Verdict, parse_verdict};
 pub use stream::{
-    Debounce, Flag, QueryVerdict, StreamGuard, StreamSession, TokenVerdict, first_flag,
+    Debounce, Flag, QueryVerdict, StreamGuard, StreamLabels, StreamSession, TokenVerdict,
+    first_flag,
 };

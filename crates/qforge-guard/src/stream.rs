@@ -34,6 +34,30 @@ pub struct StreamLabels {
 }
 
 impl StreamLabels {
+    /// The official label orders (eval/eval_stream.py) with a given inner size.
+    pub fn official(guard_inner_size: usize) -> Self {
+        use Category::*;
+        let response = vec![
+            Violent,
+            SexualContent,
+            SuicideSelfHarm,
+            PoliticallySensitive,
+            Pii,
+            CopyrightViolation,
+            NonViolentIllegalActs,
+            UnethicalActs,
+        ];
+        let mut query = response.clone();
+        query.push(Jailbreak);
+        Self {
+            guard_inner_size,
+            response_risk: Safety::ALL.to_vec(),
+            response_category: response,
+            query_risk: Safety::ALL.to_vec(),
+            query_category: query,
+        }
+    }
+
     pub fn from_config(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path)
@@ -127,16 +151,14 @@ struct Branch {
 }
 
 impl Branch {
+    /// `get(key, shape)` fetches a tensor, checking its shape.
     fn load(
-        store: &WeightStore,
+        get: &dyn Fn(String, &[usize]) -> Result<Tensor>,
         prefix: &str,
         hidden: usize,
         inner: usize,
         (risks, categories): (usize, usize),
-        dtype: DType,
-        device: &Device,
     ) -> Result<Self> {
-        let get = |key: String, shape: &[usize]| store.load(&key, shape, dtype, device);
         Ok(Self {
             pre: get(
                 format!("{prefix}risk_level_category_pre.weight"),
@@ -284,27 +306,37 @@ impl StreamGuard {
         // The heads are extra keys for the backbone loader; a tied `lm_head.weight` is ignored.
         let model = Model::load(dir, dtype, device, &HEAD_PREFIXES)?;
         let store = WeightStore::open_dir(dir)?;
+        let get = |key: String, shape: &[usize]| -> Result<Tensor> {
+            Ok(store.load(&key, shape, dtype, device)?)
+        };
+        Self::from_parts(model, Tokenizer::from_dir(dir)?, &get, labels)
+    }
+
+    /// A guard from a loaded backbone, a tokenizer and a source of head tensors (keys of
+    /// specs/qwen3guard.md §2.2), e.g. random heads for benchmarks.
+    pub fn from_parts(
+        model: Model,
+        tokenizer: Tokenizer,
+        heads: &dyn Fn(String, &[usize]) -> Result<Tensor>,
+        labels: StreamLabels,
+    ) -> Result<Self> {
         let hidden = model.config().hidden_size;
         let inner = labels.guard_inner_size;
         let response = Branch::load(
-            &store,
+            heads,
             "",
             hidden,
             inner,
             (labels.response_risk.len(), labels.response_category.len()),
-            dtype,
-            device,
         )?;
         let query = Branch::load(
-            &store,
+            heads,
             "query_",
             hidden,
             inner,
             (labels.query_risk.len(), labels.query_category.len()),
-            dtype,
-            device,
         )?;
-        let tokenizer = Arc::new(Tokenizer::from_dir(dir)?);
+        let tokenizer = Arc::new(tokenizer);
         let tokens = ProtocolTokens::from_tokenizer(&tokenizer)?;
         Ok(Self {
             model,

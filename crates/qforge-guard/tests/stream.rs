@@ -68,6 +68,10 @@ fn label_maps_come_from_config_json() {
     assert_eq!(l.response_category.len(), 8);
     assert_eq!(l.response_category[1], Category::SexualContent);
     assert_eq!(l.query_category[8], Category::Jailbreak);
+    // The fixture writes the official orders; so does `StreamLabels::official`.
+    let official = qforge_guard::StreamLabels::official(l.guard_inner_size);
+    assert_eq!(l.response_category, official.response_category);
+    assert_eq!(l.query_category, official.query_category);
 }
 
 #[test]

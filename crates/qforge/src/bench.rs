@@ -23,6 +23,9 @@ pub enum BenchCommand {
     Serve(ServeArgs),
     /// Training throughput (forward + backward + AdamW) against PyTorch on the same config.
     Train(crate::bench_train::TrainArgs),
+    /// Qwen3Guard-Stream per-token latency (KV-cached) against re-running the prefix and a
+    /// plain decode step; Gen fast-path verdicts/s.
+    GuardStream(crate::bench_guard::GuardStreamArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -237,6 +240,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Prefill(a) => (a, false),
         BenchCommand::Serve(a) => return crate::bench_serve::run(a),
         BenchCommand::Train(a) => return crate::bench_train::run(a),
+        BenchCommand::GuardStream(a) => return crate::bench_guard::run(a),
     };
     if args.steps < 2 || args.repeats == 0 || args.prompt_len == 0 || args.batch.contains(&0) {
         bail!("--steps must be >= 2, --repeats and --prompt-len >= 1, batch sizes >= 1");

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
 
 mod bench;
+mod bench_guard;
 mod bench_serve;
 mod bench_train;
 mod common;
