@@ -28,6 +28,9 @@ pub struct EvalReport {
     pub loose: Summary,
     /// Gen outputs outside the grammar: excluded from the F1 counts, never read as Safe.
     pub unparsable: usize,
+    /// Examples longer than the guard's context (prompt plus the decoding budget for Gen):
+    /// not scored, listed by id.
+    pub skipped_too_long: Vec<String>,
     /// Refusal detection (response task, sets with refusal labels, Gen only).
     pub refusal: Option<Summary>,
     /// Gold category against predicted categories of the gold-unsafe items.
@@ -59,11 +62,27 @@ pub fn evaluate(
     let mut categories = CategoryConfusion::default();
     let mut latency: BTreeMap<LatencyBin, usize> = BTreeMap::new();
     let mut unparsable = 0;
+    let mut skipped_too_long = Vec::new();
     match guard {
         Guard::Gen(g) => {
+            let max = g.engine().model().config().max_position_embeddings;
             for (i, chunk) in examples.chunks(batch_size.max(1)).enumerate() {
-                let convs: Vec<_> = chunk.iter().map(|e| e.messages.clone()).collect();
-                for (e, outcome) in chunk.iter().zip(g.moderate(&convs)?) {
+                let mut fits = Vec::with_capacity(chunk.len());
+                for e in chunk {
+                    let (_, ids) = g.prompt_ids(&e.messages)?;
+                    if ids.len() + crate::generative::MAX_NEW_TOKENS > max {
+                        skipped_too_long.push(e.id.clone());
+                    } else {
+                        fits.push(e);
+                    }
+                }
+                let convs: Vec<_> = fits.iter().map(|e| e.messages.clone()).collect();
+                let outcomes = if convs.is_empty() {
+                    Vec::new()
+                } else {
+                    g.moderate(&convs)?
+                };
+                for (e, outcome) in fits.into_iter().zip(outcomes) {
                     let GenOutcome::Parsed { verdict, .. } = outcome else {
                         unparsable += 1;
                         continue;
@@ -93,6 +112,11 @@ pub fn evaluate(
                 };
                 let text = g.tokenizer().apply_chat_template(&e.messages, &options)?;
                 let ids = g.tokenizer().encode(&text, false)?;
+                if ids.len() > g.model().config().max_position_embeddings {
+                    skipped_too_long.push(e.id.clone());
+                    on_progress(i + 1, examples.len());
+                    continue;
+                }
                 let (session, query) = g.open(&ids, Debounce::Paper)?;
                 let (flag_strict, flag_loose, category) = match task {
                     Mode::Prompt => (
@@ -144,6 +168,7 @@ pub fn evaluate(
         strict: strict.summary(),
         loose: loose.summary(),
         unparsable,
+        skipped_too_long,
         refusal: (refusal.total() > 0).then(|| refusal.summary()),
         categories,
         latency: (matches!(guard, Guard::Stream(_)) && has_spans).then(|| {

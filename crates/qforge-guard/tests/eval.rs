@@ -30,7 +30,15 @@ fn stream_response_eval_counts_every_item_and_bins_every_span() {
             .to_string()
         })
         .collect();
-    std::fs::write(&data, rows.join("\n")).unwrap();
+    let too_long = serde_json::json!({
+        "id": "too-long",
+        "message": [
+            {"role": "user", "content": "Why?"},
+            {"role": "assistant", "content": "because ".repeat(2000)}
+        ],
+        "label": "Safe"
+    });
+    std::fs::write(&data, format!("{}\n{too_long}", rows.join("\n"))).unwrap();
     let (_, examples) = load(&data).unwrap();
     let guard = Guard::Stream(Arc::new(
         StreamGuard::load(
@@ -45,10 +53,12 @@ fn stream_response_eval_counts_every_item_and_bins_every_span() {
         progress.push((d, n))
     })
     .unwrap();
+    // Longer than the tiny guard's 1,024 positions: skipped and named, not an abort.
+    assert_eq!(report.skipped_too_long, vec!["too-long".to_string()]);
     assert_eq!(report.strict.counts.total(), 6);
     assert_eq!(report.loose.counts.total(), 6);
     assert_eq!(report.latency.as_ref().unwrap().values().sum::<usize>(), 6);
-    assert_eq!(progress.last(), Some(&(6, 6)));
+    assert_eq!(progress.last(), Some(&(7, 7)));
     // Loose flags a subset of what strict flags.
     let flagged = |s: &qforge_guard::metrics::Summary| s.counts.tp + s.counts.fp;
     assert!(flagged(&report.loose) <= flagged(&report.strict));

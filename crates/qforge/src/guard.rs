@@ -332,6 +332,12 @@ fn print_report(r: &EvalReport) {
             String::new()
         }
     );
+    if !r.skipped_too_long.is_empty() {
+        println!(
+            "  {} examples longer than the guard's context were skipped (ids in report.json)",
+            r.skipped_too_long.len()
+        );
+    }
     for (name, s) in [("strict", &r.strict), ("loose", &r.loose)] {
         println!(
             "  {name:<6} P {:.3}  R {:.3}  F1 {:.3}  acc {:.3}",
