@@ -15,7 +15,7 @@ use crate::stream::{Debounce, StreamGuard, first_flag};
 
 /// The guard being evaluated.
 pub enum Guard {
-    Gen(GenGuard),
+    Gen(Box<GenGuard>),
     Stream(Arc<StreamGuard>),
 }
 

@@ -1,5 +1,5 @@
-//! Guards with known behaviour, built from a Stream checkpoint for end-to-end tests: the
-//! response heads flag exactly a chosen set of tokens, whatever their context.
+//! Guard checkpoints for tests: a Gen guard from any tiny Qwen3 plus a Gen-structured template,
+//! and Stream guards whose response heads flag exactly a chosen set of tokens.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -7,6 +7,38 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{GuardError, Result};
+
+fn copy_dir(src: &Path, dst: &Path) -> Result<()> {
+    let io = |e: std::io::Error| GuardError::InvalidInput(format!("{}: {e}", src.display()));
+    std::fs::create_dir_all(dst).map_err(io)?;
+    for f in std::fs::read_dir(src).map_err(io)? {
+        let f = f.map_err(io)?.path();
+        if f.is_file() {
+            std::fs::copy(&f, dst.join(f.file_name().unwrap_or_default())).map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
+/// A Gen guard in `dst`: the checkpoint `base` with the chat template `template` (e.g.
+/// tools/fixtures/templates/qwen3guard_gen.jinja), its context raised to `max_positions` (a
+/// small test vocabulary makes the moderation prompt long).
+pub fn gen_guard_checkpoint(
+    base: &Path,
+    template: &Path,
+    dst: &Path,
+    max_positions: usize,
+) -> Result<()> {
+    copy_dir(base, dst)?;
+    let io = |e: std::io::Error| GuardError::InvalidInput(e.to_string());
+    std::fs::copy(template, dst.join("chat_template.jinja")).map_err(io)?;
+    let path = dst.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).map_err(io)?)
+            .map_err(|e| GuardError::InvalidInput(format!("{}: {e}", path.display())))?;
+    config["max_position_embeddings"] = max_positions.into();
+    std::fs::write(&path, config.to_string()).map_err(io)
+}
 
 /// Copies the Stream checkpoint in `src` to `dst`, rewired so that the response risk head says
 /// Unsafe exactly at the tokens in `unsafe_tokens` and Safe everywhere else. The query heads

@@ -120,7 +120,9 @@ impl GuardedBackend {
         tokio::task::spawn_blocking(move || -> Result<PromptCheck, BackendError> {
             let mut source = "stream";
             if let Some(g) = gen_guard {
-                let outcome = g.moderate(&[messages.clone()]).map_err(internal)?;
+                let outcome = g
+                    .moderate(std::slice::from_ref(&messages))
+                    .map_err(internal)?;
                 if let Some(v) = outcome[0].verdict() {
                     return Ok(PromptCheck {
                         flagged: v.is_flagged(policy),

@@ -14,21 +14,13 @@ fn fixtures() -> PathBuf {
 /// qwen3_tied_gqa with the Gen template, in a temporary directory.
 fn gen_checkpoint() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let base = fixtures().join("model/qwen3_tied_gqa");
-    for f in std::fs::read_dir(&base).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
-    }
-    std::fs::copy(
-        fixtures().join("templates/qwen3guard_gen.jinja"),
-        dir.path().join("chat_template.jinja"),
+    qforge_guard::fixtures::gen_guard_checkpoint(
+        &fixtures().join("model/qwen3_tied_gqa"),
+        &fixtures().join("templates/qwen3guard_gen.jinja"),
+        dir.path(),
+        4096,
     )
     .unwrap();
-    // The test tokenizer's small vocabulary makes the moderation prompt ~1,100 tokens.
-    let path = dir.path().join("config.json");
-    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    config["max_position_embeddings"] = 4096.into();
-    std::fs::write(&path, config.to_string()).unwrap();
     dir
 }
 

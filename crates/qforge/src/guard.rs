@@ -280,7 +280,7 @@ fn eval(args: EvalArgs) -> Result<()> {
     let dir = require_model(&args.model)?;
     let (dtype, dev) = (args.model.dtype()?, device(&args.model)?);
     let guard = match args.mode {
-        GuardKind::Gen => Guard::Gen(GenGuard::load(&dir, dtype, &dev)?),
+        GuardKind::Gen => Guard::Gen(Box::new(GenGuard::load(&dir, dtype, &dev)?)),
         GuardKind::Stream => Guard::Stream(Arc::new(StreamGuard::load(&dir, dtype, &dev)?)),
     };
     let bar = ProgressBar::new(examples.len() as u64);

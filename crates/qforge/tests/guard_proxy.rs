@@ -9,7 +9,7 @@ mod support;
 use std::path::PathBuf;
 use std::process::Command;
 
-use support::{fixtures, python_with_openai, qforge, start};
+use support::{fixtures, greedy_reply, python_with_openai, start};
 
 #[test]
 fn the_proxy_cuts_the_reply_before_the_flagged_tokens() {
@@ -19,19 +19,7 @@ fn the_proxy_cuts_the_reply_before_the_flagged_tokens() {
     let model = fixtures().join("model/qwen3_tied_gqa");
     let model = model.to_str().unwrap();
     let prompt = "Tell me about the quick brown fox.";
-    let generated = qforge(&[
-        "generate",
-        "--model",
-        model,
-        "--prompt",
-        prompt,
-        "--max-new-tokens",
-        "40",
-        "--greedy",
-        "--json",
-    ]);
-    let reply: serde_json::Value = serde_json::from_str(generated.trim()).unwrap();
-    let reply = reply["text"].as_str().unwrap().to_string();
+    let reply = greedy_reply(model, prompt, 40);
 
     let src = fixtures().join("guard/stream_tiny");
     let tok = qforge_model::Tokenizer::from_dir(&src).unwrap();
@@ -89,21 +77,13 @@ fn the_proxy_cuts_the_reply_before_the_flagged_tokens() {
 /// A Gen guard for tests: the tiny model with the Gen-structured template.
 fn gen_guard_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for f in std::fs::read_dir(fixtures().join("model/qwen3_tied_gqa")).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
-    }
-    std::fs::copy(
-        fixtures().join("templates/qwen3guard_gen.jinja"),
-        dir.path().join("chat_template.jinja"),
+    qforge_guard::fixtures::gen_guard_checkpoint(
+        &fixtures().join("model/qwen3_tied_gqa"),
+        &fixtures().join("templates/qwen3guard_gen.jinja"),
+        dir.path(),
+        4096,
     )
     .unwrap();
-    // The test tokenizer's small vocabulary makes the moderation prompt ~1,100 tokens.
-    let path = dir.path().join("config.json");
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    config["max_position_embeddings"] = 4096.into();
-    std::fs::write(&path, config.to_string()).unwrap();
     dir
 }
 

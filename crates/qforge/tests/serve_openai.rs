@@ -8,7 +8,7 @@ mod support;
 use std::path::PathBuf;
 use std::process::Command;
 
-use support::{fixtures, python_with_openai, qforge, start};
+use support::{fixtures, greedy_reply, python_with_openai, qforge, start};
 
 #[test]
 fn official_openai_client_against_qforge_serve() {
@@ -18,19 +18,7 @@ fn official_openai_client_against_qforge_serve() {
     let model = fixtures().join("model/qwen3_tied_gqa");
     let model = model.to_str().unwrap();
     let prompt = "What's the weather like in Zürich today?";
-    let generated = qforge(&[
-        "generate",
-        "--model",
-        model,
-        "--prompt",
-        prompt,
-        "--max-new-tokens",
-        "12",
-        "--greedy",
-        "--json",
-    ]);
-    let expected: serde_json::Value = serde_json::from_str(generated.trim()).unwrap();
-    let expected = expected["text"].as_str().unwrap().to_string();
+    let expected = greedy_reply(model, prompt, 12);
 
     let tools = serde_json::json!([{"type": "function", "function": {"name": "get_weather",
         "description": "Weather for a city; it's free", "parameters": {"type": "object",

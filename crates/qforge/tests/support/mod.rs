@@ -57,6 +57,23 @@ pub fn qforge(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The greedy reply of `qforge generate` (the text a greedy chat request must return).
+pub fn greedy_reply(model: &str, prompt: &str, max_new_tokens: usize) -> String {
+    let generated = qforge(&[
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        prompt,
+        "--max-new-tokens",
+        &max_new_tokens.to_string(),
+        "--greedy",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(generated.trim()).unwrap();
+    v["text"].as_str().unwrap().to_string()
+}
+
 /// Starts a long-running qforge command and waits for the stderr line starting with `banner`,
 /// returning the child and the URL that follows " on ".
 pub fn start(args: &[&str], banner: &'static str) -> (Child, String) {
