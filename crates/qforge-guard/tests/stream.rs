@@ -259,3 +259,22 @@ fn config_without_label_maps_or_with_missing_heads_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn thinking_traces_are_scored_from_inside_the_think_block() {
+    let g = guard();
+    let tok = g.tokenizer();
+    let messages = [serde_json::json!({"role": "user", "content": "Why is the sky blue?"})];
+    let options = qforge_model::ChatOptions::generation();
+    let prompt = tok.apply_chat_template(&messages, &options).unwrap();
+    assert!(prompt.ends_with("<|im_start|>assistant\n"), "{prompt:?}");
+    let mut ids = tok.encode(&prompt, false).unwrap();
+    let think_at = ids.len();
+    ids.extend(
+        tok.encode("<think>\nLet me think about light.", false)
+            .unwrap(),
+    );
+    let (s, _) = g.open(&ids, Debounce::Paper).unwrap();
+    assert_eq!(s.scoring_start(), Some(think_at + 1));
+    assert!(s.scored().len() >= 3);
+}
