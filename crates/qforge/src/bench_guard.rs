@@ -142,6 +142,7 @@ pub fn run(args: GuardStreamArgs) -> Result<()> {
         .map(|i| format!("w{i}"))
         .collect();
     let conversation = vec![json!({"role": "user", "content": words.join(" ")})];
+    let prompt_len = gen_guard.prompt_ids(&conversation)?.1.len() + 2;
     for batch in [1usize, 8] {
         let convs = vec![conversation.clone(); batch];
         gen_guard.safety_probs(&convs)?; // warm-up
@@ -149,7 +150,7 @@ pub fn run(args: GuardStreamArgs) -> Result<()> {
         gen_guard.safety_probs(&convs)?;
         let secs = start.elapsed().as_secs_f64();
         println!(
-            "gen fast path: batch {batch}: {:.2} verdicts/s ({:.0} ms per batch)",
+            "gen fast path: batch {batch} x {prompt_len} tokens: {:.2} verdicts/s ({:.0} ms per batch)",
             batch as f64 / secs,
             secs * 1e3
         );
