@@ -28,6 +28,8 @@ pub enum DatasetKind {
 #[derive(Debug, Clone)]
 pub struct DataOptions {
     pub max_length: usize,
+    /// Truncation length of long-context sequences (`prompt_long`); 0: none.
+    pub max_long_length: usize,
     pub skip_malformed: bool,
 }
 
@@ -35,6 +37,7 @@ impl Default for DataOptions {
     fn default() -> Self {
         Self {
             max_length: 1024,
+            max_long_length: 0,
             skip_malformed: false,
         }
     }
@@ -60,6 +63,9 @@ pub enum Example {
     Preference {
         chosen: Sequence,
         rejected: Sequence,
+        /// The chosen completion after a long-context variant of the prompt (`prompt_long`),
+        /// for short-to-long objectives (SoLoPO). Not truncated to `max_length`.
+        long_chosen: Option<Sequence>,
     },
     /// Prompt ids plus the original messages (RL rollouts re-render them as needed).
     Prompt {
@@ -73,7 +79,15 @@ impl Example {
     pub fn len(&self) -> usize {
         match self {
             Example::Sft(s) => s.ids.len(),
-            Example::Preference { chosen, rejected } => chosen.ids.len().max(rejected.ids.len()),
+            Example::Preference {
+                chosen,
+                rejected,
+                long_chosen,
+            } => chosen
+                .ids
+                .len()
+                .max(rejected.ids.len())
+                .max(long_chosen.as_ref().map_or(0, |l| l.ids.len())),
             Example::Prompt { ids, .. } => ids.len(),
         }
     }
@@ -201,20 +215,22 @@ fn sft_example(tok: &Tokenizer, v: &Value) -> std::result::Result<Sequence, Stri
     prompt_completion(tok, p, c, "completion")
 }
 
-fn preference_example(
-    tok: &Tokenizer,
-    v: &Value,
-) -> std::result::Result<(Sequence, Sequence), String> {
+fn preference_example(tok: &Tokenizer, v: &Value) -> std::result::Result<Example, String> {
     let (Some(p), Some(c), Some(r)) = (v.get("prompt"), v.get("chosen"), v.get("rejected")) else {
         return Err("expected `prompt`, `chosen` and `rejected`".into());
     };
     if c == r {
         return Err("`chosen` and `rejected` are identical".into());
     }
-    Ok((
-        prompt_completion(tok, p, c, "chosen")?,
-        prompt_completion(tok, p, r, "rejected")?,
-    ))
+    let long_chosen = v
+        .get("prompt_long")
+        .map(|long| prompt_completion(tok, long, c, "chosen"))
+        .transpose()?;
+    Ok(Example::Preference {
+        chosen: prompt_completion(tok, p, c, "chosen")?,
+        rejected: prompt_completion(tok, p, r, "rejected")?,
+        long_chosen,
+    })
 }
 
 fn prompt_example(
@@ -265,8 +281,7 @@ impl Dataset {
                 .map_err(|e| format!("invalid JSON: {e}"))
                 .and_then(|v| match kind {
                     DatasetKind::Sft => sft_example(tok, &v).map(Example::Sft),
-                    DatasetKind::Preference => preference_example(tok, &v)
-                        .map(|(chosen, rejected)| Example::Preference { chosen, rejected }),
+                    DatasetKind::Preference => preference_example(tok, &v),
                     DatasetKind::Prompt => prompt_example(tok, &v)
                         .map(|(ids, messages)| Example::Prompt { ids, messages }),
                 });
@@ -286,10 +301,22 @@ impl Dataset {
                 Example::Preference {
                     mut chosen,
                     mut rejected,
+                    mut long_chosen,
                 } => {
+                    let long_fits = match &mut long_chosen {
+                        Some(l) if options.max_long_length > 0 => {
+                            fit(l, options.max_long_length, &mut stats)
+                        }
+                        _ => true,
+                    };
                     let keep = fit(&mut chosen, options.max_length, &mut stats)
-                        && fit(&mut rejected, options.max_length, &mut stats);
-                    keep.then_some(Example::Preference { chosen, rejected })
+                        && fit(&mut rejected, options.max_length, &mut stats)
+                        && long_fits;
+                    keep.then_some(Example::Preference {
+                        chosen,
+                        rejected,
+                        long_chosen,
+                    })
                 }
                 Example::Prompt { ids, messages } => {
                     (ids.len() < options.max_length).then_some(Example::Prompt { ids, messages })

@@ -3,7 +3,9 @@
 //! So far: [`losses`] (completion log-probabilities, entropy, SFT, the DPO family, SimPO, ORPO,
 //! Bradley-Terry) and [`policy`] (GRPO advantages, the clipped surrogate with clip-higher and
 //! dual-clip, verl's aggregation modes, KL estimators) and [`optim`] (AdamW with f32 master
-//! weights, global-norm clipping, gradient accumulation, transformers' LR schedules). Every function is built from candle
+//! weights, global-norm clipping, gradient accumulation, transformers' LR schedules), [`data`]
+//! (TRL's JSONL formats), [`trainer`] (the loop for SFT, reward models and pairwise objectives)
+//! and [`pairwise`] (the objective interface recipes plug into). Every function is built from candle
 //! ops with a backward, and parity with the reference formulas (values and gradients) is pinned
 //! by `tests/parity.rs`.
 
@@ -11,6 +13,7 @@ pub mod data;
 pub mod error;
 pub mod losses;
 pub mod optim;
+pub mod pairwise;
 pub mod policy;
 pub mod synthetic;
 pub mod trainer;

@@ -15,8 +15,9 @@ use serde_json::{Value, json};
 
 use crate::data::{DataOptions, Dataset, DatasetKind, Example, Sequence, SplitMix, TrainBatch};
 use crate::error::{Result, TrainError};
-use crate::losses::{self, DpoKind, PreferenceLogps};
+use crate::losses::{self, DpoKind};
 use crate::optim::{AdamW, AdamWConfig, GradAccumulator, Schedule, clip_grad_norm};
+use crate::pairwise::{DpoObjective, PairLogps, PairObjective, SeqLogps};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -70,6 +71,9 @@ pub struct TrainConfig {
     pub lora_target_modules: Vec<String>,
     /// Reward model: centring coefficient of the Bradley-Terry loss.
     pub center_rewards_coefficient: f64,
+    /// Truncation length of long-context sequences (`prompt_long`, short-to-long objectives);
+    /// 0: none (the model's context bounds them).
+    pub max_long_length: usize,
     /// `cpu`, `cuda` or `cuda:N` (CUDA needs a build with the `cuda` feature).
     pub device: String,
     /// Compute dtype of the model: `f32`, or `bf16`/`f16` with f32 master weights and moments
@@ -108,6 +112,7 @@ impl Default for TrainConfig {
             lora_alpha: 16.0,
             lora_target_modules: qforge_model::lora::PROJECTIONS.map(String::from).to_vec(),
             center_rewards_coefficient: 0.0,
+            max_long_length: 0,
             device: "cpu".into(),
             dtype: "f32".into(),
         }
@@ -212,10 +217,11 @@ pub struct Trainer {
     vars: Vec<(String, Var)>,
     /// Reward-model head `[1, hidden]` (`score.weight`).
     score: Option<Var>,
-    /// DPO: reference sequence log-probs (chosen, rejected) per training example, from the
-    /// starting weights.
-    reference: Option<Vec<(f32, f32)>>,
-    eval_reference: Option<Vec<(f32, f32)>>,
+    /// Pairwise objectives (DPO family, or a recipe's own).
+    pair_objective: Option<Arc<dyn PairObjective>>,
+    /// Reference sequence log-probs per training example, from the starting weights.
+    reference: Option<Vec<RefLogps>>,
+    eval_reference: Option<Vec<RefLogps>>,
     tokenizer: Arc<Tokenizer>,
     optimizer: AdamW,
     schedule: Schedule,
@@ -227,31 +233,94 @@ pub struct Trainer {
     device: Device,
 }
 
+/// Reference sequence log-prob sums of one preference example.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RefLogps {
+    pub chosen: f32,
+    pub rejected: f32,
+    pub long_chosen: Option<f32>,
+}
+
+/// The chosen, rejected and long-context chosen sequences of preference examples.
+#[allow(clippy::type_complexity)]
 fn pair_seqs<'a>(
     examples: &'a [Example],
     idx: &[usize],
-) -> Result<(Vec<&'a Sequence>, Vec<&'a Sequence>)> {
+) -> Result<(
+    Vec<&'a Sequence>,
+    Vec<&'a Sequence>,
+    Vec<Option<&'a Sequence>>,
+)> {
     let mut chosen = Vec::new();
     let mut rejected = Vec::new();
+    let mut long = Vec::new();
     for &i in idx {
         match &examples[i] {
             Example::Preference {
                 chosen: c,
                 rejected: r,
+                long_chosen: l,
             } => {
                 chosen.push(c);
                 rejected.push(r);
+                long.push(l.as_ref());
             }
             _ => return Err(TrainError::Invalid("expected preference examples".into())),
         }
     }
-    Ok((chosen, rejected))
+    Ok((chosen, rejected, long))
+}
+
+/// The long-context chosen sequences of a batch, all present, or a clear error.
+fn all_long<'a>(long: Vec<Option<&'a Sequence>>, idx: &[usize]) -> Result<Vec<&'a Sequence>> {
+    long.into_iter()
+        .zip(idx)
+        .map(|(l, i)| {
+            l.ok_or_else(|| {
+                TrainError::Invalid(format!(
+                    "example {} has no `prompt_long`, which this objective needs",
+                    i + 1
+                ))
+            })
+        })
+        .collect()
+}
+
+/// One micro-batch: the main sequences and, for long-context objectives, the long ones.
+struct MicroBatch {
+    main: TrainBatch,
+    completion_lens: Vec<usize>,
+    long: Option<(TrainBatch, Vec<usize>)>,
+}
+
+impl MicroBatch {
+    fn tokens(&self) -> usize {
+        self.main.lengths.iter().sum::<usize>()
+            + self
+                .long
+                .as_ref()
+                .map_or(0, |(l, _)| l.lengths.iter().sum::<usize>())
+    }
 }
 
 impl Trainer {
     /// Loads the starting checkpoint and data; resumes from the newest checkpoint in
     /// `output_dir` when there is one.
     pub fn new(config: TrainConfig, objective: Objective) -> Result<Self> {
+        Self::build(config, objective, None)
+    }
+
+    /// A preference trainer with a recipe's own pairwise objective instead of the configured
+    /// DPO loss (the data, loop, checkpoints and resume are the same).
+    pub fn new_pairwise(config: TrainConfig, objective: Arc<dyn PairObjective>) -> Result<Self> {
+        Self::build(config, Objective::Dpo, Some(objective))
+    }
+
+    fn build(
+        config: TrainConfig,
+        objective: Objective,
+        pair_objective: Option<Arc<dyn PairObjective>>,
+    ) -> Result<Self> {
         config.validate()?;
         config.check_objective(objective)?;
         let device = qforge_model::parse_device(&config.device)?;
@@ -266,6 +335,7 @@ impl Trainer {
         };
         let options = DataOptions {
             max_length: config.max_length,
+            max_long_length: config.max_long_length,
             skip_malformed: config.skip_malformed,
         };
         let train = Dataset::load(&config.data, kind, &tokenizer, &options)?;
@@ -320,11 +390,30 @@ impl Trainer {
                 ..AdamWConfig::default()
             },
         )?;
+        let pair_objective: Option<Arc<dyn PairObjective>> = match (objective, pair_objective) {
+            (Objective::Dpo, Some(p)) => Some(p),
+            (Objective::Dpo, None) => Some(Arc::new(DpoObjective {
+                kind: config.dpo_kind()?,
+                beta: config.beta,
+                rpo_alpha: config.rpo_alpha,
+            })),
+            _ => None,
+        };
+        if pair_objective
+            .as_ref()
+            .is_some_and(|p| p.needs_long_context())
+            && config.gradient_checkpointing
+        {
+            return Err(TrainError::Invalid(
+                "gradient_checkpointing is not supported with long-context objectives yet".into(),
+            ));
+        }
         let mut trainer = Self {
             objective,
             model,
             vars,
             score,
+            pair_objective,
             reference: None,
             eval_reference: None,
             tokenizer,
@@ -339,7 +428,11 @@ impl Trainer {
             config,
         };
         trainer.schedule = trainer.make_schedule()?;
-        if objective == Objective::Dpo {
+        if trainer
+            .pair_objective
+            .as_ref()
+            .is_some_and(|p| p.needs_reference())
+        {
             // The reference is always the starting model, also when resuming.
             let reference = Model::load(&trainer.config.model, dtype, &trainer.device, &[])?;
             trainer.reference = Some(reference_logps(
@@ -411,7 +504,8 @@ impl Trainer {
     }
 
     /// The padded batch of a micro-step: SFT rows, or `[chosen; rejected]` for pairs.
-    fn micro_batch(&self, data: &Dataset, idx: &[usize]) -> Result<(TrainBatch, Vec<usize>)> {
+    fn micro_batch(&self, data: &Dataset, idx: &[usize]) -> Result<MicroBatch> {
+        let mut long = None;
         let seqs: Vec<&Sequence> = match self.objective {
             Objective::Sft => idx
                 .iter()
@@ -421,15 +515,45 @@ impl Trainer {
                 })
                 .collect::<Result<_>>()?,
             Objective::Dpo | Objective::Rm => {
-                let (chosen, rejected) = pair_seqs(&data.examples, idx)?;
+                let (chosen, rejected, long_chosen) = pair_seqs(&data.examples, idx)?;
+                if self
+                    .pair_objective
+                    .as_ref()
+                    .is_some_and(|p| p.needs_long_context())
+                {
+                    long = Some(all_long(long_chosen, idx)?);
+                }
                 chosen.into_iter().chain(rejected).collect()
             }
         };
-        let completion_lens = seqs.iter().map(|s| s.completion_len()).collect();
-        Ok((
-            TrainBatch::new(&seqs, self.pad_id(), &self.device)?,
-            completion_lens,
-        ))
+        let lens = |seqs: &[&Sequence]| seqs.iter().map(|s| s.completion_len()).collect();
+        Ok(MicroBatch {
+            main: TrainBatch::new(&seqs, self.pad_id(), &self.device)?,
+            completion_lens: lens(&seqs),
+            long: long
+                .map(|l| -> Result<_> {
+                    Ok((TrainBatch::new(&l, self.pad_id(), &self.device)?, lens(&l)))
+                })
+                .transpose()?,
+        })
+    }
+
+    /// Policy (and reference) log-probs of one side of a pair batch.
+    fn seq_logps(
+        &self,
+        lp: &losses::CompletionLogps,
+        lens: &[usize],
+        range: std::ops::Range<usize>,
+        reference: Option<Vec<f32>>,
+    ) -> Result<SeqLogps> {
+        let n = range.len();
+        let vec = |v: Vec<f32>| Tensor::from_vec(v, n, &self.device);
+        Ok(SeqLogps {
+            sum: lp.sum.narrow(0, range.start, n)?,
+            mean: lp.mean.narrow(0, range.start, n)?,
+            len: vec(lens[range].iter().map(|&l| l as f32).collect())?,
+            reference: reference.map(vec).transpose()?,
+        })
     }
 
     /// The objective's loss from the final hidden states of a micro-batch, and (accuracy,
@@ -437,12 +561,13 @@ impl Trainer {
     fn head_loss(
         &self,
         hidden: &Tensor,
-        tb: &TrainBatch,
-        completion_lens: &[usize],
+        long_hidden: Option<&Tensor>,
+        mb: &MicroBatch,
         idx: &[usize],
-        reference: Option<&[(f32, f32)]>,
+        reference: Option<&[RefLogps]>,
     ) -> Result<(Tensor, Option<(f64, f64)>)> {
         let n = idx.len();
+        let tb = &mb.main;
         match self.objective {
             Objective::Sft => {
                 let logits = self.model.logits(hidden)?;
@@ -452,6 +577,10 @@ impl Trainer {
                 ))
             }
             Objective::Dpo => {
+                let objective = self
+                    .pair_objective
+                    .as_ref()
+                    .ok_or_else(|| TrainError::Invalid("no pairwise objective".into()))?;
                 let logits = self.model.logits(hidden)?;
                 let lp = losses::completion_logps(
                     &logits,
@@ -459,36 +588,47 @@ impl Trainer {
                     &tb.completion_mask,
                     1.0,
                 )?;
-                let reference = reference
-                    .ok_or_else(|| TrainError::Invalid("DPO needs reference log-probs".into()))?;
-                let vec = |v: Vec<f32>| Tensor::from_vec(v, n, &self.device);
-                let rc = vec(idx.iter().map(|&i| reference[i].0).collect())?;
-                let rr = vec(idx.iter().map(|&i| reference[i].1).collect())?;
-                let lw = vec(completion_lens[..n].iter().map(|&l| l as f32).collect())?;
-                let ll = vec(completion_lens[n..].iter().map(|&l| l as f32).collect())?;
-                let out = losses::dpo_loss(
-                    &PreferenceLogps {
-                        policy_chosen: &lp.sum.narrow(0, 0, n)?,
-                        policy_rejected: &lp.sum.narrow(0, n, n)?,
-                        reference_chosen: &rc,
-                        reference_rejected: &rr,
-                        chosen_len: Some(&lw),
-                        rejected_len: Some(&ll),
-                    },
-                    self.config.dpo_kind()?,
-                    self.config.beta,
-                )?;
-                let margin = (&out.chosen_rewards - &out.rejected_rewards)?
-                    .mean_all()?
-                    .to_scalar::<f32>()? as f64;
-                let mut loss = out.loss.clone();
-                if self.config.rpo_alpha != 0.0 {
-                    // RPO: token-mean NLL of the chosen completions.
-                    let chosen_tokens = lp.mask.narrow(0, 0, n)?.sum_all()?.maximum(1f32)?;
-                    let nll = (lp.per_token.narrow(0, 0, n)?.sum_all()?.neg()? / chosen_tokens)?;
-                    loss = (loss + (nll * self.config.rpo_alpha)?)?;
-                }
-                Ok((loss, Some((out.accuracy()? as f64, margin))))
+                let refs = |f: fn(&RefLogps) -> Option<f32>| -> Result<Option<Vec<f32>>> {
+                    let Some(reference) = reference.filter(|_| objective.needs_reference()) else {
+                        return Ok(None);
+                    };
+                    idx.iter()
+                        .map(|&i| {
+                            f(&reference[i]).ok_or_else(|| {
+                                TrainError::Invalid(format!(
+                                    "example {} has no long-context reference log-prob",
+                                    i + 1
+                                ))
+                            })
+                        })
+                        .collect::<Result<Vec<_>>>()
+                        .map(Some)
+                };
+                let lens = &mb.completion_lens;
+                let chosen = self.seq_logps(&lp, lens, 0..n, refs(|r| Some(r.chosen))?)?;
+                let rejected = self.seq_logps(&lp, lens, n..2 * n, refs(|r| Some(r.rejected))?)?;
+                let long_chosen = match (long_hidden, &mb.long) {
+                    (Some(h), Some((ltb, llens))) => {
+                        let llp = losses::completion_logps(
+                            &self.model.logits(h)?,
+                            &ltb.batch.input_ids,
+                            &ltb.completion_mask,
+                            1.0,
+                        )?;
+                        Some(self.seq_logps(&llp, llens, 0..n, refs(|r| r.long_chosen)?)?)
+                    }
+                    _ => None,
+                };
+                // Token-mean NLL of the chosen completions (RPO's SFT term).
+                let chosen_tokens = lp.mask.narrow(0, 0, n)?.sum_all()?.maximum(1f32)?;
+                let chosen_nll = (lp.per_token.narrow(0, 0, n)?.sum_all()?.neg()? / chosen_tokens)?;
+                let out = objective.loss(&PairLogps {
+                    chosen,
+                    rejected,
+                    long_chosen,
+                    chosen_nll,
+                })?;
+                Ok((out.loss, Some((out.accuracy, out.margin))))
             }
             Objective::Rm => {
                 let rewards = self.rewards_from_hidden(hidden, &tb.lengths)?;
@@ -515,13 +655,21 @@ impl Trainer {
     fn micro_loss(
         &self,
         data: &Dataset,
-        reference: Option<&[(f32, f32)]>,
+        reference: Option<&[RefLogps]>,
         idx: &[usize],
     ) -> Result<(Tensor, Option<(f64, f64)>, usize)> {
-        let (tb, lens) = self.micro_batch(data, idx)?;
-        let hidden = self.model.forward(&tb.batch, None)?;
-        let (loss, pair) = self.head_loss(&hidden, &tb, &lens, idx, reference)?;
-        Ok((loss, pair, tb.lengths.iter().sum()))
+        let mb = self.micro_batch(data, idx)?;
+        let hidden = self.model.forward(&mb.main.batch, None)?;
+        let long_hidden = self.long_forward(&mb)?;
+        let (loss, pair) = self.head_loss(&hidden, long_hidden.as_ref(), &mb, idx, reference)?;
+        Ok((loss, pair, mb.tokens()))
+    }
+
+    fn long_forward(&self, mb: &MicroBatch) -> Result<Option<Tensor>> {
+        mb.long
+            .as_ref()
+            .map(|(ltb, _)| Ok(self.model.forward(&ltb.batch, None)?))
+            .transpose()
     }
 
     /// Like [`Self::micro_loss`], plus the gradients of `loss · scale`, through per-layer
@@ -530,7 +678,7 @@ impl Trainer {
     fn micro_backward(
         &self,
         data: &Dataset,
-        reference: Option<&[(f32, f32)]>,
+        reference: Option<&[RefLogps]>,
         idx: &[usize],
         scale: f64,
     ) -> Result<(
@@ -539,24 +687,28 @@ impl Trainer {
         usize,
         candle_core::backprop::GradStore,
     )> {
-        let (tb, lens) = self.micro_batch(data, idx)?;
-        let tokens = tb.lengths.iter().sum();
+        let mb = self.micro_batch(data, idx)?;
+        let tokens = mb.tokens();
         if !self.config.gradient_checkpointing {
-            let hidden = self.model.forward(&tb.batch, None)?;
-            let (loss, pair) = self.head_loss(&hidden, &tb, &lens, idx, reference)?;
+            let hidden = self.model.forward(&mb.main.batch, None)?;
+            let long_hidden = self.long_forward(&mb)?;
+            let (loss, pair) =
+                self.head_loss(&hidden, long_hidden.as_ref(), &mb, idx, reference)?;
             let value = loss.to_scalar::<f32>()? as f64;
             return Ok((value, pair, tokens, (loss * scale)?.backward()?));
         }
         let pair = std::cell::Cell::new(None);
         let head = |hidden: &Tensor| -> candle_core::Result<Tensor> {
             let (loss, p) = self
-                .head_loss(hidden, &tb, &lens, idx, reference)
+                .head_loss(hidden, None, &mb, idx, reference)
                 .map_err(candle_core::Error::wrap)?;
             pair.set(p);
             loss * scale
         };
         let extra: Vec<&Tensor> = self.score.iter().map(|s| s.as_tensor()).collect();
-        let (loss, grads) = self.model.checkpointed_backward(&tb.batch, &extra, head)?;
+        let (loss, grads) = self
+            .model
+            .checkpointed_backward(&mb.main.batch, &extra, head)?;
         Ok((
             loss.to_scalar::<f32>()? as f64 / scale,
             pair.get(),
@@ -733,7 +885,7 @@ impl Trainer {
     pub fn evaluate_on(
         &self,
         data: &Dataset,
-        reference: Option<&[(f32, f32)]>,
+        reference: Option<&[RefLogps]>,
     ) -> Result<EvalReport> {
         let idx: Vec<usize> = (0..data.examples.len()).collect();
         let (mut loss, mut acc, mut n) = (0f64, 0f64, 0usize);
@@ -888,26 +1040,44 @@ fn load_or_init_score(
     )?)
 }
 
-/// Sequence log-prob sums (chosen, rejected) of every preference example under `model`.
+/// Sequence log-prob sums of every preference example under `model`: chosen, rejected, and the
+/// long-context chosen sequence when the example has one.
 pub fn reference_logps(
     model: &Model,
     data: &Dataset,
     pad_id: u32,
     device: &Device,
-) -> Result<Vec<(f32, f32)>> {
+) -> Result<Vec<RefLogps>> {
+    let sums = |seqs: &[&Sequence]| -> Result<Vec<f32>> {
+        let tb = TrainBatch::new(seqs, pad_id, device)?;
+        let logits = model.logits(&model.forward(&tb.batch, None)?)?;
+        Ok(
+            losses::completion_logps(&logits, &tb.batch.input_ids, &tb.completion_mask, 1.0)?
+                .sum
+                .to_vec1::<f32>()?,
+        )
+    };
     let idx: Vec<usize> = (0..data.examples.len()).collect();
     let mut out = Vec::with_capacity(idx.len());
     for chunk in idx.chunks(8) {
-        let (chosen, rejected) = pair_seqs(&data.examples, chunk)?;
+        let (chosen, rejected, long) = pair_seqs(&data.examples, chunk)?;
         let all: Vec<&Sequence> = chosen.iter().chain(rejected.iter()).copied().collect();
-        let tb = TrainBatch::new(&all, pad_id, device)?;
-        let logits = model.logits(&model.forward(&tb.batch, None)?)?;
-        let sums =
-            losses::completion_logps(&logits, &tb.batch.input_ids, &tb.completion_mask, 1.0)?
-                .sum
-                .to_vec1::<f32>()?;
+        let pair = sums(&all)?;
+        let present: Vec<&Sequence> = long.iter().flatten().copied().collect();
+        let mut long_sums = if present.is_empty() {
+            Vec::new()
+        } else {
+            sums(&present)?
+        }
+        .into_iter();
         let n = chunk.len();
-        out.extend((0..n).map(|i| (sums[i], sums[n + i])));
+        for i in 0..n {
+            out.push(RefLogps {
+                chosen: pair[i],
+                rejected: pair[n + i],
+                long_chosen: long[i].and_then(|_| long_sums.next()),
+            });
+        }
     }
     Ok(out)
 }
