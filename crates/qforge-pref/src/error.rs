@@ -1,0 +1,40 @@
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum PrefError {
+    #[error(transparent)]
+    Train(#[from] qforge_train::TrainError),
+    #[error(transparent)]
+    Model(#[from] qforge_model::ModelError),
+    #[error(transparent)]
+    Engine(#[from] qforge_engine::EngineError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A data row is unusable; names the file and line.
+    #[error("{path}:{line}: {message}")]
+    Data {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+impl From<PrefError> for qforge_train::TrainError {
+    fn from(e: PrefError) -> Self {
+        match e {
+            PrefError::Train(t) => t,
+            other => qforge_train::TrainError::Invalid(other.to_string()),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, PrefError>;

@@ -1,0 +1,14 @@
+//! qforge-pref: preference-optimisation recipes built on `qforge-train`
+//! (specs/pref.md).
+//!
+//! - [`solopo`]: SoLoPO's objective, the short-context DPO/SimPO/ORPO loss plus α times the
+//!   short-to-long reward-alignment penalty on the chosen response, as a
+//!   [`qforge_train::pairwise::PairObjective`] the shared trainer runs; and [`solopo_data`], which
+//!   builds short/long contexts from QA data with supporting passages.
+
+pub mod error;
+pub mod solopo;
+pub mod solopo_data;
+
+pub use error::{PrefError, Result};
+pub use solopo::{Penalty, SoloAlgorithm, SoloPo};
