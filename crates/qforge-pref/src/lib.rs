@@ -11,4 +11,4 @@ pub mod solopo;
 pub mod solopo_data;
 
 pub use error::{PrefError, Result};
-pub use solopo::{Penalty, SoloAlgorithm, SoloPo};
+pub use solopo::{Penalty, SoloAlgorithm, SoloPo, SoloSettings};

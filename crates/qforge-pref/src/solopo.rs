@@ -147,3 +147,57 @@ impl PairObjective for SoloPo {
         })
     }
 }
+
+/// The `[solopo]` table of a recipe. Unset constants take the paper's values where known
+/// (alpha: DPO 3, SimPO 1, ORPO 1, the best on Qwen2.5-7B) and TRL's otherwise (DPO β 0.1,
+/// SimPO β 2.5 / γ 1.375, ORPO λ 0.1).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SoloSettings {
+    /// `dpo`, `simpo` or `orpo`.
+    pub algorithm: Option<String>,
+    pub alpha: Option<f64>,
+    pub penalty: Penalty,
+    pub beta: Option<f64>,
+    pub gamma: Option<f64>,
+    pub lambda: Option<f64>,
+}
+
+impl SoloSettings {
+    pub fn objective(&self) -> Result<SoloPo> {
+        let name = self.algorithm.as_deref().unwrap_or("dpo");
+        let (algorithm, default_alpha) = match name {
+            "dpo" => (
+                SoloAlgorithm::Dpo {
+                    beta: self.beta.unwrap_or(0.1),
+                },
+                3.0,
+            ),
+            "simpo" => (
+                SoloAlgorithm::Simpo {
+                    beta: self.beta.unwrap_or(2.5),
+                    gamma: self.gamma.unwrap_or(1.375),
+                },
+                1.0,
+            ),
+            "orpo" => (
+                SoloAlgorithm::Orpo {
+                    lambda: self.lambda.unwrap_or(0.1),
+                },
+                1.0,
+            ),
+            other => {
+                return Err(TrainError::Invalid(format!(
+                    "solopo.algorithm `{other}`: use dpo, simpo or orpo"
+                )));
+            }
+        };
+        let objective = SoloPo {
+            algorithm,
+            alpha: self.alpha.unwrap_or(default_alpha),
+            penalty: self.penalty,
+        };
+        objective.check()?;
+        Ok(objective)
+    }
+}

@@ -236,10 +236,10 @@ pub struct SampleStats {
 }
 
 /// Chosen/rejected for every example: given ones are kept; otherwise `samples` responses are
-/// drawn from `engine` on the short context, the shortest correct (sub-EM) becomes chosen and
+/// drawn from `engine` (required then) on the short context, the shortest correct (sub-EM) becomes chosen and
 /// the first wrong one rejected. Examples without both are dropped (counted).
 pub fn sample_pairs(
-    engine: &Engine,
+    engine: Option<&Engine>,
     examples: &[QaExample],
     contexts: &[Contexts],
     options: &SampleOptions,
@@ -247,7 +247,6 @@ pub fn sample_pairs(
 ) -> Result<(Vec<Value>, SampleStats)> {
     let mut stats = SampleStats::default();
     let mut rows = Vec::new();
-    let tok = engine.tokenizer();
     for (i, (e, c)) in examples.iter().zip(contexts).enumerate() {
         on_progress(i, examples.len());
         if let (Some(ch), Some(rj)) = (&e.chosen, &e.rejected) {
@@ -255,6 +254,13 @@ pub fn sample_pairs(
             stats.given += 1;
             continue;
         }
+        let engine = engine.ok_or_else(|| {
+            PrefError::Invalid(format!(
+                "example {} has no chosen/rejected and no policy was given to sample them",
+                i + 1
+            ))
+        })?;
+        let tok = engine.tokenizer();
         let messages = [json!({"role": "user", "content": c.short})];
         let text = tok.apply_chat_template(&messages, &ChatOptions::generation())?;
         let ids = tok.encode(&text, false)?;

@@ -14,6 +14,7 @@ mod generate;
 mod guard;
 mod logprobs;
 mod plot;
+mod pref;
 mod quickstart;
 mod serve;
 mod template;
@@ -56,6 +57,9 @@ enum Command {
     /// Qwen3Guard safety moderation: moderate, stream, evaluate, and a guarded chat proxy.
     #[command(subcommand)]
     Guard(guard::GuardCommand),
+    /// Preference-recipe data tools (SoLoPO contexts).
+    #[command(subcommand)]
+    Pref(pref::PrefCommand),
     /// Benchmarks with ratios against baselines measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -73,6 +77,7 @@ fn main() {
         Command::Serve(a) => serve::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Guard(g) => guard::run(g),
+        Command::Pref(p) => pref::run(p),
         Command::Bench(b) => bench::run(b),
     };
     if let Err(err) = result {

@@ -1,5 +1,5 @@
-//! `qforge train sft|dpo|rm`: the training core's trainers with a live progress bar, metrics
-//! JSONL, checkpoints (resumed automatically) and a PNG of the curves.
+//! `qforge train sft|dpo|rm|solopo`: the training core's trainers with a live progress bar,
+//! metrics JSONL, checkpoints (resumed automatically) and a PNG of the curves.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -20,6 +20,18 @@ pub enum TrainCommand {
     Dpo(Args),
     /// Bradley-Terry reward model with a `score` head (Qwen*ForSequenceClassification layout).
     Rm(Args),
+    /// SoLoPO: DPO, SimPO or ORPO on short contexts plus the short-to-long reward alignment of
+    /// the chosen response (data rows carry `prompt_long`; see `qforge pref solopo-data`).
+    #[command(
+        after_help = "The recipe holds the usual settings plus a [solopo] table:
+          [solopo]
+  algorithm = \"dpo\"   # dpo | simpo | orpo
+  alpha = 3.0          # weight of SoLo-RA (default: dpo 3, simpo 1, orpo 1)
+          penalty = \"abs\"     # abs | softplus3
+  beta = 0.1           # dpo 0.1, simpo 2.5 by default; gamma (simpo) 1.375; lambda (orpo) 0.1
+        `--set solopo.alpha=1` overrides the table."
+    )]
+    Solopo(Args),
 }
 
 #[derive(clap::Args, Debug)]
@@ -39,19 +51,52 @@ pub struct Args {
 }
 
 pub fn load_config(path: Option<&Path>, overrides: &[String]) -> Result<TrainConfig> {
-    let base = match path {
+    Ok(load_recipe(path, overrides, None)?.0)
+}
+
+/// The recipe's training settings and, if `table` is given, that recipe table (e.g. `solopo`)
+/// as JSON. `--set TABLE.KEY=VALUE` overrides go to the table, the rest to the settings.
+fn load_recipe(
+    path: Option<&Path>,
+    overrides: &[String],
+    table: Option<&str>,
+) -> Result<(TrainConfig, serde_json::Value)> {
+    let mut recipe: toml::Table = match path {
         Some(p) => {
             let text =
                 std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
             toml::from_str(&text).with_context(|| format!("{}: invalid recipe", p.display()))?
         }
-        None => TrainConfig::default(),
+        None => toml::Table::new(),
     };
-    let config = apply_overrides(&base, overrides)?;
+    let mut extra = match table.and_then(|t| recipe.remove(t)) {
+        Some(v) => serde_json::to_value(v)?,
+        None => serde_json::json!({}),
+    };
+    let mut train_overrides = Vec::new();
+    for o in overrides {
+        match table.and_then(|t| o.strip_prefix(&format!("{t}."))) {
+            Some(kv) => {
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("--set `{o}`: expected key=value"))?;
+                extra[k] = serde_json::from_str(v)
+                    .unwrap_or_else(|_| serde_json::Value::String(v.to_string()));
+            }
+            None => train_overrides.push(o.clone()),
+        }
+    }
+    let base: TrainConfig = recipe.try_into().with_context(|| {
+        format!(
+            "{}: invalid recipe",
+            path.map_or("--set".into(), |p| p.display().to_string())
+        )
+    })?;
+    let config = apply_overrides(&base, &train_overrides)?;
     if config.model.as_os_str().is_empty() || config.data.as_os_str().is_empty() {
         anyhow::bail!("the recipe needs `model` and `data` (in --config or via --set)");
     }
-    Ok(config)
+    Ok((config, extra))
 }
 
 pub fn run(cmd: TrainCommand) -> Result<()> {
@@ -59,16 +104,33 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
         TrainCommand::Sft(a) => (a, Objective::Sft),
         TrainCommand::Dpo(a) => (a, Objective::Dpo),
         TrainCommand::Rm(a) => (a, Objective::Rm),
+        TrainCommand::Solopo(a) => return solopo(a),
     };
     let config = load_config(args.config.as_deref(), &args.overrides)?;
-    let mut trainer = Trainer::new(config, objective)?;
-    let (steps, evals) = run_with_progress(&mut trainer, &format!("{objective:?}").to_lowercase())?;
+    let trainer = Trainer::new(config, objective)?;
+    finish(trainer, &format!("{objective:?}").to_lowercase())
+}
+
+fn solopo(args: Args) -> Result<()> {
+    let (config, table) = load_recipe(args.config.as_deref(), &args.overrides, Some("solopo"))?;
+    let settings: qforge_pref::SoloSettings =
+        serde_json::from_value(table).context("invalid [solopo] table")?;
+    let objective = settings.objective()?;
+    eprintln!("SoLoPO: {objective:?}");
+    let trainer = Trainer::new_pairwise(config, std::sync::Arc::new(objective))?;
+    finish(trainer, "solopo")
+}
+
+/// Trains to the end, saves `final/` and the curves.
+fn finish(mut trainer: Trainer, name: &str) -> Result<()> {
+    let objective = name;
+    let (steps, evals) = run_with_progress(&mut trainer, name)?;
     let out = trainer.config.output_dir.clone();
     let final_dir = out.join("final");
     trainer.save_model(&final_dir)?;
     plot_run(
         &out.join("curves.png"),
-        &format!("{objective:?} training"),
+        &format!("{objective} training"),
         &steps,
         &evals,
     )?;
