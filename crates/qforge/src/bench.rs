@@ -26,6 +26,8 @@ pub enum BenchCommand {
     /// Qwen3Guard-Stream per-token latency (KV-cached) against re-running the prefix and a
     /// plain decode step; Gen fast-path verdicts/s.
     GuardStream(crate::bench_guard::GuardStreamArgs),
+    /// SoLo-DPO against plain long-context DPO: time and peak memory of a training step.
+    Solopo(crate::bench_solopo::SolopoArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -241,6 +243,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Serve(a) => return crate::bench_serve::run(a),
         BenchCommand::Train(a) => return crate::bench_train::run(a),
         BenchCommand::GuardStream(a) => return crate::bench_guard::run(a),
+        BenchCommand::Solopo(a) => return crate::bench_solopo::run(a),
     };
     if args.steps < 2 || args.repeats == 0 || args.prompt_len == 0 || args.batch.contains(&0) {
         bail!("--steps must be >= 2, --repeats and --prompt-len >= 1, batch sizes >= 1");

@@ -27,7 +27,7 @@ pub struct TrainArgs {
     python: Option<String>,
 }
 
-fn shape(name: &str) -> Result<(Value, usize, usize)> {
+pub(crate) fn shape(name: &str) -> Result<(Value, usize, usize)> {
     Ok(match name {
         // ~16M parameters, trained at batch 8 x 256 tokens (specs/train_perf.md's probe size).
         "small" => (
@@ -44,7 +44,7 @@ fn shape(name: &str) -> Result<(Value, usize, usize)> {
 }
 
 /// Peak resident memory (VmHWM) in MiB; `reset` clears it first (Linux).
-fn peak_rss_mib(reset: bool) -> Option<f64> {
+pub(crate) fn peak_rss_mib(reset: bool) -> Option<f64> {
     if reset {
         let _ = std::fs::write("/proc/self/clear_refs", "5");
     }
@@ -144,7 +144,7 @@ fn run_torch(
 
 /// Hands memory kept by the allocator back to the OS (decommitted, not just reset), so the PyTorch process that runs next has
 /// the machine's memory (qforge keeps freed memory for a while, see common.rs).
-fn release_memory() {
+pub(crate) fn release_memory() {
     // SAFETY: option setter and collection of the linked allocator.
     unsafe {
         libmimalloc_sys::mi_option_set(15, 0);
