@@ -439,3 +439,101 @@ fn guard_commands_fail_clearly_on_bad_input() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.jsonl:2"));
 }
+
+#[test]
+fn solopo_data_then_train_solopo_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let qa = tmp.path().join("qa.jsonl");
+    let rows: Vec<String> = (0..12)
+        .map(|i| {
+            serde_json::json!({
+                "question": format!("What is the value of key {i}?"),
+                "answer": format!("{}", 100 + i),
+                "passages": [format!("The value of key {i} is {}.", 100 + i)],
+                "distractors": [format!("Key {} is unrelated.", 50 + i)],
+                "chosen": format!("It is {}.", 100 + i),
+                "rejected": "I do not know.",
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&qa, rows.join("\n")).unwrap();
+    let data = tmp.path().join("solopo.jsonl");
+    let out = qforge(
+        &[
+            "pref",
+            "solopo-data",
+            "--input",
+            qa.to_str().unwrap(),
+            "--output",
+            data.to_str().unwrap(),
+            "--distractors",
+            "3",
+        ],
+        None,
+    );
+    ok(&out);
+    let first: Value = serde_json::from_str(
+        std::fs::read_to_string(&data)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        first["prompt_long"][0]["content"].as_str().unwrap().len()
+            > first["prompt"][0]["content"].as_str().unwrap().len()
+    );
+
+    let recipe = tmp.path().join("recipe.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "model = {:?}\ndata = {:?}\noutput_dir = {:?}\nmax_steps = 3\nbatch_size = 4\nlr = 1e-3\n\n[solopo]\nalgorithm = \"simpo\"\nalpha = 1.0\n",
+            model("qwen3_tied_gqa"),
+            data.to_str().unwrap(),
+            tmp.path().join("run").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = qforge(
+        &[
+            "train",
+            "solopo",
+            "--config",
+            recipe.to_str().unwrap(),
+            "--set",
+            "solopo.penalty=softplus3",
+        ],
+        None,
+    );
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Softplus3"));
+    assert!(tmp.path().join("run/final/model.safetensors").is_file());
+    let metrics = std::fs::read_to_string(tmp.path().join("run/metrics.jsonl")).unwrap();
+    assert_eq!(
+        metrics.lines().filter(|l| l.contains("\"loss\"")).count(),
+        3
+    );
+
+    // Rows without chosen/rejected need a policy to sample them.
+    std::fs::write(
+        &qa,
+        "{\"question\": \"q\", \"answer\": \"a\", \"passages\": [\"p\"]}\n",
+    )
+    .unwrap();
+    let out = qforge(
+        &[
+            "pref",
+            "solopo-data",
+            "--input",
+            qa.to_str().unwrap(),
+            "--output",
+            data.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give --model"));
+}
