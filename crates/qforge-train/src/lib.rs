@@ -15,6 +15,7 @@ pub mod losses;
 pub mod optim;
 pub mod pairwise;
 pub mod policy;
+pub mod reward;
 pub mod synthetic;
 pub mod trainer;
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{D, DType, Device, IndexOp, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use qforge_model::weights::{save_safetensors, write_json_atomic};
 use qforge_model::{Model, ModelConfig, Tokenizer};
 use serde::{Deserialize, Serialize};
@@ -728,15 +728,7 @@ impl Trainer {
             .score
             .as_ref()
             .ok_or_else(|| TrainError::Invalid("not a reward model".into()))?;
-        let last: Vec<Tensor> = lengths
-            .iter()
-            .enumerate()
-            .map(|(b, &len)| hidden.i((b, len - 1)))
-            .collect::<candle_core::Result<_>>()?;
-        Ok(Tensor::stack(&last, 0)?
-            .matmul(&score.as_tensor().t()?)?
-            .squeeze(D::Minus1)?
-            .to_dtype(DType::F32)?)
+        crate::reward::last_token_rewards(hidden, lengths, score.as_tensor())
     }
 
     /// Runs to the end, calling `on_step` after every optimiser step and `on_eval` after each
