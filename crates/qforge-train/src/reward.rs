@@ -80,11 +80,17 @@ impl RewardModel {
 
     /// Rewards of whole conversations (ending with the assistant response to judge), rendered
     /// with the reward model's own chat template.
-    pub fn score_conversations(&self, conversations: &[Vec<Value>], batch: usize) -> Result<Vec<f32>> {
+    pub fn score_conversations(
+        &self,
+        conversations: &[Vec<Value>],
+        batch: usize,
+    ) -> Result<Vec<f32>> {
         let seqs = conversations
             .iter()
             .map(|c| {
-                let text = self.tokenizer.apply_chat_template(c, &ChatOptions::default())?;
+                let text = self
+                    .tokenizer
+                    .apply_chat_template(c, &ChatOptions::default())?;
                 Ok(self.tokenizer.encode(&text, false)?)
             })
             .collect::<Result<Vec<_>>>()?;
