@@ -32,6 +32,17 @@ pub enum TrainCommand {
         `--set solopo.alpha=1` overrides the table."
     )]
     Solopo(Args),
+    /// Mutual-Taught: iterations of an E-step (policy samples scored by the reward model, DPO,
+    /// checkpoint selection by win rate with the stop rule) and an M-step (filtered new-over-old
+    /// pairs, reward model refit from the base). Every stage is kept and resumable.
+    #[command(
+        after_help = "The recipe (TOML): policy, reward_model, policy_prompts (list of prompt-only JSONL files,\n\
+        one per iteration), rm_prompts, selection_prompts, output_dir, iterations (2), samples (5),\n\
+        temperature (0.8), top_p (0.95), max_new_tokens, win_rate_threshold (0.6), seed, and [dpo] / [rm]\n\
+        tables of training settings (model, data and output_dir are filled in per iteration).\n\
+        `--set dpo.lr=1e-6` overrides nested settings."
+    )]
+    MutualTaught(Args),
 }
 
 #[derive(clap::Args, Debug)]
@@ -105,6 +116,7 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
         TrainCommand::Dpo(a) => (a, Objective::Dpo),
         TrainCommand::Rm(a) => (a, Objective::Rm),
         TrainCommand::Solopo(a) => return solopo(a),
+        TrainCommand::MutualTaught(a) => return mutual_taught(a),
     };
     let config = load_config(args.config.as_deref(), &args.overrides)?;
     let trainer = Trainer::new(config, objective)?;
@@ -119,6 +131,68 @@ fn solopo(args: Args) -> Result<()> {
     eprintln!("SoLoPO: {objective:?}");
     let trainer = Trainer::new_pairwise(config, std::sync::Arc::new(objective))?;
     finish(trainer, "solopo")
+}
+
+/// Applies `--set a.b=value` overrides (values parsed as JSON, else strings) to any settings.
+fn set_nested<T: serde::Serialize + serde::de::DeserializeOwned>(
+    value: T,
+    overrides: &[String],
+) -> Result<T> {
+    let mut v = serde_json::to_value(value)?;
+    for o in overrides {
+        let (key, raw) = o
+            .split_once('=')
+            .with_context(|| format!("--set `{o}`: expected key=value"))?;
+        let mut slot = &mut v;
+        for part in key.split('.') {
+            slot = slot
+                .get_mut(part)
+                .with_context(|| format!("--set `{key}`: unknown setting"))?;
+        }
+        *slot = serde_json::from_str(raw).unwrap_or_else(|_| serde_json::Value::String(raw.into()));
+    }
+    Ok(serde_json::from_value(v)?)
+}
+
+fn mutual_taught(args: Args) -> Result<()> {
+    let path = args
+        .config
+        .as_deref()
+        .context("mutual-taught needs --config recipe.toml")?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let config: qforge_pref::mutual_taught::MutualTaughtConfig =
+        toml::from_str(&text).with_context(|| format!("{}: invalid recipe", path.display()))?;
+    let config = set_nested(config, &args.overrides)?;
+    let started = Instant::now();
+    let results = qforge_pref::mutual_taught::run(&config, |t, stage| {
+        eprintln!(
+            "[{:>5.0}s] iteration {t}: {stage}",
+            started.elapsed().as_secs_f64()
+        )
+    })?;
+    for r in &results {
+        eprintln!(
+            "iteration {}: best win rate {:.3}{}; {} E-step pairs, M-step kept {} / dropped {}",
+            r.iteration,
+            r.best_win_rate,
+            if r.stopped {
+                " (below the threshold: stopped, previous policy kept)"
+            } else {
+                ""
+            },
+            r.e_step_pairs,
+            r.m_step_pairs_kept,
+            r.m_step_pairs_dropped
+        );
+    }
+    if let Some(last) = results.last() {
+        println!(
+            "{}",
+            serde_json::json!({"policy": last.policy_out, "reward_model": last.reward_model_out.clone().unwrap_or(last.reward_model_in.clone())})
+        );
+    }
+    Ok(())
 }
 
 /// Trains to the end, saves `final/` and the curves.

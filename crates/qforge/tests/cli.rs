@@ -537,3 +537,49 @@ fn solopo_data_then_train_solopo_end_to_end() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("give --model"));
 }
+
+#[test]
+fn example_recipes_parse_and_missing_inputs_are_named() {
+    let recipes = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/recipes");
+    let out = qforge(
+        &[
+            "train",
+            "mutual-taught",
+            "--config",
+            recipes.join("mutual_taught.toml").to_str().unwrap(),
+            "--set",
+            "dpo.lr=1e-6",
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("runs/sft/final"), "{err}");
+    let out = qforge(
+        &[
+            "train",
+            "mutual-taught",
+            "--config",
+            recipes.join("mutual_taught.toml").to_str().unwrap(),
+            "--set",
+            "dpo.no_such_key=1",
+        ],
+        None,
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown setting"));
+    let out = qforge(
+        &[
+            "train",
+            "solopo",
+            "--config",
+            recipes.join("solopo.toml").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("runs/sft/final") || err.contains("data/solopo.jsonl"),
+        "{err}"
+    );
+}
