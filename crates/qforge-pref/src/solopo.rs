@@ -46,6 +46,11 @@ pub struct SoloPo {
     /// plain short-context loss.
     pub alpha: f64,
     pub penalty: Penalty,
+    /// Treat the short-context reward as a fixed target in SoLo-RA (no gradient through it),
+    /// so the penalty only moves the long-context reward. Off by default: the paper's
+    /// formula differentiates both sides.
+    #[serde(default)]
+    pub anchor_short: bool,
 }
 
 impl SoloPo {
@@ -137,7 +142,12 @@ impl PairObjective for SoloPo {
                 TrainError::Invalid("SoLoPO needs the long-context chosen log-probs".into())
             })?;
             let r_long = self.implicit_reward(long)?;
-            loss = (loss + (self.alignment(&r_w, &r_long)? * self.alpha)?)?;
+            let target = if self.anchor_short {
+                r_w.detach()
+            } else {
+                r_w.clone()
+            };
+            loss = (loss + (self.alignment(&target, &r_long)? * self.alpha)?)?;
         }
         let (accuracy, margin) = reward_metrics(&r_w.detach(), &r_l.detach())?;
         Ok(PairLoss {
@@ -161,6 +171,7 @@ pub struct SoloSettings {
     pub beta: Option<f64>,
     pub gamma: Option<f64>,
     pub lambda: Option<f64>,
+    pub anchor_short: bool,
 }
 
 impl SoloSettings {
@@ -196,6 +207,7 @@ impl SoloSettings {
             algorithm,
             alpha: self.alpha.unwrap_or(default_alpha),
             penalty: self.penalty,
+            anchor_short: self.anchor_short,
         };
         objective.check()?;
         Ok(objective)

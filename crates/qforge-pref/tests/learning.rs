@@ -140,6 +140,7 @@ fn solo_ra_shrinks_the_short_to_long_reward_gap_that_short_only_dpo_leaves() {
             algorithm: SoloAlgorithm::Dpo { beta },
             alpha,
             penalty: Penalty::Abs,
+            anchor_short: false,
         };
         let reports = Trainer::new_pairwise(config, Arc::new(objective))
             .unwrap()

@@ -59,6 +59,7 @@ fn solopo_matches_the_reference_in_value_and_gradient() {
                     algorithm,
                     alpha,
                     penalty,
+                    anchor_short: false,
                 };
                 let out = objective
                     .loss(&PairLogps {
@@ -96,6 +97,7 @@ fn alpha_zero_needs_no_long_context_and_bad_constants_are_refused() {
         algorithm: SoloAlgorithm::Dpo { beta: 0.1 },
         alpha: 0.0,
         penalty: Penalty::Abs,
+        anchor_short: false,
     };
     assert!(!s.needs_long_context() && s.needs_reference());
     let simpo = SoloPo {
@@ -105,6 +107,7 @@ fn alpha_zero_needs_no_long_context_and_bad_constants_are_refused() {
         },
         alpha: 1.0,
         penalty: Penalty::Abs,
+        anchor_short: false,
     };
     assert!(simpo.needs_long_context() && !simpo.needs_reference());
     let t = Tensor::new(&[-1f32, -2.0], &Device::Cpu).unwrap();
@@ -136,4 +139,53 @@ fn alpha_zero_needs_no_long_context_and_bad_constants_are_refused() {
         ..simpo
     };
     assert!(bad.loss(&lp).unwrap_err().to_string().contains("beta"));
+}
+
+#[test]
+fn anchoring_the_short_reward_sends_solo_ra_gradient_to_the_long_side_only() {
+    let f = fixture();
+    let grads = |alpha: f64, anchor_short: bool| {
+        let vars: HashMap<String, Var> = ["sum_w", "sum_l", "sum_long"]
+            .iter()
+            .map(|k| (k.to_string(), Var::from_tensor(&f[*k]).unwrap()))
+            .collect();
+        let side = |s: &str| SeqLogps {
+            sum: vars[&format!("sum_{s}")].as_tensor().clone(),
+            mean: f[&format!("mean_{s}")].clone(),
+            len: Tensor::ones(4, candle_core::DType::F32, &Device::Cpu).unwrap(),
+            reference: Some(f[&format!("ref_{s}")].clone()),
+        };
+        let objective = SoloPo {
+            algorithm: SoloAlgorithm::Dpo { beta: 0.1 },
+            alpha,
+            penalty: Penalty::Abs,
+            anchor_short,
+        };
+        let loss = objective
+            .loss(&PairLogps {
+                chosen: side("w"),
+                rejected: side("l"),
+                long_chosen: Some(side("long")),
+                chosen_nll: Tensor::new(0f32, &Device::Cpu).unwrap(),
+            })
+            .unwrap()
+            .loss;
+        let g = loss.backward().unwrap();
+        let get = |k: &str| {
+            g.get(vars[k].as_tensor())
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        (get("sum_w"), get("sum_long"))
+    };
+    let (plain_short, _) = grads(0.0, false);
+    let (anchored_short, anchored_long) = grads(3.0, true);
+    let (free_short, _) = grads(3.0, false);
+    assert_eq!(
+        anchored_short, plain_short,
+        "no SoLo-RA gradient reaches the short side"
+    );
+    assert_ne!(free_short, plain_short);
+    assert!(anchored_long.iter().all(|g| g.abs() > 0.0));
 }

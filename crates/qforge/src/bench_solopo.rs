@@ -142,6 +142,7 @@ pub fn run(args: SolopoArgs) -> Result<()> {
         algorithm: SoloAlgorithm::Dpo { beta: 0.1 },
         alpha: 3.0,
         penalty: Penalty::Abs,
+        anchor_short: false,
     };
     let solo_dpo = |m: &Model| -> Result<Tensor> {
         let pair = logps(m, &short_pair, &short_mask)?;
