@@ -174,34 +174,13 @@ pub fn build_contexts(examples: &[QaExample], options: &ContextOptions) -> Vec<C
         .collect()
 }
 
-/// Lower-cases, drops punctuation and articles, collapses spaces (SQuAD's normalisation).
-pub fn normalize_answer(s: &str) -> String {
-    let lower: String = s
-        .to_lowercase()
-        .chars()
-        .map(|c| {
-            if c.is_alphanumeric() || c.is_whitespace() {
-                c
-            } else {
-                ' '
-            }
-        })
-        .collect();
-    lower
-        .split_whitespace()
-        .filter(|w| !matches!(*w, "a" | "an" | "the"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Sub-exact match: some normalised gold answer occurs in the normalised response (as whole
-/// words).
+/// Sub-exact-match against any gold answer (QwenLong-L1's rule: either normalised string
+/// contains the other); a response that normalises to nothing never matches.
 pub fn sub_em(response: &str, answers: &[String]) -> bool {
-    let r = format!(" {} ", normalize_answer(response));
-    answers.iter().any(|a| {
-        let a = normalize_answer(a);
-        !a.is_empty() && r.contains(&format!(" {a} "))
-    })
+    !qforge_train::answers::normalize_answer(response).is_empty()
+        && answers
+            .iter()
+            .any(|a| qforge_train::answers::sub_exact_match(response, a))
 }
 
 /// One training row in the preference format `qforge train solopo` reads.
@@ -344,12 +323,13 @@ mod tests {
     }
 
     #[test]
-    fn sub_exact_match_normalises_like_squad() {
-        let gold = vec!["The Eiffel Tower".to_string()];
+    fn labelling_uses_sub_exact_match_over_every_gold_answer() {
+        let gold = vec!["The Eiffel Tower".to_string(), "Tour Eiffel".to_string()];
         assert!(sub_em("It is the eiffel tower, in Paris.", &gold));
-        assert!(!sub_em("It is the Eiffel Towers.", &gold));
-        assert!(sub_em("Answer: 1004", &["1004".to_string()]));
-        assert!(!sub_em("Answer: 10045", &["1004".to_string()]));
+        assert!(sub_em("la tour eiffel", &gold));
+        assert!(!sub_em("It is the Louvre.", &gold));
+        // Empty after normalisation: "" is contained in every gold string, but is no answer.
+        assert!(!sub_em("The.", &gold));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! ops with a backward, and parity with the reference formulas (values and gradients) is pinned
 //! by `tests/parity.rs`.
 
+pub mod answers;
 pub mod data;
 pub mod error;
 pub mod losses;
