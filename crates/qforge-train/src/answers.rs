@@ -18,7 +18,7 @@ pub fn normalize_answer(s: &str) -> String {
     let is_word = |c: char| c.is_alphanumeric() || c == '_';
     let mut out = String::with_capacity(no_punct.len());
     let mut word = String::new();
-    let mut flush = |word: &mut String, out: &mut String| {
+    let flush = |word: &mut String, out: &mut String| {
         if matches!(word.as_str(), "a" | "an" | "the") {
             out.push(' ');
         } else {
