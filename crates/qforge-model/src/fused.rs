@@ -177,12 +177,15 @@ impl CustomOp3 for RmsNormBackward {
         let mut out = vec![0f32; x.len() + dim];
         let (dx, dw) = out.split_at_mut(x.len());
         let eps = self.eps;
-        let partial_dw = dx
-            .par_chunks_mut(dim)
-            .zip(x.par_chunks(dim).zip(dy.par_chunks(dim)))
-            .fold(
-                || vec![0f32; dim],
-                |mut acc, (dx, (x, dy))| {
+        // dw sums over rows: fixed blocks of rows, summed in order, so the result does not
+        // depend on how rayon schedules the work (runs repeat bit for bit).
+        const BLOCK: usize = 64;
+        let partials: Vec<Vec<f32>> = dx
+            .par_chunks_mut(dim * BLOCK)
+            .zip(x.par_chunks(dim * BLOCK).zip(dy.par_chunks(dim * BLOCK)))
+            .map(|(dx, (x, dy))| {
+                let mut acc = vec![0f32; dim];
+                for ((dx, x), dy) in dx.chunks_mut(dim).zip(x.chunks(dim)).zip(dy.chunks(dim)) {
                     let ms = x.iter().map(|v| v * v).sum::<f32>() / dim as f32;
                     let r = 1.0 / (ms + eps).sqrt();
                     let mut proj = 0f32;
@@ -195,17 +198,13 @@ impl CustomOp3 for RmsNormBackward {
                         acc[i] += dy[i] * xhat;
                         dx[i] = r * (dy[i] * w[i] - xhat * proj);
                     }
-                    acc
-                },
-            )
-            .reduce(
-                || vec![0f32; dim],
-                |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                    a
-                },
-            );
-        dw.copy_from_slice(&partial_dw);
+                }
+                acc
+            })
+            .collect();
+        for p in &partials {
+            dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+        }
         Ok((CpuStorage::F32(out), Shape::from(x.len() + dim)))
     }
 }

@@ -1,0 +1,515 @@
+//! The GRPO loop (verl's `ray_trainer` step, specs/longrl.md §3.5): sample G responses per
+//! prompt with the embedded engine, score them, keep informative groups (none / DAPO dynamic
+//! sampling / DUPO), compute group advantages, recompute the old log-probs with the trainer,
+//! then optimise the clipped surrogate over mini-batches × epochs (KL to a frozen reference only
+//! when its coefficient is non-zero).
+//!
+//! The engine shares the policy's weight tensors (`Model` clones are reference-counted and the
+//! optimiser updates in place), so every rollout sees the current policy without a copy.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use qforge_engine::{Engine, GenerationRequest, SamplingParams};
+use qforge_model::{ChatOptions, Model, Tokenizer};
+use qforge_train::data::{Sequence, SplitMix, TrainBatch};
+use qforge_train::losses;
+use qforge_train::optim::{AdamW, AdamWConfig, clip_grad_norm};
+use qforge_train::policy::{
+    AdvantageNorm, Aggregation, ClipConfig, KlEstimator, aggregate, clipped_policy_loss,
+    group_advantages, kl_penalty,
+};
+use qforge_train::{Result, TrainError};
+use serde::{Deserialize, Serialize};
+
+use crate::groups::{DynamicSampler, dupo_fill, informative};
+use crate::reward::{RewardFn, Task};
+
+/// Which groups a step trains on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupFilter {
+    /// Every group (uninformative ones have zero advantage anyway).
+    #[default]
+    None,
+    /// DAPO: generate further rounds of prompts until the batch has enough informative groups.
+    Dapo,
+    /// DUPO: drop uninformative groups, duplicate informative ones of the same batch.
+    Dupo,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpoConfig {
+    pub model: PathBuf,
+    pub output_dir: PathBuf,
+    /// G: responses per prompt.
+    pub group_size: usize,
+    pub prompts_per_step: usize,
+    pub max_new_tokens: usize,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub lr: f64,
+    pub max_steps: u64,
+    /// Optimiser updates per step = mini_batches × epochs (1 × 1: pure on-policy).
+    pub mini_batches: usize,
+    pub epochs: usize,
+    pub clip_low: f64,
+    pub clip_high: f64,
+    /// `token-mean` (DAPO), `seq-mean-token-mean` (GRPO) or `seq-mean-token-sum`.
+    pub aggregation: String,
+    /// KL to the starting policy (low-variance k3); 0 skips the reference entirely.
+    pub kl_coef: f64,
+    /// Entropy bonus coefficient (subtracted from the loss).
+    pub entropy_coef: f64,
+    pub filter: GroupFilter,
+    /// DAPO: generation rounds per step at most.
+    pub max_rounds: usize,
+    /// A rollout counts as correct (for the filters and accuracy) at this reward or above.
+    pub correct_threshold: f64,
+    pub max_grad_norm: f64,
+    pub seed: u64,
+    /// Save the policy every N steps (0: only at the end).
+    pub save_steps: u64,
+}
+
+impl Default for GrpoConfig {
+    fn default() -> Self {
+        Self {
+            model: PathBuf::new(),
+            output_dir: PathBuf::from("runs/grpo"),
+            group_size: 8,
+            prompts_per_step: 16,
+            max_new_tokens: 256,
+            temperature: 1.0,
+            top_p: 1.0,
+            lr: 1e-6,
+            max_steps: 100,
+            mini_batches: 1,
+            epochs: 1,
+            clip_low: 0.2,
+            clip_high: 0.28,
+            aggregation: "token-mean".into(),
+            kl_coef: 0.0,
+            entropy_coef: 0.0,
+            filter: GroupFilter::None,
+            max_rounds: 3,
+            correct_threshold: 1.0,
+            max_grad_norm: 1.0,
+            seed: 42,
+            save_steps: 0,
+        }
+    }
+}
+
+impl GrpoConfig {
+    fn aggregation(&self) -> Result<Aggregation> {
+        Ok(match self.aggregation.as_str() {
+            "token-mean" => Aggregation::TokenMean,
+            "seq-mean-token-mean" => Aggregation::SeqMeanTokenMean,
+            "seq-mean-token-sum" => Aggregation::SeqMeanTokenSum,
+            other => {
+                return Err(TrainError::Invalid(format!(
+                    "aggregation `{other}`: token-mean, seq-mean-token-mean or seq-mean-token-sum"
+                )));
+            }
+        })
+    }
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    pub step: u64,
+    pub reward_mean: f64,
+    pub reward_std: f64,
+    /// Fraction of rollouts at or above `correct_threshold`.
+    pub accuracy: f64,
+    /// Groups trained on / groups generated.
+    pub kept_group_fraction: f64,
+    pub generation_rounds: usize,
+    pub loss: f64,
+    pub clip_fraction: f64,
+    pub approx_kl: f64,
+    pub response_tokens_mean: f64,
+    pub rollout_seconds: f64,
+    pub train_seconds: f64,
+    /// No informative group (or a non-finite loss): no update.
+    pub skipped: bool,
+}
+
+/// One rollout: the prompt's tokens, the response's, its reward.
+#[derive(Clone)]
+struct Rollout {
+    prompt: Vec<u32>,
+    response: Vec<u32>,
+    reward: f64,
+}
+
+pub struct GrpoTrainer {
+    config: GrpoConfig,
+    model: Model,
+    vars: Vec<(String, Var)>,
+    engine: Engine,
+    reference: Option<Model>,
+    optimizer: AdamW,
+    tokenizer: Arc<Tokenizer>,
+    tasks: Vec<Task>,
+    reward: Arc<dyn RewardFn>,
+    order: Vec<usize>,
+    cursor: usize,
+    step: u64,
+}
+
+impl GrpoTrainer {
+    pub fn new(config: GrpoConfig, tasks: Vec<Task>, reward: Arc<dyn RewardFn>) -> Result<Self> {
+        if config.group_size < 2 || config.prompts_per_step == 0 || tasks.is_empty() {
+            return Err(TrainError::Invalid(
+                "GRPO needs group_size >= 2, prompts_per_step >= 1 and some tasks".into(),
+            ));
+        }
+        config.aggregation()?;
+        let device = Device::Cpu;
+        let base = Model::load(&config.model, DType::F32, &device, &[])?;
+        let reference = (config.kl_coef != 0.0).then(|| base.clone());
+        let (model, vars) = base.into_trainable()?;
+        let mut rollout_model = model.clone();
+        rollout_model.set_differentiable(false);
+        let tokenizer = Arc::new(Tokenizer::from_dir(&config.model)?);
+        let engine = Engine::new(rollout_model, tokenizer.clone());
+        let optimizer = AdamW::new(vars.clone(), AdamWConfig::default())?;
+        let mut order: Vec<usize> = (0..tasks.len()).collect();
+        SplitMix(config.seed).shuffle(&mut order);
+        Ok(Self {
+            config,
+            model,
+            vars,
+            engine,
+            reference,
+            optimizer,
+            tokenizer,
+            tasks,
+            reward,
+            order,
+            cursor: 0,
+            step: 0,
+        })
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    fn next_prompts(&mut self, n: usize) -> Vec<usize> {
+        (0..n)
+            .map(|_| {
+                if self.cursor == self.order.len() {
+                    self.cursor = 0;
+                    SplitMix(self.config.seed ^ self.step).shuffle(&mut self.order);
+                }
+                self.cursor += 1;
+                self.order[self.cursor - 1]
+            })
+            .collect()
+    }
+
+    /// G rollouts for each task, scored.
+    fn rollouts(&self, tasks: &[usize], round: usize) -> Result<Vec<Vec<Rollout>>> {
+        let g = self.config.group_size;
+        let mut prompts = Vec::with_capacity(tasks.len());
+        let mut requests = Vec::with_capacity(tasks.len() * g);
+        for (i, &t) in tasks.iter().enumerate() {
+            let text = self
+                .tokenizer
+                .apply_chat_template(&self.tasks[t].messages, &ChatOptions::generation())?;
+            let ids = self.tokenizer.encode(&text, false)?;
+            for k in 0..g {
+                let mut r = GenerationRequest::new(ids.clone(), self.config.max_new_tokens);
+                r.sampling = SamplingParams {
+                    temperature: self.config.temperature,
+                    top_p: self.config.top_p,
+                    seed: Some(
+                        self.config.seed
+                            ^ (self.step << 32)
+                            ^ ((round as u64) << 24)
+                            ^ ((i as u64) << 8)
+                            ^ k as u64,
+                    ),
+                    ..SamplingParams::default()
+                };
+                requests.push(r);
+            }
+            prompts.push(ids);
+        }
+        let outputs = self
+            .engine
+            .generate(requests, |_| {})
+            .map_err(|e| TrainError::Invalid(format!("rollout: {e}")))?;
+        let mut groups = Vec::with_capacity(tasks.len());
+        let mut outputs = outputs.into_iter();
+        for (&t, prompt) in tasks.iter().zip(prompts) {
+            let group = (0..g)
+                .map(|_| {
+                    let out = outputs.next().expect("G outputs per prompt");
+                    Rollout {
+                        reward: self.reward.score(&self.tasks[t], &out.text),
+                        response: out.token_ids(),
+                        prompt: prompt.clone(),
+                    }
+                })
+                .collect();
+            groups.push(group);
+        }
+        Ok(groups)
+    }
+
+    fn correct(&self, group: &[Rollout]) -> Vec<bool> {
+        group
+            .iter()
+            .map(|r| r.reward >= self.config.correct_threshold)
+            .collect()
+    }
+
+    /// Per-token log-probs `[B, T−1]` of a batch's responses and their mask (logits scaled by
+    /// the rollout temperature, as verl's actor does).
+    fn logps(&self, model: &Model, tb: &TrainBatch) -> Result<(Tensor, Tensor, Tensor)> {
+        let logits = model.logits(&model.forward(&tb.batch, None)?)?;
+        let temperature = if self.config.temperature > 0.0 {
+            self.config.temperature as f64
+        } else {
+            1.0
+        };
+        let lp = losses::completion_logps(
+            &logits,
+            &tb.batch.input_ids,
+            &tb.completion_mask,
+            temperature,
+        )?;
+        Ok((lp.per_token, lp.mask, logits))
+    }
+
+    /// One GRPO step.
+    pub fn step(&mut self) -> Result<StepReport> {
+        let started = Instant::now();
+        let cfg = self.config.clone();
+        let (generated, rounds);
+        let mut all_rewards = Vec::new();
+        let mut all_correct = 0usize;
+        let mut response_tokens = 0usize;
+        let mut account = |groups: &[Vec<Rollout>], correct: &[Vec<bool>]| {
+            for (g, c) in groups.iter().zip(correct) {
+                all_rewards.extend(g.iter().map(|r| r.reward));
+                all_correct += c.iter().filter(|&&x| x).count();
+                response_tokens += g.iter().map(|r| r.response.len()).sum::<usize>();
+            }
+        };
+        let selected: Vec<Vec<Rollout>> = match cfg.filter {
+            GroupFilter::None | GroupFilter::Dupo => {
+                let tasks = self.next_prompts(cfg.prompts_per_step);
+                let groups = self.rollouts(&tasks, 0)?;
+                rounds = 1;
+                generated = groups.len();
+                let correct: Vec<Vec<bool>> = groups.iter().map(|g| self.correct(g)).collect();
+                account(&groups, &correct);
+                if cfg.filter == GroupFilter::None {
+                    groups
+                } else {
+                    let picks = dupo_fill(&correct, cfg.seed ^ self.step);
+                    picks.iter().map(|&i| groups[i].clone()).collect()
+                }
+            }
+            GroupFilter::Dapo => {
+                let mut sampler = DynamicSampler::new(cfg.prompts_per_step, cfg.max_rounds);
+                while sampler.wants_more() {
+                    let tasks = self.next_prompts(cfg.prompts_per_step);
+                    let groups = self.rollouts(&tasks, sampler.rounds())?;
+                    let correct: Vec<Vec<bool>> = groups.iter().map(|g| self.correct(g)).collect();
+                    account(&groups, &correct);
+                    sampler.push_round(groups.into_iter().zip(correct));
+                }
+                rounds = sampler.rounds();
+                generated = sampler.seen();
+                sampler.finish()
+            }
+        };
+        let rollout_seconds = started.elapsed().as_secs_f64();
+        let n = all_rewards.len().max(1) as f64;
+        let reward_mean = all_rewards.iter().sum::<f64>() / n;
+        let reward_std = (all_rewards
+            .iter()
+            .map(|r| (r - reward_mean).powi(2))
+            .sum::<f64>()
+            / n)
+            .sqrt();
+        let mut report = StepReport {
+            step: self.step + 1,
+            reward_mean,
+            reward_std,
+            accuracy: all_correct as f64 / n,
+            kept_group_fraction: selected.len() as f64 / generated.max(1) as f64,
+            generation_rounds: rounds,
+            loss: f64::NAN,
+            clip_fraction: 0.0,
+            approx_kl: 0.0,
+            response_tokens_mean: response_tokens as f64 / n,
+            rollout_seconds,
+            train_seconds: 0.0,
+            skipped: true,
+        };
+        self.step += 1;
+        let informative_left = selected
+            .iter()
+            .any(|g| informative(&self.correct(g)) || g.iter().any(|r| r.reward != g[0].reward));
+        if selected.is_empty() || !informative_left {
+            return Ok(report);
+        }
+        let train_started = Instant::now();
+        let g = cfg.group_size;
+        let rewards: Vec<f64> = selected.iter().flatten().map(|r| r.reward).collect();
+        let advantages = group_advantages(&rewards, g, AdvantageNorm::GroupStd { eps: 1e-6 })?;
+        let seqs: Vec<Sequence> = selected
+            .iter()
+            .flatten()
+            .map(|r| Sequence {
+                ids: r.prompt.iter().chain(&r.response).copied().collect(),
+                prompt_len: r.prompt.len(),
+            })
+            .collect();
+        let pad = self.tokenizer.pad_token_id();
+        let batches: Vec<Vec<usize>> = {
+            let idx: Vec<usize> = (0..seqs.len()).collect();
+            let size = seqs.len().div_ceil(cfg.mini_batches.max(1));
+            idx.chunks(size.max(1)).map(<[usize]>::to_vec).collect()
+        };
+        let device = self.model.device().clone();
+        let make = |ids: &[usize]| -> Result<TrainBatch> {
+            let refs: Vec<&Sequence> = ids.iter().map(|&i| &seqs[i]).collect();
+            TrainBatch::new(&refs, pad, &device)
+        };
+        // Old log-probs: recomputed by the trainer with the weights that generated the batch.
+        let mut old = Vec::with_capacity(batches.len());
+        let mut refs = Vec::with_capacity(batches.len());
+        for ids in &batches {
+            let tb = make(ids)?;
+            old.push(self.logps(&self.model, &tb)?.0.detach());
+            refs.push(match &self.reference {
+                Some(r) => Some(self.logps(r, &tb)?.0.detach()),
+                None => None,
+            });
+        }
+        let vars: Vec<&Var> = self.vars.iter().map(|(_, v)| v).collect();
+        let clip = ClipConfig::verl(cfg.clip_low, cfg.clip_high);
+        let agg = cfg.aggregation()?;
+        let (mut loss_sum, mut clip_sum, mut kl_sum, mut updates) = (0f64, 0f64, 0f64, 0usize);
+        for _ in 0..cfg.epochs.max(1) {
+            for (b, ids) in batches.iter().enumerate() {
+                let tb = make(ids)?;
+                let (logp, mask, logits) = self.logps(&self.model, &tb)?;
+                let adv: Vec<f32> = ids.iter().map(|&i| advantages[i] as f32).collect();
+                let adv =
+                    Tensor::from_vec(adv, (ids.len(), 1), &device)?.broadcast_as(logp.shape())?;
+                let pl = clipped_policy_loss(&logp, &old[b], &adv, &mask, clip)?;
+                let mut loss = aggregate(&pl.per_token, &mask, agg)?;
+                if let Some(r) = &refs[b] {
+                    let kl = aggregate(&kl_penalty(&logp, r, KlEstimator::K3)?, &mask, agg)?;
+                    loss = (loss + (kl * cfg.kl_coef)?)?;
+                }
+                if cfg.entropy_coef != 0.0 {
+                    let t = logits.dim(1)?;
+                    let entropy = losses::entropy_from_logits(&logits.narrow(1, 0, t - 1)?, 1.0)?;
+                    loss = (loss - (aggregate(&entropy, &mask, agg)? * cfg.entropy_coef)?)?;
+                }
+                let value = loss.to_scalar::<f32>()? as f64;
+                if !value.is_finite() {
+                    tracing::warn!("step {}: non-finite loss, update skipped", self.step);
+                    continue;
+                }
+                let mut grads = loss.backward()?;
+                match clip_grad_norm(&mut grads, &vars, cfg.max_grad_norm) {
+                    Ok(_) => self.optimizer.step(&grads, cfg.lr)?,
+                    Err(TrainError::NonFiniteGradient(_)) => continue,
+                    Err(e) => return Err(e),
+                }
+                loss_sum += value;
+                clip_sum += pl.clip_fraction as f64;
+                kl_sum += pl.approx_kl as f64;
+                updates += 1;
+            }
+        }
+        if updates > 0 {
+            report.loss = loss_sum / updates as f64;
+            report.clip_fraction = clip_sum / updates as f64;
+            report.approx_kl = kl_sum / updates as f64;
+            report.skipped = false;
+        }
+        report.train_seconds = train_started.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    /// Runs `max_steps` steps, appending each report to `output_dir/metrics.jsonl` and saving
+    /// the policy (HF layout) every `save_steps` and at the end to `output_dir/policy`.
+    pub fn train(&mut self, mut on_step: impl FnMut(&StepReport)) -> Result<Vec<StepReport>> {
+        let out = self.config.output_dir.clone();
+        std::fs::create_dir_all(&out).map_err(|e| TrainError::Io {
+            path: out.clone(),
+            source: e,
+        })?;
+        let metrics_path = out.join("metrics.jsonl");
+        let mut metrics = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&metrics_path)
+            .map_err(|e| TrainError::Io {
+                path: metrics_path.clone(),
+                source: e,
+            })?;
+        let mut reports = Vec::new();
+        while self.step < self.config.max_steps {
+            let r = self.step()?;
+            writeln!(
+                metrics,
+                "{}",
+                serde_json::to_string(&r).expect("serialisable")
+            )
+            .map_err(|e| TrainError::Io {
+                path: metrics_path.clone(),
+                source: e,
+            })?;
+            on_step(&r);
+            reports.push(r);
+            let last = self.step == self.config.max_steps;
+            if last
+                || (self.config.save_steps > 0 && self.step.is_multiple_of(self.config.save_steps))
+            {
+                self.save(&out.join("policy"))?;
+            }
+        }
+        Ok(reports)
+    }
+
+    /// Writes the policy in HF layout (with the tokenizer files), via a temporary directory.
+    pub fn save(&self, dir: &std::path::Path) -> Result<()> {
+        let tmp = dir.with_extension("tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::Io {
+                path: tmp.clone(),
+                source: e,
+            })?;
+        }
+        self.model.save_pretrained(&tmp, 5 << 30)?;
+        qforge_model::copy_tokenizer_files(&self.config.model, &tmp)?;
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(|e| TrainError::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            })?;
+        }
+        std::fs::rename(&tmp, dir).map_err(|e| TrainError::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        })
+    }
+}

@@ -1,0 +1,14 @@
+//! qforge-rl: the reinforcement-learning core the RL recipes share (specs/longrl.md §3).
+//!
+//! - [`reward`]: the reward-function interface and rule rewards (answer extraction, sub-EM,
+//!   exact match, DAPO's soft overlong penalty).
+//! - [`groups`]: group statistics and the batch logic of DAPO's dynamic sampling and DUPO's
+//!   duplicate-filling.
+//! - [`grpo`]: the GRPO trainer loop: group rollouts with the embedded engine (sharing the
+//!   policy's weights), rewards, advantages, the clipped surrogate over mini-batches and epochs.
+
+pub mod groups;
+pub mod grpo;
+pub mod reward;
+
+pub use qforge_train::{Result, TrainError};

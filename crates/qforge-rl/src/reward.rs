@@ -1,0 +1,127 @@
+//! Rewards: a task carries its gold answers; a [`RewardFn`] scores a response against it.
+
+use qforge_train::answers::{after_thinking, exact_match, parse_the_answer_is, sub_exact_match};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One prompt with what its rewards need.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub messages: Vec<Value>,
+    pub answers: Vec<String>,
+}
+
+pub trait RewardFn: Send + Sync {
+    fn score(&self, task: &Task, response: &str) -> f64;
+}
+
+/// Where the answer is read from the response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Extraction {
+    /// The whole response (after a think block, if any).
+    Whole,
+    /// QwenLong-L1's DocQA rule: after the last `</think>` (none: reward 0), then after the
+    /// last "the answer is".
+    TheAnswerIs,
+}
+
+fn extract(response: &str, how: Extraction) -> Option<String> {
+    match how {
+        Extraction::Whole => Some(after_thinking(response).unwrap_or(response).to_string()),
+        Extraction::TheAnswerIs => after_thinking(response).and_then(parse_the_answer_is),
+    }
+}
+
+/// 1 when the extracted answer sub-exact-matches some gold answer (QwenLong-L1's DocQA rule
+/// reward), else 0.
+#[derive(Debug, Clone, Copy)]
+pub struct SubEm(pub Extraction);
+
+impl RewardFn for SubEm {
+    fn score(&self, task: &Task, response: &str) -> f64 {
+        let Some(answer) = extract(response, self.0).filter(|a| !a.trim().is_empty()) else {
+            return 0.0;
+        };
+        f64::from(u8::from(
+            task.answers.iter().any(|g| sub_exact_match(&answer, g)),
+        ))
+    }
+}
+
+/// 1 when the extracted answer equals some gold answer after SQuAD normalisation.
+#[derive(Debug, Clone, Copy)]
+pub struct ExactMatch(pub Extraction);
+
+impl RewardFn for ExactMatch {
+    fn score(&self, task: &Task, response: &str) -> f64 {
+        let Some(answer) = extract(response, self.0) else {
+            return 0.0;
+        };
+        f64::from(u8::from(
+            task.answers.iter().any(|g| exact_match(&answer, g)),
+        ))
+    }
+}
+
+/// DAPO's soft overlong punishment for a response of `len` tokens: 0 up to
+/// `max_len − buffer`, then falling linearly to `−factor` at `max_len` (and below beyond).
+pub fn overlong_penalty(len: usize, max_len: usize, buffer: usize, factor: f64) -> f64 {
+    let expected = max_len.saturating_sub(buffer) as f64;
+    if buffer == 0 {
+        return 0.0;
+    }
+    (-(len as f64 - expected) / buffer as f64 * factor).min(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(answer: &str) -> Task {
+        Task {
+            messages: Vec::new(),
+            answers: vec![answer.into()],
+        }
+    }
+
+    #[test]
+    fn docqa_rule_reward_needs_the_think_block_and_the_answer_phrase() {
+        let r = SubEm(Extraction::TheAnswerIs);
+        let t = task("Paris");
+        assert_eq!(
+            r.score(&t, "<think>x</think> Therefore, the answer is Paris."),
+            1.0
+        );
+        assert_eq!(
+            r.score(&t, "Therefore, the answer is Paris."),
+            0.0,
+            "no </think>"
+        );
+        assert_eq!(
+            r.score(&t, "<think>x</think> It is Paris."),
+            0.0,
+            "no answer phrase"
+        );
+        assert_eq!(r.score(&t, "<think>x</think> the answer is Lyon."), 0.0);
+        assert_eq!(SubEm(Extraction::Whole).score(&t, "paris, France"), 1.0);
+        assert_eq!(
+            ExactMatch(Extraction::Whole).score(&t, "paris, France"),
+            0.0
+        );
+        assert_eq!(
+            ExactMatch(Extraction::Whole).score(&t, "<think></think> The Paris."),
+            1.0
+        );
+    }
+
+    #[test]
+    fn overlong_penalty_is_dapos_linear_ramp() {
+        // L_max 10000, buffer 1000: free up to 9000, −0.5 at 9500, −1 at 10000.
+        assert_eq!(overlong_penalty(8000, 10_000, 1000, 1.0), 0.0);
+        assert_eq!(overlong_penalty(9000, 10_000, 1000, 1.0), 0.0);
+        assert!((overlong_penalty(9500, 10_000, 1000, 1.0) + 0.5).abs() < 1e-12);
+        assert!((overlong_penalty(10_000, 10_000, 1000, 1.0) + 1.0).abs() < 1e-12);
+        assert_eq!(overlong_penalty(5, 10, 0, 1.0), 0.0);
+    }
+}
