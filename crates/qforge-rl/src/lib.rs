@@ -2,11 +2,13 @@
 //!
 //! - [`reward`]: the reward-function interface and rule rewards (answer extraction, sub-EM,
 //!   exact match, DAPO's soft overlong penalty).
+//! - [`curriculum`]: QwenLong-L1's phases, middle truncation and retrospective sampling.
 //! - [`groups`]: group statistics and the batch logic of DAPO's dynamic sampling and DUPO's
 //!   duplicate-filling.
 //! - [`grpo`]: the GRPO trainer loop: group rollouts with the embedded engine (sharing the
 //!   policy's weights), rewards, advantages, the clipped surrogate over mini-batches and epochs.
 
+pub mod curriculum;
 pub mod groups;
 pub mod grpo;
 pub mod reward;

@@ -64,6 +64,74 @@ impl RewardFn for ExactMatch {
     }
 }
 
+/// The letter of "The correct answer is (X)" (or without parentheses), X in A-D, after
+/// asterisks are removed (QwenLong-L1's `long.py`).
+pub fn choice_letter(text: &str) -> Option<char> {
+    let text = text.replace('*', "");
+    let phrase = "The correct answer is ";
+    let mut best: Option<char> = None;
+    // The parenthesised form wins wherever it appears; then the bare letter.
+    for parenthesised in [true, false] {
+        let mut from = 0;
+        while let Some(at) = text[from..].find(phrase) {
+            let rest = &text[from + at + phrase.len()..];
+            let mut chars = rest.chars();
+            let letter = if parenthesised {
+                match (chars.next(), chars.next(), chars.next()) {
+                    (Some('('), Some(c @ 'A'..='D'), Some(')')) => Some(c),
+                    _ => None,
+                }
+            } else {
+                chars.next().filter(|c| ('A'..='D').contains(c))
+            };
+            if letter.is_some() {
+                best = letter;
+                break;
+            }
+            from += at + phrase.len();
+        }
+        if best.is_some() {
+            break;
+        }
+    }
+    best
+}
+
+/// Multiple choice: 1 when the response's letter (after the last `</think>`) equals the gold's.
+#[derive(Debug, Clone, Copy)]
+pub struct ChoiceMatch;
+
+impl RewardFn for ChoiceMatch {
+    fn score(&self, task: &Task, response: &str) -> f64 {
+        let Some(pred) = after_thinking(response).and_then(choice_letter) else {
+            return 0.0;
+        };
+        let gold = task.answers.iter().find_map(|a| {
+            choice_letter(a).or_else(|| {
+                let t = a.trim();
+                (t.len() == 1)
+                    .then(|| t.chars().next())
+                    .flatten()
+                    .filter(|c| ('A'..='D').contains(c))
+            })
+        });
+        f64::from(u8::from(gold == Some(pred)))
+    }
+}
+
+/// The best of several rewards (QwenLong-L1 combines the rule reward and the judge by max).
+pub struct MaxOf(pub Vec<std::sync::Arc<dyn RewardFn>>);
+
+impl RewardFn for MaxOf {
+    fn score(&self, task: &Task, response: &str) -> f64 {
+        self.0
+            .iter()
+            .map(|r| r.score(task, response))
+            .fold(f64::NEG_INFINITY, f64::max)
+            .max(0.0)
+    }
+}
+
 /// DAPO's soft overlong punishment for a response of `len` tokens: 0 up to
 /// `max_len − buffer`, then falling linearly to `−factor` at `max_len` (and below beyond).
 pub fn overlong_penalty(len: usize, max_len: usize, buffer: usize, factor: f64) -> f64 {
@@ -113,6 +181,59 @@ mod tests {
             ExactMatch(Extraction::Whole).score(&t, "<think></think> The Paris."),
             1.0
         );
+    }
+
+    #[test]
+    fn multiple_choice_reads_the_official_phrases() {
+        assert_eq!(choice_letter("The correct answer is (B)."), Some('B'));
+        assert_eq!(choice_letter("**The correct answer is C**"), Some('C'));
+        assert_eq!(choice_letter("The correct answer is E"), None);
+        assert_eq!(
+            choice_letter("the correct answer is (B)"),
+            None,
+            "case-sensitive, as long.py"
+        );
+        // The parenthesised form is searched first, anywhere in the text.
+        assert_eq!(
+            choice_letter("The correct answer is A. Or The correct answer is (D)"),
+            Some('D')
+        );
+        let t = Task {
+            messages: Vec::new(),
+            answers: vec!["The correct answer is (B)".into()],
+        };
+        assert_eq!(
+            ChoiceMatch.score(&t, "<think>..</think> The correct answer is (B)"),
+            1.0
+        );
+        assert_eq!(
+            ChoiceMatch.score(&t, "<think>..</think> The correct answer is (A)"),
+            0.0
+        );
+        assert_eq!(
+            ChoiceMatch.score(&t, "The correct answer is (B)"),
+            0.0,
+            "no </think>"
+        );
+        let t = Task {
+            messages: Vec::new(),
+            answers: vec!["B".into()],
+        };
+        assert_eq!(
+            ChoiceMatch.score(&t, "<think></think>The correct answer is B"),
+            1.0
+        );
+    }
+
+    #[test]
+    fn max_of_takes_the_best_reward() {
+        let t = task("Paris");
+        let r = MaxOf(vec![
+            std::sync::Arc::new(ExactMatch(Extraction::Whole)),
+            std::sync::Arc::new(SubEm(Extraction::Whole)),
+        ]);
+        assert_eq!(r.score(&t, "Paris, France"), 1.0);
+        assert_eq!(r.score(&t, "Lyon"), 0.0);
     }
 
     #[test]
