@@ -137,6 +137,8 @@ pub struct StepReport {
     pub response_tokens_mean: f64,
     pub rollout_seconds: f64,
     pub train_seconds: f64,
+    /// Reward calls that failed so far (e.g. a judge that was down; the rule reward stood in).
+    pub reward_failures: usize,
     /// No informative group (or a non-finite loss): no update.
     pub skipped: bool,
 }
@@ -248,14 +250,20 @@ impl GrpoTrainer {
             .engine
             .generate(requests, |_| {})
             .map_err(|e| TrainError::Invalid(format!("rollout: {e}")))?;
+        let items: Vec<(&Task, &str)> = outputs
+            .iter()
+            .enumerate()
+            .map(|(j, o)| (&self.tasks[tasks[j / g]], o.text.as_str()))
+            .collect();
+        let rewards = self.reward.score_batch(&items);
         let mut groups = Vec::with_capacity(tasks.len());
-        let mut outputs = outputs.into_iter();
-        for (&t, prompt) in tasks.iter().zip(prompts) {
+        let mut outputs = outputs.iter().zip(rewards);
+        for prompt in prompts {
             let group = (0..g)
                 .map(|_| {
-                    let out = outputs.next().expect("G outputs per prompt");
+                    let (out, reward) = outputs.next().expect("G outputs per prompt");
                     Rollout {
-                        reward: self.reward.score(&self.tasks[t], &out.text),
+                        reward,
                         response: out.token_ids(),
                         prompt: prompt.clone(),
                     }
@@ -357,6 +365,7 @@ impl GrpoTrainer {
             response_tokens_mean: response_tokens as f64 / n,
             rollout_seconds,
             train_seconds: 0.0,
+            reward_failures: self.reward.failures(),
             skipped: true,
         };
         self.step += 1;

@@ -5,12 +5,15 @@
 //! - [`curriculum`]: QwenLong-L1's phases, middle truncation and retrospective sampling.
 //! - [`groups`]: group statistics and the batch logic of DAPO's dynamic sampling and DUPO's
 //!   duplicate-filling.
+//! - [`judge`]: the LLM-judge equivalence reward through any `ChatBackend` (cached,
+//!   concurrent, counted failures) and the hybrid rule+judge reward.
 //! - [`grpo`]: the GRPO trainer loop: group rollouts with the embedded engine (sharing the
 //!   policy's weights), rewards, advantages, the clipped surrogate over mini-batches and epochs.
 
 pub mod curriculum;
 pub mod groups;
 pub mod grpo;
+pub mod judge;
 pub mod reward;
 
 pub use qforge_train::{Result, TrainError};

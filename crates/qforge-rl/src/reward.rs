@@ -13,6 +13,16 @@ pub struct Task {
 
 pub trait RewardFn: Send + Sync {
     fn score(&self, task: &Task, response: &str) -> f64;
+
+    /// Scores many responses; rewards that call out (judges) override it to work concurrently.
+    fn score_batch(&self, items: &[(&Task, &str)]) -> Vec<f64> {
+        items.iter().map(|(t, r)| self.score(t, r)).collect()
+    }
+
+    /// Calls that failed so far (a judge that was down); 0 for rule rewards.
+    fn failures(&self) -> usize {
+        0
+    }
 }
 
 /// Where the answer is read from the response.
@@ -24,6 +34,11 @@ pub enum Extraction {
     /// QwenLong-L1's DocQA rule: after the last `</think>` (none: reward 0), then after the
     /// last "the answer is".
     TheAnswerIs,
+}
+
+/// QwenLong-L1's DocQA prediction: after the last `</think>`, after the last "the answer is".
+pub fn extract_the_answer_is(response: &str) -> Option<String> {
+    extract(response, Extraction::TheAnswerIs)
 }
 
 fn extract(response: &str, how: Extraction) -> Option<String> {
