@@ -7,6 +7,8 @@
 //!   duplicate-filling.
 //! - [`judge`]: the LLM-judge equivalence reward through any `ChatBackend` (cached,
 //!   concurrent, counted failures) and the hybrid rule+judge reward.
+//! - [`tasks`]: the DocQA prompt format, synthetic key-value retrieval (single and
+//!   multi-hop), and L-Eval / lost-in-the-middle loaders.
 //! - [`grpo`]: the GRPO trainer loop: group rollouts with the embedded engine (sharing the
 //!   policy's weights), rewards, advantages, the clipped surrogate over mini-batches and epochs.
 
@@ -15,5 +17,6 @@ pub mod groups;
 pub mod grpo;
 pub mod judge;
 pub mod reward;
+pub mod tasks;
 
 pub use qforge_train::{Result, TrainError};
