@@ -74,6 +74,8 @@ pub struct GrpoConfig {
     pub seed: u64,
     /// Save the policy every N steps (0: only at the end).
     pub save_steps: u64,
+    /// Prompts longer than this many tokens are middle-truncated (0: no cap).
+    pub max_prompt_tokens: usize,
 }
 
 impl Default for GrpoConfig {
@@ -101,6 +103,7 @@ impl Default for GrpoConfig {
             max_grad_norm: 1.0,
             seed: 42,
             save_steps: 0,
+            max_prompt_tokens: 0,
         }
     }
 }
@@ -164,6 +167,10 @@ pub struct GrpoTrainer {
     order: Vec<usize>,
     cursor: usize,
     step: u64,
+    /// Per task: (sum of group-mean rewards, groups) over the run.
+    task_rewards: Vec<(f64, usize)>,
+    /// Prompts middle-truncated to `max_prompt_tokens`.
+    truncated: usize,
 }
 
 impl GrpoTrainer {
@@ -183,6 +190,7 @@ impl GrpoTrainer {
         let tokenizer = Arc::new(Tokenizer::from_dir(&config.model)?);
         let engine = Engine::new(rollout_model, tokenizer.clone());
         let optimizer = AdamW::new(vars.clone(), AdamWConfig::default())?;
+        let n_tasks = tasks.len();
         let mut order: Vec<usize> = (0..tasks.len()).collect();
         SplitMix(config.seed).shuffle(&mut order);
         Ok(Self {
@@ -195,14 +203,29 @@ impl GrpoTrainer {
             tokenizer,
             tasks,
             reward,
+            task_rewards: vec![(0.0, 0); n_tasks],
             order,
             cursor: 0,
             step: 0,
+            truncated: 0,
         })
     }
 
     pub fn model(&self) -> &Model {
         &self.model
+    }
+
+    /// Mean reward of each task over the groups it had so far (`None`: never sampled).
+    pub fn mean_rewards(&self) -> Vec<Option<f64>> {
+        self.task_rewards
+            .iter()
+            .map(|&(s, n)| (n > 0).then(|| s / n as f64))
+            .collect()
+    }
+
+    /// Prompts middle-truncated to `max_prompt_tokens` so far.
+    pub fn truncated_prompts(&self) -> usize {
+        self.truncated
     }
 
     fn next_prompts(&mut self, n: usize) -> Vec<usize> {
@@ -219,7 +242,7 @@ impl GrpoTrainer {
     }
 
     /// G rollouts for each task, scored.
-    fn rollouts(&self, tasks: &[usize], round: usize) -> Result<Vec<Vec<Rollout>>> {
+    fn rollouts(&mut self, tasks: &[usize], round: usize) -> Result<Vec<Vec<Rollout>>> {
         let g = self.config.group_size;
         let mut prompts = Vec::with_capacity(tasks.len());
         let mut requests = Vec::with_capacity(tasks.len() * g);
@@ -227,7 +250,11 @@ impl GrpoTrainer {
             let text = self
                 .tokenizer
                 .apply_chat_template(&self.tasks[t].messages, &ChatOptions::generation())?;
-            let ids = self.tokenizer.encode(&text, false)?;
+            let mut ids = self.tokenizer.encode(&text, false)?;
+            if self.config.max_prompt_tokens > 0 && ids.len() > self.config.max_prompt_tokens {
+                ids = crate::curriculum::middle_truncate(&ids, self.config.max_prompt_tokens);
+                self.truncated += 1;
+            }
             for k in 0..g {
                 let mut r = GenerationRequest::new(ids.clone(), self.config.max_new_tokens);
                 r.sampling = SamplingParams {
@@ -257,6 +284,11 @@ impl GrpoTrainer {
             .collect();
         let rewards = self.reward.score_batch(&items);
         let mut groups = Vec::with_capacity(tasks.len());
+        for (i, &t) in tasks.iter().enumerate() {
+            let mean = rewards[i * g..(i + 1) * g].iter().sum::<f64>() / g as f64;
+            self.task_rewards[t].0 += mean;
+            self.task_rewards[t].1 += 1;
+        }
         let mut outputs = outputs.iter().zip(rewards);
         for prompt in prompts {
             let group = (0..g)

@@ -9,6 +9,8 @@
 //!   concurrent, counted failures) and the hybrid rule+judge reward.
 //! - [`tasks`]: the DocQA prompt format, synthetic key-value retrieval (single and
 //!   multi-hop), and L-Eval / lost-in-the-middle loaders.
+//! - [`qwenlong_l1`]: the QwenLong-L1 recipe (warm-up SFT, phased curriculum with
+//!   retrospective sampling, GRPO/DAPO per phase).
 //! - [`grpo`]: the GRPO trainer loop: group rollouts with the embedded engine (sharing the
 //!   policy's weights), rewards, advantages, the clipped surrogate over mini-batches and epochs.
 
@@ -16,6 +18,7 @@ pub mod curriculum;
 pub mod groups;
 pub mod grpo;
 pub mod judge;
+pub mod qwenlong_l1;
 pub mod reward;
 pub mod tasks;
 
