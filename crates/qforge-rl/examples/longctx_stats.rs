@@ -4,7 +4,7 @@
 
 fn main() {
     for path in std::env::args().skip(1) {
-        match qforge_rl::tasks::load_longctx(std::path::Path::new(&path)) {
+        match qforge_rl::tasks::load_tasks(std::path::Path::new(&path)) {
             Ok(tasks) => {
                 let chars: Vec<usize> = tasks
                     .iter()

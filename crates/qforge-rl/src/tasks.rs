@@ -85,10 +85,10 @@ fn gunzip(bytes: &[u8]) -> crate::Result<std::io::Cursor<Vec<u8>>> {
     Ok(std::io::Cursor::new(out))
 }
 
-/// Tasks of an L-Eval file (one document per line with `instructions` and `outputs`) or a
-/// lost-in-the-middle file: KV retrieval (`ordered_kv_records`, `key`, `value`) or QA
-/// (`question`, `answers`, `ctxs`).
-pub fn load_longctx(path: &Path) -> crate::Result<Vec<Task>> {
+/// Tasks of a JSONL file (gzip allowed): rows of `prompt`/`messages` with `answer(s)`; L-Eval
+/// (one document per line with `instructions` and `outputs`); or lost-in-the-middle: KV
+/// retrieval (`ordered_kv_records`, `key`, `value`) or QA (`question`, `answers`, `ctxs`).
+pub fn load_tasks(path: &Path) -> crate::Result<Vec<Task>> {
     let text = read_text(path)?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -146,6 +146,31 @@ pub fn load_longctx(path: &Path) -> crate::Result<Vec<Task>> {
                 })
                 .unwrap_or_default();
             out.push(task(&doc.join("\n"), q, answers));
+            continue;
+        }
+        if let Some(answers) = v
+            .get("answers")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .or_else(|| {
+                v.get("answer")
+                    .and_then(Value::as_str)
+                    .map(|a| vec![a.to_string()])
+            })
+            && v.get("ctxs").is_none()
+        {
+            // Generic task rows: `prompt` (text or messages) or `messages`, with the answers.
+            let messages = match (v.get("prompt"), v.get("messages")) {
+                (Some(Value::String(p)), _) => vec![json!({"role": "user", "content": p})],
+                (Some(Value::Array(m)), _) | (None, Some(Value::Array(m))) => m.clone(),
+                _ => return Err(bad("expected `prompt` or `messages` with `answer(s)`")),
+            };
+            out.push(Task { messages, answers });
             continue;
         }
         let (Some(doc), Some(qs), Some(answers)) = (
@@ -212,11 +237,11 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("leval.jsonl");
         std::fs::write(&p, "{\"input\": \"doc\", \"instructions\": [\"q1\", \"q2\"], \"outputs\": [\"a1\", \"a2\"]}\n").unwrap();
-        let t = load_longctx(&p).unwrap();
+        let t = load_tasks(&p).unwrap();
         assert_eq!((t.len(), t[1].answers[0].as_str()), (2, "a2"));
         let p = d.path().join("kv.jsonl");
         std::fs::write(&p, "{\"ordered_kv_records\": [[\"k1\", \"v1\"], [\"k2\", \"v2\"]], \"key\": \"k2\", \"value\": \"v2\"}\n").unwrap();
-        let t = load_longctx(&p).unwrap();
+        let t = load_tasks(&p).unwrap();
         assert!(
             t[0].messages[0]["content"]
                 .as_str()
@@ -225,7 +250,7 @@ mod tests {
         );
         std::fs::write(&p, "{\"input\": \"doc\"}\n").unwrap();
         assert!(
-            load_longctx(&p)
+            load_tasks(&p)
                 .unwrap_err()
                 .to_string()
                 .contains("kv.jsonl:1")

@@ -43,6 +43,18 @@ pub enum TrainCommand {
         `--set dpo.lr=1e-6` overrides nested settings."
     )]
     MutualTaught(Args),
+    /// QwenLong-L1: warm-up SFT, then GRPO/DAPO in curriculum phases of growing input length
+    /// with difficulty-aware retrospective sampling, on the hybrid rule (+ judge) reward.
+    #[command(
+        name = "qwenlong-l1",
+        after_help = "The recipe (TOML): model, output_dir, sft_data (optional), tasks (list of\n\
+        JSONL files: prompt/messages + answer(s), L-Eval or lost-in-the-middle rows), [[phases]] with\n\
+        max_input_tokens and steps, [retrospective] (threshold, top_q, mix_ratio), [sft] and [grpo]\n\
+        settings, and [reward]: kind = \"docqa\" | \"choice\" | \"em\", judge_url and judge_model for the\n\
+        LLM judge (any OpenAI-compatible server), used when the rule reward is below 1.\n\
+        Example: examples/recipes/qwenlong_l1.toml"
+    )]
+    QwenlongL1(Args),
 }
 
 #[derive(clap::Args, Debug)]
@@ -117,6 +129,7 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
         TrainCommand::Rm(a) => (a, Objective::Rm),
         TrainCommand::Solopo(a) => return solopo(a),
         TrainCommand::MutualTaught(a) => return mutual_taught(a),
+        TrainCommand::QwenlongL1(a) => return qwenlong_l1(a),
     };
     let config = load_config(args.config.as_deref(), &args.overrides)?;
     let trainer = Trainer::new(config, objective)?;
@@ -152,6 +165,94 @@ fn set_nested<T: serde::Serialize + serde::de::DeserializeOwned>(
         *slot = serde_json::from_str(raw).unwrap_or_else(|_| serde_json::Value::String(raw.into()));
     }
     Ok(serde_json::from_value(v)?)
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct RewardSettings {
+    kind: Option<String>,
+    judge_url: Option<String>,
+    judge_model: Option<String>,
+}
+
+fn qwenlong_l1(args: Args) -> Result<()> {
+    use qforge_rl::reward::{
+        ChoiceMatch, ExactMatch, Extraction, RewardFn, SubEm, extract_the_answer_is,
+    };
+    let path = args
+        .config
+        .as_deref()
+        .context("qwenlong-l1 needs --config recipe.toml")?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{}: invalid recipe", path.display()))?;
+    let task_files: Vec<PathBuf> = match table.remove("tasks") {
+        Some(v) => v.try_into().context("`tasks` must be a list of paths")?,
+        None => anyhow::bail!("the recipe needs `tasks` (a list of task files)"),
+    };
+    let reward_settings: RewardSettings = match table.remove("reward") {
+        Some(v) => v.try_into().context("invalid [reward]")?,
+        None => RewardSettings::default(),
+    };
+    let config: qforge_rl::qwenlong_l1::QwenLongL1Config = table
+        .try_into()
+        .with_context(|| format!("{}: invalid recipe", path.display()))?;
+    let config = set_nested(config, &args.overrides)?;
+    let mut tasks = Vec::new();
+    for f in &task_files {
+        tasks.extend(qforge_rl::tasks::load_tasks(f)?);
+    }
+    let rule: std::sync::Arc<dyn RewardFn> =
+        match reward_settings.kind.as_deref().unwrap_or("docqa") {
+            "docqa" => std::sync::Arc::new(SubEm(Extraction::TheAnswerIs)),
+            "choice" => std::sync::Arc::new(ChoiceMatch),
+            "em" => std::sync::Arc::new(ExactMatch(Extraction::TheAnswerIs)),
+            other => anyhow::bail!("[reward] kind `{other}`: docqa, choice or em"),
+        };
+    let reward: std::sync::Arc<dyn RewardFn> = match &reward_settings.judge_url {
+        Some(url) => {
+            let remote = qforge_engine::RemoteBackend::new(qforge_engine::RemoteConfig::new(
+                url.clone(),
+                reward_settings.judge_model.clone().unwrap_or_default(),
+            ))?;
+            std::sync::Arc::new(qforge_rl::judge::HybridReward {
+                rule,
+                judge: std::sync::Arc::new(qforge_rl::judge::JudgeReward::new(
+                    std::sync::Arc::new(remote),
+                    extract_the_answer_is,
+                )?),
+            })
+        }
+        None => rule,
+    };
+    eprintln!("{} tasks from {} files", tasks.len(), task_files.len());
+    let started = Instant::now();
+    let results = qforge_rl::qwenlong_l1::run(&config, &tasks, reward, |phase, r| {
+        eprintln!(
+            "[{:>6.0}s] phase {phase} step {}: reward {:.3} acc {:.2} kept {:.2} loss {:.4} (judge failures {})",
+            started.elapsed().as_secs_f64(),
+            r.step,
+            r.reward_mean,
+            r.accuracy,
+            r.kept_group_fraction,
+            r.loss,
+            r.reward_failures
+        )
+    })?;
+    for r in &results {
+        eprintln!(
+            "phase {} (<= {} tokens): {} tasks + {} retrospective, {} truncated; final reward {:.3}; policy {}",
+            r.phase,
+            r.max_input_tokens,
+            r.tasks,
+            r.retrospective_tasks,
+            r.truncated_prompts,
+            r.final_reward_mean,
+            r.policy.display()
+        );
+    }
+    Ok(())
 }
 
 fn mutual_taught(args: Args) -> Result<()> {
