@@ -138,6 +138,12 @@ pub struct StepReport {
     pub clip_fraction: f64,
     pub approx_kl: f64,
     pub response_tokens_mean: f64,
+    /// Tokens generated this step (all rounds).
+    pub rollout_tokens: usize,
+    /// Distinct informative groups trained on (duplicates counted once).
+    pub useful_groups: usize,
+    /// Sequence tokens run through forward + backward (all updates).
+    pub train_tokens: usize,
     pub rollout_seconds: f64,
     pub train_seconds: f64,
     /// Reward calls that failed so far (e.g. a judge that was down; the rule reward stood in).
@@ -395,6 +401,9 @@ impl GrpoTrainer {
             clip_fraction: 0.0,
             approx_kl: 0.0,
             response_tokens_mean: response_tokens as f64 / n,
+            rollout_tokens: response_tokens,
+            useful_groups: 0,
+            train_tokens: 0,
             rollout_seconds,
             train_seconds: 0.0,
             reward_failures: self.reward.failures(),
@@ -409,6 +418,16 @@ impl GrpoTrainer {
         }
         let train_started = Instant::now();
         let g = cfg.group_size;
+        {
+            // Distinct informative groups: duplicates (DUPO) share their first rollout's tokens.
+            let mut seen: Vec<&[u32]> = Vec::new();
+            for grp in &selected {
+                if informative(&self.correct(grp)) && !seen.contains(&grp[0].response.as_slice()) {
+                    seen.push(&grp[0].response);
+                }
+            }
+            report.useful_groups = seen.len();
+        }
         let rewards: Vec<f64> = selected.iter().flatten().map(|r| r.reward).collect();
         let advantages = group_advantages(&rewards, g, AdvantageNorm::GroupStd { eps: 1e-6 })?;
         let seqs: Vec<Sequence> = selected
@@ -475,6 +494,7 @@ impl GrpoTrainer {
                     Err(e) => return Err(e),
                 }
                 loss_sum += value;
+                report.train_tokens += tb.lengths.iter().sum::<usize>();
                 clip_sum += pl.clip_fraction as f64;
                 kl_sum += pl.approx_kl as f64;
                 updates += 1;

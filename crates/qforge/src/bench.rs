@@ -28,6 +28,9 @@ pub enum BenchCommand {
     GuardStream(crate::bench_guard::GuardStreamArgs),
     /// SoLo-DPO against plain long-context DPO: time and peak memory of a training step.
     Solopo(crate::bench_solopo::SolopoArgs),
+    /// One GRPO step: rollout and train tokens/s and their time shares; DUPO against DAPO's
+    /// dynamic sampling per useful group.
+    RlStep(crate::bench_rl::RlStepArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -244,6 +247,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Train(a) => return crate::bench_train::run(a),
         BenchCommand::GuardStream(a) => return crate::bench_guard::run(a),
         BenchCommand::Solopo(a) => return crate::bench_solopo::run(a),
+        BenchCommand::RlStep(a) => return crate::bench_rl::run(a),
     };
     if args.steps < 2 || args.repeats == 0 || args.prompt_len == 0 || args.batch.contains(&0) {
         bail!("--steps must be >= 2, --repeats and --prompt-len >= 1, batch sizes >= 1");
