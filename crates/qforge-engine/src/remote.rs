@@ -115,6 +115,43 @@ impl RemoteBackend {
         }
     }
 
+    /// Asks the server to replace its weights with the checkpoint in `dir` (SGLang's
+    /// `POST /update_weights_from_disk`, which `qforge serve --allow-weight-reload` implements;
+    /// the route sits beside `/v1`, not under it).
+    pub async fn update_weights_from_disk(
+        &self,
+        dir: &std::path::Path,
+    ) -> Result<String, BackendError> {
+        let root = self
+            .config
+            .base_url
+            .strip_suffix("/v1")
+            .unwrap_or(&self.config.base_url)
+            .to_string();
+        let mut req = self
+            .client
+            .post(format!("{root}/update_weights_from_disk"))
+            .json(&serde_json::json!({"model_path": dir}))
+            .timeout(self.config.timeout);
+        if let Some(key) = &self.config.api_key {
+            req = req.bearer_auth(key);
+        }
+        let resp = req.send().await.map_err(unavailable)?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if status == 200 && v["success"].as_bool() != Some(false) {
+            return Ok(v["message"].as_str().unwrap_or("").to_string());
+        }
+        Err(BackendError::Http {
+            status,
+            message: v["message"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| error_message(&text)),
+        })
+    }
+
     /// Model ids the server lists at `/models`.
     pub async fn list_models(&self) -> Result<Vec<String>, BackendError> {
         let mut req = self

@@ -637,6 +637,24 @@ impl Model {
         out
     }
 
+    /// Overwrites every parameter in place with the same-named tensor of the checkpoint in
+    /// `dir` (shapes must match; converted to this model's dtype). Every clone of this model
+    /// (an engine, a scheduler thread) sees the new weights: this is how a server takes a
+    /// trainer's new policy without restarting. Returns how many tensors were replaced.
+    pub fn reload_weights(&self, dir: &Path) -> Result<usize> {
+        let store = WeightStore::open_dir(dir)?;
+        let tensors = self.named_tensors();
+        let mut fresh = Vec::with_capacity(tensors.len());
+        // Load and check everything first, so a bad checkpoint changes nothing.
+        for (name, t) in &tensors {
+            fresh.push(store.load(name, t.dims(), t.dtype(), t.device())?);
+        }
+        for ((_, t), new) in tensors.iter().zip(&fresh) {
+            t.slice_set(new, 0, 0)?;
+        }
+        Ok(tensors.len())
+    }
+
     /// Writes config.json and the weights (sharded above `max_shard_bytes`) in the layout
     /// transformers reads. Tokenizer files are the caller's business.
     pub fn save_pretrained(&self, dir: &Path, max_shard_bytes: usize) -> Result<()> {

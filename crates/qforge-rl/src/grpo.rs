@@ -177,6 +177,19 @@ pub struct GrpoTrainer {
     task_rewards: Vec<(f64, usize)>,
     /// Prompts middle-truncated to `max_prompt_tokens`.
     truncated: usize,
+    /// Rollouts through an OpenAI-compatible server instead of the embedded engine.
+    remote: Option<Remote>,
+}
+
+/// Per prompt, each rollout's response ids and text.
+type RemoteGroups = Vec<Vec<(Vec<u32>, String)>>;
+
+/// A rollout server and the step whose weights it holds.
+struct Remote {
+    backend: qforge_engine::RemoteBackend,
+    runtime: tokio::runtime::Runtime,
+    /// The trainer step whose policy the server has (None: not pushed yet).
+    pushed: Option<u64>,
 }
 
 impl GrpoTrainer {
@@ -214,11 +227,101 @@ impl GrpoTrainer {
             cursor: 0,
             step: 0,
             truncated: 0,
+            remote: None,
         })
     }
 
     pub fn model(&self) -> &Model {
         &self.model
+    }
+
+    /// Samples rollouts from an OpenAI-compatible server (`qforge serve --allow-weight-reload`,
+    /// SGLang) instead of the embedded engine. Before each step's rollouts the current policy is
+    /// written to `output_dir/rollout-policy` and the server is told to load it
+    /// (`/update_weights_from_disk`); responses come back as text and are re-tokenized; old
+    /// log-probs are recomputed here as always.
+    pub fn with_remote_rollouts(mut self, backend: qforge_engine::RemoteBackend) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| TrainError::Invalid(format!("tokio runtime: {e}")))?;
+        self.remote = Some(Remote {
+            backend,
+            runtime,
+            pushed: None,
+        });
+        Ok(self)
+    }
+
+    /// Remote rollouts: push the policy if the server is behind, then G completions per prompt
+    /// (requests in flight together). Returns each rollout's response ids and text.
+    fn remote_generate(
+        &mut self,
+        prompts: &[(Vec<serde_json::Value>, Vec<u32>)],
+        round: usize,
+    ) -> Result<RemoteGroups> {
+        let push_dir = self.config.output_dir.join("rollout-policy");
+        let needs_push = self
+            .remote
+            .as_ref()
+            .is_some_and(|r| r.pushed != Some(self.step));
+        if needs_push {
+            self.save(&push_dir)?;
+        }
+        let cfg = self.config.clone();
+        let step = self.step;
+        let tokenizer = self.tokenizer.clone();
+        let remote = self.remote.as_mut().expect("remote mode");
+        let backend = remote.backend.clone();
+        let out = remote.runtime.block_on(async move {
+            if needs_push {
+                backend
+                    .update_weights_from_disk(&push_dir)
+                    .await
+                    .map_err(|e| {
+                        TrainError::Invalid(format!("pushing weights to the rollout server: {e}"))
+                    })?;
+            }
+            let mut handles = Vec::with_capacity(prompts.len());
+            for (i, (messages, _)) in prompts.iter().enumerate() {
+                let request = qforge_engine::chat::ChatRequest::from_openai(&serde_json::json!({
+                    "messages": messages,
+                    "n": cfg.group_size,
+                    "temperature": cfg.temperature,
+                    "top_p": cfg.top_p,
+                    "max_tokens": cfg.max_new_tokens,
+                    "seed": cfg.seed ^ (step << 32) ^ ((round as u64) << 24) ^ ((i as u64) << 8),
+                }))
+                .map_err(|e| TrainError::Invalid(format!("rollout request: {}", e.message)))?;
+                let backend = backend.clone();
+                handles.push(tokio::spawn(async move {
+                    qforge_engine::ChatBackend::chat(&backend, request).await
+                }));
+            }
+            let mut all = Vec::with_capacity(handles.len());
+            for h in handles {
+                let response = h
+                    .await
+                    .map_err(|e| TrainError::Invalid(e.to_string()))?
+                    .map_err(|e| TrainError::Invalid(format!("rollout: {e}")))?;
+                let mut group = Vec::with_capacity(response.choices.len());
+                for c in &response.choices {
+                    let text = c.message.content.clone().unwrap_or_default();
+                    let mut ids = tokenizer.encode(&text, false)?;
+                    if c.finish_reason == "stop" {
+                        ids.extend(tokenizer.eos_token_id());
+                    }
+                    group.push((ids, text));
+                }
+                all.push(group);
+            }
+            Ok::<_, TrainError>(all)
+        })?;
+        if let Some(r) = self.remote.as_mut() {
+            r.pushed = Some(self.step);
+        }
+        Ok(out)
     }
 
     /// Mean reward of each task over the groups it had so far (`None`: never sampled).
@@ -249,6 +352,9 @@ impl GrpoTrainer {
 
     /// G rollouts for each task, scored.
     fn rollouts(&mut self, tasks: &[usize], round: usize) -> Result<Vec<Vec<Rollout>>> {
+        if self.remote.is_some() {
+            return self.remote_rollouts(tasks, round);
+        }
         let g = self.config.group_size;
         let mut prompts = Vec::with_capacity(tasks.len());
         let mut requests = Vec::with_capacity(tasks.len() * g);
@@ -308,6 +414,48 @@ impl GrpoTrainer {
                 })
                 .collect();
             groups.push(group);
+        }
+        Ok(groups)
+    }
+
+    fn remote_rollouts(&mut self, tasks: &[usize], round: usize) -> Result<Vec<Vec<Rollout>>> {
+        let g = self.config.group_size;
+        let mut prompts = Vec::with_capacity(tasks.len());
+        for &t in tasks {
+            let messages = self.tasks[t].messages.clone();
+            let text = self
+                .tokenizer
+                .apply_chat_template(&messages, &ChatOptions::generation())?;
+            prompts.push((messages, self.tokenizer.encode(&text, false)?));
+        }
+        let responses = self.remote_generate(&prompts, round)?;
+        let mut groups = Vec::with_capacity(tasks.len());
+        for ((&t, (_, prompt_ids)), group) in tasks.iter().zip(&prompts).zip(responses) {
+            if group.len() != g {
+                return Err(TrainError::Invalid(format!(
+                    "the rollout server returned {} choices for n = {g}",
+                    group.len()
+                )));
+            }
+            let items: Vec<(&Task, &str)> = group
+                .iter()
+                .map(|(_, text)| (&self.tasks[t], text.as_str()))
+                .collect();
+            let rewards = self.reward.score_batch(&items);
+            let mean = rewards.iter().sum::<f64>() / g as f64;
+            self.task_rewards[t].0 += mean;
+            self.task_rewards[t].1 += 1;
+            groups.push(
+                group
+                    .into_iter()
+                    .zip(rewards)
+                    .map(|((ids, _), reward)| Rollout {
+                        prompt: prompt_ids.clone(),
+                        response: ids,
+                        reward,
+                    })
+                    .collect(),
+            );
         }
         Ok(groups)
     }

@@ -44,6 +44,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Longest prompt in tokens (400 beyond); the model's context bounds it anyway.
     pub max_prompt_tokens: Option<usize>,
+    /// Accept `POST /update_weights_from_disk` (SGLang's request shape): an RL trainer pushes
+    /// its new policy by writing a checkpoint and naming its directory.
+    pub allow_weight_reload: bool,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +55,7 @@ impl Default for ServerConfig {
             api_key: None,
             max_body_bytes: 16 << 20,
             max_prompt_tokens: None,
+            allow_weight_reload: false,
         }
     }
 }
@@ -140,6 +144,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/moderations", post(moderations))
         .route("/v1/guard/moderate", post(guard_moderate))
+        .route("/update_weights_from_disk", post(update_weights_from_disk))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,
@@ -194,6 +199,49 @@ pub(crate) fn check_api_key(config: &ServerConfig, headers: &HeaderMap) -> Resul
         }
     }
     Ok(())
+}
+
+/// `{"model_path": DIR}` → the served model's weights are replaced in place from the
+/// checkpoint in DIR (same architecture). Requests in flight may see the new weights from their
+/// next token on; RL trainers call this between rollout phases.
+async fn update_weights_from_disk(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if !state.config.allow_weight_reload {
+        return api_error(
+            StatusCode::FORBIDDEN,
+            "weight reload is off (start the server with --allow-weight-reload)",
+            None,
+            None,
+        );
+    }
+    let v = match parse_body(&state.config, state.backend.model_name(), body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Some(path) = v["model_path"].as_str().map(std::path::PathBuf::from) else {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "`model_path` is required",
+            Some("model_path"),
+            None,
+        );
+    };
+    let model = state.backend.scheduler().engine().model().clone();
+    let shown = path.display().to_string();
+    match tokio::task::spawn_blocking(move || model.reload_weights(&path)).await {
+        Ok(Ok(n)) => {
+            Json(json!({"success": true, "message": format!("loaded {n} tensors from {shown}")}))
+                .into_response()
+        }
+        Ok(Err(e)) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"success": false, "message": format!("{shown}: {e}")})),
+        )
+            .into_response(),
+        Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None, None),
+    }
 }
 
 fn no_guard() -> Response {

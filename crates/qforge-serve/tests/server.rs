@@ -455,3 +455,86 @@ async fn completions_endpoint_generates_and_streams() {
     assert_eq!(streamed, choices[0]["text"].as_str().unwrap());
     server.shutdown().await;
 }
+
+/// The fixture with its embeddings and final norm perturbed (same shapes, other outputs).
+fn perturbed_checkpoint(dir: &std::path::Path) {
+    for f in std::fs::read_dir(fixture()).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+    }
+    let path = dir.join("model.safetensors");
+    let mut w = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    for key in ["model.embed_tokens.weight", "model.norm.weight"] {
+        let t = w[key].clone();
+        let flipped = t.flip(&[0]).unwrap().contiguous().unwrap();
+        w.insert(key.to_string(), flipped);
+    }
+    candle_core::safetensors::save(&w, &path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_reload_in_place_from_disk_and_bad_checkpoints_change_nothing() {
+    let server = Server::start(
+        ServerConfig {
+            allow_weight_reload: true,
+            ..ServerConfig::default()
+        },
+        SchedulerConfig::default(),
+    )
+    .await;
+    let remote = server.remote();
+    let request = greedy("Hello there", 12);
+    let before = remote.chat(request.clone()).await.unwrap().choices[0]
+        .message
+        .content
+        .clone();
+
+    // A checkpoint of another shape is refused and the served weights stay as they were.
+    let other = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tools/fixtures/model/qwen3_untied_mqa_yarn");
+    let err = remote
+        .update_weights_from_disk(&other)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("400") && err.contains("shape"), "{err}");
+    let same = remote.chat(request.clone()).await.unwrap().choices[0]
+        .message
+        .content
+        .clone();
+    assert_eq!(same, before);
+
+    // New weights of the same shape: the server now answers like that checkpoint does.
+    let dir = tempfile::tempdir().unwrap();
+    perturbed_checkpoint(dir.path());
+    let msg = remote.update_weights_from_disk(dir.path()).await.unwrap();
+    assert!(msg.contains("loaded"), "{msg}");
+    let after = remote.chat(request.clone()).await.unwrap().choices[0]
+        .message
+        .content
+        .clone();
+    let ck = Checkpoint::load_dir(dir.path(), DType::F32, &Device::Cpu).unwrap();
+    let fresh = EmbeddedBackend::new(
+        MODEL.into(),
+        Scheduler::spawn(
+            Engine::new(ck.model, Arc::new(ck.tokenizer)),
+            SchedulerConfig::default(),
+            Arc::new(Metrics::default()),
+        ),
+        ck.generation,
+    );
+    assert_eq!(after.as_deref(), Some(direct(&fresh, &request).as_str()));
+    assert_ne!(after, before, "the perturbed weights answer differently");
+    server.shutdown().await;
+
+    // Off by default: 403.
+    let locked = Server::default().await;
+    let err = locked
+        .remote()
+        .update_weights_from_disk(dir.path())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("403"), "{err}");
+    locked.shutdown().await;
+}

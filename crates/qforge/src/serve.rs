@@ -60,6 +60,11 @@ pub struct Args {
     #[arg(long)]
     no_reasoning_parser: bool,
 
+    /// Accept POST /update_weights_from_disk {"model_path": DIR} (SGLang's shape): replaces the
+    /// served weights in place, for RL trainers pushing a new policy.
+    #[arg(long)]
+    allow_weight_reload: bool,
+
     /// A Qwen3Guard-Gen checkpoint answering POST /v1/moderations (OpenAI shape) and
     /// POST /v1/guard/moderate (native verdicts).
     #[arg(long)]
@@ -95,6 +100,7 @@ pub fn run(args: Args) -> Result<()> {
             api_key: args.api_key.clone(),
             max_body_bytes: args.max_body_mib.saturating_mul(1 << 20),
             max_prompt_tokens: args.max_prompt_tokens,
+            allow_weight_reload: args.allow_weight_reload,
         },
     );
     if let Some(guard_model) = &args.guard_model {
