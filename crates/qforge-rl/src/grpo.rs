@@ -76,6 +76,10 @@ pub struct GrpoConfig {
     pub save_steps: u64,
     /// Prompts longer than this many tokens are middle-truncated (0: no cap).
     pub max_prompt_tokens: usize,
+    /// DAPO's soft overlong punishment: responses longer than `max_new_tokens −
+    /// overlong_buffer` lose up to `overlong_factor` (0 buffer: off).
+    pub overlong_buffer: usize,
+    pub overlong_factor: f64,
 }
 
 impl Default for GrpoConfig {
@@ -104,6 +108,8 @@ impl Default for GrpoConfig {
             seed: 42,
             save_steps: 0,
             max_prompt_tokens: 0,
+            overlong_buffer: 0,
+            overlong_factor: 1.0,
         }
     }
 }
@@ -136,6 +142,10 @@ pub struct StepReport {
     pub generation_rounds: usize,
     pub loss: f64,
     pub clip_fraction: f64,
+    /// Tokens where dual-clip bounded a negative advantage.
+    pub clip_fraction_lower: f64,
+    /// Mean token entropy of the policy on the trained responses (first mini-batch).
+    pub entropy: f64,
     pub approx_kl: f64,
     pub response_tokens_mean: f64,
     /// Tokens generated this step (all rounds).
@@ -394,7 +404,10 @@ impl GrpoTrainer {
             .enumerate()
             .map(|(j, o)| (&self.tasks[tasks[j / g]], o.text.as_str()))
             .collect();
-        let rewards = self.reward.score_batch(&items);
+        let mut rewards = self.reward.score_batch(&items);
+        for (r, o) in rewards.iter_mut().zip(&outputs) {
+            *r += self.overlong(o.tokens.len());
+        }
         let mut groups = Vec::with_capacity(tasks.len());
         for (i, &t) in tasks.iter().enumerate() {
             let mean = rewards[i * g..(i + 1) * g].iter().sum::<f64>() / g as f64;
@@ -441,7 +454,10 @@ impl GrpoTrainer {
                 .iter()
                 .map(|(_, text)| (&self.tasks[t], text.as_str()))
                 .collect();
-            let rewards = self.reward.score_batch(&items);
+            let mut rewards = self.reward.score_batch(&items);
+            for (r, (ids, _)) in rewards.iter_mut().zip(&group) {
+                *r += self.overlong(ids.len());
+            }
             let mean = rewards.iter().sum::<f64>() / g as f64;
             self.task_rewards[t].0 += mean;
             self.task_rewards[t].1 += 1;
@@ -458,6 +474,15 @@ impl GrpoTrainer {
             );
         }
         Ok(groups)
+    }
+
+    fn overlong(&self, tokens: usize) -> f64 {
+        crate::reward::overlong_penalty(
+            tokens,
+            self.config.max_new_tokens,
+            self.config.overlong_buffer,
+            self.config.overlong_factor,
+        )
     }
 
     fn correct(&self, group: &[Rollout]) -> Vec<bool> {
@@ -547,6 +572,8 @@ impl GrpoTrainer {
             generation_rounds: rounds,
             loss: f64::NAN,
             clip_fraction: 0.0,
+            clip_fraction_lower: 0.0,
+            entropy: f64::NAN,
             approx_kl: 0.0,
             response_tokens_mean: response_tokens as f64 / n,
             rollout_tokens: response_tokens,
@@ -558,6 +585,11 @@ impl GrpoTrainer {
             skipped: true,
         };
         self.step += 1;
+        if all_rewards.iter().any(|r| !r.is_finite()) {
+            tracing::warn!("step {}: a reward is not finite; update skipped", self.step);
+            report.reward_mean = f64::NAN;
+            return Ok(report);
+        }
         let informative_left = selected
             .iter()
             .any(|g| informative(&self.correct(g)) || g.iter().any(|r| r.reward != g[0].reward));
@@ -612,6 +644,7 @@ impl GrpoTrainer {
         let clip = ClipConfig::verl(cfg.clip_low, cfg.clip_high);
         let agg = cfg.aggregation()?;
         let (mut loss_sum, mut clip_sum, mut kl_sum, mut updates) = (0f64, 0f64, 0f64, 0usize);
+        let mut clip_lower_sum = 0f64;
         for _ in 0..cfg.epochs.max(1) {
             for (b, ids) in batches.iter().enumerate() {
                 let tb = make(ids)?;
@@ -644,6 +677,14 @@ impl GrpoTrainer {
                 loss_sum += value;
                 report.train_tokens += tb.lengths.iter().sum::<usize>();
                 clip_sum += pl.clip_fraction as f64;
+                clip_lower_sum += pl.clip_fraction_lower as f64;
+                if report.entropy.is_nan() {
+                    let t = logits.dim(1)?;
+                    let e =
+                        losses::entropy_from_logits(&logits.narrow(1, 0, t - 1)?.detach(), 1.0)?;
+                    report.entropy =
+                        aggregate(&e, &mask, Aggregation::TokenMean)?.to_scalar::<f32>()? as f64;
+                }
                 kl_sum += pl.approx_kl as f64;
                 updates += 1;
             }
@@ -651,6 +692,7 @@ impl GrpoTrainer {
         if updates > 0 {
             report.loss = loss_sum / updates as f64;
             report.clip_fraction = clip_sum / updates as f64;
+            report.clip_fraction_lower = clip_lower_sum / updates as f64;
             report.approx_kl = kl_sum / updates as f64;
             report.skipped = false;
         }
