@@ -191,6 +191,19 @@ pub struct GrpoTrainer {
     remote: Option<Remote>,
 }
 
+/// Written last into a checkpoint: its presence marks the checkpoint complete.
+const STATE_FILE: &str = "grpo_state.json";
+
+/// What a checkpoint needs besides weights and optimiser state to continue a run exactly.
+#[derive(Serialize, Deserialize)]
+struct RunState {
+    step: u64,
+    cursor: usize,
+    order: Vec<usize>,
+    task_rewards: Vec<(f64, usize)>,
+    truncated: usize,
+}
+
 /// Per prompt, each rollout's response ids and text.
 type RemoteGroups = Vec<Vec<(Vec<u32>, String)>>;
 
@@ -211,17 +224,56 @@ impl GrpoTrainer {
         }
         config.aggregation()?;
         let device = Device::Cpu;
-        let base = Model::load(&config.model, DType::F32, &device, &[])?;
-        let reference = (config.kl_coef != 0.0).then(|| base.clone());
+        let start = Model::load(&config.model, DType::F32, &device, &[])?;
+        // Resume: the newest checkpoint of this run, else the starting model.
+        let resume = qforge_train::trainer::checkpoints_with(&config.output_dir, STATE_FILE)?
+            .pop()
+            .map(|(_, p)| p);
+        let reference = (config.kl_coef != 0.0).then(|| start.clone());
+        let base = match &resume {
+            Some(dir) => Model::load(dir, DType::F32, &device, &[])?,
+            None => start,
+        };
         let (model, vars) = base.into_trainable()?;
         let mut rollout_model = model.clone();
         rollout_model.set_differentiable(false);
         let tokenizer = Arc::new(Tokenizer::from_dir(&config.model)?);
         let engine = Engine::new(rollout_model, tokenizer.clone());
-        let optimizer = AdamW::new(vars.clone(), AdamWConfig::default())?;
+        let mut optimizer = AdamW::new(vars.clone(), AdamWConfig::default())?;
         let n_tasks = tasks.len();
         let mut order: Vec<usize> = (0..tasks.len()).collect();
         SplitMix(config.seed).shuffle(&mut order);
+        let mut state = RunState {
+            step: 0,
+            cursor: 0,
+            order,
+            task_rewards: vec![(0.0, 0); n_tasks],
+            truncated: 0,
+        };
+        if let Some(dir) = &resume {
+            optimizer.load_state(&dir.join("optimizer.safetensors"))?;
+            let path = dir.join(STATE_FILE);
+            let text = std::fs::read_to_string(&path).map_err(|e| TrainError::Io {
+                path: path.clone(),
+                source: e,
+            })?;
+            state = serde_json::from_str(&text)
+                .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+            if state.order.len() != n_tasks {
+                return Err(TrainError::Invalid(format!(
+                    "{}: the run had {} tasks, now {n_tasks}",
+                    dir.display(),
+                    state.order.len()
+                )));
+            }
+        }
+        let RunState {
+            step,
+            cursor,
+            order,
+            task_rewards,
+            truncated,
+        } = state;
         Ok(Self {
             config,
             model,
@@ -232,11 +284,11 @@ impl GrpoTrainer {
             tokenizer,
             tasks,
             reward,
-            task_rewards: vec![(0.0, 0); n_tasks],
+            task_rewards,
             order,
-            cursor: 0,
-            step: 0,
-            truncated: 0,
+            cursor,
+            step,
+            truncated,
             remote: None,
         })
     }
@@ -735,10 +787,55 @@ impl GrpoTrainer {
             if last
                 || (self.config.save_steps > 0 && self.step.is_multiple_of(self.config.save_steps))
             {
+                self.save_checkpoint()?;
+            }
+            if last {
                 self.save(&out.join("policy"))?;
             }
         }
         Ok(reports)
+    }
+
+    /// `output_dir/checkpoint-STEP`: policy, optimiser state and run state (task order,
+    /// cursor, per-task rewards), written to a temporary directory and renamed; the newest two
+    /// are kept. A new trainer on the same `output_dir` resumes from the newest.
+    pub fn save_checkpoint(&self) -> Result<PathBuf> {
+        let out = &self.config.output_dir;
+        let dir = out.join(format!("checkpoint-{}", self.step));
+        let io = |p: &std::path::Path, e: std::io::Error| TrainError::Io {
+            path: p.to_path_buf(),
+            source: e,
+        };
+        let tmp = out.join(format!(".checkpoint-{}.tmp", self.step));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+        }
+        self.model.save_pretrained(&tmp, 5 << 30)?;
+        qforge_model::copy_tokenizer_files(&self.config.model, &tmp)?;
+        self.optimizer
+            .save_state(&tmp.join("optimizer.safetensors"))?;
+        let state = RunState {
+            step: self.step,
+            cursor: self.cursor,
+            order: self.order.clone(),
+            task_rewards: self.task_rewards.clone(),
+            truncated: self.truncated,
+        };
+        std::fs::write(
+            tmp.join("grpo_state.json"),
+            serde_json::to_string(&state).expect("serialisable"),
+        )
+        .map_err(|e| io(&tmp, e))?;
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        }
+        std::fs::rename(&tmp, &dir).map_err(|e| io(&dir, e))?;
+        let mut all = qforge_train::trainer::checkpoints_with(out, STATE_FILE)?;
+        while all.len() > 2 {
+            let (_, oldest) = all.remove(0);
+            std::fs::remove_dir_all(&oldest).map_err(|e| io(&oldest, e))?;
+        }
+        Ok(dir)
     }
 
     /// Writes the policy in HF layout (with the tokenizer files), via a temporary directory.

@@ -978,6 +978,11 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
 
 /// Completed checkpoints in `dir`, oldest first.
 fn checkpoints(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    checkpoints_with(dir, "trainer_state.json")
+}
+
+/// `dir/checkpoint-STEP` directories holding `marker` (a complete checkpoint), oldest first.
+pub fn checkpoints_with(dir: &Path, marker: &str) -> Result<Vec<(u64, PathBuf)>> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(Vec::new());
     };
@@ -986,10 +991,7 @@ fn checkpoints(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             let step = name.strip_prefix("checkpoint-")?.parse().ok()?;
-            e.path()
-                .join("trainer_state.json")
-                .is_file()
-                .then(|| (step, e.path()))
+            e.path().join(marker).is_file().then(|| (step, e.path()))
         })
         .collect();
     out.sort();
