@@ -134,6 +134,26 @@ impl RewardFn for ChoiceMatch {
     }
 }
 
+/// DocMath: 1 when the number after "the answer is" (after the last `</think>`) is
+/// numerically equivalent to the gold (QwenLong-L1's `docmath.py` rules). A gold answer without
+/// the phrase is read as the number itself.
+#[derive(Debug, Clone, Copy)]
+pub struct DocMath;
+
+impl RewardFn for DocMath {
+    fn score(&self, task: &Task, response: &str) -> f64 {
+        use qforge_train::answers::{docmath_equivalent, parse_docmath_answer};
+        let Some(pred) = after_thinking(response).and_then(parse_docmath_answer) else {
+            return 0.0;
+        };
+        let hit = task.answers.iter().any(|g| {
+            let gold = parse_docmath_answer(g).unwrap_or_else(|| g.trim().to_string());
+            docmath_equivalent(&pred, &gold)
+        });
+        f64::from(u8::from(hit))
+    }
+}
+
 /// The best of several rewards (QwenLong-L1 combines the rule reward and the judge by max).
 pub struct MaxOf(pub Vec<std::sync::Arc<dyn RewardFn>>);
 
@@ -236,6 +256,33 @@ mod tests {
         };
         assert_eq!(
             ChoiceMatch.score(&t, "<think></think>The correct answer is B"),
+            1.0
+        );
+    }
+
+    #[test]
+    fn docmath_reward_reads_the_number_after_thinking() {
+        let t = task("The answer is 1,234.5");
+        assert_eq!(
+            DocMath.score(&t, "<think>..</think> So the answer is $1234.50."),
+            1.0
+        );
+        assert_eq!(
+            DocMath.score(&t, "<think>..</think> the answer is 12.345"),
+            1.0,
+            "power of ten"
+        );
+        assert_eq!(
+            DocMath.score(&t, "<think>..</think> the answer is 1300"),
+            0.0
+        );
+        assert_eq!(
+            DocMath.score(&t, "the answer is 1234.5"),
+            0.0,
+            "no </think>"
+        );
+        assert_eq!(
+            DocMath.score(&task("0.25"), "<think></think>the answer is 25%"),
             1.0
         );
     }

@@ -103,3 +103,111 @@ pub fn parse_the_answer_is(response: &str) -> Option<String> {
         .replace("<｜end▁of▁sentence｜>", "");
     Some(ans.trim().trim_matches('.').trim().to_string())
 }
+
+/// DocMath's answer: the number after the first (case-insensitive) "the answer is" that is
+/// followed by one, with the optional symbols QwenLong-L1's regex allows before it
+/// (`=≈`%$°£€¥`, in that order) and an optional minus; commas removed, trailing periods
+/// dropped (`docmath.py`, `parse_model_answer`).
+pub fn parse_docmath_answer(response: &str) -> Option<String> {
+    let text = response.replace('*', "");
+    let phrase = b"the answer is ";
+    let bytes = text.as_bytes();
+    let mut at = 0;
+    while at + phrase.len() <= bytes.len() {
+        if bytes[at..at + phrase.len()].eq_ignore_ascii_case(phrase) {
+            let rest = &text[at + phrase.len()..];
+            let mut chars = rest.char_indices().peekable();
+            let mut end = 0;
+            for symbol in ['=', '≈', '`', '%', '$', '°', '£', '€', '¥', '-'] {
+                if let Some(&(i, c)) = chars.peek()
+                    && c == symbol
+                {
+                    end = i + c.len_utf8();
+                    chars.next();
+                }
+            }
+            let start_digits = end;
+            while let Some(&(i, c)) = chars.peek() {
+                if c.is_ascii_digit() || c == '.' || c == ',' {
+                    end = i + 1;
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            if end > start_digits {
+                let found = rest[..end].replace(',', "");
+                return Some(found.trim_end_matches('.').to_string());
+            }
+        }
+        at += 1;
+    }
+    None
+}
+
+/// A DocMath answer as Python's `eval` reads it after `normalize` (for the strings
+/// [`parse_docmath_answer`] returns): symbols and currency stripped, the part after `=`/`≈`,
+/// then a Python number literal, or 0 when it is not one (e.g. `007`, `1.2.3`).
+fn docmath_value(answer: &str) -> f64 {
+    let mut s = answer.trim().trim_end_matches('.').to_string();
+    for money in [
+        "£", "€", "¥", "million", "billion", "thousand", "US", "USD", "RMB",
+    ] {
+        s = s.replace(money, "");
+    }
+    for sep in ['=', '≈'] {
+        if let Some(i) = s.rfind(sep) {
+            s = s[i + sep.len_utf8()..].trim().to_string();
+        }
+    }
+    s.retain(|c| !matches!(c, '`' | '%' | '$' | '°'));
+    let s = s.replace(',', "");
+    let digits = s.strip_prefix('-').unwrap_or(&s);
+    let (int_part, frac) = match digits.split_once('.') {
+        Some((a, b)) => (a, Some(b)),
+        None => (digits, None),
+    };
+    let all_digits = |t: &str| t.chars().all(|c| c.is_ascii_digit());
+    let valid = match frac {
+        // Python int literals forbid leading zeros ("007"), except zero itself ("00").
+        None => {
+            !int_part.is_empty()
+                && all_digits(int_part)
+                && (!int_part.starts_with('0') || int_part.chars().all(|c| c == '0'))
+        }
+        Some(f) => all_digits(int_part) && all_digits(f) && !(int_part.is_empty() && f.is_empty()),
+    };
+    if !valid {
+        return 0.0;
+    }
+    s.parse::<f64>().unwrap_or(0.0)
+}
+
+/// DocMath's numeric equivalence (`compare_two_numbers`): equal up to a power-of-ten factor,
+/// or one is the other ×100/×1000/×100000 within 0.15%, or equal after rounding up to 3
+/// decimals, or within 0.15% of the gold. Signs are ignored by the first rules, as there.
+pub fn docmath_equivalent(prediction: &str, gold: &str) -> bool {
+    let (p, gt) = (docmath_value(prediction), docmath_value(gold));
+    let within = |pred: f64, gt: f64| {
+        let eps = gt.abs() * 0.0015;
+        pred >= gt - eps && pred <= gt + eps
+    };
+    let round_up = |x: f64| (x * 1000.0).ceil() / 1000.0;
+    let (v1, v2) = (gt.abs().max(p.abs()), gt.abs().min(p.abs()));
+    if v1 != 0.0 && v2 != 0.0 {
+        let d = v1.log10() - v2.log10();
+        if d.trunc() == d {
+            return true;
+        }
+    }
+    if (v2 <= v1 / 50.0 && within(v2 * 100.0, v1))
+        || (v2 <= v1 / 500.0 && within(v2 * 1000.0, v1))
+        || (v2 <= v1 / 50000.0 && within(v2 * 100000.0, v1))
+    {
+        return true;
+    }
+    if round_up(v1) == round_up(v2) {
+        return true;
+    }
+    within(p, gt)
+}

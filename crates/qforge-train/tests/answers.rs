@@ -62,3 +62,30 @@ fn answers_are_extracted_after_the_last_think_and_the_last_the_answer_is() {
         assert_eq!(parsed.as_deref(), c["the_answer_is"].as_str(), "{r:?}");
     }
 }
+
+#[test]
+fn docmath_parsing_and_numeric_equivalence_match_the_official_functions() {
+    use qforge_train::answers::{docmath_equivalent, parse_docmath_answer};
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tools/fixtures/answers/docmath_cases.json");
+    let cases: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    let cases = cases.as_array().unwrap();
+    assert!(cases.len() >= 25);
+    for c in cases {
+        let (pred, gold) = (
+            c["prediction"].as_str().unwrap(),
+            c["gold"].as_str().unwrap(),
+        );
+        let parsed = parse_docmath_answer(pred);
+        assert_eq!(parsed.as_deref(), c["parsed"].as_str(), "{pred:?}");
+        let acc = match (parsed, parse_docmath_answer(gold)) {
+            (Some(p), Some(g)) => u8::from(docmath_equivalent(&p, &g)),
+            _ => 0,
+        };
+        assert_eq!(
+            acc as i64,
+            c["acc"].as_i64().unwrap(),
+            "{pred:?} vs {gold:?}"
+        );
+    }
+}

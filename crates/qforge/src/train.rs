@@ -50,7 +50,7 @@ pub enum TrainCommand {
         after_help = "The recipe (TOML): model, output_dir, sft_data (optional), tasks (list of\n\
         JSONL files: prompt/messages + answer(s), L-Eval or lost-in-the-middle rows), [[phases]] with\n\
         max_input_tokens and steps, [retrospective] (threshold, top_q, mix_ratio), [sft] and [grpo]\n\
-        settings, and [reward]: kind = \"docqa\" | \"choice\" | \"em\", judge_url and judge_model for the\n\
+        settings, and [reward]: kind = \"docqa\" | \"docmath\" | \"choice\" | \"em\", judge_url and judge_model for the\n\
         LLM judge (any OpenAI-compatible server), used when the rule reward is below 1.\n\
         Example: examples/recipes/qwenlong_l1.toml"
     )]
