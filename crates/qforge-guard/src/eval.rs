@@ -101,15 +101,8 @@ pub fn evaluate(
         }
         Guard::Stream(g) => {
             for (i, e) in examples.iter().enumerate() {
+                // The conversation as it stands (no generation prompt), thinking off.
                 let options = qforge_model::ChatOptions::default().with_enable_thinking(false);
-                let options = if task == Mode::Prompt {
-                    qforge_model::ChatOptions {
-                        add_generation_prompt: false,
-                        ..options
-                    }
-                } else {
-                    options
-                };
                 let text = g.tokenizer().apply_chat_template(&e.messages, &options)?;
                 let ids = g.tokenizer().encode(&text, false)?;
                 if ids.len() > g.model().config().max_position_embeddings {

@@ -564,16 +564,7 @@ fn iteration(
 
 /// The DPO run's checkpoints, oldest first.
 fn checkpoints(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut all: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
-        .map_err(io(dir))?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
-            let step = name.strip_prefix("checkpoint-")?.parse().ok()?;
-            Some((step, e.path()))
-        })
-        .collect();
-    all.sort();
+    let all = qforge_train::trainer::checkpoints_with(dir, "trainer_state.json")?;
     if all.is_empty() {
         return Err(PrefError::Invalid(format!(
             "{}: no DPO checkpoints",

@@ -642,9 +642,10 @@ impl GrpoTrainer {
             report.reward_mean = f64::NAN;
             return Ok(report);
         }
+        // Advantages are zero unless some group's rewards differ.
         let informative_left = selected
             .iter()
-            .any(|g| informative(&self.correct(g)) || g.iter().any(|r| r.reward != g[0].reward));
+            .any(|g| g.iter().any(|r| r.reward != g[0].reward));
         if selected.is_empty() || !informative_left {
             return Ok(report);
         }
@@ -677,18 +678,21 @@ impl GrpoTrainer {
             idx.chunks(size.max(1)).map(<[usize]>::to_vec).collect()
         };
         let device = self.model.device().clone();
-        let make = |ids: &[usize]| -> Result<TrainBatch> {
-            let refs: Vec<&Sequence> = ids.iter().map(|&i| &seqs[i]).collect();
-            TrainBatch::new(&refs, pad, &device)
-        };
+        // Built once; every epoch reuses them.
+        let train_batches: Vec<TrainBatch> = batches
+            .iter()
+            .map(|ids| {
+                let refs: Vec<&Sequence> = ids.iter().map(|&i| &seqs[i]).collect();
+                TrainBatch::new(&refs, pad, &device)
+            })
+            .collect::<Result<_>>()?;
         // Old log-probs: recomputed by the trainer with the weights that generated the batch.
         let mut old = Vec::with_capacity(batches.len());
         let mut refs = Vec::with_capacity(batches.len());
-        for ids in &batches {
-            let tb = make(ids)?;
-            old.push(self.logps(&self.model, &tb)?.0.detach());
+        for tb in &train_batches {
+            old.push(self.logps(&self.model, tb)?.0.detach());
             refs.push(match &self.reference {
-                Some(r) => Some(self.logps(r, &tb)?.0.detach()),
+                Some(r) => Some(self.logps(r, tb)?.0.detach()),
                 None => None,
             });
         }
@@ -698,9 +702,8 @@ impl GrpoTrainer {
         let (mut loss_sum, mut clip_sum, mut kl_sum, mut updates) = (0f64, 0f64, 0f64, 0usize);
         let mut clip_lower_sum = 0f64;
         for _ in 0..cfg.epochs.max(1) {
-            for (b, ids) in batches.iter().enumerate() {
-                let tb = make(ids)?;
-                let (logp, mask, logits) = self.logps(&self.model, &tb)?;
+            for (b, (ids, tb)) in batches.iter().zip(&train_batches).enumerate() {
+                let (logp, mask, logits) = self.logps(&self.model, tb)?;
                 let adv: Vec<f32> = ids.iter().map(|&i| advantages[i] as f32).collect();
                 let adv =
                     Tensor::from_vec(adv, (ids.len(), 1), &device)?.broadcast_as(logp.shape())?;
