@@ -64,12 +64,7 @@ struct StreamOptions {
 impl EmbeddedBackend {
     pub fn new(name: String, scheduler: Scheduler, generation: GenerationConfig) -> Self {
         let tokenizer = scheduler.engine().tokenizer().clone();
-        let mut stop_token_ids = generation.eos_token_ids.clone();
-        if let Some(eos) = tokenizer.eos_token_id()
-            && !stop_token_ids.contains(&eos)
-        {
-            stop_token_ids.push(eos);
-        }
+        let stop_token_ids = generation.stop_token_ids(&tokenizer);
         Self {
             name,
             scheduler,

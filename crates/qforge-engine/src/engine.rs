@@ -169,16 +169,34 @@ pub struct Engine {
     model: Model,
     tokenizer: Arc<Tokenizer>,
     pad_id: u32,
+    /// What [`Engine::request`] stops at: the model's end-of-turn tokens.
+    stop_token_ids: Vec<u32>,
 }
 
 impl Engine {
     pub fn new(model: Model, tokenizer: Arc<Tokenizer>) -> Self {
         let pad_id = tokenizer.pad_token_id();
+        let stop_token_ids = tokenizer.eos_token_id().into_iter().collect();
         Self {
             model,
             tokenizer,
             pad_id,
+            stop_token_ids,
         }
+    }
+
+    /// Replaces the tokenizer's EOS as the end of a reply (e.g. with `Checkpoint::stop_token_ids`,
+    /// which adds generation_config.json's ids).
+    pub fn with_stop_token_ids(mut self, ids: Vec<u32>) -> Self {
+        self.stop_token_ids = ids;
+        self
+    }
+
+    /// A greedy request that ends at the model's end-of-turn tokens or after `max_new_tokens`.
+    pub fn request(&self, prompt_ids: Vec<u32>, max_new_tokens: usize) -> GenerationRequest {
+        let mut r = GenerationRequest::new(prompt_ids, max_new_tokens);
+        r.stop.stop_token_ids = self.stop_token_ids.clone();
+        r
     }
 
     pub fn model(&self) -> &Model {

@@ -63,12 +63,9 @@ impl Checkpoint {
         })
     }
 
-    /// Token ids that end generation: generation_config.json's, else the tokenizer's EOS.
+    /// Token ids that end generation: generation_config.json's and the tokenizer's EOS.
     pub fn stop_token_ids(&self) -> Vec<u32> {
-        if !self.generation.eos_token_ids.is_empty() {
-            return self.generation.eos_token_ids.clone();
-        }
-        self.tokenizer.eos_token_id().into_iter().collect()
+        self.generation.stop_token_ids(&self.tokenizer)
     }
 }
 

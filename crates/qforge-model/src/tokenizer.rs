@@ -185,6 +185,17 @@ pub struct GenerationConfig {
 }
 
 impl GenerationConfig {
+    /// Token ids that end generation: generation_config.json's EOS ids and the tokenizer's EOS.
+    pub fn stop_token_ids(&self, tokenizer: &Tokenizer) -> Vec<u32> {
+        let mut ids = self.eos_token_ids.clone();
+        if let Some(eos) = tokenizer.eos_token_id()
+            && !ids.contains(&eos)
+        {
+            ids.push(eos);
+        }
+        ids
+    }
+
     /// Reads `generation_config.json` if present; otherwise all defaults.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let Some(v) = read_json(&dir.join("generation_config.json"))? else {

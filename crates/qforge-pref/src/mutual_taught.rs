@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{DType, Device};
-use qforge_engine::{Engine, GenerationRequest, SamplingParams};
+use qforge_engine::{Engine, SamplingParams};
 use qforge_model::{ChatOptions, Checkpoint, weights::write_json_atomic};
 use qforge_train::reward::RewardModel;
 use qforge_train::trainer::{Objective, TrainConfig, Trainer};
@@ -242,7 +242,8 @@ struct Models {
 impl Models {
     fn engine(&self, dir: &Path) -> Result<Engine> {
         let ck = Checkpoint::load_dir(dir, self.dtype, &self.device)?;
-        Ok(Engine::new(ck.model, Arc::new(ck.tokenizer)))
+        let stop = ck.stop_token_ids();
+        Ok(Engine::new(ck.model, Arc::new(ck.tokenizer)).with_stop_token_ids(stop))
     }
 
     fn reward_model(&self, dir: &Path) -> Result<RewardModel> {
@@ -264,7 +265,7 @@ fn sample(
         let ids = tok.encode(&text, false)?;
         let requests = (0..n)
             .map(|k| {
-                let mut r = GenerationRequest::new(ids.clone(), cfg.max_new_tokens);
+                let mut r = engine.request(ids.clone(), cfg.max_new_tokens);
                 r.sampling = SamplingParams {
                     temperature: cfg.temperature,
                     top_p: cfg.top_p,

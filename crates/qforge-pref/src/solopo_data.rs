@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use qforge_engine::{Engine, GenerationRequest, SamplingParams};
+use qforge_engine::{Engine, SamplingParams};
 use qforge_model::ChatOptions;
 use qforge_train::data::SplitMix;
 use serde::Serialize;
@@ -245,7 +245,7 @@ pub fn sample_pairs(
         let ids = tok.encode(&text, false)?;
         let requests = (0..options.samples.max(2))
             .map(|k| {
-                let mut r = GenerationRequest::new(ids.clone(), options.max_new_tokens);
+                let mut r = engine.request(ids.clone(), options.max_new_tokens);
                 r.sampling = SamplingParams {
                     temperature: options.temperature,
                     seed: Some(options.seed ^ ((i as u64) << 20) ^ k as u64),

@@ -11,8 +11,11 @@
 //!   multi-hop), and L-Eval / lost-in-the-middle loaders.
 //! - [`qwenlong_l1`]: the QwenLong-L1 recipe (warm-up SFT, phased curriculum with
 //!   retrospective sampling, GRPO/DAPO per phase).
+//! - [`tools`]: multi-turn tool rollouts: the environment trait, ChatML observations,
+//!   tool-call parsing, budgets.
 //! - [`grpo`]: the GRPO trainer loop: group rollouts with the embedded engine (sharing the
-//!   policy's weights), rewards, advantages, the clipped surrogate over mini-batches and epochs.
+//!   policy's weights; single-turn, or multi-turn with observation tokens masked out of the
+//!   loss) or a server, rewards, advantages, the clipped surrogate over mini-batches and epochs.
 
 pub mod curriculum;
 pub mod groups;
@@ -21,5 +24,6 @@ pub mod judge;
 pub mod qwenlong_l1;
 pub mod reward;
 pub mod tasks;
+pub mod tools;
 
 pub use qforge_train::{Result, TrainError};

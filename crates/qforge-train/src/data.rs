@@ -393,19 +393,69 @@ pub struct TrainBatch {
 
 impl TrainBatch {
     pub fn new(seqs: &[&Sequence], pad_id: u32, device: &Device) -> Result<Self> {
-        let ids: Vec<&[u32]> = seqs.iter().map(|s| s.ids.as_slice()).collect();
+        let masks: Vec<Vec<bool>> = seqs
+            .iter()
+            .map(|s| (0..s.ids.len()).map(|j| j >= s.prompt_len).collect())
+            .collect();
+        let rows: Vec<(&[u32], &[bool])> = seqs
+            .iter()
+            .zip(&masks)
+            .map(|(s, m)| (s.ids.as_slice(), m.as_slice()))
+            .collect();
+        Self::with_loss_masks(&rows, pad_id, device)
+    }
+
+    /// Rows of ids, each with a per-token loss mask of the same length (true: learned). Multi-
+    /// turn rollouts use it to leave tool responses out of the loss while keeping them in context.
+    pub fn with_loss_masks(
+        rows: &[(&[u32], &[bool])],
+        pad_id: u32,
+        device: &Device,
+    ) -> Result<Self> {
+        let ids: Vec<&[u32]> = rows.iter().map(|(ids, _)| *ids).collect();
         let batch = Batch::right_padded(&ids, pad_id, device)?;
         let (b, t) = batch.dims()?;
         let mut mask = vec![0f32; b * t];
-        for (i, s) in seqs.iter().enumerate() {
-            for j in s.prompt_len..s.ids.len() {
+        for (i, (ids, learned)) in rows.iter().enumerate() {
+            if learned.len() != ids.len() {
+                return Err(TrainError::Invalid(format!(
+                    "row {i}: {} loss-mask entries for {} tokens",
+                    learned.len(),
+                    ids.len()
+                )));
+            }
+            for (j, _) in learned.iter().enumerate().filter(|(_, l)| **l) {
                 mask[i * t + j] = 1.0;
             }
         }
         Ok(Self {
             completion_mask: Tensor::from_vec(mask, (b, t), device)?,
-            lengths: seqs.iter().map(|s| s.ids.len()).collect(),
+            lengths: ids.iter().map(|r| r.len()).collect(),
             batch,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loss_masks_follow_each_row_and_must_match_its_length() {
+        let rows: [(&[u32], &[bool]); 2] = [
+            (&[1, 2, 3, 4], &[false, true, false, true]),
+            (&[5, 6], &[true, true]),
+        ];
+        let tb = TrainBatch::with_loss_masks(&rows, 0, &Device::Cpu).unwrap();
+        assert_eq!(
+            tb.completion_mask.to_vec2::<f32>().unwrap(),
+            [[0., 1., 0., 1.], [1., 1., 0., 0.]]
+        );
+        assert_eq!(tb.lengths, [4, 2]);
+        let short: [(&[u32], &[bool]); 1] = [(&[1, 2], &[true])];
+        let Err(err) = TrainBatch::with_loss_masks(&short, 0, &Device::Cpu) else {
+            panic!("a short mask was accepted");
+        };
+        assert!(err.to_string().contains("row 0"), "{err}");
     }
 }

@@ -128,15 +128,7 @@ pub fn run(args: Args) -> Result<()> {
         prompts.push(tokenizer.encode(&text, false)?);
     }
     let base = sampling(&args, &ck.generation);
-    let stop_ids = {
-        let mut ids = ck.generation.eos_token_ids.clone();
-        if let Some(eos) = tokenizer.eos_token_id()
-            && !ids.contains(&eos)
-        {
-            ids.push(eos);
-        }
-        ids
-    };
+    let stop_ids = ck.generation.stop_token_ids(&tokenizer);
     let requests: Vec<GenerationRequest> = prompts
         .iter()
         .enumerate()

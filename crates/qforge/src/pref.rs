@@ -71,7 +71,8 @@ fn solopo_data(args: SolopoDataArgs) -> Result<()> {
     }
     let engine = if unlabelled > 0 {
         let ck = args.model.load()?;
-        Some(Engine::new(ck.model, Arc::new(ck.tokenizer)))
+        let stop = ck.stop_token_ids();
+        Some(Engine::new(ck.model, Arc::new(ck.tokenizer)).with_stop_token_ids(stop))
     } else {
         None
     };
