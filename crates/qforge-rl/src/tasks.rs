@@ -1,5 +1,6 @@
 //! Long-context tasks: the DocQA prompt format of QwenLong-L1, a synthetic key-value retrieval
-//! generator (a needle among growing haystacks, and a multi-hop variant that chains keys), and
+//! generator (a needle among growing haystacks, and a multi-hop variant that chains keys), a
+//! compact needle-in-a-haystack task that tiny models learn in minutes, and
 //! loaders for L-Eval and lost-in-the-middle files (`../shared/data/longctx/`).
 
 use std::io::Read;
@@ -58,6 +59,30 @@ pub fn kv_retrieval(n: usize, pairs: usize, hops: usize, seed: u64) -> Vec<Task>
                 )
             };
             task(&facts.join("\n"), &question, vec![values[hops - 1].clone()])
+        })
+        .collect()
+}
+
+/// A needle in a haystack for tiny models: `filler` random one-letter words with one 3-digit
+/// number among them at a uniformly drawn position, then `?`; the answer is the number.
+pub fn needle_compact(n: usize, filler: usize, seed: u64) -> Vec<Task> {
+    let mut rng = SplitMix(seed);
+    (0..n)
+        .map(|_| {
+            let mut words: Vec<String> = (0..filler)
+                .map(|_| char::from(b'a' + rng.below(26) as u8).to_string())
+                .collect();
+            let needle: String = (0..3)
+                .map(|_| char::from(b'0' + rng.below(10) as u8))
+                .collect();
+            let at = rng.below(words.len() + 1);
+            words.insert(at, needle.clone());
+            Task {
+                messages: vec![
+                    json!({"role": "user", "content": format!("{} ?", words.join(" "))}),
+                ],
+                answers: vec![needle],
+            }
         })
         .collect()
 }
@@ -199,6 +224,17 @@ pub fn load_tasks(path: &Path) -> crate::Result<Vec<Task>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_needle_task_holds_its_number_once_among_the_filler() {
+        for t in needle_compact(50, 12, 3) {
+            let text = t.messages[0]["content"].as_str().unwrap();
+            let words: Vec<&str> = text.strip_suffix(" ?").unwrap().split(' ').collect();
+            assert_eq!(words.len(), 13);
+            let numbers: Vec<&&str> = words.iter().filter(|w| w.len() == 3).collect();
+            assert_eq!(numbers, [&t.answers[0].as_str()]);
+        }
+    }
 
     #[test]
     fn single_and_multi_hop_tasks_are_answerable_from_their_text() {
