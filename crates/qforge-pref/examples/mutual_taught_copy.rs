@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{DType, Device};
-use qforge_engine::{Engine, GenerationRequest, SamplingParams};
+use qforge_engine::{Engine, SamplingParams};
 use qforge_model::{ChatOptions, Checkpoint};
 use qforge_pref::mutual_taught::{MutualTaughtConfig, run};
 use qforge_train::reward::RewardModel;
@@ -55,7 +55,8 @@ fn generate(
     seed: u64,
 ) -> Vec<Vec<String>> {
     let ck = Checkpoint::load_dir(dir, DType::F32, &Device::Cpu).unwrap();
-    let engine = Engine::new(ck.model, Arc::new(ck.tokenizer));
+    let stop = ck.stop_token_ids();
+    let engine = Engine::new(ck.model, Arc::new(ck.tokenizer)).with_stop_token_ids(stop);
     let tok = engine.tokenizer().clone();
     prompts
         .iter()
@@ -67,7 +68,7 @@ fn generate(
             let ids = tok.encode(&text, false).unwrap();
             let requests = (0..samples)
                 .map(|k| {
-                    let mut r = GenerationRequest::new(ids.clone(), 16);
+                    let mut r = engine.request(ids.clone(), 16);
                     r.sampling = SamplingParams {
                         temperature,
                         seed: Some(seed ^ ((i as u64) << 8) ^ k as u64),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
-use qforge_engine::{Engine, GenerationRequest};
+use qforge_engine::Engine;
 use qforge_model::{Checkpoint, Model, ModelConfig};
 use qforge_train::synthetic::{copy_eval, copy_sft, near_miss_preferences, write_jsonl};
 use qforge_train::trainer::{Objective, TrainConfig, Trainer};
@@ -48,14 +48,10 @@ fn generate(dir: &Path, prompts: &[String], max_new: usize) -> Result<Vec<String
     let ck = Checkpoint::load_dir(dir, DType::F32, &Device::Cpu)?;
     let stop = ck.stop_token_ids();
     let tokenizer = Arc::new(ck.tokenizer);
-    let engine = Engine::new(ck.model, tokenizer.clone());
+    let engine = Engine::new(ck.model, tokenizer.clone()).with_stop_token_ids(stop);
     let requests = prompts
         .iter()
-        .map(|p| {
-            let mut r = GenerationRequest::new(tokenizer.encode(p, false)?, max_new);
-            r.stop.stop_token_ids = stop.clone();
-            Ok(r)
-        })
+        .map(|p| Ok(engine.request(tokenizer.encode(p, false)?, max_new)))
         .collect::<Result<Vec<_>>>()?;
     Ok(engine
         .generate(requests, |_| {})?
