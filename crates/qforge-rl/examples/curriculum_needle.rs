@@ -21,13 +21,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{DType, Device};
-use qforge_engine::Engine;
-use qforge_model::{ChatOptions, Checkpoint};
+use qforge_model::ChatOptions;
 use qforge_rl::curriculum::{Phase, RetrospectiveConfig};
 use qforge_rl::grpo::{GroupFilter, GrpoConfig};
 use qforge_rl::qwenlong_l1::{QwenLongL1Config, run};
 use qforge_rl::reward::{ExactMatch, Extraction, RewardFn, Task};
-use qforge_rl::tasks::needle_compact;
+use qforge_rl::tasks::{greedy_score, needle_compact};
 use qforge_train::synthetic::write_jsonl;
 use qforge_train::trainer::{Objective, TrainConfig, Trainer};
 use serde_json::json;
@@ -55,26 +54,7 @@ fn base_model(dir: &Path, seed: u64) -> PathBuf {
 
 /// Greedy exact match of `dir`'s policy on `tasks`.
 fn accuracy(dir: &Path, tasks: &[Task]) -> f64 {
-    let ck = Checkpoint::load_dir(dir, DType::F32, &Device::Cpu).unwrap();
-    let stop = ck.stop_token_ids();
-    let engine = Engine::new(ck.model, Arc::new(ck.tokenizer)).with_stop_token_ids(stop);
-    let tok = engine.tokenizer().clone();
-    let requests = tasks
-        .iter()
-        .map(|t| {
-            let text = tok
-                .apply_chat_template(&t.messages, &ChatOptions::generation())
-                .unwrap();
-            engine.request(tok.encode(&text, false).unwrap(), 12)
-        })
-        .collect();
-    let outs = engine.generate(requests, |_| {}).unwrap();
-    let reward = ExactMatch(Extraction::Whole);
-    outs.iter()
-        .zip(tasks)
-        .map(|(o, t)| reward.score(t, &o.text))
-        .sum::<f64>()
-        / tasks.len() as f64
+    greedy_score(dir, tasks, &ExactMatch(Extraction::Whole), 12).unwrap()
 }
 
 fn main() {

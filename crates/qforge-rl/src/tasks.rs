@@ -87,6 +87,39 @@ pub fn needle_compact(n: usize, filler: usize, seed: u64) -> Vec<Task> {
         .collect()
 }
 
+/// Mean `reward` of the checkpoint in `dir` answering `tasks` greedily (chat template, at most
+/// `max_new_tokens`, stopping at its end-of-turn tokens): held-out accuracy for examples and
+/// tests.
+pub fn greedy_score(
+    dir: &Path,
+    tasks: &[Task],
+    reward: &dyn crate::reward::RewardFn,
+    max_new_tokens: usize,
+) -> crate::Result<f64> {
+    use qforge_model::{ChatOptions, Checkpoint};
+    let ck = Checkpoint::load_dir(dir, candle_core::DType::F32, &candle_core::Device::Cpu)?;
+    let stop = ck.stop_token_ids();
+    let engine = qforge_engine::Engine::new(ck.model, std::sync::Arc::new(ck.tokenizer))
+        .with_stop_token_ids(stop);
+    let tok = engine.tokenizer().clone();
+    let requests = tasks
+        .iter()
+        .map(|t| {
+            let text = tok.apply_chat_template(&t.messages, &ChatOptions::generation())?;
+            Ok(engine.request(tok.encode(&text, false)?, max_new_tokens))
+        })
+        .collect::<crate::Result<Vec<_>>>()?;
+    let outs = engine
+        .generate(requests, |_| {})
+        .map_err(|e| qforge_train::TrainError::Invalid(format!("generation: {e}")))?;
+    let items: Vec<(&Task, &str)> = tasks
+        .iter()
+        .zip(&outs)
+        .map(|(t, o)| (t, o.text.as_str()))
+        .collect();
+    Ok(reward.score_batch(&items).iter().sum::<f64>() / tasks.len().max(1) as f64)
+}
+
 fn read_text(path: &Path) -> crate::Result<String> {
     let bytes = std::fs::read(path).map_err(|e| qforge_train::TrainError::Io {
         path: path.to_path_buf(),

@@ -2,45 +2,18 @@
 //! held-out exact match on longer haystacks under GRPO with fixed seeds (no KL, token-mean,
 //! DAPO's clip-higher).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use candle_core::{DType, Device};
-use qforge_engine::Engine;
-use qforge_model::{ChatOptions, Checkpoint};
 use qforge_rl::grpo::{GroupFilter, GrpoConfig, GrpoTrainer};
-use qforge_rl::reward::{ExactMatch, Extraction, RewardFn, Task};
-use qforge_rl::tasks::needle_compact;
+use qforge_rl::reward::{ExactMatch, Extraction};
+use qforge_rl::tasks::{greedy_score, needle_compact};
 use qforge_train::synthetic::write_jsonl;
 use qforge_train::trainer::{Objective, TrainConfig, Trainer};
 use serde_json::{Value, json};
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/fixtures/model/qwen3_tied_gqa")
-}
-
-/// Mean greedy exact match on `held`.
-fn greedy_accuracy(dir: &Path, held: &[Task]) -> f64 {
-    let ck = Checkpoint::load_dir(dir, DType::F32, &Device::Cpu).unwrap();
-    let stop = ck.stop_token_ids();
-    let engine = Engine::new(ck.model, Arc::new(ck.tokenizer)).with_stop_token_ids(stop);
-    let tok = engine.tokenizer().clone();
-    let requests = held
-        .iter()
-        .map(|t| {
-            let text = tok
-                .apply_chat_template(&t.messages, &ChatOptions::generation())
-                .unwrap();
-            engine.request(tok.encode(&text, false).unwrap(), 12)
-        })
-        .collect();
-    let outs = engine.generate(requests, |_| {}).unwrap();
-    let reward = ExactMatch(Extraction::Whole);
-    outs.iter()
-        .zip(held)
-        .map(|(o, t)| reward.score(t, &o.text))
-        .sum::<f64>()
-        / held.len() as f64
 }
 
 #[test]
@@ -77,7 +50,7 @@ fn grpo_raises_the_held_out_accuracy_of_a_short_haystack_retriever_on_long_ones(
     t.save_model(&warm).unwrap();
 
     let held = needle_compact(128, 24, 99);
-    let before = greedy_accuracy(&warm, &held);
+    let before = greedy_score(&warm, &held, &ExactMatch(Extraction::Whole), 12).unwrap();
     let mut grpo = GrpoTrainer::new(
         GrpoConfig {
             model: warm.clone(),
@@ -97,7 +70,13 @@ fn grpo_raises_the_held_out_accuracy_of_a_short_haystack_retriever_on_long_ones(
     )
     .unwrap();
     let reports = grpo.train(|_| {}).unwrap();
-    let after = greedy_accuracy(&d.join("grpo/policy"), &held);
+    let after = greedy_score(
+        &d.join("grpo/policy"),
+        &held,
+        &ExactMatch(Extraction::Whole),
+        12,
+    )
+    .unwrap();
     eprintln!("held-out greedy exact match on 24-word haystacks {before:.3} -> {after:.3}");
     // On-policy (1 mini-batch, 1 epoch): the ratio is exactly 1, nothing is clipped.
     assert!(
