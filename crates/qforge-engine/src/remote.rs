@@ -152,6 +152,48 @@ impl RemoteBackend {
         })
     }
 
+    /// A reward model's score of one conversation through vLLM's pooling API (`POST /pooling`
+    /// beside `/v1`, as `qforge serve --reward-model` and `vllm serve <reward model>` answer it).
+    /// An empty model name leaves `model` out (the server's only model answers).
+    pub async fn reward_score(&self, messages: &[Value]) -> Result<f32, BackendError> {
+        let root = self
+            .config
+            .base_url
+            .strip_suffix("/v1")
+            .unwrap_or(&self.config.base_url)
+            .to_string();
+        let mut req = self
+            .client
+            .post(format!("{root}/pooling"))
+            .json(&if self.config.model.is_empty() {
+                serde_json::json!({"messages": messages})
+            } else {
+                serde_json::json!({"model": self.config.model, "messages": messages})
+            })
+            .timeout(self.config.timeout);
+        if let Some(key) = &self.config.api_key {
+            req = req.bearer_auth(key);
+        }
+        let resp = req.send().await.map_err(unavailable)?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        if status != 200 {
+            return Err(BackendError::Http {
+                status,
+                message: error_message(&text),
+            });
+        }
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        // `data[0].data` is `[score]` for a one-label classifier head, or a bare number.
+        let data = &v["data"][0]["data"];
+        data.as_f64()
+            .or_else(|| data[0].as_f64())
+            .map(|x| x as f32)
+            .ok_or_else(|| {
+                BackendError::Internal(format!("no score in the pooling response: {text}"))
+            })
+    }
+
     /// Model ids the server lists at `/models`.
     pub async fn list_models(&self) -> Result<Vec<String>, BackendError> {
         let mut req = self

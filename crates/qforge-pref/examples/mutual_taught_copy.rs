@@ -17,7 +17,7 @@ use qforge_engine::{Engine, SamplingParams};
 use qforge_model::{ChatOptions, Checkpoint};
 use qforge_pref::mutual_taught::{MutualTaughtConfig, run};
 use qforge_train::reward::RewardModel;
-use qforge_train::synthetic::{copy_preferences, copy_sft, write_jsonl};
+use qforge_train::synthetic::{copy_preferences, copy_sft, near_miss_preferences, write_jsonl};
 use qforge_train::trainer::{Objective, TrainConfig, Trainer};
 use serde_json::{Value, json};
 
@@ -155,8 +155,20 @@ fn main() {
     t.train(|_| {}, |_| {}).unwrap();
     let policy = d.join("policy0");
     t.save_model(&policy).unwrap();
-    // Base RM: Bradley-Terry on x-corrupted pairs (not the policy's kind of mistake).
-    let rm_rows: Vec<Value> = copy_preferences(512, 2)
+    // Base RM: Bradley-Terry on x-corrupted pairs (not the policy's kind of mistake), or with
+    // BIAS=length on near misses whose rejected answer is never longer than the chosen one
+    // (changed or dropped digits, never a repeated one), a spurious "longer is better".
+    let base_pairs = if std::env::var("BIAS").is_ok_and(|b| b == "length") {
+        near_miss_preferences(1024, 2)
+            .into_iter()
+            .filter(|r| {
+                r["rejected"].as_str().unwrap().len() <= r["chosen"].as_str().unwrap().len()
+            })
+            .collect()
+    } else {
+        copy_preferences(512, 2)
+    };
+    let rm_rows: Vec<Value> = base_pairs
         .into_iter()
         .map(|r| {
             json!({"prompt": user(r["prompt"].as_str().unwrap()),

@@ -31,21 +31,28 @@ fn num(rng: &mut SplitMix) -> String {
         .collect()
 }
 
+/// Rows of a key-value needle: the fact `c=456` alone (short context) or among `distractors`
+/// one-letter filler words (long context), then the question `? c=`; chosen = the value,
+/// rejected = another 3-digit value.
 fn kv_rows(n: usize, distractors: usize, seed: u64) -> Vec<Value> {
     let mut rng = SplitMix(seed);
+    let letter = |rng: &mut SplitMix| char::from(b'a' + rng.below(26) as u8).to_string();
     (0..n)
         .map(|_| {
-            let (k, v) = (num(&mut rng), num(&mut rng));
-            let mut wrong = num(&mut rng);
-            while wrong == v {
-                wrong = num(&mut rng);
-            }
-            let mut facts: Vec<String> = (0..distractors)
-                .map(|_| format!("{}={}", num(&mut rng), num(&mut rng)))
-                .collect();
-            let at = rng.below(facts.len() + 1);
-            facts.insert(at, format!("{k}={v}"));
-            json!({"prompt": format!("{k}={v} ? {k}="), "prompt_long": format!("{} ? {k}=", facts.join(" ")),
+            let (k, v) = (letter(&mut rng), num(&mut rng));
+            // A near miss: one digit changed.
+            let mut wrong: Vec<u8> = v.clone().into_bytes();
+            let i = rng.below(3);
+            wrong[i] = b'0' + (wrong[i] - b'0' + 1 + rng.below(9) as u8) % 10;
+            let wrong = String::from_utf8(wrong).expect("digits");
+            let mut haystack = |size: usize| {
+                let mut words: Vec<String> = (0..size).map(|_| letter(&mut rng)).collect();
+                let at = rng.below(words.len() + 1);
+                words.insert(at, format!("{k}={v}"));
+                format!("{} ? {k}=", words.join(" "))
+            };
+            let short = std::env::var("SHORT").map_or(2, |v| v.parse().expect("SHORT"));
+            json!({"prompt": haystack(short), "prompt_long": haystack(distractors),
                    "chosen": v, "rejected": wrong})
         })
         .collect()
@@ -72,13 +79,14 @@ fn exact_match(dir: &Path, rows: &[Value], field: &str) -> f64 {
 fn main() {
     let steps: u64 = std::env::args()
         .nth(1)
-        .map_or(60, |s| s.parse().expect("STEPS"));
+        .map_or(120, |s| s.parse().expect("STEPS"));
     let sft_steps: u64 = std::env::args()
         .nth(3)
         .map_or(120, |s| s.parse().expect("SFT_STEPS"));
     let distractors: usize = std::env::args()
         .nth(4)
-        .map_or(4, |s| s.parse().expect("DISTRACTORS"));
+        .map_or(24, |s| s.parse().expect("DISTRACTORS"));
+    let seed: u64 = std::env::var("SEED").map_or(0, |v| v.parse().expect("SEED"));
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let base = base_model();
@@ -87,7 +95,7 @@ fn main() {
     let long_every: usize = std::env::args()
         .nth(2)
         .map_or(8, |s| s.parse().expect("LONG_EVERY"));
-    let sft: Vec<Value> = kv_rows(4096, distractors, 9)
+    let sft: Vec<Value> = kv_rows(4096, distractors, 9 ^ seed)
         .into_iter()
         .enumerate()
         .map(|(i, r)| {
@@ -110,7 +118,7 @@ fn main() {
             lr: 3e-3,
             schedule: "constant".into(),
             max_steps: Some(sft_steps),
-            seed: 4,
+            seed: 4 ^ seed,
             ..TrainConfig::default()
         },
         Objective::Sft,
@@ -119,8 +127,8 @@ fn main() {
     t.train(|_| {}, |_| {}).unwrap();
     let warm = d.join("warm");
     t.save_model(&warm).unwrap();
-    write_jsonl(&d.join("train.jsonl"), &kv_rows(512, distractors, 1)).unwrap();
-    let held = kv_rows(256, distractors, 2);
+    write_jsonl(&d.join("train.jsonl"), &kv_rows(512, distractors, 1 ^ seed)).unwrap();
+    let held = kv_rows(256, distractors, 2 ^ seed);
     println!("{:<22} {:>10} {:>10}", "model", "long EM", "short EM");
     println!(
         "{:<22} {:>10.3} {:>10.3}",
@@ -141,10 +149,10 @@ fn main() {
             output_dir: out.clone(),
             max_length: 64,
             batch_size: 16,
-            lr: 2e-3,
+            lr: std::env::var("LR").map_or(3e-4, |v| v.parse().expect("LR")),
             schedule: "constant".into(),
             max_steps: Some(steps),
-            seed: 5,
+            seed: 5 ^ seed,
             ..TrainConfig::default()
         };
         let objective = SoloPo {

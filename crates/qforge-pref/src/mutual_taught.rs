@@ -95,6 +95,11 @@ pub struct MutualTaughtConfig {
     /// τ: stop when the best checkpoint's win rate is below this.
     pub win_rate_threshold: f64,
     pub seed: u64,
+    /// Score through a reward-model server (`qforge serve --reward-model R
+    /// --allow-weight-reload`, or any server with vLLM's `/pooling`) at this base URL, e.g.
+    /// `http://127.0.0.1:8001/v1`, instead of loading the reward model here. Each stage first
+    /// pushes the reward model it needs (`/update_weights_from_disk`); training stays local.
+    pub reward_server: Option<String>,
     pub dpo: TrainConfig,
     pub rm: TrainConfig,
 }
@@ -115,6 +120,7 @@ impl Default for MutualTaughtConfig {
             max_new_tokens: 512,
             win_rate_threshold: 0.6,
             seed: 42,
+            reward_server: None,
             dpo: TrainConfig {
                 beta: 0.01,
                 lr: 7e-7,
@@ -237,6 +243,34 @@ pub fn check_same_tokenizer(
 struct Models {
     device: Device,
     dtype: DType,
+    reward_server: Option<RewardServer>,
+}
+
+/// A reward-model server and the runtime its requests run on.
+struct RewardServer {
+    backend: qforge_engine::RemoteBackend,
+    runtime: tokio::runtime::Runtime,
+}
+
+/// The reward model of a stage: loaded here, or held by a server.
+enum Scorer<'a> {
+    Local(Box<RewardModel>),
+    Remote(&'a RewardServer),
+}
+
+impl Scorer<'_> {
+    /// Rewards of conversations ending with the response to judge.
+    fn score_conversations(&self, conversations: &[Vec<Value>]) -> Result<Vec<f32>> {
+        match self {
+            Self::Local(rm) => Ok(rm.score_conversations(conversations, 8)?),
+            Self::Remote(server) => server.runtime.block_on(async {
+                let requests = conversations.iter().map(|c| server.backend.reward_score(c));
+                futures_util::future::try_join_all(requests)
+                    .await
+                    .map_err(|e| PrefError::Invalid(format!("reward server: {e}")))
+            }),
+        }
+    }
 }
 
 impl Models {
@@ -246,8 +280,22 @@ impl Models {
         Ok(Engine::new(ck.model, Arc::new(ck.tokenizer)).with_stop_token_ids(stop))
     }
 
-    fn reward_model(&self, dir: &Path) -> Result<RewardModel> {
-        Ok(RewardModel::load(dir, self.dtype, &self.device)?)
+    /// The reward model in `dir`: loaded, or pushed to the reward server.
+    fn reward_model(&self, dir: &Path) -> Result<Scorer<'_>> {
+        let Some(server) = &self.reward_server else {
+            let rm = RewardModel::load(dir, self.dtype, &self.device)?;
+            return Ok(Scorer::Local(Box::new(rm)));
+        };
+        server
+            .runtime
+            .block_on(server.backend.update_weights_from_disk(dir))
+            .map_err(|e| {
+                PrefError::Invalid(format!(
+                    "pushing the reward model {} to the reward server: {e}",
+                    dir.display()
+                ))
+            })?;
+        Ok(Scorer::Remote(server))
     }
 }
 
@@ -311,10 +359,22 @@ pub fn run(
             "need policy_prompts, iterations >= 1 and samples >= 2".into(),
         ));
     }
+    let reward_server = match &cfg.reward_server {
+        None => None,
+        Some(url) => Some(RewardServer {
+            backend: qforge_engine::RemoteBackend::new(qforge_engine::RemoteConfig::new(url, ""))
+                .map_err(|e| PrefError::Invalid(format!("reward server {url}: {e}")))?,
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| PrefError::Invalid(format!("tokio runtime: {e}")))?,
+        }),
+    };
     let models = Models {
         device: qforge_model::parse_device(&cfg.dpo.device)?,
         dtype: qforge_model::parse_dtype(&cfg.dpo.dtype)
             .ok_or_else(|| PrefError::Invalid(format!("dtype `{}`", cfg.dpo.dtype)))?,
+        reward_server,
     };
     check_same_tokenizer(
         &qforge_model::Tokenizer::from_dir(&cfg.policy)?,
@@ -389,7 +449,7 @@ fn iteration(
         let mut rows = Vec::with_capacity(prompts.len());
         for (p, rs) in prompts.iter().zip(&responses) {
             let convs: Vec<Vec<Value>> = rs.iter().map(|r| conversation(p, r)).collect();
-            let scores = rm.score_conversations(&convs, 8)?;
+            let scores = rm.score_conversations(&convs)?;
             rows.push(json!({"prompt": p, "responses": rs, "scores": scores}));
         }
         write_jsonl_atomic(&samples_path, &rows)?;
@@ -452,7 +512,7 @@ fn iteration(
                 .zip(responses)
                 .map(|(p, r)| conversation(p, &r[0]))
                 .collect();
-            Ok(rm.score_conversations(&convs, 8)?)
+            rm.score_conversations(&convs)
         };
         let base_scores = score(&baseline)?;
         let mut candidates = Vec::new();
@@ -521,8 +581,8 @@ fn iteration(
                 .collect()
         };
         let (r_new, r_old) = (
-            rm.score_conversations(&convs(&new), 8)?,
-            rm.score_conversations(&convs(&old), 8)?,
+            rm.score_conversations(&convs(&new))?,
+            rm.score_conversations(&convs(&old))?,
         );
         let gains: Vec<f32> = r_new.iter().zip(&r_old).map(|(a, b)| a - b).collect();
         let (eps, keep) = m_step_filter(&gains, &r_old);

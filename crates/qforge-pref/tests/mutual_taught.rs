@@ -16,13 +16,17 @@ fn base_model() -> PathBuf {
 
 /// A tiny base reward model: the fixture with a score head fitted for a few steps.
 fn base_rm(dir: &Path) -> PathBuf {
+    fitted_rm(dir, 2)
+}
+
+fn fitted_rm(dir: &Path, steps: u64) -> PathBuf {
     write_jsonl(&dir.join("rm_seed.jsonl"), &copy_preferences(16, 3)).unwrap();
     let mut t = Trainer::new(
         TrainConfig {
             model: base_model(),
             data: dir.join("rm_seed.jsonl"),
             output_dir: dir.join("rm_seed"),
-            max_steps: Some(2),
+            max_steps: Some(steps),
             batch_size: 8,
             lr: 1e-3,
             ..TrainConfig::default()
@@ -178,4 +182,94 @@ fn a_reward_model_with_another_vocabulary_is_refused() {
     let err = check_same_tokenizer(&a, &b).unwrap_err().to_string();
     assert!(err.contains("tokenizer differs"), "{err}");
     assert!(check_same_tokenizer(&a, &a).is_ok());
+}
+
+/// `qforge serve` on loopback with `rm` as its reward model (weight reload on); its base URL.
+fn reward_server(rm: &Path) -> String {
+    use std::sync::Arc;
+    let reward = qforge_serve::reward::RewardState::load("rm".into(), rm).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(async move {
+                let ck = qforge_model::Checkpoint::load_dir(
+                    &base_model(),
+                    candle_core::DType::F32,
+                    &candle_core::Device::Cpu,
+                )
+                .unwrap();
+                let backend = qforge_engine::EmbeddedBackend::new(
+                    "tiny".into(),
+                    qforge_engine::Scheduler::spawn(
+                        qforge_engine::Engine::new(ck.model, Arc::new(ck.tokenizer)),
+                        qforge_engine::SchedulerConfig::default(),
+                        Arc::new(qforge_engine::Metrics::default()),
+                    ),
+                    ck.generation,
+                );
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(format!("http://{}/v1", listener.local_addr().unwrap()))
+                    .unwrap();
+                let config = qforge_serve::ServerConfig {
+                    allow_weight_reload: true,
+                    ..qforge_serve::ServerConfig::default()
+                };
+                let state = qforge_serve::AppState::new(backend, config).with_reward_model(reward);
+                qforge_serve::serve(listener, state, std::future::pending())
+                    .await
+                    .unwrap();
+            });
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60)).unwrap()
+}
+
+fn sample_scores(dir: &Path, iteration: usize) -> Vec<f64> {
+    std::fs::read_to_string(dir.join(format!("mt/iter-{iteration}/samples.jsonl")))
+        .unwrap()
+        .lines()
+        .flat_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["scores"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_f64().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn scoring_through_a_reward_server_matches_local_scoring() {
+    let (local, remote) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let rm = base_rm(local.path());
+    let here = run(&config(local.path(), rm.clone(), 2, 0.0), |_, _| {}).unwrap();
+    // The server starts with another reward model: the run must push the one it needs.
+    let url = reward_server(&fitted_rm(remote.path(), 6));
+    let served = run(
+        &MutualTaughtConfig {
+            reward_server: Some(url),
+            ..config(remote.path(), rm, 2, 0.0)
+        },
+        |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(served.len(), 2);
+    // Iteration 2 is scored by iteration 1's retrained reward model, pushed to the server.
+    for t in [1, 2] {
+        let (a, b) = (
+            sample_scores(local.path(), t),
+            sample_scores(remote.path(), t),
+        );
+        assert_eq!(a.len(), b.len());
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-4),
+            "iteration {t}: {a:?} vs {b:?}"
+        );
+    }
+    for (h, s) in here.iter().zip(&served) {
+        assert_eq!(h.m_step_pairs_kept, s.m_step_pairs_kept);
+        assert_eq!(h.best_win_rate, s.best_win_rate);
+    }
 }

@@ -35,6 +35,7 @@ use qforge_engine::{BackendError, ChatBackend, ChatStream, EmbeddedBackend, Metr
 use serde_json::{Value, json};
 
 pub mod guard;
+pub mod reward;
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -67,6 +68,7 @@ pub struct AppState {
     config: Arc<ServerConfig>,
     http_status: Arc<Mutex<BTreeMap<u16, u64>>>,
     moderation: Option<guard::ModerationState>,
+    reward: Option<reward::RewardState>,
 }
 
 impl AppState {
@@ -78,12 +80,20 @@ impl AppState {
             config: Arc::new(config),
             http_status: Arc::default(),
             moderation: None,
+            reward: None,
         }
     }
 
     /// Adds `POST /v1/moderations` and `POST /v1/guard/moderate`, answered by a Qwen3Guard-Gen.
     pub fn with_moderation(mut self, moderation: guard::ModerationState) -> Self {
         self.moderation = Some(moderation);
+        self
+    }
+
+    /// Adds `POST /pooling` (vLLM's reward-model API), answered by a Bradley-Terry reward model;
+    /// with weight reload on, `/update_weights_from_disk` given a reward checkpoint replaces it.
+    pub fn with_reward_model(mut self, reward: reward::RewardState) -> Self {
+        self.reward = Some(reward);
         self
     }
 }
@@ -145,6 +155,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/moderations", post(moderations))
         .route("/v1/guard/moderate", post(guard_moderate))
         .route("/update_weights_from_disk", post(update_weights_from_disk))
+        .route("/pooling", post(pooling))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,
@@ -228,6 +239,11 @@ async fn update_weights_from_disk(
             None,
         );
     };
+    if let Some(r) = &state.reward
+        && reward::is_reward_checkpoint(&path)
+    {
+        return reward::reload(r, path).await;
+    }
     let model = state.backend.scheduler().engine().model().clone();
     let shown = path.display().to_string();
     match tokio::task::spawn_blocking(move || model.reload_weights(&path)).await {
@@ -241,6 +257,18 @@ async fn update_weights_from_disk(
         )
             .into_response(),
         Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None, None),
+    }
+}
+
+async fn pooling(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    match &state.reward {
+        Some(r) => reward::pooling(&state.config, r, body).await,
+        None => api_error(
+            StatusCode::NOT_FOUND,
+            "this server has no reward model (start it with --reward-model)",
+            None,
+            None,
+        ),
     }
 }
 

@@ -12,7 +12,7 @@ use crate::common::ModelArgs;
 #[command(
     after_help = "Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models,\n\
     GET /health, GET /metrics (Prometheus); with --guard-model also POST /v1/moderations and\n\
-    POST /v1/guard/moderate.\n\nExamples:\n  \
+    POST /v1/guard/moderate; with --reward-model also POST /pooling (vLLM's reward API).\n\nExamples:\n  \
     qforge serve                                  # built-in demo model on 127.0.0.1:8000\n  \
     qforge serve -m Qwen/Qwen3-0.6B --port 9000 --api-key secret\n  \
     curl localhost:8000/v1/chat/completions -d '{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'"
@@ -70,6 +70,12 @@ pub struct Args {
     #[arg(long)]
     guard_model: Option<String>,
 
+    /// A Bradley-Terry reward model (`qforge train rm`, or a one-label sequence classifier)
+    /// answering POST /pooling in vLLM's shape ({"messages": [...]} or {"input": text}); with
+    /// --allow-weight-reload, /update_weights_from_disk given a reward checkpoint replaces it.
+    #[arg(long)]
+    reward_model: Option<std::path::PathBuf>,
+
     /// How the moderation endpoints read Controversial: strict (unsafe) or loose (safe).
     #[arg(long, value_enum, default_value = "strict")]
     guard_policy: crate::guard::PolicyArg,
@@ -121,6 +127,12 @@ pub fn run(args: Args) -> Result<()> {
             model: guard_model.clone(),
             policy: args.guard_policy.into(),
         });
+    }
+    if let Some(dir) = &args.reward_model {
+        let name = dir.display().to_string();
+        let reward = qforge_serve::reward::RewardState::load(name, dir)
+            .with_context(|| format!("loading the reward model from {}", dir.display()))?;
+        state = state.with_reward_model(reward);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
