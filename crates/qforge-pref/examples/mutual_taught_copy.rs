@@ -128,8 +128,12 @@ fn main() {
     let rm_steps = arg(2, 40.0) as u64;
     let dpo_steps = arg(3, 30.0) as u64;
     let dpo_lr = arg(4, 2e-4);
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+    // Kept for inspection: every iteration's samples, pairs, selection and models.
+    let d = Path::new("runs/mutual_taught_copy");
+    if d.exists() {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+    std::fs::create_dir_all(d).unwrap();
     // Policy warm-up: conversational copy SFT, stopped early.
     let sft: Vec<Value> = copy_sft(1024, 1)
         .into_iter()
@@ -158,15 +162,16 @@ fn main() {
     // Base RM: Bradley-Terry on x-corrupted pairs (not the policy's kind of mistake), or with
     // BIAS=length on near misses whose rejected answer is never longer than the chosen one
     // (changed or dropped digits, never a repeated one), a spurious "longer is better".
-    let base_pairs = if std::env::var("BIAS").is_ok_and(|b| b == "length") {
-        near_miss_preferences(1024, 2)
+    let base_pairs = match std::env::var("BIAS").as_deref() {
+        Ok("length") => near_miss_preferences(1024, 2)
             .into_iter()
             .filter(|r| {
                 r["rejected"].as_str().unwrap().len() <= r["chosen"].as_str().unwrap().len()
             })
-            .collect()
-    } else {
-        copy_preferences(512, 2)
+            .collect(),
+        // An unbiased base RM, for comparison.
+        Ok("none") => near_miss_preferences(1024, 2),
+        _ => copy_preferences(512, 2),
     };
     let rm_rows: Vec<Value> = base_pairs
         .into_iter()

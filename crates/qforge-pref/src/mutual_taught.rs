@@ -30,14 +30,16 @@ use crate::error::{PrefError, Result};
 
 /// E-step pair of one prompt: (chosen, rejected) indices into its responses. Chosen is the
 /// shortest response scoring strictly above the prompt's mean reward, rejected the
-/// lowest-scoring one; `None` when all scores are equal.
+/// lowest-scoring one; `None` when all scores are equal. A response of length 0 is never chosen
+/// (our addition: the length control would otherwise teach empty answers whenever the reward
+/// model over-scores them).
 pub fn e_step_pair(scores: &[f32], lengths: &[usize]) -> Option<(usize, usize)> {
     if scores.len() < 2 || scores.len() != lengths.len() {
         return None;
     }
     let mean = scores.iter().sum::<f32>() / scores.len() as f32;
     let chosen = (0..scores.len())
-        .filter(|&i| scores[i] > mean)
+        .filter(|&i| scores[i] > mean && lengths[i] > 0)
         .min_by(|&a, &b| {
             lengths[a]
                 .cmp(&lengths[b])
@@ -466,9 +468,16 @@ fn iteration(
                 .map_err(|e| PrefError::Invalid(e.to_string()))?;
             let scores: Vec<f32> = serde_json::from_value(row["scores"].clone())
                 .map_err(|e| PrefError::Invalid(e.to_string()))?;
-            let lengths: Vec<usize> = responses.iter().map(|r| r.chars().count()).collect();
-            let pair = e_step_pair(&scores, &lengths)
-                .filter(|&(c, r)| responses[c] != responses[r] && !responses[c].trim().is_empty());
+            // Length of the visible answer: a think block (even an empty one) does not count.
+            let lengths: Vec<usize> = responses
+                .iter()
+                .map(|r| {
+                    let answer = qforge_train::answers::after_thinking(r).unwrap_or(r);
+                    answer.trim().chars().count()
+                })
+                .collect();
+            let pair =
+                e_step_pair(&scores, &lengths).filter(|&(c, r)| responses[c] != responses[r]);
             decisions.push(json!({"prompt_index": i, "pair": pair}));
             if let Some((c, r)) = pair {
                 let prompt: Vec<Value> = serde_json::from_value(row["prompt"].clone())
@@ -651,6 +660,11 @@ mod tests {
         assert_eq!(e_step_pair(&[0.5, 0.5, 0.5], &[1, 2, 3]), None);
         assert_eq!(e_step_pair(&[1.0], &[1]), None);
         assert_eq!(e_step_pair(&[1.0, 0.0], &[1]), None);
+        // An empty answer is passed over for the next-shortest above the mean.
+        assert_eq!(
+            e_step_pair(&[2.0, 1.0, -1.0, 0.0], &[0, 4, 3, 2]),
+            Some((1, 2))
+        );
     }
 
     #[test]
