@@ -8,6 +8,9 @@
 //! starts off-distribution. Two Mutual-Taught iterations then run; after each, printed:
 //! the policy's true reward (mean fraction of digits copied right, greedy, held-out prompts)
 //! and the reward model's accuracy against the truth on pairs of the current policy's samples.
+//! Environment: `BIAS=length` fits the base RM to near misses that are never longer than the
+//! right answer (a spurious length preference), `BIAS=none` to all near misses; `TEMP` sets the
+//! E-step sampling temperature (default 1.0). Runs are kept in `runs/mutual_taught_copy/`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -228,7 +231,7 @@ fn main() {
         output_dir: d.join("mt"),
         iterations: 2,
         samples: 5,
-        temperature: 1.0,
+        temperature: std::env::var("TEMP").map_or(1.0, |t| t.parse().expect("TEMP")),
         max_new_tokens: 16,
         win_rate_threshold: 0.0,
         dpo: TrainConfig {

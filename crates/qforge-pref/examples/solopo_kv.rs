@@ -2,21 +2,24 @@
 //!
 //!     cargo run --release -p qforge-pref --example solopo_kv [-- STEPS [LONG_EVERY [SFT_STEPS [DISTRACTORS]]]]
 //!
-//! A tiny Qwen3 (the test fixture) is SFT'd to answer `k=?` from a short context holding the
-//! fact. From that one checkpoint, equal steps of (a) short-only DPO, (b) SoLo-DPO with α = 1 and
-//! (c) α = 3 train on short-context pairs (chosen = the right value, rejected = a wrong one); (b)
-//! and (c) also see the chosen answer after the long context (the fact among 8 distractors).
-//! Printed: greedy exact match on held-out long and short contexts, and the short-to-long reward
-//! gap SoLo-RA optimises.
+//! A tiny Qwen3 (the test fixture) is SFT'd to answer `c=` from a short context holding the
+//! fact `c=456` among 2 one-letter filler words (every `LONG_EVERY`-th SFT example uses the long
+//! context instead). From that one checkpoint, equal steps of (a) short-only DPO, (b) SoLo-DPO
+//! with α = 1 and (c) α = 3, and (d) α = 3 with the short reward anchored, train on
+//! short-context pairs (chosen = the value, rejected = a near miss with one digit changed); (b)
+//! to (d) also see the chosen answer after the long context (the fact among `DISTRACTORS`
+//! filler words, default 24). Printed: greedy exact match on held-out long and short contexts.
+//! Environment: `SEED` (data and trainer seeds), `LR` (DPO learning rate, default 3e-4),
+//! `SHORT` (filler words in the short context, default 2).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{DType, Device};
-use qforge_engine::{Engine, GenerationRequest};
+use qforge_engine::Engine;
 use qforge_model::Checkpoint;
+use qforge_pref::solopo_data::{chosen_exact_match, kv_needle_pairs};
 use qforge_pref::{Penalty, SoloAlgorithm, SoloPo};
-use qforge_train::data::SplitMix;
 use qforge_train::synthetic::write_jsonl;
 use qforge_train::trainer::{Objective, TrainConfig, Trainer};
 use serde_json::{Value, json};
@@ -25,55 +28,12 @@ fn base_model() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/fixtures/model/qwen3_tied_gqa")
 }
 
-fn num(rng: &mut SplitMix) -> String {
-    (0..3)
-        .map(|_| char::from(b'0' + rng.below(10) as u8))
-        .collect()
-}
-
-/// Rows of a key-value needle: the fact `c=456` alone (short context) or among `distractors`
-/// one-letter filler words (long context), then the question `? c=`; chosen = the value,
-/// rejected = another 3-digit value.
-fn kv_rows(n: usize, distractors: usize, seed: u64) -> Vec<Value> {
-    let mut rng = SplitMix(seed);
-    let letter = |rng: &mut SplitMix| char::from(b'a' + rng.below(26) as u8).to_string();
-    (0..n)
-        .map(|_| {
-            let (k, v) = (letter(&mut rng), num(&mut rng));
-            // A near miss: one digit changed.
-            let mut wrong: Vec<u8> = v.clone().into_bytes();
-            let i = rng.below(3);
-            wrong[i] = b'0' + (wrong[i] - b'0' + 1 + rng.below(9) as u8) % 10;
-            let wrong = String::from_utf8(wrong).expect("digits");
-            let mut haystack = |size: usize| {
-                let mut words: Vec<String> = (0..size).map(|_| letter(&mut rng)).collect();
-                let at = rng.below(words.len() + 1);
-                words.insert(at, format!("{k}={v}"));
-                format!("{} ? {k}=", words.join(" "))
-            };
-            let short = std::env::var("SHORT").map_or(2, |v| v.parse().expect("SHORT"));
-            json!({"prompt": haystack(short), "prompt_long": haystack(distractors),
-                   "chosen": v, "rejected": wrong})
-        })
-        .collect()
-}
-
 /// Greedy exact match of the value after `field`'s prompt.
 fn exact_match(dir: &Path, rows: &[Value], field: &str) -> f64 {
     let ck = Checkpoint::load_dir(dir, DType::F32, &Device::Cpu).unwrap();
-    let engine = Engine::new(ck.model, Arc::new(ck.tokenizer));
-    let tok = engine.tokenizer().clone();
-    let requests = rows
-        .iter()
-        .map(|r| GenerationRequest::new(tok.encode(r[field].as_str().unwrap(), false).unwrap(), 4))
-        .collect();
-    let outs = engine.generate(requests, |_| {}).unwrap();
-    let hits = outs
-        .iter()
-        .zip(rows)
-        .filter(|(o, r)| o.text.trim().starts_with(r["chosen"].as_str().unwrap()))
-        .count();
-    hits as f64 / rows.len() as f64
+    let stop = ck.stop_token_ids();
+    let engine = Engine::new(ck.model, Arc::new(ck.tokenizer)).with_stop_token_ids(stop);
+    chosen_exact_match(&engine, rows, field).unwrap()
 }
 
 fn main() {
@@ -87,6 +47,9 @@ fn main() {
         .nth(4)
         .map_or(24, |s| s.parse().expect("DISTRACTORS"));
     let seed: u64 = std::env::var("SEED").map_or(0, |v| v.parse().expect("SEED"));
+    let short: usize = std::env::var("SHORT").map_or(2, |v| v.parse().expect("SHORT"));
+    let kv_rows =
+        |n: usize, distractors: usize, seed: u64| kv_needle_pairs(n, short, distractors, seed);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let base = base_model();
