@@ -279,6 +279,66 @@ pub fn sample_pairs(
     Ok((rows, stats))
 }
 
+/// A synthetic SoLoPO task tiny models can learn (specs/pref.md §4.4): a key-value fact `c=456`
+/// among `short_filler` one-letter filler words (`prompt`) or among `long_filler` (`prompt_long`),
+/// then the question `? c=`; chosen = the value, rejected = a near miss (one digit changed).
+/// Raw-text rows (no chat template).
+pub fn kv_needle_pairs(n: usize, short_filler: usize, long_filler: usize, seed: u64) -> Vec<Value> {
+    let mut rng = SplitMix(seed);
+    let letter = |rng: &mut SplitMix| char::from(b'a' + rng.below(26) as u8).to_string();
+    (0..n)
+        .map(|_| {
+            let key = letter(&mut rng);
+            let value: Vec<u8> = (0..3).map(|_| b'0' + rng.below(10) as u8).collect();
+            let mut wrong = value.clone();
+            let i = rng.below(3);
+            wrong[i] = b'0' + (wrong[i] - b'0' + 1 + rng.below(9) as u8) % 10;
+            let (value, wrong) = (
+                String::from_utf8(value).expect("digits"),
+                String::from_utf8(wrong).expect("digits"),
+            );
+            let mut haystack = |size: usize| {
+                let mut words: Vec<String> = (0..size).map(|_| letter(&mut rng)).collect();
+                let at = rng.below(words.len() + 1);
+                words.insert(at, format!("{key}={value}"));
+                format!("{} ? {key}=", words.join(" "))
+            };
+            let (short, long) = (haystack(short_filler), haystack(long_filler));
+            json!({"prompt": short, "prompt_long": long, "chosen": value, "rejected": wrong})
+        })
+        .collect()
+}
+
+/// Fraction of `rows` whose greedy continuation of the raw `field` prompt (`prompt` or
+/// `prompt_long`) starts with the row's chosen answer.
+pub fn chosen_exact_match(engine: &Engine, rows: &[Value], field: &str) -> Result<f64> {
+    let tok = engine.tokenizer();
+    let requests = rows
+        .iter()
+        .map(|r| {
+            let prompt = r[field]
+                .as_str()
+                .ok_or_else(|| PrefError::Invalid(format!("a row has no `{field}`")))?;
+            let chosen = r["chosen"].as_str().unwrap_or("");
+            Ok(engine.request(
+                tok.encode(prompt, false)?,
+                tok.encode(chosen, false)?.len() + 1,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let outs = engine.generate(requests, |_| {})?;
+    let hits = outs
+        .iter()
+        .zip(rows)
+        .filter(|(o, r)| {
+            o.text
+                .trim()
+                .starts_with(r["chosen"].as_str().unwrap_or("\u{0}"))
+        })
+        .count();
+    Ok(hits as f64 / rows.len().max(1) as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,64 +416,4 @@ mod tests {
         .unwrap();
         assert!(read_qa(&p).unwrap_err().to_string().contains("empty"));
     }
-}
-
-/// A synthetic SoLoPO task tiny models can learn (specs/pref.md §4.4): a key-value fact `c=456`
-/// among `short_filler` one-letter filler words (`prompt`) or among `long_filler` (`prompt_long`),
-/// then the question `? c=`; chosen = the value, rejected = a near miss (one digit changed).
-/// Raw-text rows (no chat template).
-pub fn kv_needle_pairs(n: usize, short_filler: usize, long_filler: usize, seed: u64) -> Vec<Value> {
-    let mut rng = SplitMix(seed);
-    let letter = |rng: &mut SplitMix| char::from(b'a' + rng.below(26) as u8).to_string();
-    (0..n)
-        .map(|_| {
-            let key = letter(&mut rng);
-            let value: Vec<u8> = (0..3).map(|_| b'0' + rng.below(10) as u8).collect();
-            let mut wrong = value.clone();
-            let i = rng.below(3);
-            wrong[i] = b'0' + (wrong[i] - b'0' + 1 + rng.below(9) as u8) % 10;
-            let (value, wrong) = (
-                String::from_utf8(value).expect("digits"),
-                String::from_utf8(wrong).expect("digits"),
-            );
-            let mut haystack = |size: usize| {
-                let mut words: Vec<String> = (0..size).map(|_| letter(&mut rng)).collect();
-                let at = rng.below(words.len() + 1);
-                words.insert(at, format!("{key}={value}"));
-                format!("{} ? {key}=", words.join(" "))
-            };
-            let (short, long) = (haystack(short_filler), haystack(long_filler));
-            json!({"prompt": short, "prompt_long": long, "chosen": value, "rejected": wrong})
-        })
-        .collect()
-}
-
-/// Fraction of `rows` whose greedy continuation of the raw `field` prompt (`prompt` or
-/// `prompt_long`) starts with the row's chosen answer.
-pub fn chosen_exact_match(engine: &Engine, rows: &[Value], field: &str) -> Result<f64> {
-    let tok = engine.tokenizer();
-    let requests = rows
-        .iter()
-        .map(|r| {
-            let prompt = r[field]
-                .as_str()
-                .ok_or_else(|| PrefError::Invalid(format!("a row has no `{field}`")))?;
-            let chosen = r["chosen"].as_str().unwrap_or("");
-            Ok(engine.request(
-                tok.encode(prompt, false)?,
-                tok.encode(chosen, false)?.len() + 1,
-            ))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let outs = engine.generate(requests, |_| {})?;
-    let hits = outs
-        .iter()
-        .zip(rows)
-        .filter(|(o, r)| {
-            o.text
-                .trim()
-                .starts_with(r["chosen"].as_str().unwrap_or("\u{0}"))
-        })
-        .count();
-    Ok(hits as f64 / rows.len().max(1) as f64)
 }
