@@ -115,6 +115,31 @@ impl RemoteBackend {
         }
     }
 
+    /// POSTs `body` to a route beside `/v1` (SGLang's and vLLM's non-OpenAI routes live at the
+    /// root): the status and the body text.
+    async fn post_beside_v1(
+        &self,
+        route: &str,
+        body: &Value,
+    ) -> Result<(u16, String), BackendError> {
+        let root = self
+            .config
+            .base_url
+            .strip_suffix("/v1")
+            .unwrap_or(&self.config.base_url);
+        let mut req = self
+            .client
+            .post(format!("{root}/{route}"))
+            .json(body)
+            .timeout(self.config.timeout);
+        if let Some(key) = &self.config.api_key {
+            req = req.bearer_auth(key);
+        }
+        let resp = req.send().await.map_err(unavailable)?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.text().await.unwrap_or_default()))
+    }
+
     /// Asks the server to replace its weights with the checkpoint in `dir` (SGLang's
     /// `POST /update_weights_from_disk`, which `qforge serve --allow-weight-reload` implements;
     /// the route sits beside `/v1`, not under it).
@@ -122,23 +147,12 @@ impl RemoteBackend {
         &self,
         dir: &std::path::Path,
     ) -> Result<String, BackendError> {
-        let root = self
-            .config
-            .base_url
-            .strip_suffix("/v1")
-            .unwrap_or(&self.config.base_url)
-            .to_string();
-        let mut req = self
-            .client
-            .post(format!("{root}/update_weights_from_disk"))
-            .json(&serde_json::json!({"model_path": dir}))
-            .timeout(self.config.timeout);
-        if let Some(key) = &self.config.api_key {
-            req = req.bearer_auth(key);
-        }
-        let resp = req.send().await.map_err(unavailable)?;
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
+        let (status, text) = self
+            .post_beside_v1(
+                "update_weights_from_disk",
+                &serde_json::json!({"model_path": dir}),
+            )
+            .await?;
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if status == 200 && v["success"].as_bool() != Some(false) {
             return Ok(v["message"].as_str().unwrap_or("").to_string());
@@ -156,27 +170,12 @@ impl RemoteBackend {
     /// beside `/v1`, as `qforge serve --reward-model` and `vllm serve <reward model>` answer it).
     /// An empty model name leaves `model` out (the server's only model answers).
     pub async fn reward_score(&self, messages: &[Value]) -> Result<f32, BackendError> {
-        let root = self
-            .config
-            .base_url
-            .strip_suffix("/v1")
-            .unwrap_or(&self.config.base_url)
-            .to_string();
-        let mut req = self
-            .client
-            .post(format!("{root}/pooling"))
-            .json(&if self.config.model.is_empty() {
-                serde_json::json!({"messages": messages})
-            } else {
-                serde_json::json!({"model": self.config.model, "messages": messages})
-            })
-            .timeout(self.config.timeout);
-        if let Some(key) = &self.config.api_key {
-            req = req.bearer_auth(key);
-        }
-        let resp = req.send().await.map_err(unavailable)?;
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
+        let body = if self.config.model.is_empty() {
+            serde_json::json!({"messages": messages})
+        } else {
+            serde_json::json!({"model": self.config.model, "messages": messages})
+        };
+        let (status, text) = self.post_beside_v1("pooling", &body).await?;
         if status != 200 {
             return Err(BackendError::Http {
                 status,

@@ -186,42 +186,15 @@ fn a_reward_model_with_another_vocabulary_is_refused() {
 
 /// `qforge serve` on loopback with `rm` as its reward model (weight reload on); its base URL.
 fn reward_server(rm: &Path) -> String {
-    use std::sync::Arc;
+    let config = qforge_serve::ServerConfig {
+        allow_weight_reload: true,
+        ..qforge_serve::ServerConfig::default()
+    };
     let reward = qforge_serve::reward::RewardState::load("rm".into(), rm).unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        tokio::runtime::Runtime::new()
-            .unwrap()
-            .block_on(async move {
-                let ck = qforge_model::Checkpoint::load_dir(
-                    &base_model(),
-                    candle_core::DType::F32,
-                    &candle_core::Device::Cpu,
-                )
-                .unwrap();
-                let backend = qforge_engine::EmbeddedBackend::new(
-                    "tiny".into(),
-                    qforge_engine::Scheduler::spawn(
-                        qforge_engine::Engine::new(ck.model, Arc::new(ck.tokenizer)),
-                        qforge_engine::SchedulerConfig::default(),
-                        Arc::new(qforge_engine::Metrics::default()),
-                    ),
-                    ck.generation,
-                );
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                tx.send(format!("http://{}/v1", listener.local_addr().unwrap()))
-                    .unwrap();
-                let config = qforge_serve::ServerConfig {
-                    allow_weight_reload: true,
-                    ..qforge_serve::ServerConfig::default()
-                };
-                let state = qforge_serve::AppState::new(backend, config).with_reward_model(reward);
-                qforge_serve::serve(listener, state, std::future::pending())
-                    .await
-                    .unwrap();
-            });
-    });
-    rx.recv_timeout(std::time::Duration::from_secs(60)).unwrap()
+    let state = qforge_serve::AppState::for_checkpoint("tiny", &base_model(), config)
+        .unwrap()
+        .with_reward_model(reward);
+    qforge_serve::spawn_on_loopback(state).unwrap()
 }
 
 fn sample_scores(dir: &Path, iteration: usize) -> Vec<f64> {

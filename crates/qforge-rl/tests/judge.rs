@@ -5,12 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use candle_core::{DType, Device};
-use qforge_engine::{
-    ChatBackend, EmbeddedBackend, Engine, Metrics, RemoteBackend, RemoteConfig, Scheduler,
-    SchedulerConfig,
-};
-use qforge_model::Checkpoint;
+use qforge_engine::{ChatBackend, RemoteBackend, RemoteConfig};
 use qforge_rl::judge::{HybridReward, JudgeReward, question_of};
 use qforge_rl::reward::{Extraction, RewardFn, SubEm, Task, extract_the_answer_is};
 use qforge_serve::{AppState, ServerConfig};
@@ -26,33 +21,10 @@ fn task() -> Task {
 
 /// `qforge serve` on a loopback port in its own runtime thread; returns its /v1 URL.
 fn start_server() -> String {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../tools/fixtures/model/qwen3_tied_gqa");
-            let ck = Checkpoint::load_dir(&fixture, DType::F32, &Device::Cpu).unwrap();
-            let engine = Engine::new(ck.model, Arc::new(ck.tokenizer));
-            let backend = EmbeddedBackend::new(
-                "judge".into(),
-                Scheduler::spawn(
-                    engine,
-                    SchedulerConfig::default(),
-                    Arc::new(Metrics::default()),
-                ),
-                ck.generation,
-            );
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(format!("http://{}/v1", listener.local_addr().unwrap()))
-                .unwrap();
-            let state = AppState::new(backend, ServerConfig::default());
-            qforge_serve::serve(listener, state, std::future::pending())
-                .await
-                .unwrap();
-        });
-    });
-    rx.recv_timeout(Duration::from_secs(60)).unwrap()
+    let fixture =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/fixtures/model/qwen3_tied_gqa");
+    let state = AppState::for_checkpoint("judge", &fixture, ServerConfig::default()).unwrap();
+    qforge_serve::spawn_on_loopback(state).unwrap()
 }
 
 fn remote(url: &str) -> Arc<dyn ChatBackend> {

@@ -4,14 +4,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use candle_core::{DType, Device};
 use qforge_engine::chat::ChatRequest;
-use qforge_engine::{
-    ChatBackend, EmbeddedBackend, Engine, GenerationRequest, Metrics, RemoteBackend, RemoteConfig,
-    Scheduler, SchedulerConfig,
-};
+use qforge_engine::{ChatBackend, Engine, GenerationRequest, RemoteBackend, RemoteConfig};
 use qforge_model::Checkpoint;
 use qforge_rl::grpo::{GrpoConfig, GrpoTrainer};
 use qforge_rl::reward::{RewardFn, Task};
@@ -23,38 +19,12 @@ fn fixture() -> PathBuf {
 }
 
 fn start_server(allow_weight_reload: bool) -> String {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        tokio::runtime::Runtime::new()
-            .unwrap()
-            .block_on(async move {
-                let ck = Checkpoint::load_dir(&fixture(), DType::F32, &Device::Cpu).unwrap();
-                let backend = EmbeddedBackend::new(
-                    "tiny".into(),
-                    Scheduler::spawn(
-                        Engine::new(ck.model, Arc::new(ck.tokenizer)),
-                        SchedulerConfig::default(),
-                        Arc::new(Metrics::default()),
-                    ),
-                    ck.generation,
-                );
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                tx.send(format!("http://{}/v1", listener.local_addr().unwrap()))
-                    .unwrap();
-                let config = ServerConfig {
-                    allow_weight_reload,
-                    ..ServerConfig::default()
-                };
-                qforge_serve::serve(
-                    listener,
-                    AppState::new(backend, config),
-                    std::future::pending(),
-                )
-                .await
-                .unwrap();
-            });
-    });
-    rx.recv_timeout(Duration::from_secs(60)).unwrap()
+    let config = ServerConfig {
+        allow_weight_reload,
+        ..ServerConfig::default()
+    };
+    let state = AppState::for_checkpoint("tiny", &fixture(), config).unwrap();
+    qforge_serve::spawn_on_loopback(state).unwrap()
 }
 
 /// A reward with spread on any model's output (the random fixture solves no real task), so

@@ -84,6 +84,26 @@ impl AppState {
         }
     }
 
+    /// The checkpoint in `dir` served as `name` on the embedded engine with default scheduling.
+    pub fn for_checkpoint(
+        name: &str,
+        dir: &std::path::Path,
+        config: ServerConfig,
+    ) -> qforge_model::Result<Self> {
+        let ck = qforge_model::Checkpoint::load_dir(
+            dir,
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )?;
+        let scheduler = qforge_engine::Scheduler::spawn(
+            qforge_engine::Engine::new(ck.model, Arc::new(ck.tokenizer)),
+            qforge_engine::SchedulerConfig::default(),
+            Arc::new(Metrics::default()),
+        );
+        let backend = EmbeddedBackend::new(name.to_string(), scheduler, ck.generation);
+        Ok(Self::new(backend, config))
+    }
+
     /// Adds `POST /v1/moderations` and `POST /v1/guard/moderate`, answered by a Qwen3Guard-Gen.
     pub fn with_moderation(mut self, moderation: guard::ModerationState) -> Self {
         self.moderation = Some(moderation);
@@ -168,6 +188,19 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), count_status))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .with_state(state)
+}
+
+/// Serves `state` on a free loopback port from its own thread and runtime until the process
+/// exits; returns the `/v1` base URL. For tests, examples and tools that need a real server
+/// beside them.
+pub fn spawn_on_loopback(state: AppState) -> std::io::Result<String> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let url = format!("http://{}/v1", listener.local_addr()?);
+    std::thread::Builder::new()
+        .name("qforge-serve".into())
+        .spawn(move || runtime.block_on(serve(listener, state, std::future::pending())))?;
+    Ok(url)
 }
 
 /// Serves until `shutdown` resolves, then finishes in-flight requests.

@@ -2,14 +2,9 @@
 //! loaded locally, and `/update_weights_from_disk` given a reward checkpoint swaps it.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
 use candle_core::{DType, Device};
-use qforge_engine::{
-    EmbeddedBackend, Engine, Metrics, RemoteBackend, RemoteConfig, Scheduler, SchedulerConfig,
-};
-use qforge_model::Checkpoint;
+use qforge_engine::{RemoteBackend, RemoteConfig};
 use qforge_serve::reward::RewardState;
 use qforge_serve::{AppState, ServerConfig};
 use qforge_train::reward::RewardModel;
@@ -52,40 +47,18 @@ fn reward_model(dir: &Path, steps: u64) -> PathBuf {
     out
 }
 
+/// The fixture as chat model, `reward` (if any) as reward model; the root URL (no `/v1`).
 fn start_server(reward: Option<&Path>) -> String {
-    let reward = reward.map(|d| RewardState::load("rm".into(), d).unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        tokio::runtime::Runtime::new()
-            .unwrap()
-            .block_on(async move {
-                let ck = Checkpoint::load_dir(&fixture(), DType::F32, &Device::Cpu).unwrap();
-                let backend = EmbeddedBackend::new(
-                    "tiny".into(),
-                    Scheduler::spawn(
-                        Engine::new(ck.model, Arc::new(ck.tokenizer)),
-                        SchedulerConfig::default(),
-                        Arc::new(Metrics::default()),
-                    ),
-                    ck.generation,
-                );
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                tx.send(format!("http://{}", listener.local_addr().unwrap()))
-                    .unwrap();
-                let config = ServerConfig {
-                    allow_weight_reload: true,
-                    ..ServerConfig::default()
-                };
-                let mut state = AppState::new(backend, config);
-                if let Some(r) = reward {
-                    state = state.with_reward_model(r);
-                }
-                qforge_serve::serve(listener, state, std::future::pending())
-                    .await
-                    .unwrap();
-            });
-    });
-    rx.recv_timeout(Duration::from_secs(60)).unwrap()
+    let config = ServerConfig {
+        allow_weight_reload: true,
+        ..ServerConfig::default()
+    };
+    let mut state = AppState::for_checkpoint("tiny", &fixture(), config).unwrap();
+    if let Some(dir) = reward {
+        state = state.with_reward_model(RewardState::load("rm".into(), dir).unwrap());
+    }
+    let url = qforge_serve::spawn_on_loopback(state).unwrap();
+    url.strip_suffix("/v1").unwrap().to_string()
 }
 
 /// POSTs `body` to `/pooling`: the status and the body text.
