@@ -9,7 +9,9 @@
 //! the policy's true reward (mean fraction of digits copied right, greedy, held-out prompts)
 //! and the reward model's accuracy against the truth on pairs of the current policy's samples.
 //! Environment: `BIAS=length` fits the base RM to near misses that are never longer than the
-//! right answer (a spurious length preference), `BIAS=none` to all near misses; `TEMP` sets the
+//! right answer (a spurious length preference), `BIAS=none` to all near misses, `BIAS=verbose`
+//! to near misses plus "a trailing `ok` beats none" while the policy's SFT answers trail 0-3
+//! `ok`s (which the true reward punishes); `TEMP` sets the
 //! E-step sampling temperature (default 1.0). Runs are kept in `runs/mutual_taught_copy/`.
 
 use std::path::{Path, PathBuf};
@@ -137,10 +139,22 @@ fn main() {
         std::fs::remove_dir_all(d).unwrap();
     }
     std::fs::create_dir_all(d).unwrap();
-    // Policy warm-up: conversational copy SFT, stopped early.
+    let verbose = std::env::var("BIAS").is_ok_and(|b| b == "verbose");
+    // `ok` words after the copy: the verbosity the true reward punishes (0.25 each).
+    let tail = |i: usize| " ok".repeat(i % 4);
+    // Policy warm-up: conversational copy SFT, stopped early; with BIAS=verbose three quarters
+    // of the answers trail 1-3 `ok`s, so the policy's samples vary in verbosity.
     let sft: Vec<Value> = copy_sft(1024, 1)
         .into_iter()
-        .map(|r| json!({"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}]}))
+        .enumerate()
+        .map(|(i, r)| {
+            let answer = format!(
+                "{}{}",
+                r["completion"].as_str().unwrap(),
+                if verbose { tail(i) } else { String::new() }
+            );
+            json!({"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": answer}]})
+        })
         .collect();
     write_jsonl(&d.join("sft.jsonl"), &sft).unwrap();
     let mut t = Trainer::new(
@@ -174,6 +188,19 @@ fn main() {
             .collect(),
         // An unbiased base RM, for comparison.
         Ok("none") => near_miss_preferences(1024, 2),
+        // Right over near misses, and (spuriously) a trailing `ok` over none.
+        Ok("verbose") => near_miss_preferences(1024, 2)
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut r)| {
+                if i % 2 == 0 {
+                    let right = r["chosen"].as_str().unwrap().to_string();
+                    r["chosen"] = json!(format!("{right}{}", tail(1 + i % 3)));
+                    r["rejected"] = json!(right);
+                }
+                r
+            })
+            .collect(),
         _ => copy_preferences(512, 2),
     };
     let rm_rows: Vec<Value> = base_pairs
