@@ -252,6 +252,8 @@ struct Models {
 struct RewardServer {
     backend: qforge_engine::RemoteBackend,
     runtime: tokio::runtime::Runtime,
+    /// The reward model this run last pushed (stages that share one push it once).
+    pushed: std::cell::RefCell<Option<PathBuf>>,
 }
 
 /// The reward model of a stage: loaded here, or held by a server.
@@ -288,15 +290,18 @@ impl Models {
             let rm = RewardModel::load(dir, self.dtype, &self.device)?;
             return Ok(Scorer::Local(Box::new(rm)));
         };
-        server
-            .runtime
-            .block_on(server.backend.update_weights_from_disk(dir))
-            .map_err(|e| {
-                PrefError::Invalid(format!(
-                    "pushing the reward model {} to the reward server: {e}",
-                    dir.display()
-                ))
-            })?;
+        if server.pushed.borrow().as_deref() != Some(dir) {
+            server
+                .runtime
+                .block_on(server.backend.update_weights_from_disk(dir))
+                .map_err(|e| {
+                    PrefError::Invalid(format!(
+                        "pushing the reward model {} to the reward server: {e}",
+                        dir.display()
+                    ))
+                })?;
+            *server.pushed.borrow_mut() = Some(dir.to_path_buf());
+        }
         Ok(Scorer::Remote(server))
     }
 }
@@ -370,6 +375,7 @@ pub fn run(
                 .enable_all()
                 .build()
                 .map_err(|e| PrefError::Invalid(format!("tokio runtime: {e}")))?,
+            pushed: std::cell::RefCell::new(None),
         }),
     };
     let models = Models {
