@@ -31,6 +31,9 @@ pub enum BenchCommand {
     /// One GRPO step: rollout and train tokens/s and their time shares; DUPO against DAPO's
     /// dynamic sampling per useful group.
     RlStep(crate::bench_rl::RlStepArgs),
+    /// The offline search backend (BM25 index) on a 10k-document corpus: build time,
+    /// queries/s and p99 latency, against a linear scan.
+    Search(crate::bench_search::SearchArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -248,6 +251,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::GuardStream(a) => return crate::bench_guard::run(a),
         BenchCommand::Solopo(a) => return crate::bench_solopo::run(a),
         BenchCommand::RlStep(a) => return crate::bench_rl::run(a),
+        BenchCommand::Search(a) => return crate::bench_search::run(a),
     };
     if args.steps < 2 || args.repeats == 0 || args.prompt_len == 0 || args.batch.contains(&0) {
         bail!("--steps must be >= 2, --repeats and --prompt-len >= 1, batch sizes >= 1");

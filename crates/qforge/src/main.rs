@@ -6,6 +6,7 @@ use mimalloc::MiMalloc;
 mod bench;
 mod bench_guard;
 mod bench_rl;
+mod bench_search;
 mod bench_serve;
 mod bench_solopo;
 mod bench_train;

@@ -1,0 +1,7 @@
+//! WebSailor (arXiv 2507.02592): a ReAct agent with `search` and `visit` tools.
+//!
+//! - [`index`]: a BM25 inverted index over a local corpus, the offline search backend.
+//! - [`search`]: the `search` tool's output (one block per query, joined by `=======`).
+
+pub mod index;
+pub mod search;
