@@ -1,7 +1,10 @@
 //! WebSailor (arXiv 2507.02592): a ReAct agent with `search` and `visit` tools.
 //!
+//! - [`agent`]: the ReAct loop on any `ChatBackend`, with budgets, the forced final answer and
+//!   the termination labels; the `Tool` trait and the `search` tool.
 //! - [`index`]: a BM25 inverted index over a local corpus, the offline search backend.
 //! - [`search`]: the `search` tool's output (one block per query, joined by `=======`).
 
+pub mod agent;
 pub mod index;
 pub mod search;

@@ -1,0 +1,266 @@
+//! WebSailor's ReAct loop (specs/websailor_writingrl.md §1.1), on any `ChatBackend`: the
+//! policy thinks in `<think>`, calls one tool per turn in `<tool_call>`, reads results as user
+//! turns in `<tool_response>`, and ends with `<answer>`. Budgets: model calls, and context
+//! tokens (past it, the last message becomes an order to answer now and one more call is made).
+//! Prompts are ours, with the released prompt's structure and tags.
+
+use std::sync::Arc;
+
+use qforge_engine::chat::ChatRequest;
+use qforge_engine::{BackendError, ChatBackend};
+use qforge_rl::tools::first_tool_call;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+/// A tool the agent can call.
+pub trait Tool: Send + Sync {
+    fn name(&self) -> &str;
+    /// The JSON schema shown in the `<tools>` block.
+    fn schema(&self) -> Value;
+    /// The observation for `arguments`; failures are text for the model, never an abort.
+    fn call(&self, arguments: &Value) -> String;
+}
+
+/// The `search` tool over any backend: `{"query": [..]}` (a single string is accepted too).
+pub struct SearchTool {
+    pub backend: Arc<dyn super::search::SearchBackend>,
+    /// Results per query (10, as Serper returns).
+    pub results: usize,
+}
+
+impl Tool for SearchTool {
+    fn name(&self) -> &str {
+        "search"
+    }
+
+    fn schema(&self) -> Value {
+        json!({"type": "function", "function": {"name": "search",
+            "description": "Web search. Give one or more queries; each returns its top results.",
+            "parameters": {"type": "object", "properties": {"query": {"type": "array",
+                "items": {"type": "string"}, "minItems": 1,
+                "description": "The queries, run in parallel."}}, "required": ["query"]}}})
+    }
+
+    fn call(&self, arguments: &Value) -> String {
+        let queries: Vec<String> = match &arguments["query"] {
+            Value::String(q) => vec![q.clone()],
+            Value::Array(a) => a
+                .iter()
+                .filter_map(|q| q.as_str().map(String::from))
+                .collect(),
+            _ => Vec::new(),
+        };
+        if queries.is_empty() {
+            return "[search] `query` must be a list of strings".into();
+        }
+        super::search::run_search(self.backend.as_ref(), &queries, self.results)
+    }
+}
+
+/// Budgets and decoding of a run (the released defaults).
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// `MAX_LLM_CALL_PER_RUN`.
+    pub max_llm_calls: usize,
+    /// Context budget in tokens, counted over the rendered messages (31·1024 − 500).
+    pub max_context_tokens: usize,
+    pub temperature: f32,
+    pub top_p: f32,
+    /// Tokens per model call.
+    pub max_tokens: usize,
+    /// `Current date:` in the system prompt (YYYY-MM-DD).
+    pub date: String,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            max_llm_calls: 40,
+            max_context_tokens: 31 * 1024 - 500,
+            temperature: 0.6,
+            top_p: 0.95,
+            max_tokens: 8192,
+            date: "2025-07-01".into(),
+        }
+    }
+}
+
+/// How a run ended (the released labels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Termination {
+    #[serde(rename = "answer")]
+    Answer,
+    #[serde(rename = "exceed available llm calls")]
+    ExceededCalls,
+    #[serde(rename = "answer not found")]
+    AnswerNotFound,
+    #[serde(rename = "generate an answer as token limit reached")]
+    TokenLimitAnswered,
+    #[serde(rename = "format error: generate an answer as token limit reached")]
+    TokenLimitFormatError,
+}
+
+/// One run: the whole conversation (what the RL and SFT trainers read), the answer, counts.
+#[derive(Debug, Clone, Serialize)]
+pub struct Trajectory {
+    pub question: String,
+    pub messages: Vec<Value>,
+    pub answer: Option<String>,
+    pub termination: Termination,
+    pub llm_calls: usize,
+    pub tool_calls: usize,
+}
+
+const STOP: [&str; 2] = ["\n<tool_response>", "<tool_response>"];
+
+fn system_prompt(date: &str) -> String {
+    format!(
+        "You are a master of web information seeking. Keep going through as many searches and \
+         page visits as a question needs; check facts against several sources before you \
+         trust them; prefer credible, authoritative sources.\nCurrent date: {date}"
+    )
+}
+
+fn first_user_message(question: &str, tools: &[Arc<dyn Tool>]) -> String {
+    let schemas: Vec<String> = tools.iter().map(|t| t.schema().to_string()).collect();
+    format!(
+        "Answer the question below by calling tools.\n\nYou can call these tools:\n<tools>\n{}\n</tools>\n\n\
+         Work in cycles: think inside <think></think>, then make one call as \
+         <tool_call>{{\"name\": <tool name>, \"arguments\": <JSON arguments>}}</tool_call>, then wait \
+         for its <tool_response>. Repeat as often as needed. When you are sure, think once more and \
+         give the final answer inside <answer></answer>.\n\nExample:\n<think>I should look this \
+         up.</think>\n<tool_call>{{\"name\": \"search\", \"arguments\": {{\"query\": [\"...\"]}}}}</tool_call>\n\
+         <tool_response>...</tool_response>\n<think>The results settle it.</think>\n<answer>...</answer>\n\n\
+         User: {question}",
+        schemas.join("\n")
+    )
+}
+
+/// What replaces the last message once the context budget is spent.
+const ANSWER_NOW: &str = "You have reached the context limit. Stop calling tools and give your \
+    most likely answer now, as <think>your reasoning</think><answer>your answer</answer>.";
+
+fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
+    let start = text.find(open)? + open.len();
+    let end = text[start..].find(close)? + start;
+    Some(text[start..end].trim())
+}
+
+/// Runs the agent on `question`. `count_tokens` measures the rendered conversation with the
+/// policy's tokenizer (the context budget). Errors are the backend's.
+pub async fn run(
+    backend: &dyn ChatBackend,
+    tools: &[Arc<dyn Tool>],
+    question: &str,
+    config: &AgentConfig,
+    count_tokens: &(dyn Fn(&[Value]) -> usize + Sync),
+) -> Result<Trajectory, BackendError> {
+    let mut messages = vec![
+        json!({"role": "system", "content": system_prompt(&config.date)}),
+        json!({"role": "user", "content": first_user_message(question, tools)}),
+    ];
+    let (mut llm_calls, mut tool_calls) = (0, 0);
+    let call = |messages: Vec<Value>| async move {
+        let request = ChatRequest {
+            messages,
+            max_tokens: Some(config.max_tokens),
+            temperature: Some(config.temperature),
+            top_p: Some(config.top_p),
+            stop: STOP.iter().map(|s| s.to_string()).collect(),
+            ..ChatRequest::default()
+        };
+        let response = backend.chat(request).await?;
+        let mut content = response
+            .choices
+            .first()
+            .and_then(|c| c.message.content.clone())
+            .unwrap_or_default();
+        // Anything after a hallucinated tool response is the model talking to itself.
+        if let Some(i) = content.find("<tool_response>") {
+            content.truncate(i);
+        }
+        Ok::<_, BackendError>(content)
+    };
+    let finish = |messages, answer: Option<&str>, termination, llm_calls, tool_calls| Trajectory {
+        question: question.to_string(),
+        messages,
+        answer: answer.map(str::to_string),
+        termination,
+        llm_calls,
+        tool_calls,
+    };
+    loop {
+        if llm_calls == config.max_llm_calls {
+            return Ok(finish(
+                messages,
+                None,
+                Termination::ExceededCalls,
+                llm_calls,
+                tool_calls,
+            ));
+        }
+        llm_calls += 1;
+        let content = call(messages.clone()).await?;
+        messages.push(json!({"role": "assistant", "content": content}));
+        if let Some(answer) = between(&content, "<answer>", "</answer>") {
+            let answer = answer.to_string();
+            return Ok(finish(
+                messages,
+                Some(&answer),
+                Termination::Answer,
+                llm_calls,
+                tool_calls,
+            ));
+        }
+        let Some(parsed) = first_tool_call(&content) else {
+            if content.trim().is_empty() {
+                return Ok(finish(
+                    messages,
+                    None,
+                    Termination::AnswerNotFound,
+                    llm_calls,
+                    tool_calls,
+                ));
+            }
+            continue;
+        };
+        tool_calls += 1;
+        let observation = match parsed {
+            Ok(c) => match tools.iter().find(|t| t.name() == c.name) {
+                Some(tool) => tool.call(&c.arguments),
+                None => format!(
+                    "Error: there is no tool `{}`; the tools are {}.",
+                    c.name,
+                    tools
+                        .iter()
+                        .map(|t| t.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            },
+            Err(message) => format!("Error: {message}"),
+        };
+        messages.push(json!({"role": "user",
+            "content": format!("<tool_response>\n{observation}\n</tool_response>")}));
+        if count_tokens(&messages) > config.max_context_tokens {
+            *messages.last_mut().expect("just pushed") =
+                json!({"role": "user", "content": ANSWER_NOW});
+            llm_calls += 1;
+            let content = call(messages.clone()).await?;
+            messages.push(json!({"role": "assistant", "content": content}));
+            let answer = between(&content, "<answer>", "</answer>").map(str::to_string);
+            let termination = if answer.is_some() {
+                Termination::TokenLimitAnswered
+            } else {
+                Termination::TokenLimitFormatError
+            };
+            return Ok(finish(
+                messages,
+                answer.as_deref(),
+                termination,
+                llm_calls,
+                tool_calls,
+            ));
+        }
+    }
+}
