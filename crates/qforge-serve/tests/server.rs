@@ -80,6 +80,18 @@ impl Server {
         )
     }
 
+    /// `name` once the scheduler has caught up: a reply can reach the client a moment before
+    /// the scheduler thread retires its sequence, so a gauge read right after may lag by one.
+    async fn settled_metric(&self, name: &str, want: f64) -> f64 {
+        for _ in 0..100 {
+            if self.metric(name).await == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.metric(name).await
+    }
+
     async fn metric(&self, name: &str) -> f64 {
         let text = reqwest::get(format!("{}/metrics", self.url))
             .await
@@ -195,15 +207,15 @@ async fn concurrent_streams_with_disconnects_complete_and_free_their_slots() {
         }
     }
     // Cancelled sequences leave the batch; nothing stays reserved.
-    for _ in 0..100 {
-        if server.metric("qforge_running_sequences").await == 0.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(server.metric("qforge_running_sequences").await, 0.0);
+    assert_eq!(
+        server.settled_metric("qforge_running_sequences", 0.0).await,
+        0.0
+    );
     assert_eq!(server.metric("qforge_queue_depth").await, 0.0);
-    assert_eq!(server.metric("qforge_kv_reserved_bytes").await, 0.0);
+    assert_eq!(
+        server.settled_metric("qforge_kv_reserved_bytes", 0.0).await,
+        0.0
+    );
     // A client that hangs up is cancelled unless its sequence already ended (it is short).
     let cancelled = server.metric("qforge_requests_cancelled_total").await;
     let finished = server.metric("qforge_requests_finished_total").await;
@@ -312,7 +324,10 @@ async fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
         .post("/v1/chat/completions", greedy_body("still there?"))
         .await;
     assert_eq!(status, 200, "{v}");
-    assert_eq!(server.metric("qforge_running_sequences").await, 0.0);
+    assert_eq!(
+        server.settled_metric("qforge_running_sequences", 0.0).await,
+        0.0
+    );
     server.shutdown().await;
 }
 
