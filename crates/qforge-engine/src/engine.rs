@@ -185,6 +185,13 @@ impl Engine {
         }
     }
 
+    /// The engine of a loaded checkpoint, stopping at its end-of-turn tokens
+    /// (`Checkpoint::stop_token_ids`: generation_config.json's and the tokenizer's EOS).
+    pub fn from_checkpoint(ck: qforge_model::Checkpoint) -> Self {
+        let stop = ck.stop_token_ids();
+        Self::new(ck.model, Arc::new(ck.tokenizer)).with_stop_token_ids(stop)
+    }
+
     /// Replaces the tokenizer's EOS as the end of a reply (e.g. with `Checkpoint::stop_token_ids`,
     /// which adds generation_config.json's ids).
     pub fn with_stop_token_ids(mut self, ids: Vec<u32>) -> Self {

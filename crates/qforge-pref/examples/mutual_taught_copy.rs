@@ -15,7 +15,6 @@
 //! E-step sampling temperature (default 1.0). Runs are kept in `runs/mutual_taught_copy/`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use qforge_engine::{Engine, SamplingParams};
@@ -60,8 +59,7 @@ fn generate(
     seed: u64,
 ) -> Vec<Vec<String>> {
     let ck = Checkpoint::load_dir(dir, DType::F32, &Device::Cpu).unwrap();
-    let stop = ck.stop_token_ids();
-    let engine = Engine::new(ck.model, Arc::new(ck.tokenizer)).with_stop_token_ids(stop);
+    let engine = Engine::from_checkpoint(ck);
     let tok = engine.tokenizer().clone();
     prompts
         .iter()

@@ -31,8 +31,7 @@ fn base_model() -> PathBuf {
 /// Greedy exact match of the value after `field`'s prompt.
 fn exact_match(dir: &Path, rows: &[Value], field: &str) -> f64 {
     let ck = Checkpoint::load_dir(dir, DType::F32, &Device::Cpu).unwrap();
-    let stop = ck.stop_token_ids();
-    let engine = Engine::new(ck.model, Arc::new(ck.tokenizer)).with_stop_token_ids(stop);
+    let engine = Engine::from_checkpoint(ck);
     chosen_exact_match(&engine, rows, field).unwrap()
 }
 

@@ -16,7 +16,6 @@
 //! own checkpoints).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use qforge_engine::{Engine, SamplingParams};
@@ -280,8 +279,7 @@ impl Scorer<'_> {
 impl Models {
     fn engine(&self, dir: &Path) -> Result<Engine> {
         let ck = Checkpoint::load_dir(dir, self.dtype, &self.device)?;
-        let stop = ck.stop_token_ids();
-        Ok(Engine::new(ck.model, Arc::new(ck.tokenizer)).with_stop_token_ids(stop))
+        Ok(Engine::from_checkpoint(ck))
     }
 
     /// The reward model in `dir`: loaded, or pushed to the reward server.

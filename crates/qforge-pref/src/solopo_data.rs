@@ -313,28 +313,25 @@ pub fn kv_needle_pairs(n: usize, short_filler: usize, long_filler: usize, seed: 
 /// `prompt_long`) starts with the row's chosen answer.
 pub fn chosen_exact_match(engine: &Engine, rows: &[Value], field: &str) -> Result<f64> {
     let tok = engine.tokenizer();
-    let requests = rows
-        .iter()
-        .map(|r| {
-            let prompt = r[field]
+    let (mut requests, mut chosen) = (Vec::with_capacity(rows.len()), Vec::new());
+    for r in rows {
+        let text = |key: &str| {
+            r[key]
                 .as_str()
-                .ok_or_else(|| PrefError::Invalid(format!("a row has no `{field}`")))?;
-            let chosen = r["chosen"].as_str().unwrap_or("");
-            Ok(engine.request(
-                tok.encode(prompt, false)?,
-                tok.encode(chosen, false)?.len() + 1,
-            ))
-        })
-        .collect::<Result<Vec<_>>>()?;
+                .ok_or_else(|| PrefError::Invalid(format!("a row has no `{key}`")))
+        };
+        let (prompt, answer) = (text(field)?, text("chosen")?);
+        requests.push(engine.request(
+            tok.encode(prompt, false)?,
+            tok.encode(answer, false)?.len() + 1,
+        ));
+        chosen.push(answer);
+    }
     let outs = engine.generate(requests, |_| {})?;
     let hits = outs
         .iter()
-        .zip(rows)
-        .filter(|(o, r)| {
-            o.text
-                .trim()
-                .starts_with(r["chosen"].as_str().unwrap_or("\u{0}"))
-        })
+        .zip(&chosen)
+        .filter(|(o, c)| o.text.trim().starts_with(*c))
         .count();
     Ok(hits as f64 / rows.len().max(1) as f64)
 }

@@ -74,10 +74,7 @@ fn main() {
     if !warm.join("config.json").is_file() {
         let rows: Vec<_> = (1..=2)
             .flat_map(|p| make(4096, p, seed ^ (100 + p as u64)))
-            .map(|t| {
-                json!({"messages": [t.messages[0].clone(),
-                                    {"role": "assistant", "content": t.answers[0]}]})
-            })
+            .map(|t| t.sft_row())
             .collect();
         write_jsonl(&out.join("sft.jsonl"), &rows).unwrap();
         let mut t = Trainer::new(

@@ -11,6 +11,17 @@ pub struct Task {
     pub answers: Vec<String>,
 }
 
+impl Task {
+    /// The task as a conversational SFT row (TRL's `messages`) answered with its first gold
+    /// answer: warm-up data for the same tasks RL trains on.
+    pub fn sft_row(&self) -> Value {
+        let mut messages = self.messages.clone();
+        let answer = self.answers.first().map_or("", String::as_str);
+        messages.push(serde_json::json!({"role": "assistant", "content": answer}));
+        serde_json::json!({ "messages": messages })
+    }
+}
+
 pub trait RewardFn: Send + Sync {
     fn score(&self, task: &Task, response: &str) -> f64;
 

@@ -98,9 +98,7 @@ pub fn greedy_score(
 ) -> crate::Result<f64> {
     use qforge_model::{ChatOptions, Checkpoint};
     let ck = Checkpoint::load_dir(dir, candle_core::DType::F32, &candle_core::Device::Cpu)?;
-    let stop = ck.stop_token_ids();
-    let engine = qforge_engine::Engine::new(ck.model, std::sync::Arc::new(ck.tokenizer))
-        .with_stop_token_ids(stop);
+    let engine = qforge_engine::Engine::from_checkpoint(ck);
     let tok = engine.tokenizer().clone();
     let requests = tasks
         .iter()

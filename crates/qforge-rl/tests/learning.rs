@@ -10,7 +10,7 @@ use qforge_rl::reward::{ExactMatch, Extraction};
 use qforge_rl::tasks::{greedy_score, needle_compact};
 use qforge_train::synthetic::write_jsonl;
 use qforge_train::trainer::{Objective, TrainConfig, Trainer};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/fixtures/model/qwen3_tied_gqa")
@@ -23,10 +23,7 @@ fn grpo_raises_the_held_out_accuracy_of_a_short_haystack_retriever_on_long_ones(
     let sft: Vec<Value> = [4, 8]
         .into_iter()
         .flat_map(|words| needle_compact(2048, words, words as u64))
-        .map(|t| {
-            json!({"messages": [t.messages[0].clone(),
-                                {"role": "assistant", "content": t.answers[0]}]})
-        })
+        .map(|t| t.sft_row())
         .collect();
     write_jsonl(&d.join("sft.jsonl"), &sft).unwrap();
     let mut t = Trainer::new(

@@ -2,7 +2,6 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -70,9 +69,7 @@ fn solopo_data(args: SolopoDataArgs) -> Result<()> {
         );
     }
     let engine = if unlabelled > 0 {
-        let ck = args.model.load()?;
-        let stop = ck.stop_token_ids();
-        Some(Engine::new(ck.model, Arc::new(ck.tokenizer)).with_stop_token_ids(stop))
+        Some(Engine::from_checkpoint(args.model.load()?))
     } else {
         None
     };

@@ -4,7 +4,6 @@
 //! stage, and saves a Hugging Face checkpoint it generates from. Every step runs the real code.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
@@ -46,12 +45,10 @@ fn tiny_config() -> Result<ModelConfig> {
 /// Greedy generations for `prompts` from the checkpoint in `dir` (raw prompts, no template).
 fn generate(dir: &Path, prompts: &[String], max_new: usize) -> Result<Vec<String>> {
     let ck = Checkpoint::load_dir(dir, DType::F32, &Device::Cpu)?;
-    let stop = ck.stop_token_ids();
-    let tokenizer = Arc::new(ck.tokenizer);
-    let engine = Engine::new(ck.model, tokenizer.clone()).with_stop_token_ids(stop);
+    let engine = Engine::from_checkpoint(ck);
     let requests = prompts
         .iter()
-        .map(|p| Ok(engine.request(tokenizer.encode(p, false)?, max_new)))
+        .map(|p| Ok(engine.request(engine.tokenizer().encode(p, false)?, max_new)))
         .collect::<Result<Vec<_>>>()?;
     Ok(engine
         .generate(requests, |_| {})?

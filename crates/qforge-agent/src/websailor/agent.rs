@@ -181,46 +181,19 @@ pub async fn run(
         }
         Ok::<_, BackendError>(content)
     };
-    let finish = |messages, answer: Option<&str>, termination, llm_calls, tool_calls| Trajectory {
-        question: question.to_string(),
-        messages,
-        answer: answer.map(str::to_string),
-        termination,
-        llm_calls,
-        tool_calls,
-    };
-    loop {
+    let (termination, answer) = loop {
         if llm_calls == config.max_llm_calls {
-            return Ok(finish(
-                messages,
-                None,
-                Termination::ExceededCalls,
-                llm_calls,
-                tool_calls,
-            ));
+            break (Termination::ExceededCalls, None);
         }
         llm_calls += 1;
         let content = call(messages.clone()).await?;
         messages.push(json!({"role": "assistant", "content": content}));
         if let Some(answer) = between(&content, "<answer>", "</answer>") {
-            let answer = answer.to_string();
-            return Ok(finish(
-                messages,
-                Some(&answer),
-                Termination::Answer,
-                llm_calls,
-                tool_calls,
-            ));
+            break (Termination::Answer, Some(answer.to_string()));
         }
         let Some(parsed) = first_tool_call(&content) else {
             if content.trim().is_empty() {
-                return Ok(finish(
-                    messages,
-                    None,
-                    Termination::AnswerNotFound,
-                    llm_calls,
-                    tool_calls,
-                ));
+                break (Termination::AnswerNotFound, None);
             }
             continue;
         };
@@ -248,19 +221,18 @@ pub async fn run(
             llm_calls += 1;
             let content = call(messages.clone()).await?;
             messages.push(json!({"role": "assistant", "content": content}));
-            let answer = between(&content, "<answer>", "</answer>").map(str::to_string);
-            let termination = if answer.is_some() {
-                Termination::TokenLimitAnswered
-            } else {
-                Termination::TokenLimitFormatError
+            break match between(&content, "<answer>", "</answer>") {
+                Some(answer) => (Termination::TokenLimitAnswered, Some(answer.to_string())),
+                None => (Termination::TokenLimitFormatError, None),
             };
-            return Ok(finish(
-                messages,
-                answer.as_deref(),
-                termination,
-                llm_calls,
-                tool_calls,
-            ));
         }
-    }
+    };
+    Ok(Trajectory {
+        question: question.to_string(),
+        messages,
+        answer,
+        termination,
+        llm_calls,
+        tool_calls,
+    })
 }
