@@ -13,6 +13,7 @@ pub mod error;
 pub mod mutual_taught;
 pub mod solopo;
 pub mod solopo_data;
+pub mod verbose_copy;
 
 pub use error::{PrefError, Result};
 pub use solopo::{Penalty, SoloAlgorithm, SoloPo, SoloSettings};

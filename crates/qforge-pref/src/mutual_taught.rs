@@ -95,6 +95,9 @@ pub struct MutualTaughtConfig {
     pub max_new_tokens: usize,
     /// τ: stop when the best checkpoint's win rate is below this.
     pub win_rate_threshold: f64,
+    /// `false` skips the M-step: every iteration is scored by the base reward model (iterative
+    /// DPO with a fixed reward model, the paper's "w/o RM update" ablation).
+    pub update_reward_model: bool,
     pub seed: u64,
     /// Score through a reward-model server (`qforge serve --reward-model R
     /// --allow-weight-reload`, or any server with vLLM's `/pooling`) at this base URL, e.g.
@@ -120,6 +123,7 @@ impl Default for MutualTaughtConfig {
             top_p: 0.95,
             max_new_tokens: 512,
             win_rate_threshold: 0.6,
+            update_reward_model: true,
             seed: 42,
             reward_server: None,
             dpo: TrainConfig {
@@ -578,6 +582,11 @@ fn iteration(
     else {
         return Ok(result); // stop rule: keep π_{t-1}
     };
+    result.stopped = false;
+    if !cfg.update_reward_model {
+        result.policy_out = new_policy;
+        return Ok(result);
+    }
 
     // M-step 1: pseudo-pairs y_t ≻ y_{t-1}, filtered by the reward gain.
     let mstep_path = dir.join("m_step_pairs.jsonl");
@@ -632,7 +641,6 @@ fn iteration(
 
     result.policy_out = new_policy;
     result.reward_model_out = Some(final_rm);
-    result.stopped = false;
     Ok(result)
 }
 

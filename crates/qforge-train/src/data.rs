@@ -1,6 +1,8 @@
 //! JSONL datasets in TRL's formats, tokenised with the model's chat template.
 //!
-//! - SFT: `{"messages": [...]}` (the last message is the assistant turn to learn), or
+//! - SFT: `{"messages": [...]}` (every assistant turn is learned, the last message must be one;
+//!   user and tool turns between them stay in context unlearned, as in multi-turn agent
+//!   trajectories), or
 //!   `{"prompt": ..., "completion": ...}` with plain strings or message lists.
 //! - Preference: `{"prompt": ..., "chosen": ..., "rejected": ...}`, plain or conversational.
 //! - Prompt-only (RL): `{"prompt": ...}` or `{"messages": [...]}`.
@@ -44,16 +46,35 @@ impl Default for DataOptions {
 }
 
 /// A tokenised training sequence: prompt then completion.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Sequence {
     pub ids: Vec<u32>,
-    /// Tokens from here on are learned.
+    /// Tokens from here on are learned, except those in `unlearned`.
     pub prompt_len: usize,
+    /// Spans of the completion kept in context but not learned: the user and tool turns
+    /// between the assistant turns of a multi-turn conversation.
+    pub unlearned: Vec<std::ops::Range<usize>>,
 }
 
 impl Sequence {
+    pub fn new(ids: Vec<u32>, prompt_len: usize) -> Self {
+        Self {
+            ids,
+            prompt_len,
+            unlearned: Vec::new(),
+        }
+    }
+
+    /// Whether token `j` is learned.
+    pub fn learned(&self, j: usize) -> bool {
+        j >= self.prompt_len && !self.unlearned.iter().any(|r| r.contains(&j))
+    }
+
+    /// Learned tokens.
     pub fn completion_len(&self) -> usize {
-        self.ids.len() - self.prompt_len
+        (self.prompt_len..self.ids.len())
+            .filter(|&j| self.learned(j))
+            .count()
     }
 }
 
@@ -170,7 +191,7 @@ fn prompt_completion(
             let prompt_len = ids.len();
             ids.extend(tok.encode(c, false).map_err(|e| e.to_string())?);
             ids.extend(tok.eos_token_id());
-            Ok(Sequence { ids, prompt_len })
+            Ok(Sequence::new(ids, prompt_len))
         }
         (Value::Array(p), Value::Array(c)) => {
             if c.is_empty() {
@@ -184,10 +205,7 @@ fn prompt_completion(
                     "the chat template does not render the prompt as a prefix of prompt + `{field}`"
                 ));
             }
-            Ok(Sequence {
-                prompt_len: prompt_ids.len(),
-                ids,
-            })
+            Ok(Sequence::new(ids, prompt_ids.len()))
         }
         _ => Err(format!(
             "`prompt` and `{field}` must both be strings or both be message lists"
@@ -195,19 +213,63 @@ fn prompt_completion(
     }
 }
 
+/// A `messages` conversation: every assistant turn is learned, from its first token through
+/// the token that ends it (`<|im_end|>`, else EOS); the turns before the first one are the
+/// prompt, and later user and tool turns (with the next assistant header) stay in context
+/// unlearned. A turn starts where the conversation before it, rendered with the generation
+/// prompt, ends (checked to be a prefix of the whole: Qwen3's template re-renders earlier turns
+/// only in ways this survives).
+fn conversation_sequence(
+    tok: &Tokenizer,
+    messages: &[Value],
+) -> std::result::Result<Sequence, String> {
+    let is_assistant = |m: &Value| m.get("role").and_then(Value::as_str) == Some("assistant");
+    if !messages.last().is_some_and(is_assistant) {
+        return Err("the last message must be an assistant turn to learn".into());
+    }
+    let ids = render(tok, messages, false)?;
+    let turn_end: Vec<u32> = tok
+        .token_to_id("<|im_end|>")
+        .into_iter()
+        .chain(tok.eos_token_id())
+        .collect();
+    let mut learned = Vec::new();
+    for i in (0..messages.len()).filter(|&i| is_assistant(&messages[i])) {
+        let header = render(tok, &messages[..i], true)?;
+        if !ids.starts_with(&header) {
+            return Err(format!(
+                "the chat template does not render the conversation before message {i} as a \
+                 prefix of the whole"
+            ));
+        }
+        let start = header.len();
+        let end = if i + 1 == messages.len() {
+            ids.len()
+        } else {
+            1 + start
+                + ids[start..]
+                    .iter()
+                    .position(|t| turn_end.contains(t))
+                    .ok_or_else(|| format!("no end-of-turn token after message {i}"))?
+        };
+        learned.push(start..end);
+    }
+    let prompt_len = learned[0].start;
+    let unlearned = learned
+        .windows(2)
+        .map(|w| w[0].end..w[1].start)
+        .filter(|r| !r.is_empty())
+        .collect();
+    Ok(Sequence {
+        ids,
+        prompt_len,
+        unlearned,
+    })
+}
+
 fn sft_example(tok: &Tokenizer, v: &Value) -> std::result::Result<Sequence, String> {
     if v.get("messages").is_some() {
-        let messages = messages_of(v, "messages")?;
-        let (last, prompt) = messages.split_last().expect("non-empty");
-        if last.get("role").and_then(Value::as_str) != Some("assistant") {
-            return Err("the last message must be the assistant turn to learn".into());
-        }
-        return prompt_completion(
-            tok,
-            &Value::Array(prompt.to_vec()),
-            &Value::Array(vec![last.clone()]),
-            "messages",
-        );
+        return conversation_sequence(tok, &messages_of(v, "messages")?);
     }
     let (Some(p), Some(c)) = (v.get("prompt"), v.get("completion")) else {
         return Err("expected `messages`, or `prompt` and `completion`".into());
@@ -395,7 +457,7 @@ impl TrainBatch {
     pub fn new(seqs: &[&Sequence], pad_id: u32, device: &Device) -> Result<Self> {
         let masks: Vec<Vec<bool>> = seqs
             .iter()
-            .map(|s| (0..s.ids.len()).map(|j| j >= s.prompt_len).collect())
+            .map(|s| (0..s.ids.len()).map(|j| s.learned(j)).collect())
             .collect();
         let rows: Vec<(&[u32], &[bool])> = seqs
             .iter()

@@ -65,10 +65,7 @@ impl RewardModel {
         for chunk in seqs.chunks(batch.max(1)) {
             let owned: Vec<Sequence> = chunk
                 .iter()
-                .map(|ids| Sequence {
-                    ids: ids.clone(),
-                    prompt_len: 0,
-                })
+                .map(|ids| Sequence::new(ids.clone(), 0))
                 .collect();
             let refs: Vec<&Sequence> = owned.iter().collect();
             let tb = TrainBatch::new(&refs, self.tokenizer.pad_token_id(), self.model.device())?;

@@ -504,3 +504,54 @@ fn bf16_training_keeps_f32_master_weights_and_learns() {
         }
     }
 }
+
+#[test]
+fn multi_turn_sft_learns_every_assistant_turn_and_masks_tool_responses() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.jsonl");
+    let row = serde_json::json!({"messages": [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "capital of France?"},
+        {"role": "assistant", "content": "<think>look it up</think>\n<tool_call>{\"name\": \"search\"}</tool_call>"},
+        {"role": "user", "content": "<tool_response>\nParis is the capital.\n</tool_response>"},
+        {"role": "assistant", "content": "<answer>Paris</answer>"}
+    ]});
+    std::fs::write(&path, format!("{row}\n")).unwrap();
+    let tok = qforge_model::Tokenizer::from_dir(&base_model()).unwrap();
+    let ds = Dataset::load(&path, DatasetKind::Sft, &tok, &DataOptions::default()).unwrap();
+    let qforge_train::data::Example::Sft(seq) = &ds.examples[0] else {
+        panic!()
+    };
+    // Learned runs of tokens, decoded: exactly the two assistant turns.
+    let mut runs: Vec<String> = Vec::new();
+    let mut current = Vec::new();
+    for (j, &id) in seq.ids.iter().enumerate() {
+        if seq.learned(j) {
+            current.push(id);
+        } else if !current.is_empty() {
+            runs.push(tok.decode(&std::mem::take(&mut current), false).unwrap());
+        }
+    }
+    runs.push(tok.decode(&current, false).unwrap());
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert!(
+        runs[0].contains("<tool_call>") && runs[0].ends_with("<|im_end|>"),
+        "{runs:?}"
+    );
+    assert!(
+        runs[1].ends_with("<answer>Paris</answer><|im_end|>\n"),
+        "{runs:?}"
+    );
+    assert!(!runs.iter().any(|r| r.contains("Paris is the capital")));
+    let unlearned = tok
+        .decode(&seq.ids[seq.unlearned[0].clone()], false)
+        .unwrap();
+    assert!(
+        unlearned.contains("<tool_response>") && unlearned.ends_with("<|im_start|>assistant\n"),
+        "{unlearned}"
+    );
+    assert_eq!(
+        seq.completion_len(),
+        seq.ids.len() - seq.prompt_len - seq.unlearned[0].len()
+    );
+}
