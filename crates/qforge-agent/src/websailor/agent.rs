@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use qforge_engine::chat::ChatRequest;
 use qforge_engine::{BackendError, ChatBackend};
 use qforge_rl::tools::first_tool_call;
@@ -13,12 +14,13 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 /// A tool the agent can call.
+#[async_trait]
 pub trait Tool: Send + Sync {
     fn name(&self) -> &str;
     /// The JSON schema shown in the `<tools>` block.
     fn schema(&self) -> Value;
     /// The observation for `arguments`; failures are text for the model, never an abort.
-    fn call(&self, arguments: &Value) -> String;
+    async fn call(&self, arguments: &Value) -> String;
 }
 
 /// The `search` tool over any backend: `{"query": [..]}` (a single string is accepted too).
@@ -28,6 +30,7 @@ pub struct SearchTool {
     pub results: usize,
 }
 
+#[async_trait]
 impl Tool for SearchTool {
     fn name(&self) -> &str {
         "search"
@@ -41,7 +44,7 @@ impl Tool for SearchTool {
                 "description": "The queries, run in parallel."}}, "required": ["query"]}}})
     }
 
-    fn call(&self, arguments: &Value) -> String {
+    async fn call(&self, arguments: &Value) -> String {
         let queries: Vec<String> = match &arguments["query"] {
             Value::String(q) => vec![q.clone()],
             Value::Array(a) => a
@@ -53,7 +56,7 @@ impl Tool for SearchTool {
         if queries.is_empty() {
             return "[search] `query` must be a list of strings".into();
         }
-        super::search::run_search(self.backend.as_ref(), &queries, self.results)
+        super::search::run_search(self.backend.as_ref(), &queries, self.results).await
     }
 }
 
@@ -200,7 +203,7 @@ pub async fn run(
         tool_calls += 1;
         let observation = match parsed {
             Ok(c) => match tools.iter().find(|t| t.name() == c.name) {
-                Some(tool) => tool.call(&c.arguments),
+                Some(tool) => tool.call(&c.arguments).await,
                 None => format!(
                     "Error: there is no tool `{}`; the tools are {}.",
                     c.name,

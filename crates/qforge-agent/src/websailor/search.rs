@@ -1,7 +1,7 @@
 //! The `search` tool (specs/websailor_writingrl.md §1.1): `{"query": [q1, q2, …]}`, queries run
 //! in parallel, each answered as a numbered markdown list, the blocks joined by `=======`.
 
-use rayon::prelude::*;
+use async_trait::async_trait;
 
 use super::index::{Bm25Index, tokenize};
 
@@ -16,9 +16,10 @@ pub struct SearchResult {
 }
 
 /// Where results come from: the offline index, or a web search API.
+#[async_trait]
 pub trait SearchBackend: Send + Sync {
     /// Up to `k` results for `query`, best first; `Err` carries a message for the model.
-    fn search(&self, query: &str, k: usize) -> Result<Vec<SearchResult>, String>;
+    async fn search(&self, query: &str, k: usize) -> Result<Vec<SearchResult>, String>;
 }
 
 /// Characters of text around the first query word shown as the snippet.
@@ -52,8 +53,9 @@ pub fn snippet(text: &str, query: &str) -> String {
     )
 }
 
+#[async_trait]
 impl SearchBackend for Bm25Index {
-    fn search(&self, query: &str, k: usize) -> Result<Vec<SearchResult>, String> {
+    async fn search(&self, query: &str, k: usize) -> Result<Vec<SearchResult>, String> {
         Ok(Bm25Index::search(self, query, k)
             .into_iter()
             .map(|hit| {
@@ -74,7 +76,9 @@ impl SearchBackend for Bm25Index {
 /// (`[title](url)`, optional `Date published:` and `Source:` lines, the snippet).
 pub fn format_results(query: &str, results: &[SearchResult]) -> String {
     if results.is_empty() {
-        return format!("No results found for '{query}'. Try with a more general query.");
+        return format!(
+            "No results found for '{query}'. Try with a more general query, or remove the year filter."
+        );
     }
     let items: Vec<String> = results
         .iter()
@@ -87,8 +91,12 @@ pub fn format_results(query: &str, results: &[SearchResult]) -> String {
             if let Some(s) = &r.source {
                 item.push_str(&format!("\nSource: {s}"));
             }
+            // The released tool puts a blank line before the snippet.
             item.push('\n');
-            item.push_str(&r.snippet);
+            if !r.snippet.is_empty() {
+                item.push('\n');
+                item.push_str(&r.snippet.replace("Your browser can't play this video.", ""));
+            }
             item
         })
         .collect();
@@ -99,15 +107,107 @@ pub fn format_results(query: &str, results: &[SearchResult]) -> String {
     )
 }
 
-/// The tool's answer to several queries, run in parallel, in query order.
-pub fn run_search(backend: &dyn SearchBackend, queries: &[String], k: usize) -> String {
-    let blocks: Vec<String> = queries
-        .par_iter()
-        .map(|q| match backend.search(q, k) {
+/// Google results through Serper's API (`https://google.serper.dev/search`), as the released
+/// tool uses it: the key in `SERPER_API_KEY` (or the released name `GOOGLE_SEARCH_KEY`), the
+/// `organic` results, up to 5 tries.
+pub struct SerperBackend {
+    client: reqwest::Client,
+    url: String,
+    key: String,
+}
+
+impl SerperBackend {
+    pub const URL: &'static str = "https://google.serper.dev/search";
+
+    /// `url` is Serper's endpoint or a compatible one; each request times out after `timeout`.
+    pub fn new(url: &str, key: &str, timeout: std::time::Duration) -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            client,
+            url: url.to_string(),
+            key: key.to_string(),
+        })
+    }
+
+    /// Serper with the key from the environment; an error names the variables to set.
+    pub fn from_env() -> Result<Self, String> {
+        let key = std::env::var("SERPER_API_KEY")
+            .or_else(|_| std::env::var("GOOGLE_SEARCH_KEY"))
+            .map_err(|_| {
+                "web search needs a Serper key in SERPER_API_KEY (or GOOGLE_SEARCH_KEY)".to_string()
+            })?;
+        Self::new(Self::URL, &key, std::time::Duration::from_secs(20))
+    }
+}
+
+#[async_trait]
+impl SearchBackend for SerperBackend {
+    async fn search(&self, query: &str, k: usize) -> Result<Vec<SearchResult>, String> {
+        const TRIES: usize = 5;
+        let mut last_error = String::new();
+        for _ in 0..TRIES {
+            let sent = self
+                .client
+                .post(&self.url)
+                .header("X-API-KEY", &self.key)
+                .json(&serde_json::json!({"q": query, "num": k}))
+                .send()
+                .await;
+            let response = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    last_error = if e.is_timeout() {
+                        "the search API timed out".into()
+                    } else {
+                        e.to_string()
+                    };
+                    continue;
+                }
+            };
+            let status = response.status();
+            let body: serde_json::Value = match response.json().await {
+                Ok(b) => b,
+                Err(e) => {
+                    last_error = format!("unreadable reply ({status}): {e}");
+                    continue;
+                }
+            };
+            if !status.is_success() {
+                return Err(format!("the search API answered {status}: {body}"));
+            }
+            let text = |page: &serde_json::Value, field: &str| {
+                page.get(field).and_then(|v| v.as_str()).map(String::from)
+            };
+            return Ok(body["organic"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .take(k)
+                .map(|page| SearchResult {
+                    title: text(page, "title").unwrap_or_default(),
+                    url: text(page, "link").unwrap_or_default(),
+                    date: text(page, "date"),
+                    source: text(page, "source"),
+                    snippet: text(page, "snippet").unwrap_or_default(),
+                })
+                .collect());
+        }
+        Err(format!("{last_error} (after {TRIES} tries)"))
+    }
+}
+
+/// The tool's answer to several queries, run concurrently, in query order.
+pub async fn run_search(backend: &dyn SearchBackend, queries: &[String], k: usize) -> String {
+    let blocks = futures_util::future::join_all(queries.iter().map(|q| async move {
+        match backend.search(q, k).await {
             Ok(results) => format_results(q, &results),
             Err(e) => format!("[search] '{q}' failed: {e}"),
-        })
-        .collect();
+        }
+    }))
+    .await;
     blocks.join("\n=======\n")
 }
 
@@ -115,6 +215,14 @@ pub fn run_search(backend: &dyn SearchBackend, queries: &[String], k: usize) -> 
 mod tests {
     use super::*;
     use crate::websailor::index::Document;
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
 
     fn corpus() -> Bm25Index {
         Bm25Index::build(vec![
@@ -138,17 +246,21 @@ mod tests {
 
     #[test]
     fn results_follow_websailors_layout() {
-        let out = run_search(&corpus(), &["imperial capital".into(), "zebra".into()], 10);
+        let out = block_on(run_search(
+            &corpus(),
+            &["imperial capital".into(), "zebra".into()],
+            10,
+        ));
         let (first, second) = out.split_once("\n=======\n").unwrap();
         assert_eq!(
             first,
             "A Google search for 'imperial capital' found 1 results:\n\n## Web Results\n\
-             1. [Kyoto](wiki://Kyoto)\nDate published: 2024-01-02\nSource: Wikipedia\n\
+             1. [Kyoto](wiki://Kyoto)\nDate published: 2024-01-02\nSource: Wikipedia\n\n\
              Kyoto was the imperial capital of Japan for more than a thousand years."
         );
         assert_eq!(
             second,
-            "No results found for 'zebra'. Try with a more general query."
+            "No results found for 'zebra'. Try with a more general query, or remove the year filter."
         );
     }
 
@@ -163,8 +275,9 @@ mod tests {
 
     struct Down;
 
+    #[async_trait]
     impl SearchBackend for Down {
-        fn search(&self, _: &str, _: usize) -> Result<Vec<SearchResult>, String> {
+        async fn search(&self, _: &str, _: usize) -> Result<Vec<SearchResult>, String> {
             Err("timed out after 10 s".into())
         }
     }
@@ -172,7 +285,7 @@ mod tests {
     #[test]
     fn a_failing_backend_is_reported_to_the_model() {
         assert_eq!(
-            run_search(&Down, &["q".into()], 3),
+            block_on(run_search(&Down, &["q".into()], 3)),
             "[search] 'q' failed: timed out after 10 s"
         );
     }
