@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
 
+mod agent;
 mod bench;
 mod bench_guard;
 mod bench_rl;
@@ -63,6 +64,9 @@ enum Command {
     /// Preference-recipe data tools (SoLoPO contexts).
     #[command(subcommand)]
     Pref(pref::PrefCommand),
+    /// WebSailor's web-research agent: offline corpus, runs with trajectory logs.
+    #[command(subcommand)]
+    Agent(Box<agent::AgentCommand>),
     /// Benchmarks with ratios against baselines measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -81,6 +85,7 @@ fn main() {
         Command::Convert(a) => convert::run(a),
         Command::Guard(g) => guard::run(g),
         Command::Pref(p) => pref::run(p),
+        Command::Agent(a) => agent::run(*a),
         Command::Bench(b) => bench::run(b),
     };
     if let Err(err) = result {

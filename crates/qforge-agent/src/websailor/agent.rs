@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use qforge_engine::chat::ChatRequest;
 use qforge_engine::{BackendError, ChatBackend};
 use qforge_rl::tools::first_tool_call;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 /// A tool the agent can call.
@@ -89,7 +89,7 @@ impl Default for AgentConfig {
 }
 
 /// How a run ended (the released labels).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Termination {
     #[serde(rename = "answer")]
     Answer,
@@ -104,7 +104,7 @@ pub enum Termination {
 }
 
 /// One run: the whole conversation (what the RL and SFT trainers read), the answer, counts.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Trajectory {
     pub question: String,
     pub messages: Vec<Value>,
@@ -149,6 +149,18 @@ fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
     Some(text[start..end].trim())
 }
 
+/// The system prompt and the first user message (tools, format, question) a run starts from.
+pub fn opening_messages(
+    question: &str,
+    tools: &[Arc<dyn Tool>],
+    config: &AgentConfig,
+) -> Vec<Value> {
+    vec![
+        json!({"role": "system", "content": system_prompt(&config.date)}),
+        json!({"role": "user", "content": first_user_message(question, tools)}),
+    ]
+}
+
 /// Runs the agent on `question`. `count_tokens` measures the rendered conversation with the
 /// policy's tokenizer (the context budget). Errors are the backend's.
 pub async fn run(
@@ -158,10 +170,7 @@ pub async fn run(
     config: &AgentConfig,
     count_tokens: &(dyn Fn(&[Value]) -> usize + Sync),
 ) -> Result<Trajectory, BackendError> {
-    let mut messages = vec![
-        json!({"role": "system", "content": system_prompt(&config.date)}),
-        json!({"role": "user", "content": first_user_message(question, tools)}),
-    ];
+    let mut messages = opening_messages(question, tools, config);
     let (mut llm_calls, mut tool_calls) = (0, 0);
     let call = |messages: Vec<Value>| async move {
         let request = ChatRequest {

@@ -234,6 +234,8 @@ impl Summarizer for ExtractiveSummarizer {
 pub struct LlmSummarizer {
     pub backend: Arc<dyn ChatBackend>,
     pub temperature: f32,
+    /// Reply length cap (none: the server's default).
+    pub max_tokens: Option<usize>,
     /// Tries per request when the backend fails.
     pub backend_tries: usize,
 }
@@ -243,6 +245,7 @@ impl LlmSummarizer {
         Self {
             backend,
             temperature: 0.7,
+            max_tokens: None,
             backend_tries: 10,
         }
     }
@@ -251,6 +254,7 @@ impl LlmSummarizer {
         let request = ChatRequest {
             messages: vec![json!({"role": "user", "content": extractor_prompt(page, goal)})],
             temperature: Some(self.temperature),
+            max_tokens: self.max_tokens,
             ..ChatRequest::default()
         };
         for _ in 0..self.backend_tries.max(1) {
