@@ -261,3 +261,24 @@ fn a_served_tiny_model_drives_the_loop_and_its_trajectories_train() {
         .unwrap();
     assert!(unlearned.contains("A Google search for 'x'"), "{unlearned}");
 }
+
+#[test]
+fn the_cached_context_count_equals_tokenizing_the_whole_conversation() {
+    let tok = Arc::new(Tokenizer::from_dir(&fixture()).unwrap());
+    let counter = qforge_agent::websailor::agent::ContextCounter::new(tok.clone());
+    let whole = |m: &[Value]| {
+        let text = tok.apply_chat_template(m, &ChatOptions::default()).unwrap();
+        tok.encode(&text, false).unwrap().len()
+    };
+    let mut messages = vec![
+        json!({"role": "system", "content": "You seek information."}),
+        json!({"role": "user", "content": "Which city? 京都 or Nara?"}),
+    ];
+    for i in 0..4 {
+        messages.push(json!({"role": "assistant", "content": format!("<think>step {i}</think>\n<tool_call>{{\"name\": \"search\"}}</tool_call>")}));
+        messages.push(json!({"role": "user", "content": format!("<tool_response>\nresult {i}: Kyoto was the capital\n</tool_response>")}));
+        // Every prefix, twice (the second time from the cache).
+        assert_eq!(counter.count(&messages), whole(&messages));
+        assert_eq!(counter.count(&messages), whole(&messages));
+    }
+}

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use qforge_agent::websailor::agent::{AgentConfig, SearchTool, Tool, opening_messages};
+use qforge_agent::websailor::agent::{
+    AgentConfig, ContextCounter, SearchTool, Tool, opening_messages,
+};
 use qforge_agent::websailor::corpus::{
     WIKI_FILE, WIKI_PACKAGE, read_corpus, wiki_summaries, write_corpus,
 };
@@ -26,7 +28,7 @@ use qforge_engine::{
     ChatBackend, EmbeddedBackend, Engine, Metrics, RemoteBackend, RemoteConfig, Scheduler,
     SchedulerConfig,
 };
-use qforge_model::{ChatOptions, Tokenizer};
+use qforge_model::Tokenizer;
 use serde_json::Value;
 
 use crate::common::ModelArgs;
@@ -319,13 +321,10 @@ impl LoopArgs {
 }
 
 /// Counts a conversation's tokens with the policy's tokenizer, or estimates them.
-fn token_counter(tokenizer: Option<Arc<Tokenizer>>) -> impl Fn(&[Value]) -> usize + Sync {
-    move |messages: &[Value]| match &tokenizer {
-        Some(tok) => tok
-            .apply_chat_template(messages, &ChatOptions::default())
-            .ok()
-            .and_then(|text| tok.encode(&text, false).ok())
-            .map_or(usize::MAX, |ids| ids.len()),
+pub fn token_counter(tokenizer: Option<Arc<Tokenizer>>) -> impl Fn(&[Value]) -> usize + Sync {
+    let counter = tokenizer.map(ContextCounter::new);
+    move |messages: &[Value]| match &counter {
+        Some(c) => c.count(messages),
         None => {
             messages
                 .iter()

@@ -34,6 +34,9 @@ pub enum BenchCommand {
     /// The offline search backend (BM25 index) on a 10k-document corpus: build time,
     /// queries/s and p99 latency, against a linear scan.
     Search(crate::bench_search::SearchArgs),
+    /// The WebSailor loop's cost per turn with the model's time excluded, against the same tool
+    /// calls made directly.
+    Agent(crate::bench_agent::AgentArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -252,6 +255,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Solopo(a) => return crate::bench_solopo::run(a),
         BenchCommand::RlStep(a) => return crate::bench_rl::run(a),
         BenchCommand::Search(a) => return crate::bench_search::run(a),
+        BenchCommand::Agent(a) => return crate::bench_agent::run_bench(a),
     };
     if args.steps < 2 || args.repeats == 0 || args.prompt_len == 0 || args.batch.contains(&0) {
         bail!("--steps must be >= 2, --repeats and --prompt-len >= 1, batch sizes >= 1");

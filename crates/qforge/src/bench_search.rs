@@ -12,6 +12,10 @@ use serde_json::json;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct SearchArgs {
+    /// A corpus JSONL (e.g. `qforge agent corpus`'s 10,033 Wikipedia summaries) instead of
+    /// the synthetic one.
+    #[arg(long)]
+    corpus: Option<std::path::PathBuf>,
     #[arg(long, default_value_t = 10_000)]
     docs: usize,
     /// Words per document (about the length of a Wikipedia summary).
@@ -27,7 +31,42 @@ fn word(rng: &mut SplitMix, vocab: usize) -> String {
     format!("w{}", (vocab as f64 * u.powi(3)) as usize)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+/// Documents of Zipf-like words (ids `doc://N`).
+pub fn synthetic_corpus(
+    rng: &mut SplitMix,
+    docs: usize,
+    words: usize,
+    vocab: usize,
+) -> Vec<Document> {
+    (0..docs)
+        .map(|i| Document {
+            url: format!("doc://{i}"),
+            title: format!("{} {}", word(rng, vocab), word(rng, vocab)),
+            text: (0..words)
+                .map(|_| word(rng, vocab))
+                .collect::<Vec<_>>()
+                .join(" "),
+            date: None,
+            source: None,
+        })
+        .collect()
+}
+
+/// `n` queries of three words each from random documents' text.
+pub fn sample_queries(rng: &mut SplitMix, docs: &[Document], n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let d = &docs[rng.below(docs.len())];
+            let words: Vec<&str> = d.text.split_whitespace().collect();
+            (0..3)
+                .map(|_| words[rng.below(words.len())])
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
@@ -37,32 +76,21 @@ pub fn run(args: SearchArgs) -> Result<()> {
     }
     let mut rng = SplitMix(7);
     let vocab = 50_000;
-    let docs: Vec<Document> = (0..args.docs)
-        .map(|i| Document {
-            url: format!("doc://{i}"),
-            title: format!("{} {}", word(&mut rng, vocab), word(&mut rng, vocab)),
-            text: (0..args.words)
-                .map(|_| word(&mut rng, vocab))
-                .collect::<Vec<_>>()
-                .join(" "),
-            date: None,
-            source: None,
-        })
-        .collect();
+    let docs: Vec<Document> = match &args.corpus {
+        Some(path) => qforge_agent::websailor::corpus::read_corpus(path)?,
+        None => synthetic_corpus(&mut rng, args.docs, args.words, vocab),
+    };
     // Queries: three words of a random document (so each has at least one match).
-    let queries: Vec<String> = (0..args.queries)
-        .map(|_| {
-            let d = &docs[rng.below(docs.len())];
-            let words: Vec<&str> = d.text.split(' ').collect();
-            (0..3)
-                .map(|_| words[rng.below(words.len())])
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect();
+    let queries = sample_queries(&mut rng, &docs, args.queries);
     eprintln!(
-        "[search] {} documents x {} words, {} three-word queries",
-        args.docs, args.words, args.queries
+        "[search] {} documents ({}), {} three-word queries",
+        docs.len(),
+        args.corpus
+            .as_ref()
+            .map_or(format!("synthetic, {} words each", args.words), |p| p
+                .display()
+                .to_string()),
+        args.queries
     );
 
     let t = Instant::now();
@@ -134,7 +162,7 @@ pub fn run(args: SearchArgs) -> Result<()> {
     );
     println!(
         "{}",
-        json!({"bench": "search", "docs": args.docs, "build_ms": build_s * 1e3,
+        json!({"bench": "search", "docs": docs.len(), "build_ms": build_s * 1e3,
                "index_qps": index_qps, "p50_ms": percentile(&latencies, 0.5),
                "p99_ms": percentile(&latencies, 0.99), "scan_qps": scan_qps,
                "ratio_vs_scan": index_qps / scan_qps})

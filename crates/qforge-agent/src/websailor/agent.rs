@@ -248,3 +248,60 @@ pub async fn run(
         tool_calls,
     })
 }
+
+/// Counts a conversation's tokens as the released loop does (the chat template rendered, then
+/// tokenized), caching per turn: the text is split before each `<|im_start|>`, a special token
+/// the tokenizer never merges across, so the count is the sum of the pieces' counts and a turn
+/// already seen costs a hash lookup. Without that token the whole text is tokenized every time.
+pub struct ContextCounter {
+    tokenizer: std::sync::Arc<qforge_model::Tokenizer>,
+    splits: bool,
+    cache: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+impl ContextCounter {
+    pub fn new(tokenizer: std::sync::Arc<qforge_model::Tokenizer>) -> Self {
+        let splits = tokenizer.token_to_id("<|im_start|>").is_some();
+        Self {
+            tokenizer,
+            splits,
+            cache: Default::default(),
+        }
+    }
+
+    /// Tokens of the rendered conversation; `usize::MAX` when it cannot be rendered.
+    pub fn count(&self, messages: &[Value]) -> usize {
+        let options = qforge_model::ChatOptions::default();
+        let Ok(text) = self.tokenizer.apply_chat_template(messages, &options) else {
+            return usize::MAX;
+        };
+        let encode = |piece: &str| {
+            self.tokenizer
+                .encode(piece, false)
+                .map_or(usize::MAX / 2, |ids| ids.len())
+        };
+        if !self.splits {
+            return encode(&text);
+        }
+        let mut cache = self.cache.lock().expect("counter cache");
+        let mut total = 0usize;
+        let mut start = 0;
+        let cuts = text
+            .match_indices("<|im_start|>")
+            .map(|(i, _)| i)
+            .skip_while(|&i| i == 0);
+        for end in cuts.chain([text.len()]) {
+            let piece = &text[start..end];
+            total = total.saturating_add(match cache.get(piece) {
+                Some(&n) => n,
+                None => {
+                    let n = encode(piece);
+                    cache.insert(piece.to_string(), n);
+                    n
+                }
+            });
+            start = end;
+        }
+        total
+    }
+}
