@@ -21,6 +21,9 @@ use qforge_agent::websailor::runner::{
     Question, TrajectoryLog, TrajectoryRow, read_questions, run_questions,
 };
 use qforge_agent::websailor::search::SerperBackend;
+use qforge_agent::websailor::synth::{
+    CountryGraph, SynthConfig, parse_world_countries, synthesize,
+};
 use qforge_agent::websailor::visit::{
     CorpusPages, ExtractiveSummarizer, HttpPages, LlmSummarizer, Summarizer, VisitTool,
 };
@@ -44,6 +47,12 @@ pub enum AgentCommand {
     /// Evaluate the agent on a benchmark (xbench-DeepSearch, BrowseComp(-ZH), GAIA, JSONL):
     /// rollouts, judging, pass@1 / pass@k and tool statistics in a JSON report.
     Eval(EvalArgs),
+    /// Fetch the structured source for `synth`: npm's world-countries 5.1.0 `countries.json`
+    /// (250 countries, ODbL-1.0).
+    Countries(CountriesArgs),
+    /// SailorFog-QA-style questions from the countries graph: random-walk subgraphs, obfuscated
+    /// facts, each verified by a brute-force solver to have exactly one answer.
+    Synth(SynthArgs),
     /// RFT cold-start data: an expert's runs kept when judged right, under the token cap and
     /// with more than --min-tool-calls calls; thoughts optionally rewritten short; SFT JSONL out.
     Rft(RftArgs),
@@ -755,8 +764,176 @@ fn rft_cmd(args: RftArgs) -> Result<()> {
     Ok(())
 }
 
+fn default_countries() -> PathBuf {
+    crate::demo::qforge_home()
+        .join("corpora")
+        .join("world_countries.json")
+}
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Needs python3 (it fetches the npm tarball and unpacks the one file).")]
+pub struct CountriesArgs {
+    /// Where to write countries.json (default: $QFORGE_HOME/corpora/world_countries.json).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+const COUNTRIES_TARBALL: &str =
+    "https://registry.npmjs.org/world-countries/-/world-countries-5.1.0.tgz";
+
+fn countries_cmd(args: CountriesArgs) -> Result<()> {
+    let out = args.out.unwrap_or_else(default_countries);
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    eprintln!("downloading {COUNTRIES_TARBALL} (5.8 MB)...");
+    let json = python(&[
+        "-c",
+        "import io, sys, tarfile, urllib.request\n\
+         data = urllib.request.urlopen(sys.argv[1], timeout=120).read()\n\
+         sys.stdout.buffer.write(tarfile.open(fileobj=io.BytesIO(data)).extractfile('package/countries.json').read())",
+        COUNTRIES_TARBALL,
+    ])?;
+    let value: Value =
+        serde_json::from_slice(&json.stdout).context("countries.json is not JSON")?;
+    let countries = parse_world_countries(&value)?;
+    qforge_model::weights::write_atomic(&out, &json.stdout)?;
+    std::fs::write(
+        out.with_extension("NOTICE"),
+        "Data: world-countries 5.1.0 (npm, mledoze/countries), Open Database License (ODbL-1.0).\n",
+    )?;
+    eprintln!("wrote {} countries to {}", countries.len(), out.display());
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Each output line: {question, answer, answer_code, topology, edges,     description (the verified constraints), template_question, wiki_url?}. With --writer-url a     model rewrites each template question in natural prose; a rewrite that names the answer is     discarded for the template. Uniqueness is checked on the constraints, which every rewrite     must keep.\n\nExample:\n  qforge agent countries && qforge agent synth --n 200 --edges 3 --out sailorfog.jsonl"
+)]
+pub struct SynthArgs {
+    /// countries.json in world-countries' layout (default: the `agent countries` download).
+    #[arg(long)]
+    countries: Option<PathBuf>,
+    /// Questions to write.
+    #[arg(long, default_value_t = 100)]
+    n: usize,
+    /// Border edges per question's subgraph (more: harder, multi-hop questions).
+    #[arg(long, default_value_t = 3)]
+    edges: usize,
+    /// Probability that the walk moves on to a new neighbour rather than back.
+    #[arg(long, default_value_t = 0.7)]
+    forward: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value = "runs/websailor/sailorfog.jsonl")]
+    out: PathBuf,
+    /// Corpus JSONL to link answers to (`wiki_url` when a document has the country's name).
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// Base URL of an OpenAI-compatible server that rewrites questions in natural prose.
+    #[arg(long)]
+    writer_url: Option<String>,
+    #[arg(long, default_value = "default")]
+    writer_model: String,
+}
+
+fn synth_cmd(args: SynthArgs) -> Result<()> {
+    let path = args.countries.clone().unwrap_or_else(default_countries);
+    if !path.is_file() {
+        bail!(
+            "no countries file at {}: run `qforge agent countries` first, or give --countries",
+            path.display()
+        );
+    }
+    let value: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
+        .with_context(|| format!("{} is not JSON", path.display()))?;
+    let graph = CountryGraph::new(parse_world_countries(&value)?);
+    let config = SynthConfig {
+        edges: args.edges,
+        forward: args.forward,
+        ..SynthConfig::default()
+    };
+    let questions = synthesize(&graph, args.n, &config, args.seed);
+    let titles: std::collections::HashMap<String, String> = match &args.corpus {
+        Some(p) => read_corpus(p)?
+            .into_iter()
+            .map(|d| (d.title, d.url))
+            .collect(),
+        None => Default::default(),
+    };
+    let writer = match &args.writer_url {
+        Some(url) => Some(RemoteBackend::new(RemoteConfig::new(
+            url,
+            &args.writer_model,
+        ))?),
+        None => None,
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let bar = progress(questions.len());
+    let mut text = String::new();
+    let mut rewritten = 0;
+    for q in &questions {
+        let prose = match &writer {
+            Some(w) => runtime
+                .block_on(rewrite_question(w, &q.question))
+                .filter(|p| !p.to_lowercase().contains(&q.answer.to_lowercase())),
+            None => None,
+        };
+        rewritten += usize::from(prose.is_some());
+        let mut row = serde_json::to_value(q)?;
+        row["template_question"] = Value::String(q.question.clone());
+        if let Some(p) = prose {
+            row["question"] = Value::String(p);
+        }
+        if let Some(url) = titles.get(&q.answer) {
+            row["wiki_url"] = Value::String(url.clone());
+        }
+        text.push_str(&format!("{row}\n"));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    qforge_model::weights::write_atomic(&args.out, text.as_bytes())?;
+    let mut shapes = std::collections::BTreeMap::new();
+    for q in &questions {
+        *shapes.entry(format!("{:?}", q.topology)).or_insert(0) += 1;
+    }
+    eprintln!(
+        "wrote {} verified questions to {} (asked for {}; topologies {shapes:?}{})",
+        questions.len(),
+        args.out.display(),
+        args.n,
+        if writer.is_some() {
+            format!("; {rewritten} rewritten in prose")
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+/// A natural-prose version of a template question, or `None` when the writer fails.
+async fn rewrite_question(writer: &RemoteBackend, question: &str) -> Option<String> {
+    let request = qforge_engine::chat::ChatRequest {
+        messages: vec![serde_json::json!({"role": "user", "content": format!(
+            "Rewrite this puzzle question as one natural, fluent question. Keep every constraint \
+             exactly (letters, ranges, words), add none, and do not reveal or guess the answer. \
+             Reply with the question only.\n\n{question}")})],
+        temperature: Some(0.7),
+        ..Default::default()
+    };
+    let reply = writer.chat(request).await.ok()?;
+    let text = reply.choices.first()?.message.content.clone()?;
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_string())
+}
+
 pub fn run(cmd: AgentCommand) -> Result<()> {
     match cmd {
+        AgentCommand::Countries(a) => countries_cmd(a),
+        AgentCommand::Synth(a) => synth_cmd(a),
         AgentCommand::Corpus(a) => corpus(a),
         AgentCommand::Run(a) => run_cmd(a),
         AgentCommand::Eval(a) => eval_cmd(a),

@@ -12,6 +12,8 @@
 //! - [`index`]: a BM25 inverted index over a local corpus, the offline search backend.
 //! - [`search`]: the `search` tool's output (one block per query, joined by `=======`), and
 //!   its backends: the offline index, or Google through Serper's API.
+//! - [`synth`]: SailorFog-QA-style questions from a countries graph (random walk, obfuscated
+//!   facts), each verified by a brute-force solver to have exactly one answer.
 //! - [`visit`]: the `visit` tool: pages from the offline corpus or over HTTP ([`html`] turns
 //!   HTML into text), goal-directed extraction by a summary model or an extractive fallback.
 
@@ -23,4 +25,5 @@ pub mod index;
 pub mod rft;
 pub mod runner;
 pub mod search;
+pub mod synth;
 pub mod visit;
