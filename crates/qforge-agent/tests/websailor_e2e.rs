@@ -1,21 +1,21 @@
 //! WebSailor end to end: the offline corpus behind `search` and `visit`; a
-//! `ScriptedPolicySimulator` that answers a corpus question through both tools; then `qforge
+//! `ScriptedModelSimulator` policy that answers a corpus question through both tools; then `qforge
 //! serve` hosting the tiny fixture model over real HTTP as the (untrained) policy and as the
 //! summary model, over the runner with its resumable trajectory log, whose lines the SFT loader
 //! reads with the tool responses left out of the loss.
 
+mod common;
+use common::ScriptedModelSimulator;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use async_trait::async_trait;
 use qforge_agent::websailor::agent::{AgentConfig, SearchTool, Termination, Tool, run};
 use qforge_agent::websailor::index::{Bm25Index, Document};
 use qforge_agent::websailor::runner::{Question, TrajectoryLog, run_questions};
 use qforge_agent::websailor::visit::{
     CorpusPages, ExtractiveSummarizer, LlmSummarizer, Summarizer, VisitTool,
 };
-use qforge_engine::chat::{ChatDelta, ChatEvent, ChatRequest};
-use qforge_engine::{BackendError, ChatBackend, ChatStream, RemoteBackend, RemoteConfig};
+use qforge_engine::{ChatBackend, RemoteBackend, RemoteConfig};
 use qforge_model::{ChatOptions, Tokenizer};
 use serde_json::{Value, json};
 
@@ -51,31 +51,6 @@ fn tools(index: Arc<Bm25Index>, summarizer: Arc<dyn Summarizer>) -> Vec<Arc<dyn 
     ]
 }
 
-/// Replays fixed policy turns, one per call (then empty turns).
-struct ScriptedPolicySimulator {
-    turns: Mutex<Vec<String>>,
-}
-
-#[async_trait]
-impl ChatBackend for ScriptedPolicySimulator {
-    fn model_name(&self) -> &str {
-        "scripted-policy-simulator"
-    }
-
-    async fn chat_stream(&self, _: ChatRequest) -> Result<ChatStream, BackendError> {
-        let turn = self.turns.lock().unwrap().pop().unwrap_or_default();
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
-        tx.send(Ok(ChatEvent::Delta(ChatDelta {
-            content: Some(turn),
-            finish_reason: Some("stop".into()),
-            ..ChatDelta::default()
-        })))
-        .await
-        .unwrap();
-        Ok(rx)
-    }
-}
-
 #[tokio::test]
 async fn a_corpus_question_is_answered_through_search_then_visit() {
     let turns = [
@@ -85,9 +60,7 @@ async fn a_corpus_question_is_answered_through_search_then_visit() {
 <tool_call>{"name": "visit", "arguments": {"url": "wiki://Kyoto", "goal": "years Kyoto was the imperial capital"}}</tool_call>"#,
         "<think>794 to 1868.</think>\n<answer>Kyoto</answer>",
     ];
-    let policy = ScriptedPolicySimulator {
-        turns: Mutex::new(turns.iter().rev().map(|t| t.to_string()).collect()),
-    };
+    let policy = ScriptedModelSimulator::new(&turns);
     let t = run(
         &policy,
         &tools(corpus(), Arc::new(ExtractiveSummarizer::default())),

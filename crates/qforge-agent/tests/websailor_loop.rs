@@ -1,52 +1,14 @@
-//! WebSailor's loop on golden transcripts: a `ScriptedPolicySimulator` (a stand-in for the
+//! WebSailor's loop on golden transcripts: a `ScriptedModelSimulator` as the policy (a stand-in for the
 //! policy model that replays fixed turns and records what it was sent) drives the real loop,
 //! the real `search` tool and the real BM25 index.
 
-use std::sync::{Arc, Mutex};
+mod common;
+use common::ScriptedModelSimulator;
+use std::sync::Arc;
 
-use async_trait::async_trait;
 use qforge_agent::websailor::agent::{AgentConfig, SearchTool, Termination, Tool, run};
 use qforge_agent::websailor::index::{Bm25Index, Document};
-use qforge_engine::chat::{ChatDelta, ChatEvent, ChatRequest};
-use qforge_engine::{BackendError, ChatBackend, ChatStream};
 use serde_json::Value;
-
-/// Replays `turns` one per call (then empty turns) and keeps every request's messages.
-struct ScriptedPolicySimulator {
-    turns: Mutex<Vec<String>>,
-    seen: Mutex<Vec<Vec<Value>>>,
-}
-
-impl ScriptedPolicySimulator {
-    fn new(turns: &[&str]) -> Self {
-        Self {
-            turns: Mutex::new(turns.iter().rev().map(|t| t.to_string()).collect()),
-            seen: Mutex::new(Vec::new()),
-        }
-    }
-}
-
-#[async_trait]
-impl ChatBackend for ScriptedPolicySimulator {
-    fn model_name(&self) -> &str {
-        "scripted-policy-simulator"
-    }
-
-    async fn chat_stream(&self, request: ChatRequest) -> Result<ChatStream, BackendError> {
-        assert_eq!(request.stop, ["\n<tool_response>", "<tool_response>"]);
-        self.seen.lock().unwrap().push(request.messages);
-        let turn = self.turns.lock().unwrap().pop().unwrap_or_default();
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
-        tx.send(Ok(ChatEvent::Delta(ChatDelta {
-            content: Some(turn),
-            finish_reason: Some("stop".into()),
-            ..ChatDelta::default()
-        })))
-        .await
-        .unwrap();
-        Ok(rx)
-    }
-}
 
 fn tools() -> Vec<Arc<dyn Tool>> {
     let index = Bm25Index::build(vec![
@@ -77,7 +39,7 @@ fn no_tokens(_: &[Value]) -> usize {
 
 #[tokio::test]
 async fn a_question_answered_from_the_corpus_through_search() {
-    let policy = ScriptedPolicySimulator::new(&[
+    let policy = ScriptedModelSimulator::new(&[
         r#"<think>Find the old capital.</think>
 <tool_call>{"name": "search", "arguments": {"query": ["capital of Japan 794"]}}</tool_call>"#,
         "<think>Kyoto, from 794.</think>\n<answer>Kyoto</answer>",
@@ -110,14 +72,20 @@ async fn a_question_answered_from_the_corpus_through_search() {
     assert!(observation.ends_with("\n</tool_response>"));
     assert_eq!(t.messages[3]["role"], "user");
     // The second call saw the observation.
-    assert_eq!(policy.seen.lock().unwrap()[1].len(), 4);
+    let requests = policy.requests();
+    assert_eq!(requests[1].messages.len(), 4);
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.stop == ["\n<tool_response>", "<tool_response>"])
+    );
     let labels = serde_json::to_value(&t).unwrap();
     assert_eq!(labels["termination"], "answer");
 }
 
 #[tokio::test]
 async fn bad_calls_become_error_observations_and_the_run_goes_on() {
-    let policy = ScriptedPolicySimulator::new(&[
+    let policy = ScriptedModelSimulator::new(&[
         "<tool_call>{not json}</tool_call>",
         r#"<tool_call>{"name": "calculator", "arguments": {}}</tool_call>"#,
         // A hallucinated tool response is cut off before it reaches the transcript.
@@ -143,7 +111,7 @@ async fn bad_calls_become_error_observations_and_the_run_goes_on() {
 async fn budgets_end_runs_with_the_released_labels() {
     let search = r#"<tool_call>{"name": "search", "arguments": {"query": ["kyoto"]}}</tool_call>"#;
     // Out of calls.
-    let policy = ScriptedPolicySimulator::new(&[search; 5]);
+    let policy = ScriptedModelSimulator::new(&[search; 5]);
     let config = AgentConfig {
         max_llm_calls: 3,
         ..AgentConfig::default()
@@ -158,7 +126,7 @@ async fn budgets_end_runs_with_the_released_labels() {
     // Over the context budget: the observation is replaced by the order to answer, one more call.
     let long = |m: &[Value]| m.len() * 10_000;
     let policy =
-        ScriptedPolicySimulator::new(&[search, "<think>best guess</think><answer>Kyoto</answer>"]);
+        ScriptedModelSimulator::new(&[search, "<think>best guess</think><answer>Kyoto</answer>"]);
     let t = run(&policy, &tools(), "q", &AgentConfig::default(), &long)
         .await
         .unwrap();
@@ -170,7 +138,7 @@ async fn budgets_end_runs_with_the_released_labels() {
             .unwrap()
             .contains("Stop calling tools")
     );
-    let policy = ScriptedPolicySimulator::new(&[search, "no tags at all"]);
+    let policy = ScriptedModelSimulator::new(&[search, "no tags at all"]);
     let t = run(&policy, &tools(), "q", &AgentConfig::default(), &long)
         .await
         .unwrap();
@@ -180,7 +148,7 @@ async fn budgets_end_runs_with_the_released_labels() {
         "format error: generate an answer as token limit reached"
     );
     // An empty turn ends the run without an answer.
-    let policy = ScriptedPolicySimulator::new(&[""]);
+    let policy = ScriptedModelSimulator::new(&[""]);
     let t = run(&policy, &tools(), "q", &AgentConfig::default(), &no_tokens)
         .await
         .unwrap();

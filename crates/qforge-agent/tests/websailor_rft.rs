@@ -1,14 +1,12 @@
 //! RFT filters and thought reconstruction; the rewrite model is a
-//! `ScriptedRewriteModelSimulator` that replies from a script and records its prompts.
+//! `ScriptedModelSimulator` that replies from a script and records its prompts.
 
-use std::sync::Mutex;
+mod common;
+use common::ScriptedModelSimulator;
 
-use async_trait::async_trait;
 use qforge_agent::websailor::agent::{Termination, Trajectory};
 use qforge_agent::websailor::rft::{Rejection, RftFilter, check, rewrite_thoughts};
 use qforge_agent::websailor::runner::TrajectoryRow;
-use qforge_engine::chat::{ChatDelta, ChatEvent, ChatRequest};
-use qforge_engine::{BackendError, ChatBackend, ChatStream};
 use serde_json::{Value, json};
 
 fn trajectory(calls: usize, answer: Option<&str>) -> TrajectoryRow {
@@ -78,35 +76,6 @@ fn only_right_long_enough_runs_under_the_cap_are_kept() {
     );
 }
 
-struct ScriptedRewriteModelSimulator {
-    replies: Mutex<Vec<String>>,
-    prompts: Mutex<Vec<String>>,
-}
-
-#[async_trait]
-impl ChatBackend for ScriptedRewriteModelSimulator {
-    fn model_name(&self) -> &str {
-        "scripted-rewrite-model-simulator"
-    }
-
-    async fn chat_stream(&self, request: ChatRequest) -> Result<ChatStream, BackendError> {
-        self.prompts
-            .lock()
-            .unwrap()
-            .push(request.messages[0]["content"].as_str().unwrap().to_string());
-        let reply = self.replies.lock().unwrap().pop().unwrap_or_default();
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
-        tx.send(Ok(ChatEvent::Delta(ChatDelta {
-            content: Some(reply),
-            finish_reason: Some("stop".into()),
-            ..ChatDelta::default()
-        })))
-        .await
-        .unwrap();
-        Ok(rx)
-    }
-}
-
 #[tokio::test]
 async fn thoughts_are_rewritten_short_from_the_rebuilt_history() {
     let row = trajectory(2, Some("Kyoto"));
@@ -118,10 +87,7 @@ async fn thoughts_are_rewritten_short_from_the_rebuilt_history() {
         "",
         "",
     ];
-    let model = ScriptedRewriteModelSimulator {
-        replies: Mutex::new(replies.iter().rev().map(|r| r.to_string()).collect()),
-        prompts: Mutex::new(Vec::new()),
-    };
+    let model = ScriptedModelSimulator::new(&replies);
     let (messages, kept) = rewrite_thoughts(&model, &row.trajectory.messages, 120).await;
     assert_eq!(kept, 1);
     assert_eq!(messages.len(), row.trajectory.messages.len());
@@ -142,7 +108,7 @@ async fn thoughts_are_rewritten_short_from_the_rebuilt_history() {
     // Observations pass through; the second turn's prompt saw the first rewritten thought and
     // its observation, and the action with what it returned.
     assert_eq!(messages[3], row.trajectory.messages[3]);
-    let prompts = model.prompts.lock().unwrap();
+    let prompts = model.prompts();
     assert!(
         prompts[2].contains("I should search for the city first.")
             && prompts[2].contains("result 0")

@@ -1,21 +1,20 @@
 //! WebSailor's tools against real HTTP on loopback: the `visit` tool reading pages from a local
 //! web server (HTML, a PDF, a huge page, a slow page, a missing page), the released
-//! summary-model retries driven by a `ScriptedSummaryModelSimulator`, and the Serper client
+//! summary-model retries driven by a `ScriptedModelSimulator`, and the Serper client
 //! against a `SerperApiSimulator` (the commercial API cannot be reached here; the simulator
 //! answers in Serper's JSON shape and checks the key and body a client must send).
 
+mod common;
+use common::ScriptedModelSimulator;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use axum::Router;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{get, post};
 use qforge_agent::websailor::agent::Tool;
 use qforge_agent::websailor::search::{SearchBackend, SerperBackend, run_search};
 use qforge_agent::websailor::visit::{ExtractiveSummarizer, HttpPages, LlmSummarizer, VisitTool};
-use qforge_engine::chat::{ChatDelta, ChatEvent, ChatRequest};
-use qforge_engine::{BackendError, ChatBackend, ChatStream};
 use serde_json::{Value, json};
 
 const KYOTO: &str = "<html><head><title>Kyoto</title><script>track()</script></head><body>\
@@ -117,50 +116,10 @@ async fn visit_reads_html_pages_for_a_goal_and_reports_what_it_cannot_read() {
     }
 }
 
-/// Replies to the summary model's prompts from a script and records each prompt's page size.
-struct ScriptedSummaryModelSimulator {
-    replies: Mutex<Vec<String>>,
-    prompt_chars: Mutex<Vec<usize>>,
-}
-
-impl ScriptedSummaryModelSimulator {
-    fn new(replies: &[&str]) -> Self {
-        Self {
-            replies: Mutex::new(replies.iter().rev().map(|r| r.to_string()).collect()),
-            prompt_chars: Mutex::new(Vec::new()),
-        }
-    }
-}
-
-#[async_trait]
-impl ChatBackend for ScriptedSummaryModelSimulator {
-    fn model_name(&self) -> &str {
-        "scripted-summary-model-simulator"
-    }
-
-    async fn chat_stream(&self, request: ChatRequest) -> Result<ChatStream, BackendError> {
-        let prompt = request.messages[0]["content"].as_str().unwrap().to_string();
-        self.prompt_chars
-            .lock()
-            .unwrap()
-            .push(prompt.chars().count());
-        let reply = self.replies.lock().unwrap().pop().unwrap_or_default();
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
-        tx.send(Ok(ChatEvent::Delta(ChatDelta {
-            content: Some(reply),
-            finish_reason: Some("stop".into()),
-            ..ChatDelta::default()
-        })))
-        .await
-        .unwrap();
-        Ok(rx)
-    }
-}
-
 #[tokio::test]
 async fn the_summary_model_is_re_asked_on_a_shorter_page_then_until_it_answers_json() {
     let web = web_server().await;
-    let model = Arc::new(ScriptedSummaryModelSimulator::new(&[
+    let model = Arc::new(ScriptedModelSimulator::new(&[
         "{\n",                   // too short: the page was too long for the model
         "{}",                    // still too short: cut again
         "Here you go: not json", // long enough, but no JSON: re-asked
@@ -174,7 +133,7 @@ async fn the_summary_model_is_re_asked_on_a_shorter_page_then_until_it_answers_j
         out.ends_with("Evidence in page: \nIt was the imperial capital from 794 to 1868.\n\nSummary: \nCapital 794-1868."),
         "{out}"
     );
-    let sizes = model.prompt_chars.lock().unwrap().clone();
+    let sizes: Vec<usize> = model.prompts().iter().map(|p| p.chars().count()).collect();
     assert_eq!(sizes.len(), 4, "{sizes:?}");
     // Each short reply shrank the page (to 70%); the JSON retry re-sent the same page.
     assert!(
@@ -183,7 +142,7 @@ async fn the_summary_model_is_re_asked_on_a_shorter_page_then_until_it_answers_j
     );
 
     // A model that never answers JSON: the released "could not be processed" answer.
-    let silent = Arc::new(ScriptedSummaryModelSimulator::new(&[]));
+    let silent = Arc::new(ScriptedModelSimulator::new(&[]));
     let tool = visit_tool(Arc::new(LlmSummarizer::new(silent.clone())));
     let out = tool
         .call(&json!({"url": format!("{web}/kyoto.html"), "goal": "g"}))

@@ -363,6 +363,14 @@ pub struct ChatResponse {
 }
 
 impl ChatResponse {
+    /// The first choice's content ("" when there is none): what a one-answer caller reads.
+    pub fn text(&self) -> String {
+        self.choices
+            .first()
+            .and_then(|c| c.message.content.clone())
+            .unwrap_or_default()
+    }
+
     pub fn to_openai(&self) -> Value {
         let choices: Vec<Value> = self
             .choices

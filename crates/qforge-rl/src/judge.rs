@@ -99,14 +99,7 @@ impl JudgeReward {
         }))
         .ok()?;
         let response = backend.chat(request).await.ok()?;
-        let reply = response
-            .choices
-            .first()?
-            .message
-            .content
-            .clone()
-            .unwrap_or_default();
-        Some(judge_says_yes(&reply))
+        Some(judge_says_yes(&response.text()))
     }
 }
 

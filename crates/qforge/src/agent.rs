@@ -146,6 +146,13 @@ fn corpus(args: CorpusArgs) -> Result<()> {
     Ok(())
 }
 
+/// A client of an OpenAI-compatible server, its API key (if any) from `key_env`.
+fn remote(url: &str, model: &str, key_env: &str) -> Result<RemoteBackend> {
+    let mut config = RemoteConfig::new(url, model);
+    config.api_key = std::env::var(key_env).ok();
+    Ok(RemoteBackend::new(config)?)
+}
+
 /// The policy: an OpenAI-compatible server, or a checkpoint run in-process.
 #[derive(clap::Args, Debug)]
 pub struct PolicyArgs {
@@ -173,8 +180,7 @@ type Policy = (Arc<dyn ChatBackend>, Option<Arc<Tokenizer>>, Option<usize>);
 impl PolicyArgs {
     fn backend(&self) -> Result<Policy> {
         if let Some(url) = &self.policy_url {
-            let mut config = RemoteConfig::new(url, &self.policy_model);
-            config.api_key = std::env::var(&self.policy_key_env).ok();
+            let backend = remote(url, &self.policy_model, &self.policy_key_env)?;
             let tokenizer = match &self.tokenizer {
                 Some(dir) => {
                     Some(Arc::new(Tokenizer::from_dir(dir).with_context(|| {
@@ -183,7 +189,7 @@ impl PolicyArgs {
                 }
                 None => None,
             };
-            return Ok((Arc::new(RemoteBackend::new(config)?), tokenizer, None));
+            return Ok((Arc::new(backend), tokenizer, None));
         }
         let ck = self.model.load()?;
         let tokenizer = Arc::new(ck.tokenizer);
@@ -227,11 +233,11 @@ pub struct ToolArgs {
 impl ToolArgs {
     fn tools(&self) -> Result<Vec<Arc<dyn Tool>>> {
         let summarizer: Arc<dyn Summarizer> = match &self.summary_url {
-            Some(url) => {
-                let mut config = RemoteConfig::new(url, &self.summary_model);
-                config.api_key = std::env::var(&self.summary_key_env).ok();
-                Arc::new(LlmSummarizer::new(Arc::new(RemoteBackend::new(config)?)))
-            }
+            Some(url) => Arc::new(LlmSummarizer::new(Arc::new(remote(
+                url,
+                &self.summary_model,
+                &self.summary_key_env,
+            )?))),
             None => Arc::new(ExtractiveSummarizer::default()),
         };
         if self.web {
@@ -494,15 +500,14 @@ impl JudgeArgs {
         let Some(url) = &self.judge_url else {
             return Ok(Judge::ExactMatch);
         };
-        let mut config = RemoteConfig::new(url, &self.judge_model);
-        config.api_key = std::env::var(&self.judge_key_env).ok();
+        let backend = remote(url, &self.judge_model, &self.judge_key_env)?;
         let style = match self.judge_style.as_deref() {
             Some("browsecomp") => JudgeStyle::BrowseComp,
             Some(_) => JudgeStyle::Short,
             None => JudgeStyle::for_set(set),
         };
         Ok(Judge::Llm {
-            backend: Arc::new(RemoteBackend::new(config)?),
+            backend: Arc::new(backend),
             style,
             tries: 10,
         })
@@ -722,10 +727,7 @@ fn rft_cmd(args: RftArgs) -> Result<()> {
         }
     }
     let rewriter = match &args.rewrite_url {
-        Some(url) => Some(RemoteBackend::new(RemoteConfig::new(
-            url,
-            &args.rewrite_model,
-        ))?),
+        Some(url) => Some(remote(url, &args.rewrite_model, "OPENAI_API_KEY")?),
         None => None,
     };
     let runtime = tokio::runtime::Runtime::new()?;
@@ -862,10 +864,7 @@ fn synth_cmd(args: SynthArgs) -> Result<()> {
         None => Default::default(),
     };
     let writer = match &args.writer_url {
-        Some(url) => Some(RemoteBackend::new(RemoteConfig::new(
-            url,
-            &args.writer_model,
-        ))?),
+        Some(url) => Some(remote(url, &args.writer_model, "OPENAI_API_KEY")?),
         None => None,
     };
     let runtime = tokio::runtime::Runtime::new()?;
@@ -924,9 +923,8 @@ async fn rewrite_question(writer: &RemoteBackend, question: &str) -> Option<Stri
         temperature: Some(0.7),
         ..Default::default()
     };
-    let reply = writer.chat(request).await.ok()?;
-    let text = reply.choices.first()?.message.content.clone()?;
-    let text = text.trim();
+    let reply = writer.chat(request).await.ok()?.text();
+    let text = reply.trim();
     (!text.is_empty()).then(|| text.to_string())
 }
 

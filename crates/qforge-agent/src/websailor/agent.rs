@@ -182,11 +182,7 @@ pub async fn run(
             ..ChatRequest::default()
         };
         let response = backend.chat(request).await?;
-        let mut content = response
-            .choices
-            .first()
-            .and_then(|c| c.message.content.clone())
-            .unwrap_or_default();
+        let mut content = response.text();
         // Anything after a hallucinated tool response is the model talking to itself.
         if let Some(i) = content.find("<tool_response>") {
             content.truncate(i);

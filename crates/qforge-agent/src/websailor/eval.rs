@@ -422,11 +422,7 @@ impl Judge {
                     let Ok(reply) = backend.chat(request.clone()).await else {
                         continue;
                     };
-                    let text = reply
-                        .choices
-                        .first()
-                        .and_then(|c| c.message.content.clone())
-                        .unwrap_or_default();
+                    let text = reply.text();
                     if let Some(v) = parse_verdict(*style, &text) {
                         return Some(v);
                     }

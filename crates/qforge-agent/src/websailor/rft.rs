@@ -138,11 +138,7 @@ pub async fn rewrite_thoughts(
             let Ok(reply) = backend.chat(request.clone()).await else {
                 continue;
             };
-            let text = reply
-                .choices
-                .first()
-                .and_then(|c| c.message.content.clone())
-                .unwrap_or_default();
+            let text = reply.text();
             let text = split_thought(&text)
                 .0
                 .unwrap_or(text.trim())

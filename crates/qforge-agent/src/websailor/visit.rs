@@ -261,11 +261,7 @@ impl LlmSummarizer {
             let Ok(response) = self.backend.chat(request.clone()).await else {
                 continue;
             };
-            let content = response
-                .choices
-                .first()
-                .and_then(|c| c.message.content.clone())
-                .unwrap_or_default();
+            let content = response.text();
             if !content.is_empty() {
                 return content;
             }
