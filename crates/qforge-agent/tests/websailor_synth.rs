@@ -1,5 +1,5 @@
 //! SailorFog-style synthesis on a fictional countries graph (hand-made, in world-countries'
-//! layout): every emitted question is verified unique by the brute-force solver, does not name
+//! layout, with founding years): every emitted question is verified unique by the brute-force solver, does not name
 //! its answer, and replays from its seed.
 
 use qforge_agent::websailor::synth::{
@@ -24,6 +24,7 @@ fn every_question_has_exactly_one_answer_and_hides_it() {
         "unknown border codes are dropped"
     );
     let mut topologies = std::collections::BTreeSet::new();
+    let mut dated = 0;
     for edges in [1, 2, 3, 4] {
         let config = SynthConfig {
             edges,
@@ -51,6 +52,7 @@ fn every_question_has_exactly_one_answer_and_hides_it() {
                 q.question
             );
             topologies.insert(q.topology);
+            dated += usize::from(q.question.contains("founded in the "));
         }
     }
     assert!(

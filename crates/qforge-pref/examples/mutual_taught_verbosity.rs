@@ -35,7 +35,7 @@ fn main() {
         sft_steps: env("SFT", 200),
         rm_steps: env("RM", 120),
         dpo_steps: env("DPO", 30),
-        dpo_lr: env("DPO_LR", 2e-4),
+        dpo_lr: env("DPO_LR", 1e-4),
         rm_lr: env("RM_LR", 1e-3),
         verbose_every: env("VERBOSE_EVERY", 6),
         prompts: env("PROMPTS", 96),

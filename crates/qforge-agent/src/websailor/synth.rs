@@ -28,11 +28,15 @@ pub struct Country {
     pub borders: Vec<String>,
     pub area: f64,
     pub landlocked: bool,
+    /// Year founded or independent, when the source has one (world-countries does not; a
+    /// richer export can add a `founded` field).
+    pub founded: Option<i32>,
 }
 
 /// Countries from `world-countries`' `countries.json` (an array of objects with `name.common`,
 /// `cca3`, `capital`, `region`, `subregion`, `languages`, `currencies`, `borders`, `area`,
-/// `landlocked`). Border codes that name no country are dropped.
+/// `landlocked`, and optionally `founded`, a year). Border codes that name no country are
+/// dropped.
 pub fn parse_world_countries(json: &Value) -> Result<Vec<Country>> {
     let items = json
         .as_array()
@@ -70,6 +74,7 @@ pub fn parse_world_countries(json: &Value) -> Result<Vec<Country>> {
                 borders: values(&c["borders"], None),
                 area: c["area"].as_f64().unwrap_or(0.0),
                 landlocked: c["landlocked"].as_bool().unwrap_or(false),
+                founded: c["founded"].as_i64().map(|y| y as i32),
                 name,
                 code,
             })
@@ -115,6 +120,51 @@ pub enum Fact {
     BordersAtLeast {
         count: usize,
     },
+    /// Founded in [start, end): a vague period, not the year.
+    FoundedIn {
+        start: i32,
+        end: i32,
+    },
+}
+
+/// The vague period a year is told as (the paper's "early 2010s", "mid-5th century"): a
+/// third of a decade from the year 1000 on, a third of a century before; as [start, end).
+pub fn year_period(year: i32) -> (i32, i32) {
+    let (span, part) = if year >= 1000 { (10, 3) } else { (100, 30) };
+    let base = year.div_euclid(span) * span;
+    // early: the first 30%, mid: the next 40%, late: the last 30%.
+    let (from, to) = match (year - base) * 10 / span {
+        0..=2 => (0, part),
+        3..=6 => (part, span - part),
+        _ => (span - part, span),
+    };
+    (base + from, base + to)
+}
+
+fn ordinal(n: i32) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (1, r) if r != 11 => "st",
+        (2, r) if r != 12 => "nd",
+        (3, r) if r != 13 => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
+}
+
+/// "the early 2010s", "the mid-5th century".
+pub fn period_words(start: i32, end: i32) -> String {
+    let span = if end - start <= 10 { 10 } else { 100 };
+    let base = start.div_euclid(span) * span;
+    let part = match (start - base) * 10 / span {
+        0..=2 => "early",
+        3..=6 => "mid",
+        _ => "late",
+    };
+    if span == 10 {
+        format!("the {part} {base}s")
+    } else {
+        format!("the {part}-{} century", ordinal(base / 100 + 1))
+    }
 }
 
 /// The area buckets facts use (km²).
@@ -153,6 +203,7 @@ impl Fact {
                 .iter()
                 .any(|cur| cur.split_whitespace().any(|w| w.eq_ignore_ascii_case(word))),
             Fact::BordersAtLeast { count } => c.borders.len() >= *count,
+            Fact::FoundedIn { start, end } => c.founded.is_some_and(|y| y >= *start && y < *end),
         }
     }
 
@@ -195,6 +246,9 @@ impl Fact {
                 format!("whose currency's name contains the word \"{word}\"")
             }
             Fact::BordersAtLeast { count } => format!("that borders at least {count} countries"),
+            Fact::FoundedIn { start, end } => {
+                format!("founded in {}", period_words(*start, *end))
+            }
         }
     }
 }
@@ -251,6 +305,10 @@ pub fn facts_of(c: &Country) -> Vec<Fact> {
         facts.push(Fact::BordersAtLeast {
             count: c.borders.len(),
         });
+    }
+    if let Some(year) = c.founded {
+        let (start, end) = year_period(year);
+        facts.push(Fact::FoundedIn { start, end });
     }
     facts
 }
@@ -575,7 +633,30 @@ mod tests {
             borders: borders.iter().map(|b| b.to_string()).collect(),
             area,
             landlocked: false,
+            founded: None,
         }
+    }
+
+    #[test]
+    fn years_become_vague_periods() {
+        let words = |y| {
+            let (a, b) = year_period(y);
+            period_words(a, b)
+        };
+        assert_eq!(year_period(2012), (2010, 2013));
+        assert_eq!(words(2012), "the early 2010s");
+        assert_eq!(words(1865), "the mid 1860s");
+        assert_eq!(words(1999), "the late 1990s");
+        assert_eq!(year_period(450), (430, 470));
+        assert_eq!(words(450), "the mid-5th century");
+        assert_eq!(words(21), "the early-1st century");
+        let mut c = country("AAA", "Avalon", "Vell", 1.0, &[]);
+        c.founded = Some(1291);
+        let f = facts_of(&c).pop().unwrap();
+        assert_eq!(f.clause(), "founded in the early 1290s");
+        assert!(f.holds(&c));
+        c.founded = Some(1295);
+        assert!(!f.holds(&c));
     }
 
     #[test]
