@@ -59,6 +59,7 @@ fn every_question_has_exactly_one_answer_and_hides_it() {
         topologies.contains(&Topology::Chain) && topologies.len() >= 2,
         "{topologies:?}"
     );
+    assert!(dated > 0, "founding years appear as vague periods");
 }
 
 #[test]
