@@ -206,8 +206,9 @@ impl PolicyArgs {
     }
 }
 
-/// Where search and visit get their pages.
-#[derive(clap::Args, Debug)]
+/// Where search and visit get their pages (also the `[agent]` table of `qforge train websailor`).
+#[derive(clap::Args, Debug, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ToolArgs {
     /// Offline corpus JSONL for search and visit (default: the `agent corpus` download).
     #[arg(long)]
@@ -230,8 +231,21 @@ pub struct ToolArgs {
     results: usize,
 }
 
+impl Default for ToolArgs {
+    fn default() -> Self {
+        Self {
+            corpus: None,
+            web: false,
+            summary_url: None,
+            summary_model: "default".into(),
+            summary_key_env: "OPENAI_API_KEY".into(),
+            results: 10,
+        }
+    }
+}
+
 impl ToolArgs {
-    fn tools(&self) -> Result<Vec<Arc<dyn Tool>>> {
+    pub fn tools(&self) -> Result<Vec<Arc<dyn Tool>>> {
         let summarizer: Arc<dyn Summarizer> = match &self.summary_url {
             Some(url) => Arc::new(LlmSummarizer::new(Arc::new(remote(
                 url,
@@ -477,8 +491,9 @@ fn run_cmd(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// How answers are judged.
-#[derive(clap::Args, Debug)]
+/// How answers are judged (also the `[judge]` table of `qforge train websailor`).
+#[derive(clap::Args, Debug, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct JudgeArgs {
     /// Base URL of an OpenAI-compatible server for the judge (released: Qwen2.5-72B-Instruct).
     /// Without it, answers are compared by normalised exact match (stricter than a judge).
@@ -495,8 +510,19 @@ pub struct JudgeArgs {
     judge_style: Option<String>,
 }
 
+impl Default for JudgeArgs {
+    fn default() -> Self {
+        Self {
+            judge_url: None,
+            judge_model: "default".into(),
+            judge_key_env: "OPENAI_API_KEY".into(),
+            judge_style: None,
+        }
+    }
+}
+
 impl JudgeArgs {
-    fn judge(&self, set: &Path) -> Result<Judge> {
+    pub fn judge(&self, set: &Path) -> Result<Judge> {
         let Some(url) = &self.judge_url else {
             return Ok(Judge::ExactMatch);
         };

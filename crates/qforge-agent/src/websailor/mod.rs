@@ -9,6 +9,8 @@
 //!   decryption; GAIA; JSONL), the LLM judge or exact match, pass@1/pass@k and tool statistics.
 //! - [`rft`]: RFT cold-start filters (judged right, under the token cap, more than 5 tool
 //!   calls) and short-thought reconstruction by a second model.
+//! - [`rl`]: the RL stage on the RL core: the agent's tools as a `ToolEnv` for multi-turn
+//!   GRPO/DUPO rollouts, and Eq. 5's reward (0.1 format + 0.9 judged answer).
 //! - [`index`]: a BM25 inverted index over a local corpus, the offline search backend.
 //! - [`search`]: the `search` tool's output (one block per query, joined by `=======`), and
 //!   its backends: the offline index, or Google through Serper's API.
@@ -23,6 +25,7 @@ pub mod eval;
 pub mod html;
 pub mod index;
 pub mod rft;
+pub mod rl;
 pub mod runner;
 pub mod search;
 pub mod synth;

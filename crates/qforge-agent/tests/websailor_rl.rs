@@ -1,0 +1,147 @@
+//! WebSailor's RL stage: the agent's tools answer multi-turn rollouts (`WebSailorEnv`), Eq. 5's
+//! reward, and one DUPO step of the RL core on the tiny model with both.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use qforge_agent::websailor::agent::{AgentConfig, SearchTool, Tool};
+use qforge_agent::websailor::eval::Judge;
+use qforge_agent::websailor::index::{Bm25Index, Document};
+use qforge_agent::websailor::rl::{CORRECT_THRESHOLD, WebSailorEnv, WebSailorReward, task};
+use qforge_agent::websailor::visit::{CorpusPages, ExtractiveSummarizer, VisitTool};
+use qforge_rl::grpo::{GroupFilter, GrpoConfig, GrpoTrainer};
+use qforge_rl::reward::RewardFn;
+use qforge_rl::tools::{ToolConfig, ToolEnv};
+
+fn tools() -> Vec<Arc<dyn Tool>> {
+    let index = Arc::new(Bm25Index::build(vec![Document {
+        url: "wiki://Kyoto".into(),
+        title: "Kyoto".into(),
+        text: "Kyoto was the imperial capital of Japan from 794 to 1868.".into(),
+        date: None,
+        source: None,
+    }]));
+    vec![
+        Arc::new(SearchTool {
+            backend: index.clone(),
+            results: 10,
+        }),
+        Arc::new(VisitTool::new(
+            Arc::new(CorpusPages(index)),
+            Arc::new(ExtractiveSummarizer::default()),
+        )),
+    ]
+}
+
+#[test]
+fn tool_turns_get_the_tools_answers_and_answers_end_the_episode() {
+    let env = WebSailorEnv::new(tools()).unwrap();
+    let t = task("Which city?", "Kyoto", &tools(), &AgentConfig::default());
+    let observe = |turn: &str| env.observe(&t, &[turn.to_string()]);
+    let search = observe(
+        "<think>look</think>\n<tool_call>{\"name\": \"search\", \"arguments\": {\"query\": [\"imperial capital\"]}}</tool_call>",
+    )
+    .unwrap();
+    assert!(search.contains("1. [Kyoto](wiki://Kyoto)"), "{search}");
+    let visit = observe(
+        "<tool_call>{\"name\": \"visit\", \"arguments\": {\"url\": \"wiki://Kyoto\", \"goal\": \"capital years\"}}</tool_call>",
+    )
+    .unwrap();
+    assert!(visit.contains("from 794 to 1868"), "{visit}");
+    assert!(
+        observe("<tool_call>{broken</tool_call>")
+            .unwrap()
+            .starts_with("Error: ")
+    );
+    assert!(
+        observe("<tool_call>{\"name\": \"calc\", \"arguments\": {}}</tool_call>")
+            .unwrap()
+            .contains("there is no tool `calc`")
+    );
+    assert_eq!(observe("<think>done</think><answer>Kyoto</answer>"), None);
+    assert_eq!(observe("just talking"), None);
+    assert_eq!(env.stop_strings(), ["</tool_call>"]);
+}
+
+#[test]
+fn the_reward_is_a_tenth_format_and_nine_tenths_answer() {
+    let reward = WebSailorReward::new(Judge::ExactMatch).unwrap();
+    let t = task("Which city?", "Kyoto", &tools(), &AgentConfig::default());
+    assert_eq!(
+        reward.score(&t, "<think>sure</think>\n<answer>kyoto.</answer>"),
+        1.0
+    );
+    assert_eq!(reward.score(&t, "<answer>Kyoto</answer>"), 0.9);
+    assert!((reward.score(&t, "<think>hm</think><answer>Nara</answer>") - 0.1).abs() < 1e-12);
+    assert_eq!(reward.score(&t, "no answer"), 0.0);
+    // Only a right answer reaches the correctness threshold DUPO filters on.
+    assert!(0.9 >= CORRECT_THRESHOLD && 0.1 < CORRECT_THRESHOLD);
+}
+
+#[test]
+fn a_dupo_step_runs_on_the_agents_own_tools() {
+    // The fixture model with a context long enough for the agent's opening prompt.
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    let fixture =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/fixtures/model/qwen3_tied_gqa");
+    for e in std::fs::read_dir(&fixture).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
+    }
+    let config_path = model.join("config.json");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    c["max_position_embeddings"] = serde_json::json!(4096);
+    std::fs::write(&config_path, c.to_string()).unwrap();
+
+    let tools = tools();
+    let tasks = vec![
+        task(
+            "Which city was the capital until 1868?",
+            "Kyoto",
+            &tools,
+            &AgentConfig::default(),
+        ),
+        task(
+            "Capital from 794?",
+            "Kyoto",
+            &tools,
+            &AgentConfig::default(),
+        ),
+    ];
+    let mut trainer = GrpoTrainer::new(
+        GrpoConfig {
+            model,
+            output_dir: dir.path().join("run"),
+            group_size: 2,
+            prompts_per_step: 2,
+            max_new_tokens: 8,
+            max_prompt_tokens: 3000,
+            filter: GroupFilter::Dupo,
+            correct_threshold: CORRECT_THRESHOLD,
+            lr: 1e-4,
+            ..GrpoConfig::default()
+        },
+        tasks,
+        Arc::new(WebSailorReward::new(Judge::ExactMatch).unwrap()),
+    )
+    .unwrap()
+    .with_tools(
+        Arc::new(WebSailorEnv::new(tools).unwrap()),
+        ToolConfig {
+            max_turns: 3,
+            ..ToolConfig::default()
+        },
+    );
+    let report = trainer.step().unwrap();
+    // The untrained model answers nothing right: every group is uninformative, and DUPO has
+    // nothing to duplicate, so no group is trained on.
+    assert_eq!(report.accuracy, 0.0);
+    assert_eq!(report.useful_groups, 0);
+    assert!(
+        report.turns_mean >= 1.0 && report.turns_mean <= 3.0,
+        "{report:?}"
+    );
+}
