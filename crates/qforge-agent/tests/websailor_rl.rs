@@ -71,11 +71,13 @@ fn the_reward_is_a_tenth_format_and_nine_tenths_answer() {
         reward.score(&t, "<think>sure</think>\n<answer>kyoto.</answer>"),
         1.0
     );
-    assert_eq!(reward.score(&t, "<answer>Kyoto</answer>"), 0.9);
-    assert!((reward.score(&t, "<think>hm</think><answer>Nara</answer>") - 0.1).abs() < 1e-12);
+    let right_unformatted = reward.score(&t, "<answer>Kyoto</answer>");
+    let wrong_formatted = reward.score(&t, "<think>hm</think><answer>Nara</answer>");
+    assert_eq!(right_unformatted, 0.9);
+    assert!((wrong_formatted - 0.1).abs() < 1e-12);
     assert_eq!(reward.score(&t, "no answer"), 0.0);
     // Only a right answer reaches the correctness threshold DUPO filters on.
-    assert!(0.9 >= CORRECT_THRESHOLD && 0.1 < CORRECT_THRESHOLD);
+    assert!(right_unformatted >= CORRECT_THRESHOLD && wrong_formatted < CORRECT_THRESHOLD);
 }
 
 #[test]
