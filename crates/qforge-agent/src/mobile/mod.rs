@@ -1,0 +1,12 @@
+//! Mobile-Agent-v2 (arXiv 2406.01014): planning, decision and reflection agents with memory,
+//! driving an Android phone over adb (specs/museg_mobileagent.md §2). Begun:
+//!
+//! - [`ops`]: the operation space and how the decision agent's action is read.
+//! - [`adb`]: the `Device` trait and its adb implementation (the released command lines,
+//!   per-character typing, the ADB Keyboard broadcast, keyboard state, `uiautomator dump`).
+//! - [`perception`]: screen elements from the accessibility tree, the released OCR-line merge,
+//!   the keyboard-label test and the `[x, y]; text: …` lines the agents read.
+
+pub mod adb;
+pub mod ops;
+pub mod perception;
