@@ -81,3 +81,46 @@ fn a_disconnected_device_is_a_typed_error() {
             .contains("cannot run adb")
     );
 }
+
+/// The simulated phone behind `qforge-sim-adb`: the real adb code path drives it.
+#[test]
+fn the_adb_layer_drives_the_simulated_phone_through_its_adb_executable() {
+    use qforge_agent::mobile::sim::{SimPhone, demo_phone};
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("phone.json");
+    let save = |p: &SimPhone| std::fs::write(&state, serde_json::to_string(p).unwrap()).unwrap();
+    let load =
+        || -> SimPhone { serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap() };
+    save(&demo_phone());
+    let mut device = AdbDevice::new(env!("CARGO_BIN_EXE_qforge-sim-adb"), dir.path());
+    device.settle = std::time::Duration::ZERO;
+    device.env = vec![(
+        "QFORGE_SIM_STATE".into(),
+        state.to_string_lossy().into_owned(),
+    )];
+
+    let png = device.screenshot().unwrap();
+    let decoder = png::Decoder::new(std::io::Cursor::new(png));
+    let info = decoder.read_info().unwrap().info().clone();
+    assert_eq!((info.width, info.height), (1080, 2400));
+
+    device.tap(500, 1900).unwrap(); // the Browser icon
+    device.tap(500, 200).unwrap(); // the search box
+    assert!(device.keyboard_shown().unwrap());
+    assert!(device.ui_dump().unwrap().contains("ADB Keyboard {ON}"));
+    device.type_text("京都 1\n").unwrap();
+    let phone = load();
+    assert_eq!(phone.fields["query"], "京都 1");
+    assert_eq!(phone.current, "results");
+    device.back().unwrap();
+    device.home().unwrap();
+    assert_eq!(load().current, "home");
+
+    let mut cut = load();
+    cut.connected = false;
+    save(&cut);
+    assert!(matches!(
+        device.tap(1, 1),
+        Err(DeviceError::Disconnected(_))
+    ));
+}

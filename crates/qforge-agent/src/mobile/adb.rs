@@ -139,6 +139,8 @@ pub struct AdbDevice {
     pub workdir: PathBuf,
     /// Pause between the screenshot commands (released: 0.5 s).
     pub settle: Duration,
+    /// Extra environment for adb (`ADB_SERVER_SOCKET`, or a simulator's state file).
+    pub env: Vec<(String, String)>,
 }
 
 impl AdbDevice {
@@ -148,6 +150,7 @@ impl AdbDevice {
             serial: None,
             workdir: workdir.into(),
             settle: Duration::from_millis(500),
+            env: Vec::new(),
         }
     }
 
@@ -158,6 +161,7 @@ impl AdbDevice {
             command.args(["-s", serial]);
         }
         command.args(argv);
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         let shown = format!("{} {}", self.adb.display(), argv.join(" "));
         let out = command.output().map_err(|e| DeviceError::Command {
             argv: shown.clone(),

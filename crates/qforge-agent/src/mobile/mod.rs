@@ -6,7 +6,10 @@
 //!   per-character typing, the ADB Keyboard broadcast, keyboard state, `uiautomator dump`).
 //! - [`perception`]: screen elements from the accessibility tree, the released OCR-line merge,
 //!   the keyboard-label test and the `[x, y]; text: …` lines the agents read.
+//! - [`sim`]: a simulated phone (apps as screen state machines, PNG screenshots, uiautomator
+//!   XML), in process or behind adb's command line as the `qforge-sim-adb` binary.
 
 pub mod adb;
 pub mod ops;
 pub mod perception;
+pub mod sim;

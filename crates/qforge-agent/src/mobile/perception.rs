@@ -147,7 +147,7 @@ pub fn keyboard_label_shown(elements: &[Element], height: i64) -> bool {
 pub fn screen_lines(elements: &[Element]) -> String {
     elements
         .iter()
-        .filter(|e| !e.text.trim().is_empty() && !(e.kind == Kind::Icon && e.text == "None"))
+        .filter(|e| !(e.text.trim().is_empty() || (e.kind == Kind::Icon && e.text == "None")))
         .map(|e| {
             let (x, y) = e.centre();
             let kind = match e.kind {
