@@ -1,6 +1,8 @@
 //! Mobile-Agent-v2 (arXiv 2406.01014): planning, decision and reflection agents with memory,
 //! driving an Android phone over adb (specs/museg_mobileagent.md §2). Begun:
 //!
+//! - [`agent`]: the multi-agent loop (decision, memory, reflection A/B/C, planning) with a step
+//!   limit, a time budget and step logs with screenshots.
 //! - [`ops`]: the operation space and how the decision agent's action is read.
 //! - [`adb`]: the `Device` trait and its adb implementation (the released command lines,
 //!   per-character typing, the ADB Keyboard broadcast, keyboard state, `uiautomator dump`).
@@ -10,6 +12,7 @@
 //!   XML), in process or behind adb's command line as the `qforge-sim-adb` binary.
 
 pub mod adb;
+pub mod agent;
 pub mod ops;
 pub mod perception;
 pub mod sim;

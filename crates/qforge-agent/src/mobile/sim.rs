@@ -44,6 +44,9 @@ pub struct SimElement {
     /// Shows this field's current value instead of `text` when the field is not empty.
     #[serde(default)]
     pub shows_field: Option<String>,
+    /// (flag, label): once the flag is set the element reads `label` (a switch showing "on").
+    #[serde(default)]
+    pub when_set: Option<(String, String)>,
 }
 
 /// A screen: its elements, and where Enter goes (a search box submitting).
@@ -102,6 +105,14 @@ impl SimPhone {
             {
                 e.text = value.clone();
             }
+            if let Some((_, label)) = e.when_set.as_ref().filter(|(f, _)| self.flags.contains(f)) {
+                let label = label.clone();
+                if e.text.is_empty() {
+                    e.icon = label;
+                } else {
+                    e.text = label;
+                }
+            }
         }
         if self.focused.is_some() {
             let h = self.height;
@@ -111,6 +122,7 @@ impl SimPhone {
                 bbox: [0, h - h / 20, self.width, h],
                 on_tap: None,
                 shows_field: None,
+                when_set: None,
             });
         }
         out
@@ -396,6 +408,7 @@ fn text(t: &str, bbox: [i64; 4], on_tap: Option<OnTap>) -> SimElement {
         bbox,
         on_tap,
         shows_field: None,
+        when_set: None,
     }
 }
 
@@ -406,6 +419,7 @@ fn icon(desc: &str, bbox: [i64; 4], on_tap: Option<OnTap>) -> SimElement {
         bbox,
         on_tap,
         shows_field: None,
+        when_set: None,
     }
 }
 
@@ -454,13 +468,16 @@ pub fn demo_phone() -> SimPhone {
             elements: vec![
                 text("Wi-Fi", [40, 120, 400, 200], None),
                 text("Use Wi-Fi", [40, 300, 800, 380], None),
-                icon(
-                    "Wi-Fi switch",
-                    [860, 300, 1040, 380],
-                    Some(OnTap::Set {
-                        flag: "wifi_on".into(),
-                    }),
-                ),
+                SimElement {
+                    when_set: Some(("wifi_on".into(), "Wi-Fi switch, on".into())),
+                    ..icon(
+                        "Wi-Fi switch",
+                        [860, 300, 1040, 380],
+                        Some(OnTap::Set {
+                            flag: "wifi_on".into(),
+                        }),
+                    )
+                },
             ],
             on_enter: None,
         },
@@ -468,7 +485,10 @@ pub fn demo_phone() -> SimPhone {
     screens.insert(
         "bluetooth".into(),
         SimScreen {
-            elements: vec![text("Bluetooth", [40, 120, 400, 200], None)],
+            elements: vec![
+                text("Bluetooth", [40, 120, 400, 200], None),
+                text("Pair new device", [40, 300, 1040, 380], None),
+            ],
             on_enter: None,
         },
     );
@@ -483,6 +503,7 @@ pub fn demo_phone() -> SimPhone {
                     field: "query".into(),
                 }),
                 shows_field: Some("query".into()),
+                when_set: None,
             }],
             on_enter: Some("results".into()),
         },
@@ -497,6 +518,7 @@ pub fn demo_phone() -> SimPhone {
                     bbox: [40, 150, 1040, 250],
                     on_tap: None,
                     shows_field: Some("query".into()),
+                    when_set: None,
                 },
                 text("Results", [40, 300, 400, 380], None),
             ],

@@ -1,0 +1,369 @@
+//! Mobile-Agent-v2's loop on the simulated phone, with named simulator backends standing in for
+//! the models: an `ElementReadingPolicySimulator` (the decision agent: it reads the element list
+//! in its prompt and turns a scripted plan such as "tap Wi-Fi" into coordinates), a
+//! `ScreenDiffReflectionSimulator` (A, B when the new screen is a known wrong page, C when
+//! nothing changed) and a planning simulator that counts steps.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use qforge_agent::mobile::agent::{AccessibilityPerception, Agents, MobileConfig, StopReason, run};
+use qforge_agent::mobile::sim::{SimPhone, demo_phone};
+use qforge_engine::chat::{ChatDelta, ChatEvent, ChatRequest};
+use qforge_engine::{BackendError, ChatBackend, ChatStream};
+use serde_json::Value;
+
+fn reply(text: String) -> ChatStream {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tx.try_send(Ok(ChatEvent::Delta(ChatDelta {
+        content: Some(text),
+        finish_reason: Some("stop".into()),
+        ..ChatDelta::default()
+    })))
+    .unwrap();
+    rx
+}
+
+/// The text parts of a request's last message.
+fn last_text(request: &ChatRequest) -> String {
+    match &request.messages.last().unwrap()["content"] {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+/// The centre of the element labelled `label` in a prompt's screen lines.
+fn find(prompt: &str, label: &str) -> Option<(i64, i64)> {
+    prompt.lines().find_map(|l| {
+        let (coords, rest) = l.split_once("; ")?;
+        let name = rest
+            .strip_prefix("text: ")
+            .or_else(|| rest.strip_prefix("icon: "))?;
+        (name == label).then(|| {
+            let nums: Vec<i64> = coords
+                .trim_matches(|c| c == '[' || c == ']')
+                .split(", ")
+                .filter_map(|n| n.parse().ok())
+                .collect();
+            (nums[0], nums[1])
+        })
+    })
+}
+
+/// The decision agent: each plan step is "open NAME", "tap LABEL", "type TEXT", "raw ACTION" or
+/// "stop"; memory turns answer from `memories` (by step) or None.
+struct ElementReadingPolicySimulator {
+    plan: Mutex<Vec<String>>,
+    memories: Vec<(usize, String)>,
+    prompts: Mutex<Vec<String>>,
+}
+
+impl ElementReadingPolicySimulator {
+    fn new(plan: &[&str]) -> Self {
+        Self {
+            plan: Mutex::new(plan.iter().rev().map(|s| s.to_string()).collect()),
+            memories: Vec::new(),
+            prompts: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+#[async_trait]
+impl ChatBackend for ElementReadingPolicySimulator {
+    fn model_name(&self) -> &str {
+        "element-reading-policy-simulator"
+    }
+
+    async fn chat_stream(&self, request: ChatRequest) -> Result<ChatStream, BackendError> {
+        let prompt = last_text(&request);
+        if prompt.contains("worth remembering") {
+            let step = self.prompts.lock().unwrap().len();
+            let memory = self
+                .memories
+                .iter()
+                .find(|(s, _)| *s == step)
+                .map_or("None".to_string(), |(_, m)| m.clone());
+            return Ok(reply(format!("### Important content ###\n{memory}")));
+        }
+        self.prompts.lock().unwrap().push(prompt.clone());
+        let step = self
+            .plan
+            .lock()
+            .unwrap()
+            .pop()
+            .unwrap_or_else(|| "stop".into());
+        let (verb, arg) = step.split_once(' ').unwrap_or((step.as_str(), ""));
+        let action = match verb {
+            "open" => format!("Open app ({arg})"),
+            "tap" => match find(&prompt, arg) {
+                Some((x, y)) => format!("Tap ({x}, {y})"),
+                None => format!("Tap (nowhere {arg})"),
+            },
+            "type" => format!("Type ({arg})"),
+            "raw" => arg.to_string(),
+            _ => "Stop".to_string(),
+        };
+        Ok(reply(format!(
+            "### Thought ###\nNext: {step}.\n### Action ###\n{action}\n### Operation ###\n{step} to move on"
+        )))
+    }
+}
+
+/// Reflection: C when the screen did not change, B when the new screen shows a wrong-page
+/// marker, else A.
+struct ScreenDiffReflectionSimulator {
+    wrong_page_markers: Vec<String>,
+    verdicts: Mutex<Vec<char>>,
+}
+
+#[async_trait]
+impl ChatBackend for ScreenDiffReflectionSimulator {
+    fn model_name(&self) -> &str {
+        "screen-diff-reflection-simulator"
+    }
+
+    async fn chat_stream(&self, request: ChatRequest) -> Result<ChatStream, BackendError> {
+        let prompt = last_text(&request);
+        let before = prompt
+            .split("### Before the operation ###")
+            .nth(1)
+            .and_then(|s| s.split("### After the operation ###").next())
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let after = prompt
+            .split("### After the operation ###")
+            .nth(1)
+            .and_then(|s| s.split("### The operation ###").next())
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let verdict = if before == after {
+            'C'
+        } else if self
+            .wrong_page_markers
+            .iter()
+            .any(|m| after.contains(m.as_str()))
+        {
+            'B'
+        } else {
+            'A'
+        };
+        self.verdicts.lock().unwrap().push(verdict);
+        Ok(reply(format!(
+            "### Thought ###\ncompared\n### Answer ###\n{verdict}"
+        )))
+    }
+}
+
+struct CountingPlannerSimulator;
+
+#[async_trait]
+impl ChatBackend for CountingPlannerSimulator {
+    fn model_name(&self) -> &str {
+        "counting-planner-simulator"
+    }
+
+    async fn chat_stream(&self, request: ChatRequest) -> Result<ChatStream, BackendError> {
+        let steps = last_text(&request).matches("Step-").count();
+        Ok(reply(format!(
+            "### Completed contents ###\n{steps} steps done"
+        )))
+    }
+}
+
+fn agents(
+    policy: Arc<ElementReadingPolicySimulator>,
+    reflection: Arc<ScreenDiffReflectionSimulator>,
+) -> Agents {
+    Agents {
+        decision: policy,
+        reflection,
+        planning: Arc::new(CountingPlannerSimulator),
+    }
+}
+
+fn reflector(markers: &[&str]) -> Arc<ScreenDiffReflectionSimulator> {
+    Arc::new(ScreenDiffReflectionSimulator {
+        wrong_page_markers: markers.iter().map(|m| m.to_string()).collect(),
+        verdicts: Mutex::new(Vec::new()),
+    })
+}
+
+fn config(dir: &std::path::Path) -> MobileConfig {
+    MobileConfig {
+        settle: std::time::Duration::ZERO,
+        max_steps: Some(12),
+        log_dir: Some(dir.to_path_buf()),
+        ..MobileConfig::default()
+    }
+}
+
+async fn go(
+    phone: &mut SimPhone,
+    agents: &Agents,
+    instruction: &str,
+    config: &MobileConfig,
+) -> qforge_agent::mobile::agent::MobileRun {
+    run(
+        phone,
+        &mut AccessibilityPerception,
+        agents,
+        instruction,
+        config,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn wifi_on_through_open_app_with_a_wrong_tap_and_a_no_op_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut phone = demo_phone();
+    let mut policy = ElementReadingPolicySimulator::new(&[
+        "open Settings", // the label: the icon above it is tapped
+        "tap Bluetooth", // wrong page: reflection B, Back
+        "tap Display",   // does nothing: reflection C
+        "tap Wi-Fi",
+        "tap Wi-Fi switch",
+        "stop",
+    ]);
+    policy.memories = vec![(5, "Wi-Fi is on".into())];
+    let policy = Arc::new(policy);
+    let reflection = reflector(&["Pair new device"]);
+    let run = go(
+        &mut phone,
+        &agents(policy.clone(), reflection.clone()),
+        "Turn on Wi-Fi",
+        &config(dir.path()),
+    )
+    .await;
+
+    assert_eq!(run.stop, StopReason::Stop);
+    assert!(
+        phone.flags.contains(&"wifi_on".to_string()),
+        "{:?}",
+        phone.log
+    );
+    assert_eq!(
+        *reflection.verdicts.lock().unwrap(),
+        ['A', 'B', 'C', 'A', 'A']
+    );
+    // B pressed Back: the phone left the Bluetooth page.
+    assert!(phone.log.iter().any(|l| l == "back"));
+    // The next decision after B and after C saw the error note; after A it is gone.
+    let prompts = policy.prompts.lock().unwrap();
+    assert!(
+        prompts[2].contains("led to a wrong page, so Back was pressed"),
+        "{}",
+        prompts[2]
+    );
+    assert!(prompts[3].contains("changed nothing on screen"));
+    assert!(!prompts[4].contains("### Last operation ###"));
+    // Only A steps enter the history and the progress.
+    assert!(
+        prompts[4].contains("Step-2: [Operation: tap Wi-Fi; Action: Tap (540, 340)]"),
+        "{}",
+        prompts[4]
+    );
+    assert_eq!(run.progress, "3 steps done");
+    assert_eq!(run.memory, ["Wi-Fi is on"]);
+    // Step logs and screenshots are on disk.
+    let lines = std::fs::read_to_string(dir.path().join("steps.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 6);
+    assert!(dir.path().join("step-001.png").is_file());
+    let first: Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
+    assert_eq!(first["executed"]["Ok"]["op"], "open_app");
+}
+
+#[tokio::test]
+async fn typing_needs_a_focused_box_and_bad_actions_are_reported_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut phone = demo_phone();
+    let policy = Arc::new(ElementReadingPolicySimulator::new(&[
+        "open Browser",
+        "raw Tap (2000, 5000)", // off the screen
+        "raw Dance wildly",     // not an operation
+        "tap Search or type URL",
+        "type kyoto\\n", // a literal backslash-n: Enter, as the released typing rule has it
+        "stop",
+    ]));
+    let reflection = reflector(&[]);
+    let run = go(
+        &mut phone,
+        &agents(policy.clone(), reflection),
+        "Search for kyoto",
+        &config(dir.path()),
+    )
+    .await;
+    assert_eq!(run.stop, StopReason::Stop);
+    assert_eq!(phone.fields["query"], "kyoto");
+    assert_eq!(phone.current, "results");
+    let prompts = policy.prompts.lock().unwrap();
+    assert!(prompts[1].contains("Typing is unavailable until you tap an input box"));
+    assert!(
+        prompts[2].contains("(2000, 5000) is off the 1080x2400 screen"),
+        "{}",
+        prompts[2]
+    );
+    assert!(prompts[3].contains("no known operation"), "{}", prompts[3]);
+    assert!(prompts[4].contains("Type (text): type text into the focused box"));
+    assert!(run.steps[1].executed.is_err() && run.steps[2].executed.is_err());
+}
+
+#[tokio::test]
+async fn limits_and_a_lost_device_end_the_run_with_the_steps_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut phone = demo_phone();
+    let endless = Arc::new(ElementReadingPolicySimulator::new(&["tap Display"; 20]));
+    let limited = MobileConfig {
+        max_steps: Some(3),
+        ..config(dir.path())
+    };
+    let run = go(
+        &mut phone,
+        &agents(endless, reflector(&[])),
+        "Never done",
+        &limited,
+    )
+    .await;
+    assert_eq!(
+        (run.stop.clone(), run.steps.len()),
+        (StopReason::StepLimit, 3)
+    );
+
+    let timed = MobileConfig {
+        max_steps: None,
+        time_budget: Some(std::time::Duration::ZERO),
+        ..config(dir.path())
+    };
+    let endless = Arc::new(ElementReadingPolicySimulator::new(&["tap Display"]));
+    let run = go(
+        &mut phone,
+        &agents(endless, reflector(&[])),
+        "Never done",
+        &timed,
+    )
+    .await;
+    assert_eq!(run.stop, StopReason::TimeBudget);
+
+    let mut unplugged = demo_phone();
+    unplugged.connected = false;
+    let policy = Arc::new(ElementReadingPolicySimulator::new(&["stop"]));
+    let run = go(
+        &mut unplugged,
+        &agents(policy, reflector(&[])),
+        "Anything",
+        &config(dir.path()),
+    )
+    .await;
+    assert!(
+        matches!(run.stop, StopReason::Device(ref m) if m.contains("not connected")),
+        "{:?}",
+        run.stop
+    );
+}
