@@ -367,3 +367,117 @@ async fn limits_and_a_lost_device_end_the_run_with_the_steps_kept() {
         run.stop
     );
 }
+
+/// `qforge serve` hosting the tiny (untrained) model over real HTTP as all three agents: its
+/// output is never a valid action, and the loop logs that and goes on until its step limit.
+#[test]
+fn a_served_tiny_model_drives_the_loop_over_http_without_crashing() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    let fixture = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tools/fixtures/model/qwen3_tied_gqa");
+    for e in std::fs::read_dir(&fixture).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
+    }
+    let config_path = model.join("config.json");
+    let mut c: Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    c["max_position_embeddings"] = serde_json::json!(8192);
+    std::fs::write(&config_path, c.to_string()).unwrap();
+    let url = qforge_serve::spawn_on_loopback(
+        qforge_serve::AppState::for_checkpoint("tiny", &model, Default::default()).unwrap(),
+    )
+    .unwrap();
+    let backend = || -> Arc<dyn ChatBackend> {
+        let mut config = qforge_engine::RemoteConfig::new(&url, "tiny");
+        config.retries = 0;
+        Arc::new(qforge_engine::RemoteBackend::new(config).unwrap())
+    };
+    let agents = Agents {
+        decision: backend(),
+        reflection: backend(),
+        planning: backend(),
+    };
+    let config = MobileConfig {
+        max_steps: Some(2),
+        images: false,
+        ..config(&dir.path().join("logs"))
+    };
+    let mut phone = demo_phone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let run = rt.block_on(run(
+        &mut phone,
+        &mut AccessibilityPerception,
+        &agents,
+        "Turn on Wi-Fi",
+        &config,
+    ));
+    assert!(
+        matches!(run.stop, StopReason::StepLimit | StopReason::Stop),
+        "{:?}",
+        run.stop
+    );
+    assert!(!run.steps.is_empty());
+    assert!(dir.path().join("logs/steps.jsonl").is_file());
+}
+
+/// SR, CR, DA and RA against the simulator's truth, for a run with a detour, and for the same
+/// run judged by a reflection agent that always answers A.
+#[tokio::test]
+async fn metrics_follow_the_simulators_truth() {
+    use qforge_agent::mobile::eval::{demo_suite, score, summarize, timeline_html};
+    let dir = tempfile::tempdir().unwrap();
+    let task = demo_suite()
+        .into_iter()
+        .find(|t| t.name == "wifi-on")
+        .unwrap();
+    let plan = [
+        "open Settings",
+        "tap Bluetooth",
+        "tap Display",
+        "tap Wi-Fi",
+        "tap Wi-Fi switch",
+        "stop",
+    ];
+
+    let mut phone = task.phone.clone();
+    let policy = Arc::new(ElementReadingPolicySimulator::new(&plan));
+    let run = go(
+        &mut phone,
+        &agents(policy, reflector(&["Pair new device"])),
+        &task.instruction,
+        &config(dir.path()),
+    )
+    .await;
+    let s = score(&task, &run, &phone);
+    assert!(s.success);
+    assert_eq!(s.truth, ['A', 'B', 'C', 'A', 'A', '-']);
+    assert_eq!(s.cr, 1.0);
+    assert!((s.da - 4.0 / 6.0).abs() < 1e-12, "{s:?}");
+    assert_eq!(s.ra, Some(1.0));
+    let html = timeline_html(&run, Some(&s));
+    assert!(html.contains("<img src=\"step-001.png\">") && html.contains("truth B"));
+
+    // A reflection agent that always says A misses the detour and the no-op.
+    let mut phone = task.phone.clone();
+    let policy = Arc::new(ElementReadingPolicySimulator::new(&[
+        "open Settings",
+        "tap Bluetooth",
+        "stop",
+    ]));
+    let run = go(
+        &mut phone,
+        &agents(policy, reflector(&[])),
+        &task.instruction,
+        &config(dir.path()),
+    )
+    .await;
+    let s = score(&task, &run, &phone);
+    assert!(!s.success);
+    assert_eq!(s.truth, ['A', 'B', '-']);
+    assert_eq!(s.ra, Some(0.5));
+    let report = summarize(vec![s]);
+    assert_eq!(report.sr, 0.0);
+}

@@ -62,6 +62,9 @@ pub struct MobileConfig {
     pub settle: Duration,
     /// Step logs and screenshots go here when set.
     pub log_dir: Option<PathBuf>,
+    /// Send screenshots to the decision and reflection agents (off for text-only models, which
+    /// then work from the element list alone).
+    pub images: bool,
 }
 
 impl Default for MobileConfig {
@@ -74,6 +77,7 @@ impl Default for MobileConfig {
             time_budget: None,
             settle: Duration::from_secs(5),
             log_dir: None,
+            images: true,
         }
     }
 }
@@ -173,6 +177,16 @@ pub fn parse_memory(reply: &str) -> Option<String> {
     let content = section(reply, "### Important content ###", &[])?;
     let first_block = content.split("\n\n").next().unwrap_or("").trim();
     (!first_block.is_empty() && !first_block.contains("None")).then(|| first_block.to_string())
+}
+
+/// A user message: the text, then the screenshots as image parts when `images` is on.
+fn user_message(text: String, pngs: &[&[u8]], images: bool) -> Value {
+    if !images {
+        return json!({"role": "user", "content": text});
+    }
+    let mut parts = vec![json!({"type": "text", "text": text})];
+    parts.extend(pngs.iter().map(|p| image_part(p)));
+    json!({"role": "user", "content": parts})
 }
 
 fn image_part(png: &[u8]) -> Value {
@@ -315,7 +329,7 @@ pub async fn run(
         let prompt = decision_prompt(instruction, size, &elements, keyboard, config, &history);
         let mut conversation = vec![
             json!({"role": "system", "content": "You are a helpful assistant that operates a mobile phone for the user."}),
-            json!({"role": "user", "content": [{"type": "text", "text": prompt}, image_part(&png)]}),
+            user_message(prompt, &[&png], config.images),
         ];
         let reply = match chat(&agents.decision, conversation.clone()).await {
             Ok(r) => r,
@@ -411,8 +425,7 @@ pub async fn run(
                 decision.thought,
                 decision.action
             );
-            let messages = vec![json!({"role": "user", "content": [
-                {"type": "text", "text": prompt}, image_part(&png), image_part(&after_png)]})];
+            let messages = vec![user_message(prompt, &[&png, &after_png], config.images)];
             match chat(&agents.reflection, messages).await {
                 Ok(r) => parse_reflection(&r),
                 Err(e) => {
@@ -507,7 +520,11 @@ pub async fn run(
 /// Carries out an operation. Open app taps one box height above the label that matches the
 /// name exactly (the icon sits above it). Errors: "device: …" when the device failed, else a
 /// reason for the model.
-fn execute(device: &mut dyn Device, op: &Operation, elements: &[Element]) -> Result<(), String> {
+pub fn execute(
+    device: &mut dyn Device,
+    op: &Operation,
+    elements: &[Element],
+) -> Result<(), String> {
     let device_err = |e: DeviceError| format!("device: {e}");
     match op {
         Operation::OpenApp { name } => {

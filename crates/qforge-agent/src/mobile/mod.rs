@@ -1,8 +1,10 @@
 //! Mobile-Agent-v2 (arXiv 2406.01014): planning, decision and reflection agents with memory,
-//! driving an Android phone over adb (specs/museg_mobileagent.md §2). Begun:
+//! driving an Android phone over adb (specs/museg_mobileagent.md §2).
 //!
 //! - [`agent`]: the multi-agent loop (decision, memory, reflection A/B/C, planning) with a step
 //!   limit, a time budget and step logs with screenshots.
+//! - [`eval`]: task suites on the simulator with state-checked success; SR, CR, DA and RA
+//!   against the simulator's truth; an HTML timeline per run.
 //! - [`ops`]: the operation space and how the decision agent's action is read.
 //! - [`adb`]: the `Device` trait and its adb implementation (the released command lines,
 //!   per-character typing, the ADB Keyboard broadcast, keyboard state, `uiautomator dump`).
@@ -13,6 +15,7 @@
 
 pub mod adb;
 pub mod agent;
+pub mod eval;
 pub mod ops;
 pub mod perception;
 pub mod sim;
