@@ -108,6 +108,10 @@ fn the_adb_layer_drives_the_simulated_phone_through_its_adb_executable() {
     device.tap(500, 200).unwrap(); // the search box
     assert!(device.keyboard_shown().unwrap());
     assert!(device.ui_dump().unwrap().contains("ADB Keyboard {ON}"));
+    assert_eq!(
+        device.current_ime().unwrap(),
+        qforge_agent::mobile::adb::ADB_KEYBOARD_IME
+    );
     device.type_text("京都 1\n").unwrap();
     let phone = load();
     assert_eq!(phone.fields["query"], "京都 1");

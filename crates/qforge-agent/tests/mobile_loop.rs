@@ -481,3 +481,150 @@ async fn metrics_follow_the_simulators_truth() {
     let report = summarize(vec![s]);
     assert_eq!(report.sr, 0.0);
 }
+
+mod common;
+
+/// Icons without an accessibility label are captioned by a vision model from their crop; a
+/// model that gives nothing leaves the released "This is an icon.".
+#[tokio::test]
+async fn undescribed_icons_are_captioned_from_their_crop() {
+    use qforge_agent::mobile::adb::Device;
+    use qforge_agent::mobile::agent::{CaptionedPerception, Perception};
+    use qforge_agent::mobile::perception::Kind;
+    let mut phone = demo_phone();
+    phone.apply_tap(500, 1900); // the browser
+    let png = phone.screenshot().unwrap();
+    let captioner = Arc::new(common::ScriptedModelSimulator::new(&[
+        "A grey square with three dots.",
+    ]));
+    let mut perception = CaptionedPerception {
+        captioner: captioner.clone(),
+    };
+    let elements = perception.perceive(&mut phone, &png).await.unwrap();
+    let icon = elements.iter().find(|e| e.kind == Kind::Icon).unwrap();
+    assert_eq!(icon.text, "A grey square with three dots.");
+    let request = &captioner.requests()[0];
+    let url = request.messages[0]["content"][1]["image_url"]["url"]
+        .as_str()
+        .unwrap();
+    assert!(url.starts_with("data:image/png;base64,"));
+    let elements = perception.perceive(&mut phone, &png).await.unwrap();
+    assert!(elements.iter().any(|e| e.text == "This is an icon."));
+}
+
+/// A phone that breaks: it unplugs after `ops` device calls, or returns a screenshot that is not
+/// an image.
+struct BrokenPhone {
+    phone: SimPhone,
+    ops: usize,
+    garbage_screenshot: bool,
+}
+
+impl BrokenPhone {
+    fn tick(&mut self) {
+        if self.ops == 0 {
+            self.phone.connected = false;
+        }
+        self.ops = self.ops.saturating_sub(1);
+    }
+}
+
+impl qforge_agent::mobile::adb::Device for BrokenPhone {
+    fn screenshot(&mut self) -> Result<Vec<u8>, qforge_agent::mobile::adb::DeviceError> {
+        self.tick();
+        if self.garbage_screenshot {
+            self.phone.screenshot()?;
+            return Ok(b"<html>not an image</html>".to_vec());
+        }
+        self.phone.screenshot()
+    }
+    fn tap(&mut self, x: i64, y: i64) -> Result<(), qforge_agent::mobile::adb::DeviceError> {
+        self.tick();
+        self.phone.tap(x, y)
+    }
+    fn swipe(
+        &mut self,
+        a: (i64, i64),
+        b: (i64, i64),
+    ) -> Result<(), qforge_agent::mobile::adb::DeviceError> {
+        self.tick();
+        self.phone.swipe(a, b)
+    }
+    fn type_text(&mut self, t: &str) -> Result<(), qforge_agent::mobile::adb::DeviceError> {
+        self.tick();
+        self.phone.type_text(t)
+    }
+    fn back(&mut self) -> Result<(), qforge_agent::mobile::adb::DeviceError> {
+        self.tick();
+        self.phone.back()
+    }
+    fn home(&mut self) -> Result<(), qforge_agent::mobile::adb::DeviceError> {
+        self.tick();
+        self.phone.home()
+    }
+    fn keyboard_shown(&mut self) -> Result<bool, qforge_agent::mobile::adb::DeviceError> {
+        self.tick();
+        self.phone.keyboard_shown()
+    }
+    fn ui_dump(&mut self) -> Result<String, qforge_agent::mobile::adb::DeviceError> {
+        self.tick();
+        self.phone.ui_dump()
+    }
+    fn current_ime(&mut self) -> Result<String, qforge_agent::mobile::adb::DeviceError> {
+        self.tick();
+        self.phone.current_ime()
+    }
+}
+
+#[tokio::test]
+async fn a_device_lost_mid_run_or_a_broken_screenshot_ends_the_run_with_steps_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two full steps take 6 + 6 device calls (screenshot, dump, keyboard; tap; again after).
+    let mut phone = BrokenPhone {
+        phone: demo_phone(),
+        ops: 9,
+        garbage_screenshot: false,
+    };
+    let policy = Arc::new(ElementReadingPolicySimulator::new(&[
+        "open Settings",
+        "tap Wi-Fi",
+        "tap Wi-Fi switch",
+    ]));
+    let result = run(
+        &mut phone,
+        &mut AccessibilityPerception,
+        &agents(policy, reflector(&[])),
+        "Turn on Wi-Fi",
+        &config(dir.path()),
+    )
+    .await;
+    assert!(
+        matches!(result.stop, StopReason::Device(ref m) if m.contains("not connected")),
+        "{:?}",
+        result.stop
+    );
+    assert!(
+        !result.steps.is_empty(),
+        "the steps before the loss are kept"
+    );
+    assert!(dir.path().join("steps.jsonl").is_file());
+
+    let mut phone = BrokenPhone {
+        phone: demo_phone(),
+        ops: usize::MAX,
+        garbage_screenshot: true,
+    };
+    let policy = Arc::new(ElementReadingPolicySimulator::new(&["stop"]));
+    let result = run(
+        &mut phone,
+        &mut AccessibilityPerception,
+        &agents(policy, reflector(&[])),
+        "Anything",
+        &config(dir.path()),
+    )
+    .await;
+    assert_eq!(
+        result.stop,
+        StopReason::Device("the screenshot is not a PNG image".into())
+    );
+}

@@ -1008,6 +1008,12 @@ pub struct MobileAgentArgs {
     /// Extra knowledge for the decision agent.
     #[arg(long)]
     hint: Option<String>,
+    /// Base URL of a vision model that captions icons the accessibility tree leaves
+    /// undescribed (released: Qwen-VL). Without it, such icons are left out.
+    #[arg(long)]
+    caption_url: Option<String>,
+    #[arg(long, default_value = "default")]
+    caption_model: String,
 }
 
 impl MobileAgentArgs {
@@ -1032,6 +1038,16 @@ impl MobileAgentArgs {
             reflection: other(&self.reflection_url, &self.reflection_model)?,
             planning: other(&self.planning_url, &self.planning_model)?,
             decision: decision.clone(),
+        })
+    }
+
+    fn perception(&self) -> Result<Box<dyn qforge_agent::mobile::agent::Perception>> {
+        use qforge_agent::mobile::agent::{AccessibilityPerception, CaptionedPerception};
+        Ok(match &self.caption_url {
+            Some(url) => Box::new(CaptionedPerception {
+                captioner: Arc::new(remote(url, &self.caption_model, &self.key_env)?),
+            }),
+            None => Box::new(AccessibilityPerception),
         })
     }
 
@@ -1075,8 +1091,9 @@ pub struct MobileRunArgs {
 
 fn mobile_run(args: MobileRunArgs) -> Result<()> {
     use qforge_agent::mobile::adb::{AdbDevice, Device};
-    use qforge_agent::mobile::agent::{AccessibilityPerception, run};
+    use qforge_agent::mobile::agent::run;
     let agents = args.agents.agents()?;
+    let mut perception = args.agents.perception()?;
     let config = args.agents.config(args.log_dir.clone());
     let mut sim = qforge_agent::mobile::sim::demo_phone();
     let mut adb;
@@ -1095,7 +1112,7 @@ fn mobile_run(args: MobileRunArgs) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(run(
         device,
-        &mut AccessibilityPerception,
+        perception.as_mut(),
         &agents,
         &args.instruction,
         &config,
@@ -1123,9 +1140,10 @@ pub struct MobileEvalArgs {
 }
 
 fn mobile_eval(args: MobileEvalArgs) -> Result<()> {
-    use qforge_agent::mobile::agent::{AccessibilityPerception, run};
+    use qforge_agent::mobile::agent::run;
     use qforge_agent::mobile::eval::{demo_suite, score, summarize, timeline_html};
     let agents = args.agents.agents()?;
+    let mut perception = args.agents.perception()?;
     let runtime = tokio::runtime::Runtime::new()?;
     let suite = demo_suite();
     let bar = progress(suite.len());
@@ -1135,7 +1153,7 @@ fn mobile_eval(args: MobileEvalArgs) -> Result<()> {
         let mut phone = task.phone.clone();
         let result = runtime.block_on(run(
             &mut phone,
-            &mut AccessibilityPerception,
+            perception.as_mut(),
             &agents,
             &task.instruction,
             &args.agents.config(dir.clone()),

@@ -35,7 +35,13 @@ pub trait Device: Send {
     fn keyboard_shown(&mut self) -> Result<bool, DeviceError>;
     /// The accessibility tree (`uiautomator dump`'s XML).
     fn ui_dump(&mut self) -> Result<String, DeviceError>;
+    /// The active input method's id (the ADB Keyboard is `com.android.adbkeyboard/.AdbIME`;
+    /// typing CJK needs it).
+    fn current_ime(&mut self) -> Result<String, DeviceError>;
 }
+
+/// The ADB Keyboard's input-method id.
+pub const ADB_KEYBOARD_IME: &str = "com.android.adbkeyboard/.AdbIME";
 
 /// The released command lines, as argv after the adb path (and `-s SERIAL`).
 pub struct AdbCommands;
@@ -128,6 +134,10 @@ impl AdbCommands {
 
     pub fn input_method_state() -> Vec<String> {
         args(&["shell", "dumpsys", "input_method"])
+    }
+
+    pub fn current_ime() -> Vec<String> {
+        args(&["shell", "settings", "get", "secure", "default_input_method"])
     }
 }
 
@@ -244,6 +254,10 @@ impl Device for AdbDevice {
         Ok(state.contains("mInputShown=true"))
     }
 
+    fn current_ime(&mut self) -> Result<String, DeviceError> {
+        Ok(self.run(&AdbCommands::current_ime())?.trim().to_string())
+    }
+
     fn ui_dump(&mut self) -> Result<String, DeviceError> {
         let local = self.workdir.join("window_dump.xml");
         let bytes = self.pull(AdbCommands::ui_dump(&local), &local)?;
@@ -270,6 +284,14 @@ mod tests {
             "shell input swipe 540 1800 540 600 500"
         );
         assert_eq!(line(&AdbCommands::back()), "shell input keyevent 4");
+        assert_eq!(
+            line(&AdbCommands::current_ime()),
+            "shell settings get secure default_input_method"
+        );
+        assert_eq!(
+            line(&AdbCommands::input_method_state()),
+            "shell dumpsys input_method"
+        );
         assert_eq!(
             line(&AdbCommands::home()),
             "shell am start -a android.intent.action.MAIN -c android.intent.category.HOME"

@@ -24,18 +24,77 @@ use super::perception::{
     Element, Kind, from_ui_dump, keyboard_label_shown, merge_text_lines, screen_lines,
 };
 
-/// How the screen is read.
+/// How the screen is read, given the screenshot just taken.
+#[async_trait::async_trait]
 pub trait Perception: Send {
-    fn perceive(&mut self, device: &mut dyn Device) -> Result<Vec<Element>, DeviceError>;
+    async fn perceive(
+        &mut self,
+        device: &mut dyn Device,
+        screenshot: &[u8],
+    ) -> Result<Vec<Element>, DeviceError>;
 }
 
 /// Elements from the accessibility tree (`uiautomator dump`), text lines merged as the released
 /// OCR path merges them.
 pub struct AccessibilityPerception;
 
+#[async_trait::async_trait]
 impl Perception for AccessibilityPerception {
-    fn perceive(&mut self, device: &mut dyn Device) -> Result<Vec<Element>, DeviceError> {
+    async fn perceive(
+        &mut self,
+        device: &mut dyn Device,
+        _: &[u8],
+    ) -> Result<Vec<Element>, DeviceError> {
         Ok(merge_text_lines(&from_ui_dump(&device.ui_dump()?)))
+    }
+}
+
+/// The accessibility tree, with undescribed icons captioned by a vision model through any
+/// `ChatBackend` (released: Qwen-VL, one sentence on shape and colour). As released: crops of 10
+/// px or less on a side are skipped, icons over 5% of the screen are not captioned, and a failed
+/// call gives "This is an icon.".
+pub struct CaptionedPerception {
+    pub captioner: Arc<dyn ChatBackend>,
+}
+
+#[async_trait::async_trait]
+impl Perception for CaptionedPerception {
+    async fn perceive(
+        &mut self,
+        device: &mut dyn Device,
+        screenshot: &[u8],
+    ) -> Result<Vec<Element>, DeviceError> {
+        let mut elements = AccessibilityPerception.perceive(device, screenshot).await?;
+        let (w, h) = png_size(screenshot).unwrap_or((1, 1));
+        for e in elements
+            .iter_mut()
+            .filter(|e| e.kind == Kind::Icon && e.text.is_empty())
+        {
+            let (bw, bh) = (e.bbox[2] - e.bbox[0], e.bbox[3] - e.bbox[1]);
+            if bw <= 10 || bh <= 10 || bw * bh * 20 > w * h {
+                continue;
+            }
+            let Some(crop) = super::perception::crop_png(screenshot, e.bbox) else {
+                continue;
+            };
+            let request = ChatRequest {
+                messages: vec![user_message(
+                    "This is an icon from a phone screen. Describe its shape and colour in one \
+                     sentence."
+                        .into(),
+                    &[&crop],
+                    true,
+                )],
+                temperature: Some(0.0),
+                max_tokens: Some(64),
+                ..ChatRequest::default()
+            };
+            e.text = match self.captioner.chat(request).await {
+                Ok(r) if !r.text().trim().is_empty() => r.text().trim().to_string(),
+                _ => "This is an icon.".into(),
+            };
+        }
+        Ok(elements)
     }
 }
 
@@ -306,12 +365,13 @@ pub async fn run(
         }
         let step_started = Instant::now();
         let step = steps.len() + 1;
-        let observed = (|| -> Result<_, DeviceError> {
+        let observed = async {
             let png = device.screenshot()?;
-            let elements = perception.perceive(device)?;
+            let elements = perception.perceive(device, &png).await?;
             let shown = device.keyboard_shown()?;
-            Ok((png, elements, shown))
-        })();
+            Ok::<_, DeviceError>((png, elements, shown))
+        }
+        .await;
         let (png, elements, shown) = match observed {
             Ok(o) => o,
             Err(e) => break StopReason::Device(e.to_string()),
@@ -398,12 +458,13 @@ pub async fn run(
         }
         std::thread::sleep(config.settle);
         let verdict = if config.reflection {
-            let after = (|| -> Result<_, DeviceError> {
+            let after = async {
                 let png = device.screenshot()?;
-                let elements = perception.perceive(device)?;
+                let elements = perception.perceive(device, &png).await?;
                 let keyboard = device.keyboard_shown()?;
-                Ok((png, elements, keyboard))
-            })();
+                Ok::<_, DeviceError>((png, elements, keyboard))
+            }
+            .await;
             let (after_png, after_elements, after_keyboard) = match after {
                 Ok(a) => a,
                 Err(e) => {

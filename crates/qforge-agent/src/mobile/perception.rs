@@ -54,8 +54,9 @@ fn parse_bounds(bounds: &str) -> Option<BoundingBox> {
 }
 
 /// Elements of a `uiautomator dump`: every node with a `text` becomes a text element; a node
-/// with only a `content-desc` becomes an icon described by it. Nodes without a box, or with an
-/// empty one, are left out.
+/// with only a `content-desc` becomes an icon described by it; an image without either becomes
+/// an icon with an empty description (for a captioning model to fill; the screen lines skip it
+/// until then). Nodes without a box, or with an empty one, are left out.
 pub fn from_ui_dump(xml: &str) -> Vec<Element> {
     let mut out = Vec::new();
     for node in xml.split("<node").skip(1) {
@@ -84,9 +85,57 @@ pub fn from_ui_dump(xml: &str) -> Vec<Element> {
                 text: desc.trim().to_string(),
                 bbox,
             });
+        } else if attribute(head, "class").is_some_and(|c| c.contains("Image")) {
+            out.push(Element {
+                kind: Kind::Icon,
+                text: String::new(),
+                bbox,
+            });
         }
     }
     out
+}
+
+/// The region `bbox` of a PNG screenshot, as a PNG; `None` when the bytes are not an 8-bit PNG
+/// or the box is empty.
+pub fn crop_png(png: &[u8], bbox: BoundingBox) -> Option<Vec<u8>> {
+    let decoder = png::Decoder::new(std::io::Cursor::new(png));
+    let mut reader = decoder.read_info().ok()?;
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).ok()?;
+    let channels = match info.color_type {
+        png::ColorType::Rgb => 3,
+        png::ColorType::Rgba => 4,
+        png::ColorType::Grayscale => 1,
+        png::ColorType::GrayscaleAlpha => 2,
+        png::ColorType::Indexed => return None,
+    };
+    if info.bit_depth != png::BitDepth::Eight {
+        return None;
+    }
+    let (w, h) = (i64::from(info.width), i64::from(info.height));
+    let [l, t, r, b] = [
+        bbox[0].clamp(0, w),
+        bbox[1].clamp(0, h),
+        bbox[2].clamp(0, w),
+        bbox[3].clamp(0, h),
+    ];
+    if r <= l || b <= t {
+        return None;
+    }
+    let mut pixels = Vec::with_capacity(((r - l) * (b - t)) as usize * channels);
+    for y in t..b {
+        let row = (y * w) as usize * channels;
+        pixels.extend_from_slice(&buf[row + l as usize * channels..row + r as usize * channels]);
+    }
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, (r - l) as u32, (b - t) as u32);
+    encoder.set_color(info.color_type);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header().ok()?;
+    writer.write_image_data(&pixels).ok()?;
+    drop(writer);
+    Some(out)
 }
 
 /// The released merge of OCR lines: sorted by (top, left), a line joins the block above it

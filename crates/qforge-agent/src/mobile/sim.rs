@@ -317,6 +317,11 @@ impl Device for SimPhone {
         self.check_connected()?;
         Ok(self.ui_dump_xml())
     }
+
+    fn current_ime(&mut self) -> Result<String, DeviceError> {
+        self.check_connected()?;
+        Ok(super::adb::ADB_KEYBOARD_IME.into())
+    }
 }
 
 /// Applies one adb command line (after `-s SERIAL`) to the phone, as `qforge-sim-adb` does;
@@ -376,6 +381,9 @@ pub fn apply_adb(phone: &mut SimPhone, argv: &[String]) -> Result<String, String
         ["shell", "rm", _]
         | ["shell", "screencap", "-p", _]
         | ["shell", "uiautomator", "dump", _] => {}
+        ["shell", "settings", "get", "secure", "default_input_method"] => {
+            return Ok(format!("{}\n", super::adb::ADB_KEYBOARD_IME));
+        }
         ["shell", "dumpsys", "input_method"] => {
             return Ok(format!("  mInputShown={}\n", phone.focused.is_some()));
         }
@@ -495,16 +503,20 @@ pub fn demo_phone() -> SimPhone {
     screens.insert(
         "browser".into(),
         SimScreen {
-            elements: vec![SimElement {
-                text: "Search or type URL".into(),
-                icon: String::new(),
-                bbox: [40, 150, 1040, 250],
-                on_tap: Some(OnTap::Focus {
-                    field: "query".into(),
-                }),
-                shows_field: Some("query".into()),
-                when_set: None,
-            }],
+            elements: vec![
+                // An icon without an accessibility label (for a captioning model).
+                icon("", [960, 40, 1040, 120], None),
+                SimElement {
+                    text: "Search or type URL".into(),
+                    icon: String::new(),
+                    bbox: [40, 150, 1040, 250],
+                    on_tap: Some(OnTap::Focus {
+                        field: "query".into(),
+                    }),
+                    shows_field: Some("query".into()),
+                    when_set: None,
+                },
+            ],
             on_enter: Some("results".into()),
         },
     );
