@@ -628,3 +628,43 @@ async fn a_device_lost_mid_run_or_a_broken_screenshot_ends_the_run_with_steps_ke
         StopReason::Device("the screenshot is not a PNG image".into())
     );
 }
+
+/// The whole loop through the real adb code path: `AdbDevice` running `qforge-sim-adb`.
+#[tokio::test]
+async fn the_loop_runs_through_adb_against_the_simulated_phone() {
+    use qforge_agent::mobile::adb::AdbDevice;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("phone.json");
+    std::fs::write(&state, serde_json::to_string(&demo_phone()).unwrap()).unwrap();
+    let mut device = AdbDevice::new(env!("CARGO_BIN_EXE_qforge-sim-adb"), dir.path());
+    device.settle = std::time::Duration::ZERO;
+    device.env = vec![(
+        "QFORGE_SIM_STATE".into(),
+        state.to_string_lossy().into_owned(),
+    )];
+    let policy = Arc::new(ElementReadingPolicySimulator::new(&[
+        "open Settings",
+        "tap Wi-Fi",
+        "tap Wi-Fi switch",
+        "stop",
+    ]));
+    let result = run(
+        &mut device,
+        &mut AccessibilityPerception,
+        &agents(policy, reflector(&[])),
+        "Turn on Wi-Fi",
+        &config(&dir.path().join("logs")),
+    )
+    .await;
+    assert_eq!(result.stop, StopReason::Stop);
+    let phone: SimPhone = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert_eq!(phone.flags, ["wifi_on"]);
+    assert_eq!(
+        result
+            .steps
+            .iter()
+            .filter_map(|s| s.reflection)
+            .collect::<String>(),
+        "AAA"
+    );
+}
