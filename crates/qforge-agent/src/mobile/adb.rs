@@ -43,6 +43,12 @@ pub trait Device: Send {
 /// The ADB Keyboard's input-method id.
 pub const ADB_KEYBOARD_IME: &str = "com.android.adbkeyboard/.AdbIME";
 
+/// What typing sends, character by character: newlines (and a literal `\n`) become `_`, which
+/// is sent as Enter (so is a real underscore, as released).
+pub fn keystrokes(text: &str) -> String {
+    text.replace("\\n", "_").replace('\n', "_")
+}
+
 /// The released command lines, as argv after the adb path (and `-s SERIAL`).
 pub struct AdbCommands;
 
@@ -95,8 +101,8 @@ impl AdbCommands {
     /// letters and digits as they are; the punctuation `-.,!?@'°/:;()` quoted; anything else
     /// (CJK, emoji) through the ADB Keyboard's broadcast.
     pub fn type_text(text: &str) -> Vec<Vec<String>> {
-        let text = text.replace("\\n", "_").replace('\n', "_");
-        text.chars()
+        keystrokes(text)
+            .chars()
             .map(|c| match c {
                 ' ' => args(&["shell", "input", "text", "%s"]),
                 '_' => args(&["shell", "input", "keyevent", "66"]),

@@ -286,7 +286,7 @@ impl Device for SimPhone {
     fn type_text(&mut self, text: &str) -> Result<(), DeviceError> {
         self.check_connected()?;
         // The same per-character path adb takes: newlines and `_` are Enter.
-        for c in text.replace("\\n", "_").replace('\n', "_").chars() {
+        for c in super::adb::keystrokes(text).chars() {
             if c == '_' {
                 self.apply_enter();
             } else {
