@@ -1,7 +1,10 @@
 //! qforge-compress: QwenLong-CPRS, instruction-guided context compression (specs/cprs.md).
 //!
-//! Begun: [`postprocess`], the released path from per-token BIOE labels to kept spans (repair,
-//! span extraction, cleaning), pinned to the official functions by fixtures. The compressor
-//! model, windowing, training, the CLI, the server endpoint and evaluation are to come.
+//! Begun, each pinned to the official functions by fixtures:
+//! - [`windows`]: the prefix and the context windows (token windows, CJK sentence packing);
+//! - [`postprocess`]: from per-token BIOE labels to kept spans (repair, spans, cleaning).
+//!
+//! The compressor model, training, the CLI, the server endpoint and evaluation are to come.
 
 pub mod postprocess;
+pub mod windows;
