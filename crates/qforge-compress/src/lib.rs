@@ -1,10 +1,14 @@
 //! qforge-compress: QwenLong-CPRS, instruction-guided context compression (specs/cprs.md).
 //!
-//! Begun, each pinned to the official functions by fixtures:
+//! Begun, each pinned by fixtures:
+//! - [`model`]: the compressor (hybrid causal/bidirectional Qwen2 with the BIOE `cls_head`),
+//!   against a transformers reference;
 //! - [`windows`]: the prefix and the context windows (token windows, CJK sentence packing);
 //! - [`postprocess`]: from per-token BIOE labels to kept spans (repair, spans, cleaning).
 //!
-//! The compressor model, training, the CLI, the server endpoint and evaluation are to come.
+//! Training, the pipeline end to end, the CLI, the server endpoint, the middleware and
+//! evaluation are to come.
 
+pub mod model;
 pub mod postprocess;
 pub mod windows;
