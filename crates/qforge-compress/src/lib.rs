@@ -3,12 +3,15 @@
 //! Begun, each pinned by fixtures:
 //! - [`model`]: the compressor (hybrid causal/bidirectional Qwen2 with the BIOE `cls_head`),
 //!   against a transformers reference;
+//! - [`pipeline`]: one call end to end (windows, tags, repair, spans, cleaning) with the
+//!   released token accounting and the downstream prompt;
 //! - [`windows`]: the prefix and the context windows (token windows, CJK sentence packing);
 //! - [`postprocess`]: from per-token BIOE labels to kept spans (repair, spans, cleaning).
 //!
-//! Training, the pipeline end to end, the CLI, the server endpoint, the middleware and
+//! Training, the CLI, the server endpoint, the middleware and
 //! evaluation are to come.
 
 pub mod model;
+pub mod pipeline;
 pub mod postprocess;
 pub mod windows;

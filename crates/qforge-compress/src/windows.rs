@@ -18,6 +18,8 @@ use qforge_model::Tokenizer;
 pub struct Window {
     /// The window's context text (what the compressor reads after the prefix).
     pub text: String,
+    /// Its token ids (fed to the model directly rather than re-encoding the text).
+    pub ids: Vec<u32>,
     /// Character offsets of the window's tokens in the whole context.
     pub offsets: Vec<(usize, usize)>,
 }
@@ -62,6 +64,7 @@ pub fn token_windows(
         .zip(offsets.chunks(chunk))
         .map(|(ids, offsets)| Window {
             text: decode(tok, ids),
+            ids: ids.to_vec(),
             offsets: offsets.to_vec(),
         })
         .collect()
@@ -118,14 +121,16 @@ pub fn sentence_windows(
         if window_len + sentence_tokens <= max_len {
             current.push_str(&sentence);
         } else {
-            let (ids, offsets) = encode(tok, &current);
+            let (mut ids, offsets) = encode(tok, &current);
             let offsets = shifted(offsets, previous_offset);
             if ids.len() + prefix_len > max_len {
-                current = decode(tok, &ids[..max_len.saturating_sub(prefix_len)]);
+                ids.truncate(max_len.saturating_sub(prefix_len));
+                current = decode(tok, &ids);
             }
             previous_offset += current.chars().count();
             out.push(Window {
                 text: std::mem::replace(&mut current, sentence.clone()),
+                ids,
                 offsets,
             });
             window_len = prefix_len;
@@ -138,10 +143,11 @@ pub fn sentence_windows(
         rest = &rest[end..];
     }
     if !current.is_empty() {
-        let offsets = shifted(encode(tok, &current).1, previous_offset);
+        let (ids, offsets) = encode(tok, &current);
         out.push(Window {
             text: current,
-            offsets,
+            ids,
+            offsets: shifted(offsets, previous_offset),
         });
     }
     out

@@ -13,6 +13,7 @@ mod bench_serve;
 mod bench_solopo;
 mod bench_train;
 mod common;
+mod compress;
 mod convert;
 mod demo;
 mod generate;
@@ -65,6 +66,8 @@ enum Command {
     /// Preference-recipe data tools (SoLoPO contexts).
     #[command(subcommand)]
     Pref(pref::PrefCommand),
+    /// QwenLong-CPRS: keep the spans of a long context that matter for a query.
+    Compress(compress::Args),
     /// WebSailor's web-research agent: offline corpus, runs with trajectory logs.
     #[command(subcommand)]
     Agent(Box<agent::AgentCommand>),
@@ -87,6 +90,7 @@ fn main() {
         Command::Guard(g) => guard::run(g),
         Command::Pref(p) => pref::run(p),
         Command::Agent(a) => agent::run(*a),
+        Command::Compress(a) => compress::run(a),
         Command::Bench(b) => bench::run(b),
     };
     if let Err(err) = result {

@@ -1,0 +1,114 @@
+//! One compression call end to end on the tiny compressor (random weights, so the tags are
+//! arbitrary but fixed): spans are verbatim slices of the context at their offsets, the token
+//! accounting is the released one, the result does not depend on how windows are batched, and
+//! bad input gets clear errors.
+
+use candle_core::{DType, Device};
+use qforge_compress::model::Compressor;
+use qforge_compress::pipeline::{CompressError, CompressOptions, compress, reader_messages};
+use qforge_compress::windows::encode;
+
+fn compressor() -> Compressor {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tools/fixtures/cprs/tiny_compressor");
+    Compressor::load(&dir, DType::F32, &Device::Cpu).unwrap()
+}
+
+const CONTEXT: &str = "The special magic number for kyoto is: 4711. Cats sleep a lot. The river is long. \
+    Osaka has a port. The special magic number for nara is: 1234. Trains run on time. \
+    Tea is green. 京都是古都。大阪很大！Mountains rise high.";
+
+#[test]
+fn spans_are_verbatim_and_accounting_is_the_released_one() {
+    let c = compressor();
+    let options = CompressOptions {
+        window: 80,
+        min_keyword_len: 0,
+        split_with_sent: false,
+        ..CompressOptions::default()
+    };
+    let out = compress(&c, "Extract the needles.", "kyoto?", CONTEXT, &options).unwrap();
+    let chars: Vec<char> = CONTEXT.chars().collect();
+    for s in &out.spans {
+        let slice: String = chars[s.start..s.end].iter().collect();
+        assert_eq!(
+            slice.trim(),
+            s.text,
+            "a span is the context between its offsets"
+        );
+    }
+    let n = encode(&c.tokenizer, CONTEXT).0.len();
+    assert_eq!(out.context_tokens, n);
+    assert_eq!(out.windows, n.div_ceil(80 - out.prefix_tokens));
+    assert_eq!(out.input_tokens, out.prefix_tokens * out.windows + n);
+    if let Some(ratio) = out.ratio {
+        assert!((ratio - n as f64 / out.kept_tokens as f64).abs() < 1e-12);
+    }
+    let messages = reader_messages(&out.spans, "kyoto?");
+    assert!(
+        messages[0]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("Doc content:\n\n")
+    );
+    assert_eq!(messages[1]["content"], "kyoto?");
+}
+
+#[test]
+fn the_result_does_not_depend_on_window_batching() {
+    let c = compressor();
+    for split_with_sent in [false, true] {
+        let run = |batch| {
+            let options = CompressOptions {
+                window: 72,
+                batch,
+                split_with_sent,
+                ..CompressOptions::default()
+            };
+            compress(&c, "Extract the needles.", "kyoto?", CONTEXT, &options).unwrap()
+        };
+        let one = run(1);
+        assert!(one.windows > 2, "{}", one.windows);
+        for batch in [2, 3, 8] {
+            let many = run(batch);
+            assert_eq!(many.spans, one.spans, "batch {batch}");
+            assert_eq!(many.input_tokens, one.input_tokens);
+        }
+    }
+}
+
+#[test]
+fn bad_input_is_a_clear_error_or_handled() {
+    let c = compressor();
+    let options = CompressOptions {
+        window: 64,
+        ..CompressOptions::default()
+    };
+    assert!(matches!(
+        compress(&c, "i", "q", "  \n", &options),
+        Err(CompressError::EmptyContext)
+    ));
+    let err = compress(
+        &c,
+        &"a long instruction ".repeat(30),
+        "q",
+        "some context",
+        &options,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("leaving no room"), "{err}");
+    // A context smaller than one window: one window.
+    let out = compress(&c, "i", "q", "tiny", &options).unwrap();
+    assert_eq!(out.windows, 1);
+    // The cap: a context cut to 5 tokens labels at most 5.
+    let capped = CompressOptions {
+        max_context_tokens: 5,
+        ..options
+    };
+    assert!(
+        compress(&c, "i", "q", CONTEXT, &capped)
+            .unwrap()
+            .context_tokens
+            <= 5
+    );
+}
