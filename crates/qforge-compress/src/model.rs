@@ -51,6 +51,25 @@ impl Compressor {
         })
     }
 
+    /// A compressor from parts (random heads for benchmarks, converted checkpoints).
+    pub fn from_parts(
+        mut model: Model,
+        tokenizer: Tokenizer,
+        cls_weight: Tensor,
+        cls_bias: Tensor,
+        bidirectional_start: usize,
+    ) -> Result<Self, ModelError> {
+        let layers = model.config().num_hidden_layers;
+        model.set_bidirectional_top_layers(layers.saturating_sub(bidirectional_start))?;
+        Ok(Self {
+            model,
+            tokenizer,
+            cls_weight,
+            cls_bias,
+            bidirectional_start,
+        })
+    }
+
     /// `[B, T, 4]` BIOE logits and the `[B, T, H]` hidden states of right-padded windows.
     pub fn forward(&self, windows: &[&[u32]]) -> Result<(Tensor, Tensor), ModelError> {
         let batch =

@@ -37,6 +37,9 @@ pub enum BenchCommand {
     /// The WebSailor loop's cost per turn with the model's time excluded, against the same tool
     /// calls made directly.
     Agent(crate::bench_agent::AgentArgs),
+    /// The QwenLong-CPRS compressor's forward: context tokens/s by window and batch against one
+    /// window at a time; peak memory as the context grows.
+    Compress(crate::bench_compress::CompressArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -256,6 +259,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::RlStep(a) => return crate::bench_rl::run(a),
         BenchCommand::Search(a) => return crate::bench_search::run(a),
         BenchCommand::Agent(a) => return crate::bench_agent::run_bench(a),
+        BenchCommand::Compress(a) => return crate::bench_compress::run(a),
     };
     if args.steps < 2 || args.repeats == 0 || args.prompt_len == 0 || args.batch.contains(&0) {
         bail!("--steps must be >= 2, --repeats and --prompt-len >= 1, batch sizes >= 1");

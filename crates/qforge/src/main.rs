@@ -6,6 +6,7 @@ use mimalloc::MiMalloc;
 mod agent;
 mod bench;
 mod bench_agent;
+mod bench_compress;
 mod bench_guard;
 mod bench_rl;
 mod bench_search;
