@@ -67,6 +67,9 @@ pub fn run(args: CompressArgs) -> Result<()> {
         layers / 4,
         candle_core::utils::get_num_threads()
     );
+    // Warm-up (allocator, thread pool) before anything is timed.
+    let warm = random_windows(1, 128, 0);
+    compressor.tags(&[warm[0].as_slice()], 0)?;
     let mut results = Vec::new();
     for &window in &args.windows {
         let mut one_window = None;
