@@ -8,8 +8,8 @@
 //! - [`windows`]: the prefix and the context windows (token windows, CJK sentence packing);
 //! - [`postprocess`]: from per-token BIOE labels to kept spans (repair, spans, cleaning).
 //!
-//! Training, the CLI, the server endpoint, the middleware and
-//! evaluation are to come.
+//! `qforge compress` and `qforge serve --compressor` (`POST /v1/compress`) use it. Training, the
+//! chat middleware and evaluation are to come.
 
 pub mod model;
 pub mod pipeline;

@@ -34,6 +34,7 @@ use qforge_engine::chat::{
 use qforge_engine::{BackendError, ChatBackend, ChatStream, EmbeddedBackend, Metrics};
 use serde_json::{Value, json};
 
+pub mod compress;
 pub mod guard;
 pub mod reward;
 
@@ -69,6 +70,7 @@ pub struct AppState {
     http_status: Arc<Mutex<BTreeMap<u16, u64>>>,
     moderation: Option<guard::ModerationState>,
     reward: Option<reward::RewardState>,
+    compressor: Option<compress::CompressState>,
 }
 
 impl AppState {
@@ -81,6 +83,7 @@ impl AppState {
             http_status: Arc::default(),
             moderation: None,
             reward: None,
+            compressor: None,
         }
     }
 
@@ -114,6 +117,12 @@ impl AppState {
     /// with weight reload on, `/update_weights_from_disk` given a reward checkpoint replaces it.
     pub fn with_reward_model(mut self, reward: reward::RewardState) -> Self {
         self.reward = Some(reward);
+        self
+    }
+
+    /// Serves a QwenLong-CPRS compressor on `POST /v1/compress`.
+    pub fn with_compressor(mut self, compressor: compress::CompressState) -> Self {
+        self.compressor = Some(compressor);
         self
     }
 }
@@ -176,6 +185,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/guard/moderate", post(guard_moderate))
         .route("/update_weights_from_disk", post(update_weights_from_disk))
         .route("/pooling", post(pooling))
+        .route("/v1/compress", post(compress_route))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,
@@ -290,6 +300,21 @@ async fn update_weights_from_disk(
         )
             .into_response(),
         Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None, None),
+    }
+}
+
+async fn compress_route(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match &state.compressor {
+        Some(c) => compress::handle(&state.config, c, body).await,
+        None => api_error(
+            StatusCode::NOT_FOUND,
+            "this server has no compressor (start it with --compressor)",
+            None,
+            None,
+        ),
     }
 }
 

@@ -76,6 +76,12 @@ pub struct Args {
     #[arg(long)]
     reward_model: Option<std::path::PathBuf>,
 
+    /// A QwenLong-CPRS compressor checkpoint answering POST /v1/compress (the released server's
+    /// request shape: messages system/user/context, parameters min_keyword_len,
+    /// complete_sentence, split_with_sent, return_offset, batch_size).
+    #[arg(long)]
+    compressor: Option<std::path::PathBuf>,
+
     /// How the moderation endpoints read Controversial: strict (unsafe) or loose (safe).
     #[arg(long, value_enum, default_value = "strict")]
     guard_policy: crate::guard::PolicyArg,
@@ -127,6 +133,18 @@ pub fn run(args: Args) -> Result<()> {
             model: guard_model.clone(),
             policy: args.guard_policy.into(),
         });
+    }
+    if let Some(dir) = &args.compressor {
+        let compressor = qforge_compress::model::Compressor::load(
+            dir,
+            candle_core::DType::F32,
+            &qforge_model::parse_device(&args.model.device)?,
+        )
+        .with_context(|| format!("loading the compressor from {}", dir.display()))?;
+        state = state.with_compressor(qforge_serve::compress::CompressState::new(
+            dir.display().to_string(),
+            compressor,
+        ));
     }
     if let Some(dir) = &args.reward_model {
         let name = dir.display().to_string();
