@@ -373,19 +373,7 @@ async fn limits_and_a_lost_device_end_the_run_with_the_steps_kept() {
 #[test]
 fn a_served_tiny_model_drives_the_loop_over_http_without_crashing() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model");
-    std::fs::create_dir_all(&model).unwrap();
-    let fixture = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tools/fixtures/model/qwen3_tied_gqa");
-    for e in std::fs::read_dir(&fixture).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
-    }
-    let config_path = model.join("config.json");
-    let mut c: Value =
-        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
-    c["max_position_embeddings"] = serde_json::json!(8192);
-    std::fs::write(&config_path, c.to_string()).unwrap();
+    let model = common::fixture_with_context(dir.path(), 8192);
     let url = qforge_serve::spawn_on_loopback(
         qforge_serve::AppState::for_checkpoint("tiny", &model, Default::default()).unwrap(),
     )

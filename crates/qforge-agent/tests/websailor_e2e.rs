@@ -88,26 +88,10 @@ async fn a_corpus_question_is_answered_through_search_then_visit() {
     );
 }
 
-/// The fixture model with a 4096-token context (its 1024 is shorter than the agent's first
-/// prompt; the weights are random either way).
-fn long_context_fixture(dir: &std::path::Path) -> PathBuf {
-    let out = dir.join("model");
-    std::fs::create_dir_all(&out).unwrap();
-    for entry in std::fs::read_dir(fixture()).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), out.join(entry.file_name())).unwrap();
-    }
-    let config = out.join("config.json");
-    let mut c: Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
-    c["max_position_embeddings"] = json!(4096);
-    std::fs::write(&config, c.to_string()).unwrap();
-    out
-}
-
 #[test]
 fn a_served_tiny_model_drives_the_loop_and_its_trajectories_train() {
     let dir = tempfile::tempdir().unwrap();
-    let model = long_context_fixture(dir.path());
+    let model = common::fixture_with_context(dir.path(), 4096);
     let url = qforge_serve::spawn_on_loopback(
         qforge_serve::AppState::for_checkpoint("tiny", &model, Default::default()).unwrap(),
     )

@@ -1,7 +1,8 @@
 //! WebSailor's RL stage: the agent's tools answer multi-turn rollouts (`WebSailorEnv`), Eq. 5's
 //! reward, and one DUPO step of the RL core on the tiny model with both.
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::Arc;
 
 use qforge_agent::websailor::agent::{AgentConfig, SearchTool, Tool};
@@ -84,19 +85,7 @@ fn the_reward_is_a_tenth_format_and_nine_tenths_answer() {
 fn a_dupo_step_runs_on_the_agents_own_tools() {
     // The fixture model with a context long enough for the agent's opening prompt.
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model");
-    std::fs::create_dir_all(&model).unwrap();
-    let fixture =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/fixtures/model/qwen3_tied_gqa");
-    for e in std::fs::read_dir(&fixture).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
-    }
-    let config_path = model.join("config.json");
-    let mut c: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
-    c["max_position_embeddings"] = serde_json::json!(4096);
-    std::fs::write(&config_path, c.to_string()).unwrap();
+    let model = common::fixture_with_context(dir.path(), 4096);
 
     let tools = tools();
     let tasks = vec![

@@ -81,7 +81,13 @@ pub fn compress(
     let tok = &compressor.tokenizer;
     let capped;
     let context = {
-        let (ids, _) = encode(tok, context);
+        // A token covers at least one byte: a context of no more bytes than the cap is under it
+        // without being tokenized here.
+        let ids = if context.len() > options.max_context_tokens {
+            encode(tok, context).0
+        } else {
+            Vec::new()
+        };
         if ids.len() > options.max_context_tokens {
             let text = tok
                 .decode(&ids[..options.max_context_tokens], false)
@@ -95,7 +101,7 @@ pub fn compress(
             context
         }
     };
-    let (prefix_len, windows) = build_windows(
+    let (prefix_ids, windows) = build_windows(
         tok,
         instruction,
         query,
@@ -103,7 +109,7 @@ pub fn compress(
         options.window,
         options.split_with_sent,
     )?;
-    let (prefix_ids, _) = encode(tok, &crate::windows::prefix(instruction, query));
+    let prefix_len = prefix_ids.len();
     let mut tags: Vec<Tag> = Vec::new();
     let mut offsets = Vec::new();
     for group in windows.chunks(options.batch.max(1)) {

@@ -178,7 +178,7 @@ impl std::fmt::Display for WindowError {
 
 impl std::error::Error for WindowError {}
 
-/// The prefix's token count and the windows, in the mode the released server picks.
+/// The prefix's token ids and the windows, in the mode the released server picks.
 pub fn build_windows(
     tok: &Tokenizer,
     instruction: &str,
@@ -186,8 +186,9 @@ pub fn build_windows(
     context: &str,
     max_len: usize,
     split_with_sent: bool,
-) -> Result<(usize, Vec<Window>), WindowError> {
-    let prefix_len = encode(tok, &prefix(instruction, query)).0.len();
+) -> Result<(Vec<u32>, Vec<Window>), WindowError> {
+    let prefix_ids = encode(tok, &prefix(instruction, query)).0;
+    let prefix_len = prefix_ids.len();
     if prefix_len >= max_len {
         return Err(WindowError::PrefixTooLong {
             prefix_tokens: prefix_len,
@@ -199,5 +200,5 @@ pub fn build_windows(
     } else {
         token_windows(tok, context, prefix_len, max_len)
     };
-    Ok((prefix_len, windows))
+    Ok((prefix_ids, windows))
 }

@@ -26,8 +26,9 @@ fn windows_match_the_released_dataset_code() {
         let context = case["context"].as_str().unwrap();
         let split = case["split_with_sent"].as_bool().unwrap();
         let max_len = case["max_len"].as_u64().unwrap() as usize;
-        let (prefix_len, windows) =
+        let (prefix_ids, windows) =
             build_windows(&tok, instruction, query, context, max_len, split).unwrap();
+        let prefix_len = prefix_ids.len();
         assert_eq!(
             Some(prefix_len as u64),
             case["query_len"].as_u64(),

@@ -6,7 +6,7 @@
 
 use serde::Serialize;
 
-use super::super::websailor::html::decode_entities;
+use super::super::websailor::html::{attribute, decode_entities};
 
 /// A box in screen pixels: left, top, right, bottom.
 pub type BoundingBox = [i64; 4];
@@ -34,13 +34,6 @@ impl Element {
             (self.bbox[1] + self.bbox[3]) / 2,
         )
     }
-}
-
-fn attribute<'a>(node: &'a str, name: &str) -> Option<&'a str> {
-    let key = format!(" {name}=\"");
-    let start = node.find(&key)? + key.len();
-    let end = node[start..].find('"')? + start;
-    Some(&node[start..end])
 }
 
 fn parse_bounds(bounds: &str) -> Option<BoundingBox> {

@@ -149,6 +149,29 @@ fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
     Some(text[start..end].trim())
 }
 
+/// The observation for a parsed tool call: the tool's answer, or an `Error: …` text for a call
+/// that did not parse or names no tool (the run goes on either way).
+pub async fn call_tool(
+    tools: &[Arc<dyn Tool>],
+    parsed: Result<qforge_rl::tools::ToolCall, String>,
+) -> String {
+    match parsed {
+        Ok(c) => match tools.iter().find(|t| t.name() == c.name) {
+            Some(tool) => tool.call(&c.arguments).await,
+            None => format!(
+                "Error: there is no tool `{}`; the tools are {}.",
+                c.name,
+                tools
+                    .iter()
+                    .map(|t| t.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        },
+        Err(message) => format!("Error: {message}"),
+    }
+}
+
 /// The system prompt and the first user message (tools, format, question) a run starts from.
 pub fn opening_messages(
     question: &str,
@@ -206,21 +229,7 @@ pub async fn run(
             continue;
         };
         tool_calls += 1;
-        let observation = match parsed {
-            Ok(c) => match tools.iter().find(|t| t.name() == c.name) {
-                Some(tool) => tool.call(&c.arguments).await,
-                None => format!(
-                    "Error: there is no tool `{}`; the tools are {}.",
-                    c.name,
-                    tools
-                        .iter()
-                        .map(|t| t.name())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            },
-            Err(message) => format!("Error: {message}"),
-        };
+        let observation = call_tool(tools, parsed).await;
         messages.push(json!({"role": "user",
             "content": format!("<tool_response>\n{observation}\n</tool_response>")}));
         if count_tokens(&messages) > config.max_context_tokens {

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::Digest;
 
-use super::html::decode_entities;
+use super::html::{attribute, decode_entities};
 use super::runner::{Question, TrajectoryRow, read_questions};
 use crate::error::{AgentError, Result, io};
 
@@ -147,8 +147,8 @@ pub fn read_xlsx(path: &Path) -> Result<Vec<Vec<String>>> {
     for row in elements(&sheet, "row") {
         let mut cells: Vec<String> = Vec::new();
         for (attrs, body) in elements_with_attrs(row, "c") {
-            let column = attr(attrs, "r").map_or(cells.len(), column_index);
-            let value = match attr(attrs, "t") {
+            let column = attribute(attrs, "r").map_or(cells.len(), column_index);
+            let value = match attribute(attrs, "t") {
                 Some("s") => inner(body, "v")
                     .and_then(|v| v.trim().parse::<usize>().ok())
                     .and_then(|i| shared.get(i).cloned())
@@ -211,13 +211,6 @@ fn elements_with_attrs<'a>(
             return Some((attrs, &body_start[..end]));
         }
     })
-}
-
-fn attr<'a>(attrs: &'a str, name: &str) -> Option<&'a str> {
-    let key = format!(" {name}=\"");
-    let start = format!(" {attrs}").find(&key)? + key.len() - 1;
-    let value = &attrs[start..];
-    Some(&value[..value.find('"')?])
 }
 
 fn inner<'a>(xml: &'a str, tag: &'a str) -> Option<&'a str> {
@@ -651,7 +644,7 @@ mod tests {
         assert_eq!(column_index("A1"), 0);
         assert_eq!(column_index("D7"), 3);
         assert_eq!(column_index("AB12"), 27);
-        assert_eq!(attr(r#"r="B2" s="1" t="s""#, "t"), Some("s"));
-        assert_eq!(attr(r#"r="B2""#, "t"), None);
+        assert_eq!(attribute(r#"r="B2" s="1" t="s""#, "t"), Some("s"));
+        assert_eq!(attribute(r#"r="B2""#, "t"), None);
     }
 }

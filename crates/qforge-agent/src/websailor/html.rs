@@ -81,6 +81,15 @@ pub fn decode_entities(text: &str) -> String {
     out
 }
 
+/// The value of `name="…"` among a tag's attributes (`attrs`: the text after the tag name).
+pub fn attribute<'a>(attrs: &'a str, name: &str) -> Option<&'a str> {
+    let key = format!(" {name}=\"");
+    // A space in front, so the first attribute matches like the others.
+    let start = format!(" {attrs}").find(&key)? + key.len() - 1;
+    let value = &attrs[start..];
+    Some(&value[..value.find('"')?])
+}
+
 /// The lowercase name of the tag starting `tag` (after `<` and an optional `/`).
 fn tag_name(tag: &str) -> String {
     tag.trim_start_matches('/')

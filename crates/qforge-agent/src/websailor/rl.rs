@@ -11,7 +11,7 @@ use std::sync::Arc;
 use qforge_rl::reward::{RewardFn, Task};
 use qforge_rl::tools::{ToolEnv, first_tool_call};
 
-use super::agent::{AgentConfig, Tool, opening_messages};
+use super::agent::{AgentConfig, Tool, call_tool, opening_messages};
 use super::eval::Judge;
 
 /// Rewards at or above this have a right answer (0.9 of the 1.0 a perfect rollout gets).
@@ -55,21 +55,8 @@ impl ToolEnv for WebSailorEnv {
         if turn.contains("<answer>") {
             return None;
         }
-        Some(match first_tool_call(turn)? {
-            Err(message) => format!("Error: {message}"),
-            Ok(call) => match self.tools.iter().find(|t| t.name() == call.name) {
-                Some(tool) => self.runtime.block_on(tool.call(&call.arguments)),
-                None => format!(
-                    "Error: there is no tool `{}`; the tools are {}.",
-                    call.name,
-                    self.tools
-                        .iter()
-                        .map(|t| t.name())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            },
-        })
+        let parsed = first_tool_call(turn)?;
+        Some(self.runtime.block_on(call_tool(&self.tools, parsed)))
     }
 }
 

@@ -1,6 +1,9 @@
 //! A `ScriptedModelSimulator`: a stand-in for a chat model (policy, summary, judge or rewrite
 //! model) that replies from a fixed script, one reply per call (then empty replies), and keeps
-//! every request it was sent.
+//! every request it was sent; and the fixture model with a longer context.
+
+// Each test binary uses part of this module.
+#![allow(dead_code)]
 
 use std::sync::Mutex;
 
@@ -27,7 +30,6 @@ impl ScriptedModelSimulator {
     }
 
     /// The first message's content of every request (a one-message prompt).
-    #[allow(dead_code)] // not every test binary reads prompts
     pub fn prompts(&self) -> Vec<String> {
         self.requests()
             .iter()
@@ -55,4 +57,23 @@ impl ChatBackend for ScriptedModelSimulator {
         .unwrap();
         Ok(rx)
     }
+}
+
+/// The tiny fixture model copied into `dir/model` with a `context`-token context (its 1024 is
+/// shorter than the agents' opening prompts; the weights are random either way).
+pub fn fixture_with_context(dir: &std::path::Path, context: usize) -> std::path::PathBuf {
+    let fixture = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tools/fixtures/model/qwen3_tied_gqa");
+    let out = dir.join("model");
+    std::fs::create_dir_all(&out).unwrap();
+    for entry in std::fs::read_dir(fixture).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), out.join(entry.file_name())).unwrap();
+    }
+    let config = out.join("config.json");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    c["max_position_embeddings"] = serde_json::json!(context);
+    std::fs::write(&config, c.to_string()).unwrap();
+    out
 }
