@@ -6,6 +6,17 @@ use std::path::Path;
 
 use qforge_agent::mobile::adb::{AdbDevice, Device, DeviceError};
 
+/// Held by every test here for its whole run: a test that writes its fake adb while another
+/// forks a process can have the write handle leak into that child until it execs, and then its
+/// own exec of the script fails with "Text file busy" (ETXTBSY).
+static PROCESSES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    PROCESSES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn fake_adb(dir: &Path, connected: bool) -> std::path::PathBuf {
     let script = dir.join("adb");
     let body = if connected {
@@ -29,6 +40,7 @@ exit 0
 
 #[test]
 fn every_operation_reaches_adb_as_the_released_command_line() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("screen.png"), b"\x89PNG fake").unwrap();
     let mut device = AdbDevice::new(fake_adb(dir.path(), true), dir.path());
@@ -67,6 +79,7 @@ fn every_operation_reaches_adb_as_the_released_command_line() {
 
 #[test]
 fn a_disconnected_device_is_a_typed_error() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let mut device = AdbDevice::new(fake_adb(dir.path(), false), dir.path());
     let err = device.tap(1, 1).unwrap_err();
@@ -85,6 +98,7 @@ fn a_disconnected_device_is_a_typed_error() {
 /// The simulated phone behind `qforge-sim-adb`: the real adb code path drives it.
 #[test]
 fn the_adb_layer_drives_the_simulated_phone_through_its_adb_executable() {
+    let _serial = one_at_a_time();
     use qforge_agent::mobile::sim::{SimPhone, demo_phone};
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("phone.json");
