@@ -11,7 +11,11 @@
 //! `qforge compress` and `qforge serve --compressor` (`POST /v1/compress`) use it. Training, the
 //! chat middleware and evaluation are to come.
 
+pub mod labels;
+pub mod loss;
 pub mod model;
 pub mod pipeline;
 pub mod postprocess;
+pub mod synth;
+pub mod train;
 pub mod windows;

@@ -356,6 +356,20 @@ pub enum Schedule {
 }
 
 impl Schedule {
+    /// A schedule by its recipe name: `constant`, `linear` or `cosine`.
+    pub fn from_name(name: &str, warmup: u64, total: u64) -> Result<Self> {
+        Ok(match name {
+            "constant" => Schedule::Constant,
+            "linear" => Schedule::Linear { warmup, total },
+            "cosine" => Schedule::Cosine { warmup, total },
+            other => {
+                return Err(TrainError::Invalid(format!(
+                    "unknown schedule `{other}` (constant, linear, cosine)"
+                )));
+            }
+        })
+    }
+
     /// The multiplier of the base learning rate at `step` (0-based).
     pub fn factor(&self, step: u64) -> f64 {
         let warm = |warmup: u64| (step < warmup).then(|| step as f64 / warmup.max(1) as f64);

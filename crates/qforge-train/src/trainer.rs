@@ -478,17 +478,11 @@ impl Trainer {
     }
 
     fn make_schedule(&self) -> Result<Schedule> {
-        let (warmup, total) = (self.config.warmup_steps, self.total_steps());
-        Ok(match self.config.schedule.as_str() {
-            "constant" => Schedule::Constant,
-            "linear" => Schedule::Linear { warmup, total },
-            "cosine" => Schedule::Cosine { warmup, total },
-            other => {
-                return Err(TrainError::Invalid(format!(
-                    "unknown schedule `{other}` (constant, linear, cosine)"
-                )));
-            }
-        })
+        Schedule::from_name(
+            &self.config.schedule,
+            self.config.warmup_steps,
+            self.total_steps(),
+        )
     }
 
     pub fn step(&self) -> u64 {
