@@ -11,8 +11,10 @@
 //! `qforge compress` and `qforge serve --compressor` (`POST /v1/compress`) use it. Training, the
 //! chat middleware and evaluation are to come.
 
+pub mod eval;
 pub mod labels;
 pub mod loss;
+pub mod middleware;
 pub mod model;
 pub mod pipeline;
 pub mod postprocess;

@@ -41,6 +41,13 @@ impl Default for CompressOptions {
     }
 }
 
+impl Compressed {
+    /// The kept texts, in order.
+    pub fn texts(&self) -> Vec<&str> {
+        self.spans.iter().map(|s| s.text.as_str()).collect()
+    }
+}
+
 /// What a call kept, and what it cost.
 #[derive(Debug, Clone, Serialize)]
 pub struct Compressed {
@@ -146,8 +153,8 @@ pub fn compress(
 }
 
 /// The downstream reader's prompt: the kept spans as the system message, the query as the user's.
-pub fn reader_messages(spans: &[Span], query: &str) -> Vec<Value> {
-    let doc: Vec<&str> = spans.iter().map(|s| s.text.as_str()).collect();
+pub fn reader_messages(kept: &[impl AsRef<str>], query: &str) -> Vec<Value> {
+    let doc: Vec<&str> = kept.iter().map(AsRef::as_ref).collect();
     vec![
         json!({"role": "system", "content": format!("Doc content:\n\n{}", doc.join("\n"))}),
         json!({"role": "user", "content": query}),

@@ -45,7 +45,11 @@ impl Sample {
         let chars: Vec<char> = self.context.chars().collect();
         self.facts
             .iter()
-            .map(|&[s, e]| chars[s.min(chars.len())..e.min(chars.len())].iter().collect())
+            .map(|&[s, e]| {
+                chars[s.min(chars.len())..e.min(chars.len())]
+                    .iter()
+                    .collect()
+            })
             .collect()
     }
 }
@@ -172,8 +176,8 @@ const NOUNS: &[&str] = &[
 ];
 const NAMES: &[&str] = &[
     "Alice", "Bruno", "Chloe", "Dmitri", "Elena", "Farid", "Greta", "Hiro", "Ingrid", "Jonas",
-    "Kavya", "Liam", "Mina", "Nadia", "Oscar", "Priya", "Quentin", "Rosa", "Sven", "Tariq",
-    "Uma", "Viktor", "Wen", "Yusuf", "Zara",
+    "Kavya", "Liam", "Mina", "Nadia", "Oscar", "Priya", "Quentin", "Rosa", "Sven", "Tariq", "Uma",
+    "Viktor", "Wen", "Yusuf", "Zara",
 ];
 const CITIES: &[&str] = &[
     "Lisbon", "Oslo", "Nairobi", "Quito", "Hanoi", "Tbilisi", "Dakar", "Lima", "Riga", "Perth",
@@ -239,9 +243,10 @@ fn filler(haystack: &Haystack, tok: &Tokenizer, tokens: usize, rng: &mut SplitMi
     let mut i = start;
     while count < tokens {
         let s = &sentences[i % sentences.len()];
-        let n = *cache
-            .entry(i % sentences.len())
-            .or_insert_with(|| tok.encode(&format!(" {s}"), false).map_or(1, |ids| ids.len()));
+        let n = *cache.entry(i % sentences.len()).or_insert_with(|| {
+            tok.encode(&format!(" {s}"), false)
+                .map_or(1, |ids| ids.len())
+        });
         count += n.max(1);
         out.push(s.clone());
         i += 1;
@@ -251,7 +256,11 @@ fn filler(haystack: &Haystack, tok: &Tokenizer, tokens: usize, rng: &mut SplitMi
 
 /// Inserts `needles` at seeded depths among `filler` and joins everything with spaces; returns
 /// the text and each needle's character range.
-fn assemble(filler: Vec<String>, needles: &[String], rng: &mut SplitMix) -> (String, Vec<[usize; 2]>) {
+fn assemble(
+    filler: Vec<String>,
+    needles: &[String],
+    rng: &mut SplitMix,
+) -> (String, Vec<[usize; 2]>) {
     let mut slots: Vec<usize> = (0..needles.len())
         .map(|_| rng.below(filler.len() + 1))
         .collect();
@@ -307,7 +316,11 @@ pub fn generate(
                 }
             }
             let values: Vec<String> = (0..count).map(|_| digits(rng, 7)).collect();
-            let needles: Vec<String> = keys.iter().zip(&values).map(|(k, v)| needle(k, v)).collect();
+            let needles: Vec<String> = keys
+                .iter()
+                .zip(&values)
+                .map(|(k, v)| needle(k, v))
+                .collect();
             let body = tokens.saturating_sub(needles.len() * 24);
             let (context, ranges) = assemble(filler(haystack, tok, body, rng), &needles, rng);
             let asked = rng.below(count);
@@ -334,7 +347,11 @@ pub fn generate(
                 for w in names.windows(2) {
                     chain.push(format!("VAR {} = VAR {}.", w[1], w[0]));
                 }
-                chains.push((value, names, statements.len()..statements.len() + chain.len()));
+                chains.push((
+                    value,
+                    names,
+                    statements.len()..statements.len() + chain.len(),
+                ));
                 statements.extend(chain);
             }
             // Statements keep their order: each chain reads forward, one chain after the other.

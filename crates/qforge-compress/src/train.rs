@@ -252,8 +252,9 @@ fn items(samples: &[Sample], tok: &Tokenizer, window: usize) -> Result<Vec<Item>
             tag: first_token(tok, &s.tag)?,
             outside,
         };
-        let (prefix, windows) = build_windows(tok, &s.instruction, &s.query, &s.context, window, true)
-            .map_err(|e| CprsTrainError::Invalid(format!("sample {}: {e}", i + 1)))?;
+        let (prefix, windows) =
+            build_windows(tok, &s.instruction, &s.query, &s.context, window, true)
+                .map_err(|e| CprsTrainError::Invalid(format!("sample {}: {e}", i + 1)))?;
         for w in &windows {
             out.push(Item {
                 ids: prefix.iter().chain(&w.ids).copied().collect(),
@@ -489,16 +490,33 @@ impl CprsTrainer {
             self.cursor += 1;
         }
         let mut rng = SplitMix(self.config.seed ^ (self.step + 1).wrapping_mul(0xD1B5_4A32));
-        let width = batch.iter().map(|&i| self.items[i].ids.len()).max().unwrap_or(0);
+        let width = batch
+            .iter()
+            .map(|&i| self.items[i].ids.len())
+            .max()
+            .unwrap_or(0);
         let (mut bio, mut lm) = (Vec::new(), Vec::new());
         for &i in &batch {
             let mut labels = self.items[i].labels.clone();
             drop_outside(&mut labels, self.config.outside_drop, &mut rng);
             let pad = width - labels.bio.len();
-            bio.extend(labels.bio.into_iter().chain(std::iter::repeat_n(crate::loss::IGNORE, pad)));
-            lm.extend(labels.lm.into_iter().chain(std::iter::repeat_n(crate::loss::IGNORE, pad)));
+            bio.extend(
+                labels
+                    .bio
+                    .into_iter()
+                    .chain(std::iter::repeat_n(crate::loss::IGNORE, pad)),
+            );
+            lm.extend(
+                labels
+                    .lm
+                    .into_iter()
+                    .chain(std::iter::repeat_n(crate::loss::IGNORE, pad)),
+            );
         }
-        let rows: Vec<&[u32]> = batch.iter().map(|&i| self.items[i].ids.as_slice()).collect();
+        let rows: Vec<&[u32]> = batch
+            .iter()
+            .map(|&i| self.items[i].ids.as_slice())
+            .collect();
         let tokens: usize = rows.iter().map(|r| r.len()).sum();
         let input = Batch::right_padded(&rows, self.tokenizer.pad_token_id(), self.model.device())?;
         let hidden = self.model.forward(&input, None)?;
@@ -523,7 +541,10 @@ impl CprsTrainer {
                     self.optimizer.step(&grads, lr)?;
                 }
                 Err(qforge_train::TrainError::NonFiniteGradient(_)) => {
-                    tracing::warn!("step {}: non-finite gradient, update skipped", self.step + 1)
+                    tracing::warn!(
+                        "step {}: non-finite gradient, update skipped",
+                        self.step + 1
+                    )
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -565,8 +586,12 @@ impl CprsTrainer {
         let mut last = None;
         while self.step < total {
             let report = self.train_step()?;
-            writeln!(metrics, "{}", serde_json::to_string(&report).expect("serialisable"))
-                .map_err(io(&metrics_path))?;
+            writeln!(
+                metrics,
+                "{}",
+                serde_json::to_string(&report).expect("serialisable")
+            )
+            .map_err(io(&metrics_path))?;
             on_step(&report, self);
             if stop_after == Some(self.step) {
                 return Ok(None);
@@ -585,7 +610,10 @@ impl CprsTrainer {
     pub fn save_compressor(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let mut tensors = self.model.named_tensors();
-        tensors.push(("cls_head.weight".into(), self.cls_weight.as_tensor().clone()));
+        tensors.push((
+            "cls_head.weight".into(),
+            self.cls_weight.as_tensor().clone(),
+        ));
         tensors.push(("cls_head.bias".into(), self.cls_bias.as_tensor().clone()));
         save_safetensors(dir, &tensors, 5 << 30)?;
         let mut config = self.model.config().to_json();
@@ -619,7 +647,8 @@ impl CprsTrainer {
             std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
         }
         self.save_compressor(&tmp)?;
-        self.optimizer.save_state(&tmp.join("optimizer.safetensors"))?;
+        self.optimizer
+            .save_state(&tmp.join("optimizer.safetensors"))?;
         let state = TrainerState {
             step: self.step,
             epoch: self.epoch,

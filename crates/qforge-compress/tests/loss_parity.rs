@@ -15,13 +15,20 @@ fn floats(v: &Value) -> Vec<f32> {
 }
 
 fn ints(v: &Value) -> Vec<i64> {
-    v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect()
 }
 
 fn assert_close(name: &str, got: &[f32], want: &[f32], tol: f32) {
     assert_eq!(got.len(), want.len(), "{name}: length");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= tol * (1.0 + w.abs()), "{name}[{i}]: {g} vs {w}");
+        assert!(
+            (g - w).abs() <= tol * (1.0 + w.abs()),
+            "{name}[{i}]: {g} vs {w}"
+        );
     }
 }
 
@@ -70,7 +77,12 @@ fn cprs_loss_matches_torch_in_value_and_gradient() {
         )
         .unwrap();
         let total = parts.total.to_scalar::<f32>().unwrap();
-        assert_close(name, &[total], &[case["loss"].as_f64().unwrap() as f32], 1e-5);
+        assert_close(
+            name,
+            &[total],
+            &[case["loss"].as_f64().unwrap() as f32],
+            1e-5,
+        );
         assert_close(
             name,
             &[parts.bio.to_scalar::<f32>().unwrap()],
@@ -85,7 +97,12 @@ fn cprs_loss_matches_torch_in_value_and_gradient() {
             .unwrap()
             .to_vec1()
             .unwrap();
-        assert_close(&format!("{name} bio grad"), &bio_grad, &floats(&case["bio_grad"]), 1e-4);
+        assert_close(
+            &format!("{name} bio grad"),
+            &bio_grad,
+            &floats(&case["bio_grad"]),
+            1e-4,
+        );
         match case["lm_grad"].as_array() {
             None => assert!(parts.lm.is_none(), "{name}: no critic loss"),
             Some(_) => {
@@ -96,7 +113,12 @@ fn cprs_loss_matches_torch_in_value_and_gradient() {
                     .unwrap()
                     .to_vec1()
                     .unwrap();
-                assert_close(&format!("{name} lm grad"), &lm_grad, &floats(&case["lm_grad"]), 1e-4);
+                assert_close(
+                    &format!("{name} lm grad"),
+                    &lm_grad,
+                    &floats(&case["lm_grad"]),
+                    1e-4,
+                );
             }
         }
     }

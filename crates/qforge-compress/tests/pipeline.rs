@@ -44,7 +44,7 @@ fn spans_are_verbatim_and_accounting_is_the_released_one() {
     if let Some(ratio) = out.ratio {
         assert!((ratio - n as f64 / out.kept_tokens as f64).abs() < 1e-12);
     }
-    let messages = reader_messages(&out.spans, "kyoto?");
+    let messages = reader_messages(&out.texts(), "kyoto?");
     assert!(
         messages[0]["content"]
             .as_str()

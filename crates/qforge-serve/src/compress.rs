@@ -158,3 +158,31 @@ pub async fn handle(
         Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None, None),
     }
 }
+
+/// `qforge compress proxy`: long contexts compressed before the upstream sees them; the
+/// accounting goes in `x-qforge-compress`.
+#[async_trait::async_trait]
+impl crate::proxy::ProxyBackend for qforge_compress::middleware::CompressingBackend {
+    fn model_name(&self) -> &str {
+        qforge_engine::ChatBackend::model_name(self)
+    }
+
+    fn owned_by(&self) -> &str {
+        "qforge-compress-proxy"
+    }
+
+    async fn proxy(
+        &self,
+        request: qforge_engine::ChatRequest,
+    ) -> Result<(qforge_engine::ChatStream, Vec<(&'static str, String)>), qforge_engine::BackendError>
+    {
+        let (stream, compressed) = self.chat_stream_compressed(request).await?;
+        Ok((
+            stream,
+            vec![(
+                "x-qforge-compress",
+                qforge_compress::middleware::header_value(compressed.as_ref()),
+            )],
+        ))
+    }
+}

@@ -1,25 +1,21 @@
 //! Qwen3Guard over HTTP: the moderation endpoints (`POST /v1/moderations` in OpenAI's shape,
 //! `POST /v1/guard/moderate` with the native verdicts) and the guarded chat proxy.
 
-use std::future::Future;
 use std::sync::Arc;
 
+use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use qforge_engine::ChatBackend;
 use qforge_engine::chat::{ChatRequest, random_id, unix_now};
+use qforge_engine::{BackendError, ChatBackend, ChatStream};
 use qforge_guard::proxy::{GuardedBackend, PromptAction};
 use qforge_guard::{Category, GenGuard, GenOutcome, Policy, SafetyProbs};
 use serde_json::{Value, json};
 
-use crate::{
-    ServerConfig, api_error, backend_error, chat_response, check_api_key, parse_body, parse_request,
-};
+use crate::proxy::ProxyBackend;
+use crate::{ServerConfig, api_error, parse_body};
 
 /// OpenAI moderation categories, in the order OpenAI lists them.
 pub const OPENAI_CATEGORIES: [&str; 13] = [
@@ -204,75 +200,28 @@ pub(crate) async fn native_moderate(
     Json(json!({"model": state.model, "created": unix_now(), "results": results})).into_response()
 }
 
-/// State of `qforge guard proxy`.
-#[derive(Clone)]
-pub struct ProxyState {
-    pub backend: Arc<GuardedBackend>,
-    pub config: Arc<ServerConfig>,
-}
-
-pub fn proxy_router(state: ProxyState) -> Router {
-    Router::new()
-        .route("/v1/chat/completions", post(proxy_chat))
-        .route(
-            "/v1/models",
-            get(|State(s): State<ProxyState>| async move {
-                Json(json!({"object": "list", "data": [{
-                    "id": s.backend.model_name(), "object": "model", "created": unix_now(),
-                    "owned_by": "qforge-guard-proxy"}]}))
-            }),
-        )
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
-        .fallback(|| async { api_error(StatusCode::NOT_FOUND, "no such route", None, None) })
-        .layer(axum::extract::DefaultBodyLimit::max(
-            state.config.max_body_bytes,
-        ))
-        .with_state(state)
-}
-
-pub async fn serve_proxy(
-    listener: tokio::net::TcpListener,
-    state: ProxyState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, proxy_router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
-async fn proxy_chat(
-    State(state): State<ProxyState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    if let Err(r) = check_api_key(&state.config, &headers) {
-        return r;
+/// `qforge guard proxy`: prompts moderated (blocked or passed), replies streamed through the
+/// stream guard; the prompt verdict goes in `x-qforge-guard-prompt`.
+#[async_trait::async_trait]
+impl ProxyBackend for GuardedBackend {
+    fn model_name(&self) -> &str {
+        ChatBackend::model_name(self)
     }
-    let model = state.backend.model_name().to_string();
-    let (v, stream, include_usage) = match parse_request(&state.config, &model, body) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let request = match ChatRequest::from_openai(&v) {
-        Ok(r) => r,
-        Err(e) => return api_error(StatusCode::BAD_REQUEST, e.message, Some(&e.param), None),
-    };
-    let check = match state.backend.check_prompt(&request).await {
-        Ok(c) => c,
-        Err(e) => return backend_error(e),
-    };
-    let n = request.n;
-    let events = if check.flagged && state.backend.config().prompt_action == PromptAction::Block {
-        state.backend.refusal_stream(n)
-    } else {
-        match state.backend.stream_moderated(request).await {
-            Ok(e) => e,
-            Err(e) => return backend_error(e),
-        }
-    };
-    let mut response = chat_response(events, model, n, stream, include_usage).await;
-    if let Ok(h) = HeaderValue::from_str(&check.header()) {
-        response.headers_mut().insert("x-qforge-guard-prompt", h);
+
+    fn owned_by(&self) -> &str {
+        "qforge-guard-proxy"
     }
-    response
+
+    async fn proxy(
+        &self,
+        request: ChatRequest,
+    ) -> Result<(ChatStream, Vec<(&'static str, String)>), BackendError> {
+        let check = self.check_prompt(&request).await?;
+        let events = if check.flagged && self.config().prompt_action == PromptAction::Block {
+            self.refusal_stream(request.n)
+        } else {
+            self.stream_moderated(request).await?
+        };
+        Ok((events, vec![("x-qforge-guard-prompt", check.header())]))
+    }
 }

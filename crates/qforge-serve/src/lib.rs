@@ -36,6 +36,7 @@ use serde_json::{Value, json};
 
 pub mod compress;
 pub mod guard;
+pub mod proxy;
 pub mod reward;
 
 #[derive(Debug, Clone)]

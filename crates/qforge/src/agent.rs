@@ -27,10 +27,7 @@ use qforge_agent::websailor::synth::{
 use qforge_agent::websailor::visit::{
     CorpusPages, ExtractiveSummarizer, HttpPages, LlmSummarizer, Summarizer, VisitTool,
 };
-use qforge_engine::{
-    ChatBackend, EmbeddedBackend, Engine, Metrics, RemoteBackend, RemoteConfig, Scheduler,
-    SchedulerConfig,
-};
+use qforge_engine::{ChatBackend, RemoteBackend, RemoteConfig};
 use qforge_model::Tokenizer;
 use serde_json::Value;
 
@@ -195,15 +192,8 @@ impl PolicyArgs {
             };
             return Ok((Arc::new(backend), tokenizer, None));
         }
-        let ck = self.model.load()?;
-        let tokenizer = Arc::new(ck.tokenizer);
-        let context = ck.model.config().max_position_embeddings;
-        let scheduler = Scheduler::spawn(
-            Engine::new(ck.model, tokenizer.clone()),
-            SchedulerConfig::default(),
-            Arc::new(Metrics::default()),
-        );
-        let mut backend = EmbeddedBackend::new("policy".into(), scheduler, ck.generation);
+        let (mut backend, tokenizer, context) =
+            crate::common::in_process_backend(&self.model, "policy")?;
         // The loop reads `<think>` in the content, as served without a reasoning parser.
         backend.parse_reasoning = false;
         Ok((Arc::new(backend), Some(tokenizer), Some(context)))

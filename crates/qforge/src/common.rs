@@ -37,6 +37,31 @@ pub fn init_runtime() {
         .try_init();
 }
 
+/// A checkpoint served in-process as a chat backend, with its tokenizer and context length.
+pub fn in_process_backend(
+    model: &ModelArgs,
+    name: &str,
+) -> Result<(
+    qforge_engine::EmbeddedBackend,
+    std::sync::Arc<qforge_model::Tokenizer>,
+    usize,
+)> {
+    use std::sync::Arc;
+    let ck = model.load()?;
+    let tokenizer = Arc::new(ck.tokenizer);
+    let context = ck.model.config().max_position_embeddings;
+    let scheduler = qforge_engine::Scheduler::spawn(
+        qforge_engine::Engine::new(ck.model, tokenizer.clone()),
+        qforge_engine::SchedulerConfig::default(),
+        Arc::new(qforge_engine::Metrics::default()),
+    );
+    Ok((
+        qforge_engine::EmbeddedBackend::new(name.into(), scheduler, ck.generation),
+        tokenizer,
+        context,
+    ))
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
     /// Checkpoint: a local directory in Hugging Face layout, or a Hugging Face id (ORG/NAME,

@@ -1,31 +1,63 @@
-//! `qforge compress`: QwenLong-CPRS on one context; prints the kept spans and the ratio.
+//! `qforge compress`: QwenLong-CPRS on one context (prints the kept spans and the ratio);
+//! `qforge compress eval|data|proxy`: synthetic evaluation, training data, and the
+//! chat-completions middleware in front of any OpenAI-compatible server or an in-process model.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
 use qforge_compress::model::Compressor;
 use qforge_compress::pipeline::{CompressOptions, compress};
 use qforge_compress::postprocess::Repair;
 
 #[derive(clap::Args, Debug)]
 #[command(
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
     after_help = "The model is a QwenLong-CPRS checkpoint directory (Qwen2 backbone with \
-    `cls_head`; e.g. Tongyi-Zhiwen/QwenLong-CPRS-7B downloaded). Example:\n  qforge compress \
+    `cls_head`; e.g. Tongyi-Zhiwen/QwenLong-CPRS-7B downloaded, or `qforge train cprs` output). \
+    Example:\n  qforge compress \
     --model ./QwenLong-CPRS-7B --instruction \"You are an expert for information extraction...\" \
     --query \"What is the magic number?\" --context haystack.txt --batch 4"
 )]
 pub struct Args {
+    #[command(subcommand)]
+    command: Option<CompressCommand>,
     /// Compressor checkpoint directory.
-    #[arg(long)]
-    model: PathBuf,
+    #[arg(long, required = true)]
+    model: Option<PathBuf>,
     /// The compression instruction (system prompt).
-    #[arg(long)]
-    instruction: String,
-    #[arg(long)]
-    query: String,
+    #[arg(long, required = true)]
+    instruction: Option<String>,
+    #[arg(long, required = true)]
+    query: Option<String>,
     /// A UTF-8 text file.
+    #[arg(long, required = true)]
+    context: Option<PathBuf>,
+    #[command(flatten)]
+    options: OptionArgs,
+    /// One JSON object (spans with offsets and the accounting) instead of text.
     #[arg(long)]
-    context: PathBuf,
+    json: bool,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum CompressCommand {
+    /// RULER-style synthetic tasks generated on the fly: span recall of the gold facts, answer
+    /// recall, compression ratio and throughput per task; with a reader, its accuracy on the
+    /// compressed and on the full context.
+    Eval(EvalArgs),
+    /// Writes synthetic training samples (JSONL for `qforge train cprs --set data=FILE`).
+    Data(DataArgs),
+    /// An OpenAI-compatible chat proxy that compresses each request's long context before
+    /// forwarding it (to --upstream, or to a model run in-process).
+    Proxy(ProxyArgs),
+}
+
+/// Pipeline settings shared by the commands.
+#[derive(clap::Args, Debug, Clone)]
+pub struct OptionArgs {
     /// Tokens per window, prefix included (released: 8192).
     #[arg(long, default_value_t = 8192)]
     window: usize,
@@ -47,45 +79,57 @@ pub struct Args {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// One JSON object (spans with offsets and the accounting) instead of text.
-    #[arg(long)]
-    json: bool,
+}
+
+impl OptionArgs {
+    fn options(&self) -> CompressOptions {
+        CompressOptions {
+            window: self.window,
+            min_keyword_len: self.min_keyword_len,
+            complete_sentence: self.complete_sentence,
+            split_with_sent: !self.no_split_with_sent,
+            repair: if self.fixed_repair {
+                Repair::Fixed
+            } else {
+                Repair::Released
+            },
+            batch: self.batch,
+            ..CompressOptions::default()
+        }
+    }
+
+    fn load(&self, dir: &std::path::Path) -> Result<Compressor> {
+        let device = qforge_model::parse_device(&self.device)?;
+        Compressor::load(dir, candle_core::DType::F32, &device)
+            .with_context(|| format!("loading the compressor in {}", dir.display()))
+    }
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let bytes = std::fs::read(&args.context)
-        .with_context(|| format!("reading {}", args.context.display()))?;
+    match args.command {
+        Some(CompressCommand::Eval(a)) => return eval(a),
+        Some(CompressCommand::Data(a)) => return data(a),
+        Some(CompressCommand::Proxy(a)) => return proxy(a),
+        None => {}
+    }
+    let (Some(model), Some(instruction), Some(query), Some(context_path)) =
+        (args.model, args.instruction, args.query, args.context)
+    else {
+        anyhow::bail!("qforge compress needs --model, --instruction, --query and --context");
+    };
+    let bytes = std::fs::read(&context_path)
+        .with_context(|| format!("reading {}", context_path.display()))?;
     let context = String::from_utf8(bytes).map_err(|e| {
         anyhow::anyhow!(
             "{} is not UTF-8 (byte {})",
-            args.context.display(),
+            context_path.display(),
             e.utf8_error().valid_up_to()
         )
     })?;
-    let device = qforge_model::parse_device(&args.device)?;
-    let compressor = Compressor::load(&args.model, candle_core::DType::F32, &device)
-        .with_context(|| format!("loading the compressor in {}", args.model.display()))?;
-    let options = CompressOptions {
-        window: args.window,
-        min_keyword_len: args.min_keyword_len,
-        complete_sentence: args.complete_sentence,
-        split_with_sent: !args.no_split_with_sent,
-        repair: if args.fixed_repair {
-            Repair::Fixed
-        } else {
-            Repair::Released
-        },
-        batch: args.batch,
-        ..CompressOptions::default()
-    };
+    let compressor = args.options.load(&model)?;
+    let options = args.options.options();
     let started = std::time::Instant::now();
-    let out = compress(
-        &compressor,
-        &args.instruction,
-        &args.query,
-        &context,
-        &options,
-    )?;
+    let out = compress(&compressor, &instruction, &query, &context, &options)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
@@ -104,4 +148,361 @@ pub fn run(args: Args) -> Result<()> {
         out.context_tokens as f64 / started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Where synthetic samples come from.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SynthArgs {
+    /// Tasks (repeatable): niah_single, niah_multikey, kv, vt, qa.
+    #[arg(long = "task", default_values_t = ["niah_single".to_string(), "niah_multikey".into(), "vt".into(), "kv".into()])]
+    tasks: Vec<String>,
+    /// Samples per task.
+    #[arg(long, default_value_t = 20)]
+    samples: usize,
+    /// Context length in tokens of the compressor's tokenizer.
+    #[arg(long, default_value_t = 4096)]
+    tokens: usize,
+    /// `noise` (RULER's repeated line) or a directory of .txt essays, e.g.
+    /// ../shared/data/longctx/PaulGrahamEssays.
+    #[arg(long, default_value = "noise")]
+    haystack: String,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+impl SynthArgs {
+    fn samples(
+        &self,
+        tok: &qforge_model::Tokenizer,
+    ) -> Result<Vec<qforge_compress::synth::Sample>> {
+        use qforge_compress::synth::{Task, generate};
+        let tasks: Vec<Task> = self
+            .tasks
+            .iter()
+            .map(|t| {
+                Task::parse(t).with_context(|| {
+                    format!("unknown task `{t}` (niah_single, niah_multikey, kv, vt, qa)")
+                })
+            })
+            .collect::<Result<_>>()?;
+        let haystack = qforge_compress::train::haystack(&self.haystack)?;
+        let mut rng = qforge_train::data::SplitMix(self.seed);
+        let mut out = Vec::new();
+        for task in tasks {
+            for _ in 0..self.samples {
+                out.push(generate(task, &haystack, tok, self.tokens, &mut rng));
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Example:\n  qforge compress eval --model runs/cprs/final --tokens 8192 \
+    --haystack ../shared/data/longctx/PaulGrahamEssays --reader-url http://127.0.0.1:8000/v1"
+)]
+pub struct EvalArgs {
+    /// Compressor checkpoint directory.
+    #[arg(long)]
+    model: PathBuf,
+    #[command(flatten)]
+    synth: SynthArgs,
+    #[command(flatten)]
+    options: OptionArgs,
+    /// Downstream mode: an OpenAI-compatible reader (e.g. vLLM, `qforge serve`).
+    #[arg(long)]
+    reader_url: Option<String>,
+    /// Model name sent to --reader-url; or, without --reader-url, a checkpoint run in-process
+    /// as the reader.
+    #[arg(long)]
+    reader_model: Option<String>,
+    /// Environment variable holding --reader-url's API key.
+    #[arg(long, default_value = "OPENAI_API_KEY")]
+    reader_key_env: String,
+    /// Reader answer length.
+    #[arg(long, default_value_t = 64)]
+    reader_max_tokens: usize,
+    /// Also write the report (summary per task and per sample) here as JSON.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn reader(args: &EvalArgs) -> Result<Option<Arc<dyn qforge_engine::ChatBackend>>> {
+    Ok(match (&args.reader_url, &args.reader_model) {
+        (Some(url), model) => {
+            let mut config = qforge_engine::RemoteConfig::new(
+                url,
+                model.clone().unwrap_or_else(|| "default".into()),
+            );
+            config.api_key = std::env::var(&args.reader_key_env).ok();
+            Some(Arc::new(qforge_engine::RemoteBackend::new(config)?))
+        }
+        (None, Some(model)) => {
+            let model_args = crate::common::ModelArgs {
+                model: Some(model.clone()),
+                dtype: "f32".into(),
+                adapter: None,
+                device: args.options.device.clone(),
+            };
+            Some(Arc::new(
+                crate::common::in_process_backend(&model_args, "reader")?.0,
+            ))
+        }
+        (None, None) => None,
+    })
+}
+
+fn eval(args: EvalArgs) -> Result<()> {
+    use qforge_compress::eval::{ReaderScore, Summary, downstream, score_sample};
+    let compressor = args.options.load(&args.model)?;
+    let options = args.options.options();
+    let samples = args.synth.samples(&compressor.tokenizer)?;
+    let reader = reader(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let bar = ProgressBar::new(samples.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("  eval [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let mut scores = Vec::new();
+    let mut reads: Vec<ReaderScore> = Vec::new();
+    for sample in &samples {
+        let (score, kept) = score_sample(&compressor, sample, &options)
+            .with_context(|| format!("compressing a {} sample", sample.task))?;
+        if let Some(r) = &reader {
+            reads.push(
+                runtime
+                    .block_on(downstream(
+                        r.as_ref(),
+                        sample,
+                        &kept,
+                        args.reader_max_tokens,
+                    ))
+                    .context("asking the reader")?,
+            );
+        }
+        bar.set_message(format!("{} recall {:.2}", score.task, score.fact_recall));
+        bar.inc(1);
+        scores.push(score);
+    }
+    bar.finish_and_clear();
+    let mut tasks: Vec<String> = scores.iter().map(|s| s.task.clone()).collect();
+    tasks.dedup();
+    println!(
+        "{:<14} {:>7} {:>11} {:>13} {:>9} {:>13}{}",
+        "task",
+        "samples",
+        "fact_recall",
+        "answer_recall",
+        "ratio",
+        "ctx tok/s",
+        if reader.is_some() {
+            "  reader(compressed)  reader(full)"
+        } else {
+            ""
+        }
+    );
+    let mut report = serde_json::Map::new();
+    let mut rows: Vec<(String, Summary, Option<(f64, f64)>)> = tasks
+        .iter()
+        .map(|t| {
+            let s = Summary::of(scores.iter().filter(|x| &x.task == t));
+            let r: Vec<&ReaderScore> = reads.iter().filter(|x| &x.task == t).collect();
+            let read = (!r.is_empty()).then(|| {
+                let n = r.len() as f64;
+                (
+                    r.iter().map(|x| x.compressed).sum::<f64>() / n,
+                    r.iter().map(|x| x.full).sum::<f64>() / n,
+                )
+            });
+            (t.clone(), s, read)
+        })
+        .collect();
+    let all_read = (!reads.is_empty()).then(|| {
+        let n = reads.len() as f64;
+        (
+            reads.iter().map(|x| x.compressed).sum::<f64>() / n,
+            reads.iter().map(|x| x.full).sum::<f64>() / n,
+        )
+    });
+    rows.push(("all".into(), Summary::of(&scores), all_read));
+    for (task, s, read) in &rows {
+        println!(
+            "{:<14} {:>7} {:>11.3} {:>13.3} {:>9} {:>13.0}{}",
+            task,
+            s.samples,
+            s.fact_recall,
+            s.answer_recall,
+            s.ratio.map_or("-".into(), |r| format!("{r:.1}x")),
+            s.tokens_per_s,
+            read.map_or(String::new(), |(c, f)| format!("  {c:>18.3}  {f:>12.3}"))
+        );
+        report.insert(
+            task.clone(),
+            serde_json::json!({"summary": s, "reader": read.map(|(c, f)| serde_json::json!({"compressed": c, "full": f}))}),
+        );
+    }
+    if let Some(path) = &args.out {
+        let value = serde_json::json!({"tasks": report, "samples": scores, "reader": reads});
+        std::fs::write(path, serde_json::to_string_pretty(&value)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Example:\n  qforge compress data --tokenizer ./Qwen2-0.5B --task niah_single \
+    --task vt --samples 500 --tokens 8192 --out cprs_train.jsonl"
+)]
+pub struct DataArgs {
+    /// A directory holding tokenizer.json (sizes contexts in its tokens).
+    #[arg(long)]
+    tokenizer: PathBuf,
+    #[command(flatten)]
+    synth: SynthArgs,
+    /// Output JSONL.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn data(args: DataArgs) -> Result<()> {
+    let tok = qforge_model::Tokenizer::from_dir(&args.tokenizer)
+        .with_context(|| format!("loading the tokenizer in {}", args.tokenizer.display()))?;
+    let samples = args.synth.samples(&tok)?;
+    let mut text = String::new();
+    for s in &samples {
+        text.push_str(&serde_json::to_string(s)?);
+        text.push('\n');
+    }
+    qforge_model::weights::write_atomic(&args.out, text.as_bytes())?;
+    eprintln!("wrote {} samples to {}", samples.len(), args.out.display());
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "The context of a request is a message with role `context`, else the longest system or\n\
+    user message (other than the last user message) of at least --min-tokens tokens, else the last\n\
+    user message itself when that long (its last paragraph is then the question). It becomes the system\n\
+    message \"Doc content:\\n\\n\" + the kept spans; the reply carries `x-qforge-compress` with the\n\
+    accounting.\n\nExamples:\n  \
+    qforge compress proxy --model ./QwenLong-CPRS-7B --upstream http://127.0.0.1:8000/v1 --port 8001\n  \
+    qforge compress proxy --model runs/cprs/final -m Qwen/Qwen3-0.6B"
+)]
+pub struct ProxyArgs {
+    /// Compressor checkpoint directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// The OpenAI-compatible server to forward to (vLLM, SGLang, `qforge serve`, a commercial
+    /// API). Without it, -m runs in-process.
+    #[arg(long)]
+    upstream: Option<String>,
+    /// Model name sent to --upstream (default: the first it lists).
+    #[arg(long)]
+    upstream_model: Option<String>,
+    /// Environment variable holding --upstream's API key.
+    #[arg(long, default_value = "OPENAI_API_KEY")]
+    upstream_key_env: String,
+    /// In-process model (without --upstream): a checkpoint directory or HF id; default the
+    /// built-in demo model.
+    #[arg(short = 'm', long = "local-model")]
+    local_model: Option<String>,
+    /// The compression instruction (default: the released supporting-facts prompt).
+    #[arg(long)]
+    instruction: Option<String>,
+    /// Contexts shorter than this many tokens are forwarded as they are.
+    #[arg(long, default_value_t = 4096)]
+    min_tokens: usize,
+    #[command(flatten)]
+    options: OptionArgs,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8001)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` from clients.
+    #[arg(long, env = "QFORGE_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+}
+
+fn proxy(args: ProxyArgs) -> Result<()> {
+    use qforge_compress::middleware::{CompressingBackend, MiddlewareConfig};
+    let compressor = Arc::new(args.options.load(&args.model)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let (upstream, target): (Arc<dyn qforge_engine::ChatBackend>, String) = match &args.upstream
+        {
+            Some(url) => {
+                let mut remote = qforge_engine::RemoteConfig::new(
+                    url,
+                    args.upstream_model.clone().unwrap_or_default(),
+                );
+                remote.api_key = std::env::var(&args.upstream_key_env).ok();
+                if args.upstream_model.is_none() {
+                    let models = qforge_engine::RemoteBackend::new(remote.clone())?
+                        .list_models()
+                        .await
+                        .with_context(|| format!("asking {url} for its models"))?;
+                    remote.model = models
+                        .first()
+                        .with_context(|| format!("{url} lists no models"))?
+                        .clone();
+                }
+                (
+                    Arc::new(qforge_engine::RemoteBackend::new(remote)?),
+                    url.clone(),
+                )
+            }
+            None => {
+                let model_args = crate::common::ModelArgs {
+                    model: args.local_model.clone(),
+                    dtype: "f32".into(),
+                    adapter: None,
+                    device: args.options.device.clone(),
+                };
+                let name = args
+                    .local_model
+                    .clone()
+                    .unwrap_or_else(|| "qforge-demo".into());
+                let backend = crate::common::in_process_backend(&model_args, &name)?.0;
+                (Arc::new(backend), format!("{name} (in-process)"))
+            }
+        };
+        let backend = CompressingBackend::new(
+            upstream,
+            compressor,
+            MiddlewareConfig {
+                instruction: args
+                    .instruction
+                    .clone()
+                    .unwrap_or_else(|| qforge_compress::synth::QA_INSTRUCTION.into()),
+                min_tokens: args.min_tokens,
+                options: args.options.options(),
+            },
+        );
+        let addr = format!("{}:{}", args.host, args.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        eprintln!(
+            "compressing proxy on http://{}/v1 -> {target}",
+            listener.local_addr()?
+        );
+        let state = qforge_serve::proxy::ProxyState {
+            backend: Arc::new(backend),
+            config: Arc::new(qforge_serve::ServerConfig {
+                api_key: args.api_key.clone(),
+                ..qforge_serve::ServerConfig::default()
+            }),
+        };
+        qforge_serve::proxy::serve_proxy(listener, state, crate::serve::shutdown_signal()).await?;
+        Ok(())
+    })
 }

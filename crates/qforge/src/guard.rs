@@ -11,7 +11,7 @@ use qforge_guard::eval::{EvalReport, Guard, evaluate};
 use qforge_guard::proxy::{GuardedBackend, PromptAction, ProxyConfig};
 use qforge_guard::{Debounce, GenGuard, Mode, Policy, StreamGuard};
 use qforge_serve::ServerConfig;
-use qforge_serve::guard::ProxyState;
+use qforge_serve::proxy::ProxyState;
 use serde_json::{Value, json};
 
 use crate::common::{ModelArgs, read_conversation};
@@ -474,7 +474,7 @@ fn proxy(args: ProxyArgs) -> Result<()> {
                 ..ServerConfig::default()
             }),
         };
-        qforge_serve::guard::serve_proxy(listener, state, crate::serve::shutdown_signal()).await?;
+        qforge_serve::proxy::serve_proxy(listener, state, crate::serve::shutdown_signal()).await?;
         Ok(())
     })
 }

@@ -66,6 +66,19 @@ pub enum TrainCommand {
         Runs resume from the newest checkpoint. Example: examples/recipes/websailor_rl.toml"
     )]
     Websailor(Args),
+    /// QwenLong-CPRS: trains a compressor (hybrid causal/bidirectional backbone, BIOE head, LM
+    /// head as token critic) on JSONL samples or synthetic tasks, windows cut as at inference.
+    #[command(
+        after_help = "The recipe (TOML): model (a Qwen2/Qwen3 checkpoint or a compressor), data (JSONL rows\n\
+        {instruction, query, context, tag, facts: [[start, end], ...] in characters, answers}) or a\n\
+        [synthetic] table (tasks = [\"niah_single\", \"niah_multikey\", \"kv\", \"vt\", \"qa\"], samples, tokens,\n\
+        haystack = \"noise\" | DIR of .txt essays), output_dir, window (8192), batch_size, lr, schedule,\n\
+        max_steps or epochs, bidirectional_start, bi_loss_type (focal | ce), focal_gamma (2),\n\
+        bi_loss_weight ([B, I, O, E]), lm_head_weight ({outside = 0.5}), ignore_lm_head, outside_drop (0.5),\n\
+        save_steps, seed. Runs resume from the newest checkpoint; the result is output_dir/final.\n\
+        Example: examples/recipes/cprs_needle.toml"
+    )]
+    Cprs(Args),
 }
 
 #[derive(clap::Args, Debug)]
@@ -142,6 +155,7 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
         TrainCommand::MutualTaught(a) => return mutual_taught(a),
         TrainCommand::QwenlongL1(a) => return qwenlong_l1(a),
         TrainCommand::Websailor(a) => return websailor(a),
+        TrainCommand::Cprs(a) => return cprs(a),
     };
     let config = load_config(args.config.as_deref(), &args.overrides)?;
     let trainer = Trainer::new(config, objective)?;
@@ -341,6 +355,61 @@ fn websailor(args: Args) -> Result<()> {
         ));
     })?;
     bar.finish();
+    Ok(())
+}
+
+fn cprs(args: Args) -> Result<()> {
+    use qforge_compress::train::{CprsTrainConfig, CprsTrainer};
+    let config: CprsTrainConfig = match args.config.as_deref() {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("{}: invalid recipe", path.display()))?
+        }
+        None => CprsTrainConfig::default(),
+    };
+    let config = set_nested(config, &args.overrides)?;
+    if config.model.as_os_str().is_empty() {
+        anyhow::bail!("the recipe needs `model` (in --config or via --set model=DIR)");
+    }
+    let out = config.output_dir.clone();
+    let mut trainer = CprsTrainer::new(config)?;
+    eprintln!("{} training windows", trainer.windows());
+    let bar = ProgressBar::new(trainer.total_steps());
+    bar.set_style(
+        ProgressStyle::with_template("  cprs [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_position(trainer.step());
+    let mut steps = Vec::new();
+    trainer.train(None, |r, _| {
+        bar.set_position(r.step);
+        bar.set_message(format!(
+            "loss {:.4} (bio {:.4}) lr {:.2e} {:.0} tok/s",
+            r.loss, r.bio_loss, r.lr, r.tokens_per_s
+        ));
+        steps.push((r.step as f64, r.loss));
+    })?;
+    bar.finish();
+    let final_dir = out.join("final");
+    trainer.save_compressor(&final_dir)?;
+    if !steps.is_empty() {
+        line_chart(
+            &out.join("curves.png"),
+            "CPRS training",
+            "step",
+            &[Series {
+                name: "train loss",
+                points: steps,
+            }],
+        )?;
+    }
+    eprintln!(
+        "saved the compressor to {} (metrics.jsonl and curves.png in {})",
+        final_dir.display(),
+        out.display()
+    );
     Ok(())
 }
 

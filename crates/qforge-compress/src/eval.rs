@@ -1,0 +1,160 @@
+//! `qforge compress eval` (specs/cprs.md §7, §9.8): compresses synthetic samples and measures
+//! what was kept against the gold facts (span recall), the answers (RULER's
+//! `string_match_all` on the kept text), the compression ratio and throughput, per task.
+//! [`downstream`] runs a reader on the compressed and on the full context and scores both.
+
+use std::time::Instant;
+
+use qforge_engine::{BackendError, ChatBackend, ChatRequest};
+use serde::Serialize;
+
+use crate::model::Compressor;
+use crate::pipeline::{CompressError, CompressOptions, compress, reader_messages};
+use crate::synth::{Sample, string_match_all};
+
+/// One sample's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct SampleScore {
+    pub task: String,
+    /// Share of gold facts found whole in the kept text.
+    pub fact_recall: f64,
+    /// `string_match_all` of the answers on the kept text.
+    pub answer_recall: f64,
+    pub context_tokens: usize,
+    pub kept_tokens: usize,
+    pub seconds: f64,
+}
+
+/// Aggregates over a set of samples.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    pub samples: usize,
+    pub fact_recall: f64,
+    pub answer_recall: f64,
+    pub context_tokens: usize,
+    pub kept_tokens: usize,
+    /// Σ context tokens / Σ kept tokens (`None` when nothing was kept).
+    pub ratio: Option<f64>,
+    /// Context tokens compressed per second.
+    pub tokens_per_s: f64,
+}
+
+impl Summary {
+    pub fn of<'a>(scores: impl IntoIterator<Item = &'a SampleScore>) -> Summary {
+        let mut s = Summary::default();
+        let mut seconds = 0.0;
+        for x in scores {
+            s.samples += 1;
+            s.fact_recall += x.fact_recall;
+            s.answer_recall += x.answer_recall;
+            s.context_tokens += x.context_tokens;
+            s.kept_tokens += x.kept_tokens;
+            seconds += x.seconds;
+        }
+        if s.samples > 0 {
+            s.fact_recall /= s.samples as f64;
+            s.answer_recall /= s.samples as f64;
+        }
+        s.ratio = (s.kept_tokens > 0).then(|| s.context_tokens as f64 / s.kept_tokens as f64);
+        s.tokens_per_s = s.context_tokens as f64 / f64::max(seconds, 1e-9);
+        s
+    }
+}
+
+/// Whitespace runs as one space, so a fact matches across line breaks the spans keep.
+fn squeeze(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Compresses one sample and scores the kept text.
+pub fn score_sample(
+    compressor: &Compressor,
+    sample: &Sample,
+    options: &CompressOptions,
+) -> Result<(SampleScore, Vec<String>), CompressError> {
+    let started = Instant::now();
+    let out = compress(
+        compressor,
+        &sample.instruction,
+        &sample.query,
+        &sample.context,
+        options,
+    )?;
+    let seconds = started.elapsed().as_secs_f64();
+    let kept: Vec<String> = out.spans.iter().map(|s| s.text.clone()).collect();
+    let joined = squeeze(&kept.join("\n"));
+    let facts = sample.fact_texts();
+    let found = facts
+        .iter()
+        .filter(|f| joined.contains(&squeeze(f)))
+        .count();
+    Ok((
+        SampleScore {
+            task: sample.task.clone(),
+            fact_recall: if facts.is_empty() {
+                1.0
+            } else {
+                found as f64 / facts.len() as f64
+            },
+            answer_recall: string_match_all(&joined, &sample.answers),
+            context_tokens: out.context_tokens,
+            kept_tokens: out.kept_tokens,
+            seconds,
+        },
+        kept,
+    ))
+}
+
+/// Scores every sample; returns the per-sample scores in order.
+pub fn evaluate(
+    compressor: &Compressor,
+    samples: &[Sample],
+    options: &CompressOptions,
+    mut on_sample: impl FnMut(&SampleScore),
+) -> Result<Vec<SampleScore>, CompressError> {
+    samples
+        .iter()
+        .map(|s| {
+            let (score, _) = score_sample(compressor, s, options)?;
+            on_sample(&score);
+            Ok(score)
+        })
+        .collect()
+}
+
+/// A reader's scores on one sample with the compressed and with the full context.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReaderScore {
+    pub task: String,
+    pub compressed: f64,
+    pub full: f64,
+    pub compressed_prompt_tokens: usize,
+    pub full_prompt_tokens: usize,
+}
+
+/// Asks `reader` the sample's query with the kept spans (the released downstream prompt) and
+/// with the whole context in the same shape, and scores each reply by `string_match_all`.
+pub async fn downstream(
+    reader: &dyn ChatBackend,
+    sample: &Sample,
+    kept: &[String],
+    max_tokens: usize,
+) -> Result<ReaderScore, BackendError> {
+    let ask = |doc: &[String]| ChatRequest {
+        messages: reader_messages(doc, &sample.query),
+        max_tokens: Some(max_tokens),
+        temperature: Some(0.0),
+        ..ChatRequest::default()
+    };
+    let short = reader.chat(ask(kept)).await?;
+    let long = reader
+        .chat(ask(std::slice::from_ref(&sample.context)))
+        .await?;
+    Ok(ReaderScore {
+        task: sample.task.clone(),
+        compressed: string_match_all(&short.text(), &sample.answers),
+        full: string_match_all(&long.text(), &sample.answers),
+        compressed_prompt_tokens: short.usage.prompt_tokens,
+        full_prompt_tokens: long.usage.prompt_tokens,
+    })
+}
