@@ -132,6 +132,31 @@ pub struct ReaderScore {
     pub full_prompt_tokens: usize,
 }
 
+/// A reader's mean scores over samples.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ReaderSummary {
+    pub samples: usize,
+    pub compressed: f64,
+    pub full: f64,
+}
+
+impl ReaderSummary {
+    /// `None` for no samples.
+    pub fn of<'a>(scores: impl IntoIterator<Item = &'a ReaderScore>) -> Option<ReaderSummary> {
+        let (mut n, mut compressed, mut full) = (0, 0.0, 0.0);
+        for s in scores {
+            n += 1;
+            compressed += s.compressed;
+            full += s.full;
+        }
+        (n > 0).then(|| ReaderSummary {
+            samples: n,
+            compressed: compressed / n as f64,
+            full: full / n as f64,
+        })
+    }
+}
+
 /// Asks `reader` the sample's query with the kept spans (the released downstream prompt) and
 /// with the whole context in the same shape, and scores each reply by `string_match_all`.
 pub async fn downstream(

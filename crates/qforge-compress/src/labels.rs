@@ -84,7 +84,7 @@ pub fn drop_outside(labels: &mut WindowLabels, rate: f64, rng: &mut SplitMix) {
     }
     let outside = class(Tag::O);
     for (b, l) in labels.bio.iter_mut().zip(labels.lm.iter_mut()) {
-        if *b == outside && ((rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < rate {
+        if *b == outside && rng.unit() < rate {
             *b = IGNORE;
             *l = IGNORE;
         }

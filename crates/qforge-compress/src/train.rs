@@ -16,7 +16,7 @@ use qforge_model::weights::{WeightStore, save_safetensors, write_json_atomic};
 use qforge_model::{Batch, Model, Tokenizer};
 use qforge_train::data::SplitMix;
 use qforge_train::optim::{AdamW, AdamWConfig, Schedule, clip_grad_norm};
-use qforge_train::trainer::checkpoints_with;
+use qforge_train::trainer::{checkpoints_with, write_checkpoint};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -318,14 +318,7 @@ fn load_or_init_cls_head(
         return Ok((Var::from_tensor(&w)?, Var::from_tensor(&b)?));
     }
     let mut rng = SplitMix(seed ^ 0xC15);
-    let data: Vec<f32> = (0..4 * hidden)
-        .map(|_| {
-            let u1 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-            let u2 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-            (0.02 * (-2.0 * (u1 + 1e-300).ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos())
-                as f32
-        })
-        .collect();
+    let data: Vec<f32> = (0..4 * hidden).map(|_| rng.normal(0.02) as f32).collect();
     Ok((
         Var::from_tensor(&Tensor::from_vec(data, (4, hidden), device)?)?,
         Var::zeros(4, DType::F32, device)?,
@@ -640,34 +633,26 @@ impl CprsTrainer {
     /// `output_dir/checkpoint-STEP`, written whole or not at all; keeps the newest
     /// `save_total_limit`.
     pub fn save_checkpoint(&self) -> Result<PathBuf> {
-        let out = &self.config.output_dir;
-        let final_dir = out.join(format!("checkpoint-{}", self.step));
-        let tmp = out.join(format!(".checkpoint-{}.tmp", self.step));
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-        }
-        self.save_compressor(&tmp)?;
-        self.optimizer
-            .save_state(&tmp.join("optimizer.safetensors"))?;
-        let state = TrainerState {
-            step: self.step,
-            epoch: self.epoch,
-            cursor: self.cursor,
-            config: self.config.clone(),
-        };
-        write_json_atomic(
-            &tmp.join("trainer_state.json"),
-            &serde_json::to_value(&state).expect("serialisable"),
-        )?;
-        if final_dir.exists() {
-            std::fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
-        }
-        std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
-        let mut all = checkpoints_with(out, "trainer_state.json")?;
-        while all.len() > self.config.save_total_limit.max(1) {
-            let (_, oldest) = all.remove(0);
-            std::fs::remove_dir_all(&oldest).map_err(io(&oldest))?;
-        }
-        Ok(final_dir)
+        write_checkpoint(
+            &self.config.output_dir,
+            self.step,
+            self.config.save_total_limit,
+            |tmp| {
+                self.save_compressor(tmp)?;
+                self.optimizer
+                    .save_state(&tmp.join("optimizer.safetensors"))?;
+                let state = TrainerState {
+                    step: self.step,
+                    epoch: self.epoch,
+                    cursor: self.cursor,
+                    config: self.config.clone(),
+                };
+                write_json_atomic(
+                    &tmp.join("trainer_state.json"),
+                    &serde_json::to_value(&state).expect("serialisable"),
+                )?;
+                Ok::<(), CprsTrainError>(())
+            },
+        )
     }
 }

@@ -941,7 +941,50 @@ impl Model {
     /// share a KV head are stacked along the rows, `[B, KV, G*Tq, D] @ [B, KV, D, Tk]`.
     /// `bias` `[Bb, Tqb, Tk]` is added to the f32 scores of every head (see
     /// [`ops::attention_softmax`]).
+    ///
+    /// Without gradients, queries go in blocks whose f32 scores stay under
+    /// [`SCORE_BLOCK_BYTES`], so long windows never hold the whole `[B, H, T, T]` matrix.
     fn sdpa(&self, q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let (b, nh, tq, _) = q.dims4()?;
+        let tk = k.dim(2)?;
+        let rows = (SCORE_BLOCK_BYTES / (4 * b * nh * tk).max(1)).max(1);
+        if self.differentiable || rows >= tq {
+            return self.sdpa_block(q, k, v, bias);
+        }
+        self.sdpa_in_blocks(q, k, v, bias, rows)
+    }
+
+    /// [`Self::sdpa`] over blocks of `rows` queries.
+    fn sdpa_in_blocks(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bias: Option<&Tensor>,
+        rows: usize,
+    ) -> Result<Tensor> {
+        let tq = q.dim(2)?;
+        let mut out = Vec::with_capacity(tq.div_ceil(rows));
+        for start in (0..tq).step_by(rows) {
+            let n = rows.min(tq - start);
+            let qb = q.narrow(2, start, n)?.contiguous()?;
+            // The bias has one row per query or one row for all.
+            let bb = match bias {
+                Some(bias) if bias.dim(1)? == tq => Some(bias.narrow(1, start, n)?.contiguous()?),
+                other => other.cloned(),
+            };
+            out.push(self.sdpa_block(&qb, k, v, bb.as_ref())?);
+        }
+        Ok(Tensor::cat(&out, 2)?)
+    }
+
+    fn sdpa_block(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (b, nh, tq, d) = q.dims4()?;
         let (_, nkv, tk, _) = k.dims4()?;
         let g = nh / nkv;
@@ -1074,6 +1117,9 @@ impl Model {
 }
 
 /// `[tq, tk]` additive bias: query `i` (absolute position `offset + i`) sees keys `0..=offset+i`.
+/// Largest f32 attention-score block of a forward without gradients (256 MiB).
+const SCORE_BLOCK_BYTES: usize = 256 << 20;
+
 fn causal_bias(tq: usize, tk: usize, offset: usize, device: &Device) -> Result<Tensor> {
     let data: Vec<f32> = (0..tq)
         .flat_map(|i| (0..tk).map(move |j| if j <= offset + i { 0.0 } else { f32::MIN }))
@@ -1116,4 +1162,43 @@ pub fn random_tensors(
         out.insert(name, t);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attention_in_query_blocks_equals_attention_at_once() {
+        let dir =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/fixtures/model/qwen3_tied_gqa");
+        let model = Model::load(&dir, DType::F32, &Device::Cpu, &[]).unwrap();
+        let (nh, nkv, d) = (
+            model.config.num_attention_heads,
+            model.config.num_key_value_heads,
+            model.config.head_dim,
+        );
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1.0, (2, nh, 10, d), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (2, nkv, 10, d), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (2, nkv, 10, d), &dev).unwrap();
+        let causal = causal_bias(10, 10, 0, &dev)
+            .unwrap()
+            .reshape((1, 10, 10))
+            .unwrap();
+        let key_padding = Tensor::new(
+            &[
+                [[0f32; 10]],
+                [[0., 0., 0., 0., 0., 0., 0., -1e30, -1e30, -1e30]],
+            ],
+            &dev,
+        )
+        .unwrap();
+        for bias in [None, Some(&causal), Some(&key_padding)] {
+            let whole = model.sdpa_block(&q, &k, &v, bias).unwrap();
+            let blocks = model.sdpa_in_blocks(&q, &k, &v, bias, 3).unwrap();
+            let diff = (whole - blocks).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(diff.to_scalar::<f32>().unwrap() < 1e-6);
+        }
+    }
 }

@@ -432,6 +432,17 @@ impl SplitMix {
         z ^ (z >> 31)
     }
 
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A draw from N(0, std²) (Box-Muller).
+    pub fn normal(&mut self, std: f64) -> f64 {
+        let (u1, u2) = (self.unit(), self.unit());
+        std * (-2.0 * (u1 + 1e-300).ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+
     pub fn below(&mut self, n: usize) -> usize {
         (self.next_u64() % n as u64) as usize
     }

@@ -929,37 +929,60 @@ impl Trainer {
     /// temporary directory and renamed, so a crash never leaves a half checkpoint. Keeps the
     /// newest `save_total_limit`.
     pub fn save_checkpoint(&self) -> Result<PathBuf> {
-        let out = &self.config.output_dir;
-        let final_dir = out.join(format!("checkpoint-{}", self.step));
-        let tmp = out.join(format!(".checkpoint-{}.tmp", self.step));
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(|e| self.io_err(&tmp, e))?;
-        }
-        self.save_model(&tmp)?;
-        self.optimizer
-            .save_state(&tmp.join("optimizer.safetensors"))?;
-        let state = TrainerState {
-            step: self.step,
-            epoch: self.epoch,
-            cursor: self.cursor,
-            objective: self.objective,
-            config: self.config.clone(),
-        };
-        write_json_atomic(
-            &tmp.join("trainer_state.json"),
-            &serde_json::to_value(&state).expect("serialisable"),
-        )?;
-        if final_dir.exists() {
-            std::fs::remove_dir_all(&final_dir).map_err(|e| self.io_err(&final_dir, e))?;
-        }
-        std::fs::rename(&tmp, &final_dir).map_err(|e| self.io_err(&final_dir, e))?;
-        let mut all = checkpoints(out)?;
-        while all.len() > self.config.save_total_limit.max(1) {
-            let (_, oldest) = all.remove(0);
-            std::fs::remove_dir_all(&oldest).map_err(|e| self.io_err(&oldest, e))?;
-        }
-        Ok(final_dir)
+        write_checkpoint(
+            &self.config.output_dir,
+            self.step,
+            self.config.save_total_limit,
+            |tmp| {
+                self.save_model(tmp)?;
+                self.optimizer
+                    .save_state(&tmp.join("optimizer.safetensors"))?;
+                let state = TrainerState {
+                    step: self.step,
+                    epoch: self.epoch,
+                    cursor: self.cursor,
+                    objective: self.objective,
+                    config: self.config.clone(),
+                };
+                write_json_atomic(
+                    &tmp.join("trainer_state.json"),
+                    &serde_json::to_value(&state).expect("serialisable"),
+                )?;
+                Ok(())
+            },
+        )
     }
+}
+
+/// Writes `out/checkpoint-STEP` with `write` into a temporary directory that is then renamed,
+/// so a crash never leaves a half checkpoint (complete ones hold `trainer_state.json`, which
+/// `write` must write last); keeps the newest `keep`.
+pub fn write_checkpoint<E: From<TrainError>>(
+    out: &Path,
+    step: u64,
+    keep: usize,
+    write: impl FnOnce(&Path) -> std::result::Result<(), E>,
+) -> std::result::Result<PathBuf, E> {
+    let io = |path: &Path, source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let final_dir = out.join(format!("checkpoint-{step}"));
+    let tmp = out.join(format!(".checkpoint-{step}.tmp"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    }
+    write(&tmp)?;
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir).map_err(|e| io(&final_dir, e))?;
+    }
+    std::fs::rename(&tmp, &final_dir).map_err(|e| io(&final_dir, e))?;
+    let mut all = checkpoints(out)?;
+    while all.len() > keep.max(1) {
+        let (_, oldest) = all.remove(0);
+        std::fs::remove_dir_all(&oldest).map_err(|e| io(&oldest, e))?;
+    }
+    Ok(final_dir)
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
@@ -1016,12 +1039,7 @@ fn load_or_init_score(
     // transformers initialises the head with N(0, initializer_range = 0.02).
     let mut rng = SplitMix(seed ^ 0x5C0E);
     let data: Vec<f32> = (0..config.hidden_size)
-        .map(|_| {
-            let u1 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-            let u2 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-            (0.02 * (-2.0 * (u1 + 1e-300).ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos())
-                as f32
-        })
+        .map(|_| rng.normal(0.02) as f32)
         .collect();
     Ok(Var::from_tensor(
         &Tensor::from_vec(data, (1, config.hidden_size), device)?.to_dtype(dtype)?,

@@ -37,6 +37,56 @@ pub fn init_runtime() {
         .try_init();
 }
 
+/// Where a proxy listens, and the key it asks of clients.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ListenArgs {
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 8001)]
+    pub port: u16,
+    /// Require `Authorization: Bearer KEY` from clients.
+    #[arg(long, env = "QFORGE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+}
+
+impl ListenArgs {
+    pub async fn bind(&self) -> Result<tokio::net::TcpListener> {
+        let addr = format!("{}:{}", self.host, self.port);
+        tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("binding {addr}"))
+    }
+
+    pub fn server_config(&self) -> qforge_serve::ServerConfig {
+        qforge_serve::ServerConfig {
+            api_key: self.api_key.clone(),
+            ..qforge_serve::ServerConfig::default()
+        }
+    }
+}
+
+/// A client of the OpenAI-compatible server at `url` for `model` (default: the first model it
+/// lists).
+pub async fn connect_upstream(
+    url: &str,
+    model: Option<&str>,
+    api_key: Option<String>,
+) -> Result<qforge_engine::RemoteBackend> {
+    let mut remote = qforge_engine::RemoteConfig::new(url, model.unwrap_or_default());
+    remote.api_key = api_key;
+    if model.is_none() {
+        let models = qforge_engine::RemoteBackend::new(remote.clone())?
+            .list_models()
+            .await
+            .with_context(|| format!("asking {url} for its models"))?;
+        remote.model = models
+            .first()
+            .with_context(|| format!("{url} lists no models"))?
+            .clone();
+    }
+    Ok(qforge_engine::RemoteBackend::new(remote)?)
+}
+
 /// A checkpoint served in-process as a chat backend, with its tokenizer and context length.
 pub fn in_process_backend(
     model: &ModelArgs,

@@ -254,7 +254,7 @@ fn reader(args: &EvalArgs) -> Result<Option<Arc<dyn qforge_engine::ChatBackend>>
 }
 
 fn eval(args: EvalArgs) -> Result<()> {
-    use qforge_compress::eval::{ReaderScore, Summary, downstream, score_sample};
+    use qforge_compress::eval::{ReaderScore, ReaderSummary, Summary, downstream, score_sample};
     let compressor = args.options.load(&args.model)?;
     let options = args.options.options();
     let samples = args.synth.samples(&compressor.tokenizer)?;
@@ -307,29 +307,21 @@ fn eval(args: EvalArgs) -> Result<()> {
         }
     );
     let mut report = serde_json::Map::new();
-    let mut rows: Vec<(String, Summary, Option<(f64, f64)>)> = tasks
+    let mut rows: Vec<(String, Summary, Option<ReaderSummary>)> = tasks
         .iter()
         .map(|t| {
-            let s = Summary::of(scores.iter().filter(|x| &x.task == t));
-            let r: Vec<&ReaderScore> = reads.iter().filter(|x| &x.task == t).collect();
-            let read = (!r.is_empty()).then(|| {
-                let n = r.len() as f64;
-                (
-                    r.iter().map(|x| x.compressed).sum::<f64>() / n,
-                    r.iter().map(|x| x.full).sum::<f64>() / n,
-                )
-            });
-            (t.clone(), s, read)
+            (
+                t.clone(),
+                Summary::of(scores.iter().filter(|x| &x.task == t)),
+                ReaderSummary::of(reads.iter().filter(|x| &x.task == t)),
+            )
         })
         .collect();
-    let all_read = (!reads.is_empty()).then(|| {
-        let n = reads.len() as f64;
-        (
-            reads.iter().map(|x| x.compressed).sum::<f64>() / n,
-            reads.iter().map(|x| x.full).sum::<f64>() / n,
-        )
-    });
-    rows.push(("all".into(), Summary::of(&scores), all_read));
+    rows.push((
+        "all".into(),
+        Summary::of(&scores),
+        ReaderSummary::of(&reads),
+    ));
     for (task, s, read) in &rows {
         println!(
             "{:<14} {:>7} {:>11.3} {:>13.3} {:>9} {:>13.0}{}",
@@ -339,11 +331,14 @@ fn eval(args: EvalArgs) -> Result<()> {
             s.answer_recall,
             s.ratio.map_or("-".into(), |r| format!("{r:.1}x")),
             s.tokens_per_s,
-            read.map_or(String::new(), |(c, f)| format!("  {c:>18.3}  {f:>12.3}"))
+            read.map_or(String::new(), |r| format!(
+                "  {:>18.3}  {:>12.3}",
+                r.compressed, r.full
+            ))
         );
         report.insert(
             task.clone(),
-            serde_json::json!({"summary": s, "reader": read.map(|(c, f)| serde_json::json!({"compressed": c, "full": f}))}),
+            serde_json::json!({"summary": s, "reader": read}),
         );
     }
     if let Some(path) = &args.out {
@@ -406,9 +401,8 @@ pub struct ProxyArgs {
     /// Model name sent to --upstream (default: the first it lists).
     #[arg(long)]
     upstream_model: Option<String>,
-    /// Environment variable holding --upstream's API key.
-    #[arg(long, default_value = "OPENAI_API_KEY")]
-    upstream_key_env: String,
+    #[arg(long, env = "QFORGE_UPSTREAM_API_KEY", hide_env_values = true)]
+    upstream_api_key: Option<String>,
     /// In-process model (without --upstream): a checkpoint directory or HF id; default the
     /// built-in demo model.
     #[arg(short = 'm', long = "local-model")]
@@ -421,13 +415,8 @@ pub struct ProxyArgs {
     min_tokens: usize,
     #[command(flatten)]
     options: OptionArgs,
-    #[arg(long, default_value = "127.0.0.1")]
-    host: String,
-    #[arg(long, default_value_t = 8001)]
-    port: u16,
-    /// Require `Authorization: Bearer KEY` from clients.
-    #[arg(long, env = "QFORGE_API_KEY", hide_env_values = true)]
-    api_key: Option<String>,
+    #[command(flatten)]
+    listen: crate::common::ListenArgs,
 }
 
 fn proxy(args: ProxyArgs) -> Result<()> {
@@ -439,27 +428,17 @@ fn proxy(args: ProxyArgs) -> Result<()> {
     runtime.block_on(async move {
         let (upstream, target): (Arc<dyn qforge_engine::ChatBackend>, String) = match &args.upstream
         {
-            Some(url) => {
-                let mut remote = qforge_engine::RemoteConfig::new(
-                    url,
-                    args.upstream_model.clone().unwrap_or_default(),
-                );
-                remote.api_key = std::env::var(&args.upstream_key_env).ok();
-                if args.upstream_model.is_none() {
-                    let models = qforge_engine::RemoteBackend::new(remote.clone())?
-                        .list_models()
-                        .await
-                        .with_context(|| format!("asking {url} for its models"))?;
-                    remote.model = models
-                        .first()
-                        .with_context(|| format!("{url} lists no models"))?
-                        .clone();
-                }
-                (
-                    Arc::new(qforge_engine::RemoteBackend::new(remote)?),
-                    url.clone(),
-                )
-            }
+            Some(url) => (
+                Arc::new(
+                    crate::common::connect_upstream(
+                        url,
+                        args.upstream_model.as_deref(),
+                        args.upstream_api_key.clone(),
+                    )
+                    .await?,
+                ),
+                url.clone(),
+            ),
             None => {
                 let model_args = crate::common::ModelArgs {
                     model: args.local_model.clone(),
@@ -487,20 +466,14 @@ fn proxy(args: ProxyArgs) -> Result<()> {
                 options: args.options.options(),
             },
         );
-        let addr = format!("{}:{}", args.host, args.port);
-        let listener = tokio::net::TcpListener::bind(&addr)
-            .await
-            .with_context(|| format!("binding {addr}"))?;
+        let listener = args.listen.bind().await?;
         eprintln!(
             "compressing proxy on http://{}/v1 -> {target}",
             listener.local_addr()?
         );
         let state = qforge_serve::proxy::ProxyState {
             backend: Arc::new(backend),
-            config: Arc::new(qforge_serve::ServerConfig {
-                api_key: args.api_key.clone(),
-                ..qforge_serve::ServerConfig::default()
-            }),
+            config: Arc::new(args.listen.server_config()),
         };
         qforge_serve::proxy::serve_proxy(listener, state, crate::serve::shutdown_signal()).await?;
         Ok(())

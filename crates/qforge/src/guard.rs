@@ -5,12 +5,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use qforge_engine::{RemoteBackend, RemoteConfig};
 use qforge_guard::datasets;
 use qforge_guard::eval::{EvalReport, Guard, evaluate};
 use qforge_guard::proxy::{GuardedBackend, PromptAction, ProxyConfig};
 use qforge_guard::{Debounce, GenGuard, Mode, Policy, StreamGuard};
-use qforge_serve::ServerConfig;
 use qforge_serve::proxy::ProxyState;
 use serde_json::{Value, json};
 
@@ -385,13 +383,8 @@ pub struct ProxyArgs {
     /// pair from it).
     #[arg(long, default_value_t = 2)]
     hold_back: usize,
-    #[arg(long, default_value = "127.0.0.1")]
-    host: String,
-    #[arg(long, default_value_t = 8001)]
-    port: u16,
-    /// Require `Authorization: Bearer KEY` from clients.
-    #[arg(long, env = "QFORGE_API_KEY", hide_env_values = true)]
-    api_key: Option<String>,
+    #[command(flatten)]
+    listen: crate::common::ListenArgs,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy)]
@@ -427,23 +420,12 @@ fn proxy(args: ProxyArgs) -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let mut remote = RemoteConfig::new(
+        let upstream = crate::common::connect_upstream(
             &args.upstream,
-            args.upstream_model.clone().unwrap_or_default(),
-        );
-        remote.api_key = args.upstream_api_key.clone();
-        let mut upstream = RemoteBackend::new(remote.clone())?;
-        if args.upstream_model.is_none() {
-            let models = upstream
-                .list_models()
-                .await
-                .with_context(|| format!("asking {} for its models", args.upstream))?;
-            let first = models
-                .first()
-                .with_context(|| format!("{} lists no models", args.upstream))?;
-            remote.model = first.clone();
-            upstream = RemoteBackend::new(remote)?;
-        }
+            args.upstream_model.as_deref(),
+            args.upstream_api_key.clone(),
+        )
+        .await?;
         let backend = GuardedBackend::new(
             Arc::new(upstream),
             stream_guard,
@@ -458,10 +440,7 @@ fn proxy(args: ProxyArgs) -> Result<()> {
                 ..ProxyConfig::default()
             },
         );
-        let addr = format!("{}:{}", args.host, args.port);
-        let listener = tokio::net::TcpListener::bind(&addr)
-            .await
-            .with_context(|| format!("binding {addr}"))?;
+        let listener = args.listen.bind().await?;
         eprintln!(
             "guard proxy on http://{}/v1 -> {}",
             listener.local_addr()?,
@@ -469,10 +448,7 @@ fn proxy(args: ProxyArgs) -> Result<()> {
         );
         let state = ProxyState {
             backend: Arc::new(backend),
-            config: Arc::new(ServerConfig {
-                api_key: args.api_key.clone(),
-                ..ServerConfig::default()
-            }),
+            config: Arc::new(args.listen.server_config()),
         };
         qforge_serve::proxy::serve_proxy(listener, state, crate::serve::shutdown_signal()).await?;
         Ok(())

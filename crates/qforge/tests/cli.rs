@@ -633,3 +633,196 @@ fn qwenlong_l1_runs_a_tiny_curriculum_from_a_recipe() {
         "{err}"
     );
 }
+
+fn cprs(name: &str) -> String {
+    fixtures()
+        .join("cprs")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+const NIAH_QUERY: &str =
+    "What is the special magic number for quiet-lantern mentioned in the provided text?";
+
+#[test]
+fn compress_keeps_the_needle_and_names_bad_context_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let noise = qforge_compress::synth::NOISE;
+    let needle = "One of the special magic numbers for quiet-lantern is: 4072913.";
+    let context = tmp.path().join("haystack.txt");
+    let text = format!("{} {needle} {}", [noise; 6].join(" "), [noise; 9].join(" "));
+    std::fs::write(&context, &text).unwrap();
+    let args = |file: &str| {
+        vec![
+            "compress".to_string(),
+            "--model".into(),
+            cprs("needle_compressor"),
+            "--instruction".into(),
+            qforge_compress::synth::NIAH_INSTRUCTION.into(),
+            "--query".into(),
+            NIAH_QUERY.into(),
+            "--context".into(),
+            file.into(),
+            "--window".into(),
+            "512".into(),
+        ]
+    };
+    let run = |file: &str| {
+        let a = args(file);
+        qforge(&a.iter().map(String::as_str).collect::<Vec<_>>(), None)
+    };
+    let out = run(context.to_str().unwrap());
+    assert_eq!(ok(&out).trim(), needle);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("kept tokens") && err.contains('x'), "{err}");
+
+    let latin1 = tmp.path().join("latin1.txt");
+    std::fs::write(&latin1, b"caf\xe9 au lait").unwrap();
+    let out = run(latin1.to_str().unwrap());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("latin1.txt is not UTF-8 (byte 3)"), "{err}");
+    let out = run("/no/such/haystack.txt");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/haystack.txt"));
+}
+
+#[test]
+fn compress_eval_reports_recall_ratio_and_the_reader_on_both_contexts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let report = tmp.path().join("report.json");
+    let out = qforge(
+        &[
+            "compress",
+            "eval",
+            "--model",
+            &cprs("needle_compressor"),
+            "--task",
+            "niah_single",
+            "--samples",
+            "3",
+            "--tokens",
+            "700",
+            "--window",
+            "512",
+            "--reader-model",
+            &model("qwen3_tied_gqa"),
+            "--reader-max-tokens",
+            "3",
+            "--out",
+            report.to_str().unwrap(),
+        ],
+        None,
+    );
+    let table = ok(&out);
+    assert!(
+        table.contains("niah_single") && table.contains("reader(full)"),
+        "{table}"
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let summary = &report["tasks"]["niah_single"]["summary"];
+    assert_eq!(summary["samples"], 3);
+    assert!(
+        summary["fact_recall"].as_f64().unwrap() >= 2.0 / 3.0,
+        "{summary}"
+    );
+    assert!(summary["ratio"].as_f64().unwrap() > 10.0, "{summary}");
+    let reads = report["reader"].as_array().unwrap();
+    assert_eq!(reads.len(), 3);
+    for r in reads {
+        assert!(
+            r["compressed_prompt_tokens"].as_u64().unwrap() * 3
+                < r["full_prompt_tokens"].as_u64().unwrap(),
+            "{r}"
+        );
+    }
+}
+
+#[test]
+fn compress_data_feeds_train_cprs_and_bad_samples_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("train.jsonl");
+    ok(&qforge(
+        &[
+            "compress",
+            "data",
+            "--tokenizer",
+            &cprs("tiny_compressor"),
+            "--task",
+            "vt",
+            "--task",
+            "qa",
+            "--samples",
+            "2",
+            "--tokens",
+            "200",
+            "--out",
+            data.to_str().unwrap(),
+        ],
+        None,
+    ));
+    let rows: Vec<Value> = std::fs::read_to_string(&data)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 4);
+    assert_eq!(rows[0]["task"], "vt");
+    assert_eq!(
+        rows[0]["facts"].as_array().unwrap().len(),
+        5,
+        "a 5-statement chain"
+    );
+    let recipe =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/recipes/cprs_needle.toml");
+    let run = tmp.path().join("run");
+    let train = |data: &str| {
+        qforge(
+            &[
+                "train",
+                "cprs",
+                "--config",
+                recipe.to_str().unwrap(),
+                "--set",
+                &format!("model={}", cprs("tiny_compressor")),
+                "--set",
+                &format!("data={data}"),
+                "--set",
+                "synthetic=null",
+                "--set",
+                "max_steps=2",
+                "--set",
+                "batch_size=2",
+                "--set",
+                &format!("output_dir={}", run.display()),
+            ],
+            None,
+        )
+    };
+    ok(&train(data.to_str().unwrap()));
+    let final_dir = run.join("final");
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(final_dir.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["architectures"][0], "Qwen2ForCausalLMandBIO");
+    assert_eq!(config["bidirectional_start"], 2);
+    assert!(run.join("checkpoint-2/optimizer.safetensors").is_file());
+    assert!(run.join("metrics.jsonl").is_file());
+
+    let bad = tmp.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        format!(
+            "{}\n{{\"instruction\": \"i\", \"query\": \"q\", \"context\": \"abc\", \"tag\": \"t\", \"facts\": [[1, 9]]}}\n",
+            std::fs::read_to_string(&data).unwrap().lines().next().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = train(bad.to_str().unwrap());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.jsonl line 2") && err.contains("fact [1, 9)"),
+        "{err}"
+    );
+}
