@@ -2,10 +2,11 @@
 //! the gold facts, answer recall and compression ratio on 16 held-out haystacks. The settings are
 //! examples/recipes/cprs_needle.toml's (with the task and haystack chosen here).
 //!
-//!     cargo run --release -p qforge-compress --example cprs_needle -- [STEPS] [SEED] [TASK] [HAYSTACK]
+//!     cargo run --release -p qforge-compress --example cprs_needle -- [STEPS] [SEED] [TASK] [HAYSTACK] [BIDIRECTIONAL_START]
 //!
 //! TASK is a synthetic task name (default niah_single); HAYSTACK is `noise` (default) or a
-//! directory of essays such as ../shared/data/longctx/PaulGrahamEssays.
+//! directory of essays such as ../shared/data/longctx/PaulGrahamEssays. BIDIRECTIONAL_START 4
+//! makes every layer causal (default: the checkpoint's 2).
 
 use std::path::PathBuf;
 
@@ -21,6 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let seed: u64 = args.get(1).map_or(Ok(1), |s| s.parse())?;
     let task = args.get(2).cloned().unwrap_or_else(|| "niah_single".into());
     let hay = args.get(3).cloned().unwrap_or_else(|| "noise".into());
+    // The tiny compressor has 4 layers; 4 makes it all causal (the paper's ablation baseline).
+    let bidirectional_start: Option<usize> = args.get(4).map(|s| s.parse()).transpose()?;
     let model =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/fixtures/cprs/tiny_compressor");
     let out = std::env::temp_dir().join(format!("cprs_needle_{seed}_{}", std::process::id()));
@@ -42,6 +45,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         schedule: "cosine".into(),
         warmup_steps: steps / 10,
         max_steps: Some(steps),
+        bidirectional_start,
         seed,
         ..CprsTrainConfig::default()
     };

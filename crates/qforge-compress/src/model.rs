@@ -84,9 +84,22 @@ impl Compressor {
     /// The released decision: argmax of the cls_head per token (no threshold), for each window
     /// from `skip` on (the prefix).
     pub fn tags(&self, windows: &[&[u32]], skip: usize) -> Result<Vec<Vec<Tag>>, ModelError> {
-        let (logits, _) = self.forward(windows)?;
+        Ok(self.label(windows, skip, None)?.0)
+    }
+
+    /// Tags and, with `tag_ids`, category mode (specs/cprs.md §2): the LM head's logits at the
+    /// tag words' first-token ids, softmaxed over those ids, per context token
+    /// (`[window][token][tag]`).
+    #[allow(clippy::type_complexity)]
+    pub fn label(
+        &self,
+        windows: &[&[u32]],
+        skip: usize,
+        tag_ids: Option<&[u32]>,
+    ) -> Result<(Vec<Vec<Tag>>, Option<Vec<Vec<Vec<f32>>>>), ModelError> {
+        let (logits, hidden) = self.forward(windows)?;
         let classes: Vec<Vec<u32>> = logits.argmax(D::Minus1)?.to_dtype(DType::U32)?.to_vec2()?;
-        Ok(windows
+        let tags = windows
             .iter()
             .zip(classes)
             .map(|(w, row)| {
@@ -95,6 +108,26 @@ impl Compressor {
                     .map(|&c| Tag::from_class(c as usize).unwrap_or(Tag::O))
                     .collect()
             })
-            .collect())
+            .collect();
+        let categories = match tag_ids {
+            None => None,
+            Some(ids) => {
+                let picked = self
+                    .model
+                    .logits(&hidden)?
+                    .index_select(&Tensor::new(ids, hidden.device())?, D::Minus1)?;
+                let probs: Vec<Vec<Vec<f32>>> = qforge_model::ops::softmax(&picked, false)?
+                    .to_dtype(DType::F32)?
+                    .to_vec3()?;
+                Some(
+                    windows
+                        .iter()
+                        .zip(probs)
+                        .map(|(w, rows)| rows[skip.min(w.len())..w.len()].to_vec())
+                        .collect(),
+                )
+            }
+        };
+        Ok((tags, categories))
     }
 }

@@ -25,6 +25,9 @@ pub struct CompressOptions {
     pub batch: usize,
     /// Contexts are cut to this many tokens first.
     pub max_context_tokens: usize,
+    /// Category mode: tag words (the prompt's, e.g. `needle`); each kept span gets the one the
+    /// LM head favours, `outside` included as upstream. Empty: off (the released server).
+    pub categories: Vec<String>,
 }
 
 impl Default for CompressOptions {
@@ -37,6 +40,7 @@ impl Default for CompressOptions {
             repair: Repair::Released,
             batch: 1,
             max_context_tokens: 2_048_000,
+            categories: Vec::new(),
         }
     }
 }
@@ -62,6 +66,16 @@ pub struct Compressed {
     pub ratio: Option<f64>,
     /// What the released server reports as `usage.input_tokens`: P·windows + N.
     pub input_tokens: usize,
+    /// Category mode: per span, the tag with the highest mean probability over its tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub categories: Option<Vec<SpanCategory>>,
+}
+
+/// A span's category in category mode.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SpanCategory {
+    pub tag: String,
+    pub probability: f32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,7 +131,24 @@ pub fn compress(
         options.split_with_sent,
     )?;
     let prefix_len = prefix_ids.len();
+    let mut tag_words = options.categories.clone();
+    let tag_ids = if tag_words.is_empty() {
+        None
+    } else {
+        tag_words.push("outside".into());
+        Some(
+            tag_words
+                .iter()
+                .map(|w| {
+                    tok.encode(w, false)?.first().copied().ok_or_else(|| {
+                        qforge_model::ModelError::InvalidInput(format!("tag `{w}` has no tokens"))
+                    })
+                })
+                .collect::<Result<Vec<u32>, _>>()?,
+        )
+    };
     let mut tags: Vec<Tag> = Vec::new();
+    let mut probs: Vec<Vec<f32>> = Vec::new();
     let mut offsets = Vec::new();
     for group in windows.chunks(options.batch.max(1)) {
         let inputs: Vec<Vec<u32>> = group
@@ -125,10 +156,15 @@ pub fn compress(
             .map(|w| prefix_ids.iter().chain(&w.ids).copied().collect())
             .collect();
         let refs: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
-        for (w, mut labels) in group.iter().zip(compressor.tags(&refs, prefix_len)?) {
+        let (labels, categories) = compressor.label(&refs, prefix_len, tag_ids.as_deref())?;
+        for (i, (w, mut labels)) in group.iter().zip(labels).enumerate() {
             labels.resize(w.offsets.len(), Tag::O);
             tags.extend(labels);
             offsets.extend(w.offsets.iter().copied());
+            if let Some(c) = &categories {
+                probs.extend(c[i].iter().cloned());
+                probs.resize(offsets.len(), vec![0.0; tag_words.len()]);
+            }
         }
     }
     repair(&mut tags, options.repair);
@@ -139,6 +175,11 @@ pub fn compress(
         options.min_keyword_len,
         options.complete_sentence,
     ));
+    let categories = tag_ids.map(|_| {
+        kept.iter()
+            .map(|span| span_category(span, &offsets, &probs, &tag_words))
+            .collect()
+    });
     let context_tokens: usize = windows.iter().map(|w| w.ids.len()).sum();
     let kept_tokens: usize = kept.iter().map(|s| encode(tok, &s.text).0.len()).sum();
     Ok(Compressed {
@@ -149,7 +190,36 @@ pub fn compress(
         ratio: (kept_tokens > 0).then(|| context_tokens as f64 / kept_tokens as f64),
         input_tokens: prefix_len * windows.len() + context_tokens,
         spans: kept,
+        categories,
     })
+}
+
+/// The tag with the highest mean probability over the tokens that start inside `span`.
+fn span_category(
+    span: &Span,
+    offsets: &[(usize, usize)],
+    probs: &[Vec<f32>],
+    words: &[String],
+) -> SpanCategory {
+    let mut mean = vec![0f32; words.len()];
+    let mut n = 0;
+    for (o, p) in offsets.iter().zip(probs) {
+        if o.0 >= span.start && o.0 < span.end {
+            n += 1;
+            for (m, x) in mean.iter_mut().zip(p) {
+                *m += x;
+            }
+        }
+    }
+    let (best, probability) = mean
+        .iter()
+        .map(|m| m / n.max(1) as f32)
+        .enumerate()
+        .fold((0, f32::MIN), |a, (i, m)| if m > a.1 { (i, m) } else { a });
+    SpanCategory {
+        tag: words[best].clone(),
+        probability,
+    }
 }
 
 /// The downstream reader's prompt: the kept spans as the system message, the query as the user's.

@@ -112,3 +112,74 @@ fn bad_input_is_a_clear_error_or_handled() {
             <= 5
     );
 }
+
+fn needle_compressor() -> Compressor {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tools/fixtures/cprs/needle_compressor");
+    Compressor::load(&dir, DType::F32, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn category_mode_names_the_needle_with_the_critic_head() {
+    use qforge_compress::synth::{NIAH_INSTRUCTION, NOISE};
+    let c = needle_compressor();
+    let needle = "One of the special magic numbers for quiet-lantern is: 4072913.";
+    let context = format!("{} {needle} {}", [NOISE; 5].join(" "), [NOISE; 4].join(" "));
+    let options = CompressOptions {
+        window: 512,
+        categories: vec!["needle".into()],
+        ..CompressOptions::default()
+    };
+    let query =
+        "What is the special magic number for quiet-lantern mentioned in the provided text?";
+    let out = compress(&c, NIAH_INSTRUCTION, query, &context, &options).unwrap();
+    assert_eq!(out.texts(), vec![needle]);
+    let categories = out.categories.unwrap();
+    assert_eq!(categories[0].tag, "needle");
+    assert!(categories[0].probability > 0.5, "{categories:?}");
+    // Off by default, as the released server.
+    let plain = compress(
+        &c,
+        NIAH_INSTRUCTION,
+        query,
+        &context,
+        &CompressOptions {
+            window: 512,
+            ..CompressOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(plain.categories.is_none());
+    assert_eq!(plain.spans, out.spans);
+}
+
+#[test]
+fn mixed_scripts_pack_whole_sentences_and_spans_stay_verbatim() {
+    let c = compressor();
+    let context = "Tokyo is big. 京都是古都。大阪很大！Kyoto has temples.\nThe end? 東京タワー。";
+    for split_with_sent in [true, false] {
+        let out = compress(
+            &c,
+            "i",
+            "q",
+            context,
+            &CompressOptions {
+                window: 40,
+                min_keyword_len: 0,
+                split_with_sent,
+                ..CompressOptions::default()
+            },
+        )
+        .unwrap();
+        assert!(out.windows > 1);
+        let chars: Vec<char> = context.chars().collect();
+        for s in &out.spans {
+            let slice: String = chars[s.start..s.end].iter().collect();
+            assert_eq!(slice.trim(), s.text);
+        }
+        let n = encode(&c.tokenizer, context).0.len();
+        if !split_with_sent {
+            assert_eq!(out.context_tokens, n, "token windows partition the context");
+        }
+    }
+}

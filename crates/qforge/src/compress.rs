@@ -76,6 +76,10 @@ pub struct OptionArgs {
     /// Also run the backward repair pass the released code never runs.
     #[arg(long)]
     fixed_repair: bool,
+    /// Category mode: tag words of the instruction (comma-separated, e.g. `needle,fact`); each
+    /// kept span is labelled with the one the LM head favours (or `outside`).
+    #[arg(long, value_delimiter = ',')]
+    categories: Vec<String>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -94,6 +98,7 @@ impl OptionArgs {
                 Repair::Released
             },
             batch: self.batch,
+            categories: self.categories.clone(),
             ..CompressOptions::default()
         }
     }
@@ -133,8 +138,11 @@ pub fn run(args: Args) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        for s in &out.spans {
-            println!("{}", s.text);
+        for (i, s) in out.spans.iter().enumerate() {
+            match &out.categories {
+                Some(c) => println!("[{} {:.2}] {}", c[i].tag, c[i].probability, s.text),
+                None => println!("{}", s.text),
+            }
         }
     }
     eprintln!(
