@@ -633,26 +633,19 @@ impl CprsTrainer {
     /// `output_dir/checkpoint-STEP`, written whole or not at all; keeps the newest
     /// `save_total_limit`.
     pub fn save_checkpoint(&self) -> Result<PathBuf> {
+        let state = TrainerState {
+            step: self.step,
+            epoch: self.epoch,
+            cursor: self.cursor,
+            config: self.config.clone(),
+        };
         write_checkpoint(
             &self.config.output_dir,
             self.step,
             self.config.save_total_limit,
-            |tmp| {
-                self.save_compressor(tmp)?;
-                self.optimizer
-                    .save_state(&tmp.join("optimizer.safetensors"))?;
-                let state = TrainerState {
-                    step: self.step,
-                    epoch: self.epoch,
-                    cursor: self.cursor,
-                    config: self.config.clone(),
-                };
-                write_json_atomic(
-                    &tmp.join("trainer_state.json"),
-                    &serde_json::to_value(&state).expect("serialisable"),
-                )?;
-                Ok::<(), CprsTrainError>(())
-            },
+            &self.optimizer,
+            &serde_json::to_value(&state).expect("serialisable"),
+            |tmp| self.save_compressor(tmp),
         )
     }
 }

@@ -929,39 +929,34 @@ impl Trainer {
     /// temporary directory and renamed, so a crash never leaves a half checkpoint. Keeps the
     /// newest `save_total_limit`.
     pub fn save_checkpoint(&self) -> Result<PathBuf> {
+        let state = TrainerState {
+            step: self.step,
+            epoch: self.epoch,
+            cursor: self.cursor,
+            objective: self.objective,
+            config: self.config.clone(),
+        };
         write_checkpoint(
             &self.config.output_dir,
             self.step,
             self.config.save_total_limit,
-            |tmp| {
-                self.save_model(tmp)?;
-                self.optimizer
-                    .save_state(&tmp.join("optimizer.safetensors"))?;
-                let state = TrainerState {
-                    step: self.step,
-                    epoch: self.epoch,
-                    cursor: self.cursor,
-                    objective: self.objective,
-                    config: self.config.clone(),
-                };
-                write_json_atomic(
-                    &tmp.join("trainer_state.json"),
-                    &serde_json::to_value(&state).expect("serialisable"),
-                )?;
-                Ok(())
-            },
+            &self.optimizer,
+            &serde_json::to_value(&state).expect("serialisable"),
+            |tmp| self.save_model(tmp),
         )
     }
 }
 
-/// Writes `out/checkpoint-STEP` with `write` into a temporary directory that is then renamed,
-/// so a crash never leaves a half checkpoint (complete ones hold `trainer_state.json`, which
-/// `write` must write last); keeps the newest `keep`.
+/// Writes `out/checkpoint-STEP` (the model by `write_model`, the optimiser state, then
+/// `trainer_state.json`, which marks it complete) into a temporary directory that is then
+/// renamed, so a crash never leaves a half checkpoint; keeps the newest `keep`.
 pub fn write_checkpoint<E: From<TrainError>>(
     out: &Path,
     step: u64,
     keep: usize,
-    write: impl FnOnce(&Path) -> std::result::Result<(), E>,
+    optimizer: &AdamW,
+    state: &Value,
+    write_model: impl FnOnce(&Path) -> std::result::Result<(), E>,
 ) -> std::result::Result<PathBuf, E> {
     let io = |path: &Path, source| TrainError::Io {
         path: path.to_path_buf(),
@@ -972,7 +967,9 @@ pub fn write_checkpoint<E: From<TrainError>>(
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
     }
-    write(&tmp)?;
+    write_model(&tmp)?;
+    optimizer.save_state(&tmp.join("optimizer.safetensors"))?;
+    write_json_atomic(&tmp.join("trainer_state.json"), state).map_err(TrainError::from)?;
     if final_dir.exists() {
         std::fs::remove_dir_all(&final_dir).map_err(|e| io(&final_dir, e))?;
     }
