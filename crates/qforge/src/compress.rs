@@ -30,6 +30,7 @@ pub struct Args {
     /// The compression instruction (system prompt).
     #[arg(long, required = true)]
     instruction: Option<String>,
+    /// The user's question the context is compressed for.
     #[arg(long, required = true)]
     query: Option<String>,
     /// A UTF-8 text file.
