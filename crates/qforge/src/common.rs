@@ -163,7 +163,7 @@ impl ModelArgs {
     pub fn dir(&self) -> Result<PathBuf> {
         let Some(model) = &self.model else {
             eprintln!(
-                "note: using the built-in tiny demo model (random weights); pass --model for a real checkpoint"
+                "note: using the built-in tiny demo model (random weights); pass -m for a real checkpoint"
             );
             return crate::demo::demo_model_dir();
         };
