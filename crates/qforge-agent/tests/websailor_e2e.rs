@@ -9,11 +9,11 @@ use common::ScriptedModelSimulator;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use qforge_agent::websailor::agent::{AgentConfig, SearchTool, Termination, Tool, run};
+use qforge_agent::websailor::agent::{AgentConfig, Termination, Tool, run};
 use qforge_agent::websailor::index::{Bm25Index, Document};
 use qforge_agent::websailor::runner::{Question, TrajectoryLog, run_questions};
 use qforge_agent::websailor::visit::{
-    CorpusPages, ExtractiveSummarizer, LlmSummarizer, Summarizer, VisitTool,
+    ExtractiveSummarizer, LlmSummarizer, Summarizer, offline_tools,
 };
 use qforge_engine::{ChatBackend, RemoteBackend, RemoteConfig};
 use qforge_model::{ChatOptions, Tokenizer};
@@ -42,13 +42,7 @@ fn corpus() -> Arc<Bm25Index> {
 }
 
 fn tools(index: Arc<Bm25Index>, summarizer: Arc<dyn Summarizer>) -> Vec<Arc<dyn Tool>> {
-    vec![
-        Arc::new(SearchTool {
-            backend: index.clone(),
-            results: 10,
-        }),
-        Arc::new(VisitTool::new(Arc::new(CorpusPages(index)), summarizer)),
-    ]
+    offline_tools(index, summarizer, 10)
 }
 
 #[tokio::test]

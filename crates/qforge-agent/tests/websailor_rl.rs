@@ -5,11 +5,11 @@ mod common;
 
 use std::sync::Arc;
 
-use qforge_agent::websailor::agent::{AgentConfig, SearchTool, Tool};
+use qforge_agent::websailor::agent::{AgentConfig, Tool};
 use qforge_agent::websailor::eval::Judge;
 use qforge_agent::websailor::index::{Bm25Index, Document};
 use qforge_agent::websailor::rl::{CORRECT_THRESHOLD, WebSailorEnv, WebSailorReward, task};
-use qforge_agent::websailor::visit::{CorpusPages, ExtractiveSummarizer, VisitTool};
+use qforge_agent::websailor::visit::{ExtractiveSummarizer, offline_tools};
 use qforge_rl::grpo::{GroupFilter, GrpoConfig, GrpoTrainer};
 use qforge_rl::reward::RewardFn;
 use qforge_rl::tools::{ToolConfig, ToolEnv};
@@ -22,16 +22,7 @@ fn tools() -> Vec<Arc<dyn Tool>> {
         date: None,
         source: None,
     }]));
-    vec![
-        Arc::new(SearchTool {
-            backend: index.clone(),
-            results: 10,
-        }),
-        Arc::new(VisitTool::new(
-            Arc::new(CorpusPages(index)),
-            Arc::new(ExtractiveSummarizer::default()),
-        )),
-    ]
+    offline_tools(index, Arc::new(ExtractiveSummarizer::default()), 10)
 }
 
 #[test]

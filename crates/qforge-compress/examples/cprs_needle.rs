@@ -12,8 +12,8 @@ use std::path::PathBuf;
 
 use qforge_compress::eval::{Summary, evaluate};
 use qforge_compress::pipeline::CompressOptions;
-use qforge_compress::synth::{Task, generate};
-use qforge_compress::train::{CprsTrainConfig, CprsTrainer, SyntheticData, haystack};
+use qforge_compress::synth::{Haystack, Task, generate};
+use qforge_compress::train::{CprsTrainConfig, CprsTrainer, SyntheticData};
 use qforge_train::data::SplitMix;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -52,7 +52,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut trainer = CprsTrainer::new(config)?;
     println!("{} training windows", trainer.windows());
     let tok = qforge_model::Tokenizer::from_dir(&model)?;
-    let held_hay = haystack(&hay)?;
+    let held_hay = Haystack::named(&hay)?;
     let mut rng = SplitMix(seed.wrapping_add(1_000_003));
     let held: Vec<_> = (0..16)
         .map(|_| {

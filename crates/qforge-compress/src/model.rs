@@ -6,6 +6,7 @@
 //! on how windows are batched.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{D, DType, Device, Tensor};
 use qforge_model::weights::WeightStore;
@@ -20,7 +21,7 @@ pub const RELEASED_BIDIRECTIONAL_START: usize = 21;
 
 pub struct Compressor {
     pub model: Model,
-    pub tokenizer: Tokenizer,
+    pub tokenizer: Arc<Tokenizer>,
     cls_weight: Tensor,
     cls_bias: Tensor,
     pub bidirectional_start: usize,
@@ -44,7 +45,7 @@ impl Compressor {
         model.set_bidirectional_top_layers(layers.saturating_sub(bidirectional_start))?;
         Ok(Self {
             model,
-            tokenizer: Tokenizer::from_dir(dir)?,
+            tokenizer: Arc::new(Tokenizer::from_dir(dir)?),
             cls_weight,
             cls_bias,
             bidirectional_start,
@@ -54,7 +55,7 @@ impl Compressor {
     /// A compressor from parts (random heads for benchmarks, converted checkpoints).
     pub fn from_parts(
         mut model: Model,
-        tokenizer: Tokenizer,
+        tokenizer: Arc<Tokenizer>,
         cls_weight: Tensor,
         cls_bias: Tensor,
         bidirectional_start: usize,
@@ -112,10 +113,7 @@ impl Compressor {
         let categories = match tag_ids {
             None => None,
             Some(ids) => {
-                let picked = self
-                    .model
-                    .logits(&hidden)?
-                    .index_select(&Tensor::new(ids, hidden.device())?, D::Minus1)?;
+                let picked = self.model.logits_at(&hidden, ids)?;
                 let probs: Vec<Vec<Vec<f32>>> = qforge_model::ops::softmax(&picked, false)?
                     .to_dtype(DType::F32)?
                     .to_vec3()?;

@@ -91,6 +91,14 @@ impl Task {
     pub fn parse(name: &str) -> Option<Task> {
         Task::ALL.into_iter().find(|t| t.name() == name)
     }
+
+    /// Tasks by name; an unknown name is an error listing the known ones.
+    pub fn parse_all(names: &[String]) -> Result<Vec<Task>, SynthError> {
+        names
+            .iter()
+            .map(|n| Task::parse(n).ok_or_else(|| SynthError::UnknownTask(n.clone())))
+            .collect()
+    }
 }
 
 /// Where the filler text comes from.
@@ -111,9 +119,20 @@ pub enum SynthError {
     },
     #[error("{0}: no .txt files with text")]
     EmptyHaystack(std::path::PathBuf),
+    #[error("unknown synthetic task `{0}` (niah_single, niah_multikey, kv, vt, qa)")]
+    UnknownTask(String),
 }
 
 impl Haystack {
+    /// `noise`, or the essays in the directory `name`.
+    pub fn named(name: &str) -> Result<Self, SynthError> {
+        if name == "noise" {
+            Ok(Haystack::Noise)
+        } else {
+            Haystack::essays(Path::new(name))
+        }
+    }
+
     /// The sentences of every `.txt` file in `dir` (sorted by name).
     pub fn essays(dir: &Path) -> Result<Self, SynthError> {
         let io = |source| SynthError::Io {

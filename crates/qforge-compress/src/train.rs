@@ -7,8 +7,8 @@
 //! newest with the same sequence of batches.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -16,7 +16,7 @@ use qforge_model::weights::{WeightStore, save_safetensors, write_json_atomic};
 use qforge_model::{Batch, Model, Tokenizer};
 use qforge_train::data::SplitMix;
 use qforge_train::optim::{AdamW, AdamWConfig, Schedule, clip_grad_norm};
-use qforge_train::trainer::{checkpoints_with, write_checkpoint};
+use qforge_train::trainer::{MetricsLog, checkpoints_with, step_due, write_checkpoint};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -195,21 +195,11 @@ pub fn training_samples(config: &CprsTrainConfig, tok: &Tokenizer) -> Result<Vec
     match (&config.data, &config.synthetic) {
         (Some(path), None) => read_samples(path),
         (None, Some(s)) => {
-            let tasks: Vec<Task> = s
-                .tasks
-                .iter()
-                .map(|t| {
-                    Task::parse(t).ok_or_else(|| {
-                        CprsTrainError::Invalid(format!(
-                            "unknown synthetic task `{t}` (niah_single, niah_multikey, kv, vt, qa)"
-                        ))
-                    })
-                })
-                .collect::<Result<_>>()?;
+            let tasks = Task::parse_all(&s.tasks)?;
             if tasks.is_empty() {
                 return Err(CprsTrainError::Invalid("synthetic.tasks is empty".into()));
             }
-            let haystack = haystack(&s.haystack)?;
+            let haystack = Haystack::named(&s.haystack)?;
             let mut rng = SplitMix(config.seed ^ 0xC0DE);
             Ok((0..s.samples)
                 .map(|i| generate(tasks[i % tasks.len()], &haystack, tok, s.tokens, &mut rng))
@@ -219,15 +209,6 @@ pub fn training_samples(config: &CprsTrainConfig, tok: &Tokenizer) -> Result<Vec
             "set exactly one of `data` (JSONL) and `synthetic`".into(),
         )),
     }
-}
-
-/// `noise` or a directory of essays.
-pub fn haystack(name: &str) -> Result<Haystack> {
-    Ok(if name == "noise" {
-        Haystack::Noise
-    } else {
-        Haystack::essays(Path::new(name))?
-    })
 }
 
 /// One labelled window: `prefix + window` ids and their labels.
@@ -289,7 +270,7 @@ pub struct CprsStepReport {
 pub struct CprsTrainer {
     config: CprsTrainConfig,
     model: Model,
-    tokenizer: Tokenizer,
+    tokenizer: Arc<Tokenizer>,
     cls_weight: Var,
     cls_bias: Var,
     vars: Vec<(String, Var)>,
@@ -300,6 +281,8 @@ pub struct CprsTrainer {
     bidirectional_start: usize,
     step: u64,
     epoch: u64,
+    /// The current epoch's window order (derived from the seed and `epoch`).
+    order: Vec<usize>,
     cursor: usize,
 }
 
@@ -341,7 +324,7 @@ impl CprsTrainer {
             )));
         }
         let device = qforge_model::parse_device(&config.device)?;
-        let tokenizer = Tokenizer::from_dir(&config.model)?;
+        let tokenizer = Arc::new(Tokenizer::from_dir(&config.model)?);
         let samples = training_samples(&config, &tokenizer)?;
         let items = items(&samples, &tokenizer, config.window)?;
         let resume = checkpoints_with(&config.output_dir, "trainer_state.json")?.pop();
@@ -424,8 +407,10 @@ impl CprsTrainer {
             bidirectional_start,
             step,
             epoch,
+            order: Vec::new(),
             cursor,
         };
+        trainer.order = trainer.epoch_order(epoch);
         trainer.schedule = Schedule::from_name(
             &trainer.config.schedule,
             trainer.config.warmup_steps,
@@ -449,7 +434,7 @@ impl CprsTrainer {
     }
 
     /// The window order of an epoch.
-    fn order(&self, epoch: u64) -> Vec<usize> {
+    fn epoch_order(&self, epoch: u64) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.items.len()).collect();
         SplitMix(self.config.seed ^ epoch.wrapping_mul(0x9E37)).shuffle(&mut order);
         order
@@ -461,7 +446,7 @@ impl CprsTrainer {
         model.set_differentiable(false);
         Ok(Compressor::from_parts(
             model,
-            Tokenizer::from_dir(&self.config.model)?,
+            self.tokenizer.clone(),
             self.cls_weight.as_tensor().clone(),
             self.cls_bias.as_tensor().clone(),
             self.bidirectional_start,
@@ -471,15 +456,14 @@ impl CprsTrainer {
     /// One step: a batch of windows, the loss, its gradient and the update.
     fn train_step(&mut self) -> Result<CprsStepReport> {
         let started = Instant::now();
-        let mut order = self.order(self.epoch);
         let mut batch = Vec::with_capacity(self.config.batch_size);
         while batch.len() < self.config.batch_size {
-            if self.cursor >= order.len() {
+            if self.cursor >= self.order.len() {
                 self.epoch += 1;
                 self.cursor = 0;
-                order = self.order(self.epoch);
+                self.order = self.epoch_order(self.epoch);
             }
-            batch.push(order[self.cursor]);
+            batch.push(self.order[self.cursor]);
             self.cursor += 1;
         }
         let mut rng = SplitMix(self.config.seed ^ (self.step + 1).wrapping_mul(0xD1B5_4A32));
@@ -567,31 +551,17 @@ impl CprsTrainer {
         stop_after: Option<u64>,
         mut on_step: impl FnMut(&CprsStepReport, &Self),
     ) -> Result<Option<PathBuf>> {
-        let out = self.config.output_dir.clone();
-        std::fs::create_dir_all(&out).map_err(io(&out))?;
-        let metrics_path = out.join("metrics.jsonl");
-        let mut metrics = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&metrics_path)
-            .map_err(io(&metrics_path))?;
+        let mut metrics = MetricsLog::open(&self.config.output_dir)?;
         let total = self.total_steps();
         let mut last = None;
         while self.step < total {
             let report = self.train_step()?;
-            writeln!(
-                metrics,
-                "{}",
-                serde_json::to_string(&report).expect("serialisable")
-            )
-            .map_err(io(&metrics_path))?;
+            metrics.append(&report)?;
             on_step(&report, self);
             if stop_after == Some(self.step) {
                 return Ok(None);
             }
-            if self.step == total
-                || (self.config.save_steps > 0 && self.step.is_multiple_of(self.config.save_steps))
-            {
+            if step_due(self.step, total, self.config.save_steps) {
                 last = Some(self.save_checkpoint()?);
             }
         }

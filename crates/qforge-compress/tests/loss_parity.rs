@@ -90,13 +90,16 @@ fn cprs_loss_matches_torch_in_value_and_gradient() {
             1e-5,
         );
         let grads = parts.total.backward().unwrap();
-        let bio_grad: Vec<f32> = grads
-            .get(bio.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let grad_of = |v: &Var| -> Vec<f32> {
+            grads
+                .get(v.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        let bio_grad = grad_of(&bio);
         assert_close(
             &format!("{name} bio grad"),
             &bio_grad,
@@ -106,13 +109,7 @@ fn cprs_loss_matches_torch_in_value_and_gradient() {
         match case["lm_grad"].as_array() {
             None => assert!(parts.lm.is_none(), "{name}: no critic loss"),
             Some(_) => {
-                let lm_grad: Vec<f32> = grads
-                    .get(lm.as_tensor())
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
+                let lm_grad = grad_of(&lm);
                 assert_close(
                     &format!("{name} lm grad"),
                     &lm_grad,

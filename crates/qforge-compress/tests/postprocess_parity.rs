@@ -39,17 +39,7 @@ fn repair_spans_and_cleaning_match_the_released_functions() {
             "case {i}: repair"
         );
         repaired_changed += usize::from(case["tags"] != case["repaired"]);
-        let offsets: Vec<(usize, usize)> = case["offsets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|o| {
-                (
-                    o[0].as_u64().unwrap() as usize,
-                    o[1].as_u64().unwrap() as usize,
-                )
-            })
-            .collect();
+        let offsets: Vec<(usize, usize)> = serde_json::from_value(case["offsets"].clone()).unwrap();
         let complete = case["complete_sentence"].as_bool().unwrap();
         completed += usize::from(complete);
         let got = spans(

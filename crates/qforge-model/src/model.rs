@@ -869,8 +869,20 @@ impl Model {
     /// Logits over the vocabulary for hidden states `[.., hidden]`, in f32.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        self.head_logits(hidden, head.clone())
+    }
+
+    /// The logits of only the vocabulary entries `ids`, `[.., ids.len()]` (f32), without
+    /// computing the rest of the vocabulary.
+    pub fn logits_at(&self, hidden: &Tensor, ids: &[u32]) -> Result<Tensor> {
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        let rows = head.index_select(&Tensor::new(ids, head.device())?, 0)?;
+        self.head_logits(hidden, rows)
+    }
+
+    fn head_logits(&self, hidden: &Tensor, weight: Tensor) -> Result<Tensor> {
         let logits = Linear {
-            weight: head.clone(),
+            weight,
             bias: None,
             lora: None,
         }
@@ -1167,6 +1179,24 @@ pub fn random_tensors(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logits_at_equals_the_full_logits_gathered() {
+        let dir =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/fixtures/model/qwen3_tied_gqa");
+        let model = Model::load(&dir, DType::F32, &Device::Cpu, &[]).unwrap();
+        let hidden =
+            Tensor::randn(0f32, 1.0, (2, 3, model.config.hidden_size), &Device::Cpu).unwrap();
+        let ids = [7u32, 0, 300];
+        let full = model
+            .logits(&hidden)
+            .unwrap()
+            .index_select(&Tensor::new(&ids, &Device::Cpu).unwrap(), 2)
+            .unwrap();
+        let some = model.logits_at(&hidden, &ids).unwrap();
+        let diff = (full - some).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+    }
 
     #[test]
     fn attention_in_query_blocks_equals_attention_at_once() {

@@ -7,7 +7,6 @@
 //! The engine shares the policy's weight tensors (`Model` clones are reference-counted and the
 //! optimiser updates in place), so every rollout sees the current policy without a copy.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,6 +21,7 @@ use qforge_train::policy::{
     AdvantageNorm, Aggregation, ClipConfig, KlEstimator, aggregate, clipped_policy_loss,
     group_advantages, kl_penalty,
 };
+use qforge_train::trainer::{MetricsLog, step_due};
 use qforge_train::{Result, TrainError};
 use serde::{Deserialize, Serialize};
 
@@ -886,40 +886,17 @@ impl GrpoTrainer {
     /// the policy (HF layout) every `save_steps` and at the end to `output_dir/policy`.
     pub fn train(&mut self, mut on_step: impl FnMut(&StepReport)) -> Result<Vec<StepReport>> {
         let out = self.config.output_dir.clone();
-        std::fs::create_dir_all(&out).map_err(|e| TrainError::Io {
-            path: out.clone(),
-            source: e,
-        })?;
-        let metrics_path = out.join("metrics.jsonl");
-        let mut metrics = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&metrics_path)
-            .map_err(|e| TrainError::Io {
-                path: metrics_path.clone(),
-                source: e,
-            })?;
+        let mut metrics = MetricsLog::open(&out)?;
         let mut reports = Vec::new();
         while self.step < self.config.max_steps {
             let r = self.step()?;
-            writeln!(
-                metrics,
-                "{}",
-                serde_json::to_string(&r).expect("serialisable")
-            )
-            .map_err(|e| TrainError::Io {
-                path: metrics_path.clone(),
-                source: e,
-            })?;
+            metrics.append(&r)?;
             on_step(&r);
             reports.push(r);
-            let last = self.step == self.config.max_steps;
-            if last
-                || (self.config.save_steps > 0 && self.step.is_multiple_of(self.config.save_steps))
-            {
+            if step_due(self.step, self.config.max_steps, self.config.save_steps) {
                 self.save_checkpoint()?;
             }
-            if last {
+            if self.step == self.config.max_steps {
                 self.save(&out.join("policy"))?;
             }
         }

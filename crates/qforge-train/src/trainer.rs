@@ -743,14 +743,7 @@ impl Trainer {
         mut on_step: impl FnMut(&StepReport),
         mut on_eval: impl FnMut(&EvalReport),
     ) -> Result<Vec<StepReport>> {
-        std::fs::create_dir_all(&self.config.output_dir)
-            .map_err(|e| self.io_err(&self.config.output_dir, e))?;
-        let metrics_path = self.config.output_dir.join("metrics.jsonl");
-        let mut metrics = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&metrics_path)
-            .map_err(|e| self.io_err(&metrics_path, e))?;
+        let mut metrics = MetricsLog::open(&self.config.output_dir)?;
         let total = self.total_steps();
         let vars: Vec<Var> = self.vars.iter().map(|(_, v)| v.clone()).collect();
         let var_refs: Vec<&Var> = vars.iter().collect();
@@ -821,31 +814,18 @@ impl Trainer {
                 margin: (pair_count > 0).then(|| pairwise.1 / pair_count as f64),
                 skipped,
             };
-            writeln!(
-                metrics,
-                "{}",
-                serde_json::to_string(&report).expect("serialisable")
-            )
-            .map_err(|e| self.io_err(&metrics_path, e))?;
+            metrics.append(&report)?;
             on_step(&report);
             reports.push(report);
             if stop_after == Some(self.step) {
                 return Ok(reports);
             }
-            let last = self.step == total;
-            if self.eval.is_some()
-                && (last
-                    || (self.config.eval_steps > 0
-                        && self.step.is_multiple_of(self.config.eval_steps)))
-            {
+            if self.eval.is_some() && step_due(self.step, total, self.config.eval_steps) {
                 let eval = self.evaluate()?;
-                writeln!(metrics, "{}", json!({"eval": eval}))
-                    .map_err(|e| self.io_err(&metrics_path, e))?;
+                metrics.append(&json!({"eval": eval}))?;
                 on_eval(&eval);
             }
-            if last
-                || (self.config.save_steps > 0 && self.step.is_multiple_of(self.config.save_steps))
-            {
+            if step_due(self.step, total, self.config.save_steps) {
                 self.save_checkpoint()?;
             }
         }
@@ -945,6 +925,45 @@ impl Trainer {
             |tmp| self.save_model(tmp),
         )
     }
+}
+
+/// `output_dir/metrics.jsonl`, opened for appending (a resumed run continues it): one JSON
+/// value per line.
+pub struct MetricsLog {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl MetricsLog {
+    /// Creates `dir` if needed and opens `dir/metrics.jsonl`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let io = |path: &Path, source| TrainError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let path = dir.join("metrics.jsonl");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io(&path, e))?;
+        Ok(Self { path, file })
+    }
+
+    pub fn append(&mut self, value: &impl Serialize) -> Result<()> {
+        let line = serde_json::to_string(value).expect("serialisable");
+        writeln!(self.file, "{line}").map_err(|source| TrainError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+/// Whether step `step` of `total` is due for a periodic action (a checkpoint, an evaluation):
+/// every `every` steps (0: only) at the last.
+pub fn step_due(step: u64, total: u64, every: u64) -> bool {
+    step == total || (every > 0 && step.is_multiple_of(every))
 }
 
 /// Writes `out/checkpoint-STEP` (the model by `write_model`, the optimiser state, then

@@ -25,7 +25,7 @@ use qforge_agent::websailor::synth::{
     CountryGraph, SynthConfig, parse_world_countries, synthesize,
 };
 use qforge_agent::websailor::visit::{
-    CorpusPages, ExtractiveSummarizer, HttpPages, LlmSummarizer, Summarizer, VisitTool,
+    ExtractiveSummarizer, HttpPages, LlmSummarizer, Summarizer, VisitTool, offline_tools,
 };
 use qforge_engine::{ChatBackend, RemoteBackend, RemoteConfig};
 use qforge_model::Tokenizer;
@@ -267,13 +267,7 @@ impl ToolArgs {
             );
         }
         let index = Arc::new(Bm25Index::build(read_corpus(&path)?));
-        Ok(vec![
-            Arc::new(SearchTool {
-                backend: index.clone(),
-                results: self.results,
-            }),
-            Arc::new(VisitTool::new(Arc::new(CorpusPages(index)), summarizer)),
-        ])
+        Ok(offline_tools(index, summarizer, self.results))
     }
 }
 

@@ -10,9 +10,9 @@ use std::time::Instant;
 
 use anyhow::Result;
 use async_trait::async_trait;
-use qforge_agent::websailor::agent::{AgentConfig, SearchTool, Tool, run};
+use qforge_agent::websailor::agent::{AgentConfig, run};
 use qforge_agent::websailor::index::Bm25Index;
-use qforge_agent::websailor::visit::{CorpusPages, ExtractiveSummarizer, VisitTool};
+use qforge_agent::websailor::visit::{ExtractiveSummarizer, offline_tools};
 use qforge_engine::chat::{ChatDelta, ChatEvent, ChatRequest};
 use qforge_engine::{BackendError, ChatBackend, ChatStream};
 use qforge_train::data::SplitMix;
@@ -67,16 +67,7 @@ pub fn run_bench(args: AgentArgs) -> Result<()> {
     let queries = sample_queries(&mut rng, &docs, 4 * args.turns * args.runs);
     let index = Arc::new(Bm25Index::build(docs));
     let documents = index.len();
-    let tools: Vec<Arc<dyn Tool>> = vec![
-        Arc::new(SearchTool {
-            backend: index.clone(),
-            results: 10,
-        }),
-        Arc::new(VisitTool::new(
-            Arc::new(CorpusPages(index)),
-            Arc::new(ExtractiveSummarizer::default()),
-        )),
-    ];
+    let tools = offline_tools(index, Arc::new(ExtractiveSummarizer::default()), 10);
     let tokenizer = Arc::new(qforge_model::Tokenizer::from_dir(
         &crate::demo::demo_model_dir()?,
     )?);

@@ -59,7 +59,7 @@ pub fn run(args: CompressArgs) -> Result<()> {
     let cls_bias = Tensor::zeros(4, DType::F32, &dev)?;
     let compressor = Compressor::from_parts(
         model,
-        crate::bench::bench_tokenizer()?,
+        std::sync::Arc::new(crate::bench::bench_tokenizer()?),
         cls_weight,
         cls_bias,
         layers - bidirectional,

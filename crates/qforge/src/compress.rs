@@ -184,17 +184,9 @@ impl SynthArgs {
         &self,
         tok: &qforge_model::Tokenizer,
     ) -> Result<Vec<qforge_compress::synth::Sample>> {
-        use qforge_compress::synth::{Task, generate};
-        let tasks: Vec<Task> = self
-            .tasks
-            .iter()
-            .map(|t| {
-                Task::parse(t).with_context(|| {
-                    format!("unknown task `{t}` (niah_single, niah_multikey, kv, vt, qa)")
-                })
-            })
-            .collect::<Result<_>>()?;
-        let haystack = qforge_compress::train::haystack(&self.haystack)?;
+        use qforge_compress::synth::{Haystack, Task, generate};
+        let tasks = Task::parse_all(&self.tasks)?;
+        let haystack = Haystack::named(&self.haystack)?;
         let mut rng = qforge_train::data::SplitMix(self.seed);
         let mut out = Vec::new();
         for task in tasks {

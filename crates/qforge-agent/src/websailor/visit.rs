@@ -30,6 +30,22 @@ pub trait PageSource: Send + Sync {
 /// Pages of the offline corpus, by the URLs its search results show.
 pub struct CorpusPages(pub Arc<Bm25Index>);
 
+/// The agent's offline tools: `search` over the corpus index (`results` per query) and `visit`
+/// of its pages through `summarizer`.
+pub fn offline_tools(
+    index: Arc<Bm25Index>,
+    summarizer: Arc<dyn Summarizer>,
+    results: usize,
+) -> Vec<Arc<dyn Tool>> {
+    vec![
+        Arc::new(super::agent::SearchTool {
+            backend: index.clone(),
+            results,
+        }),
+        Arc::new(VisitTool::new(Arc::new(CorpusPages(index)), summarizer)),
+    ]
+}
+
 #[async_trait]
 impl PageSource for CorpusPages {
     async fn fetch(&self, url: &str) -> Result<String, String> {
