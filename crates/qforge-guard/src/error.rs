@@ -28,6 +28,9 @@ pub enum GuardError {
     SessionClosed(u64),
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// The conversation does not fit the guard's context.
+    #[error("too long: {0}")]
+    TooLong(String),
 }
 
 pub type Result<T> = std::result::Result<T, GuardError>;

@@ -3,20 +3,32 @@
 //! `finish_reason: "content_filter"` once flagged. Any OpenAI-compatible upstream works through
 //! [`ChatBackend`]; `qforge guard proxy` serves this over HTTP.
 //!
+//! The prompt check moderates the conversation's last user turn, also when the request ends
+//! with a tool result or a system message (agent loops): the messages after that turn are not
+//! the user's query. A conversation with no user turn has no prompt to check.
+//!
+//! The guard sees the reply as the model wrote it: a thinking trace as `<think>\n…` (scored
+//! from inside the think block, the thinking-mode protocol of eval/eval_stream.py), the answer
+//! after `</think>\n\n` (after the empty think block when there is no trace), and tool calls
+//! in Qwen's `<tool_call>\n{"name": …, "arguments": …}\n</tool_call>` form. The client gets
+//! each part back on its own channel: `reasoning_content`, `content`, and tool calls, which are
+//! held until every token of their arguments has been judged.
+//!
 //! Release rule: text is sent only for tokens the guard has already judged, and the newest
 //! `hold_back` judged tokens are always kept back. A flag at token i needs tokens i−1 and i to
 //! be non-Safe, so with `hold_back ≥ 1` neither token of the flagging pair (nor anything after)
-//! ever reaches the client.
+//! ever reaches the client, on either channel.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use qforge_engine::chat::{ChatDelta, ChatEvent, ChatRequest};
+use qforge_engine::chat::{ChatDelta, ChatEvent, ChatRequest, ToolCall};
 use qforge_engine::{BackendError, ChatBackend, ChatStream};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::error::GuardError;
 use crate::generative::GenGuard;
 use crate::labels::{Category, Policy, Safety};
 use crate::stream::{Debounce, StreamGuard, StreamSession};
@@ -92,6 +104,30 @@ fn internal(e: impl std::fmt::Display) -> BackendError {
     BackendError::Internal(format!("guard: {e}"))
 }
 
+/// A guard error as the client should see it: what the request got wrong is a 400 (too long
+/// for the guard's context: `context_length_exceeded`), everything else the server's fault.
+fn to_backend(e: GuardError) -> BackendError {
+    match e {
+        GuardError::TooLong(m) => BackendError::ContextLength(format!("guard: {m}")),
+        e @ (GuardError::Engine(qforge_engine::EngineError::PromptTooLong { .. })
+        | GuardError::Model(qforge_model::ModelError::ContextOverflow { .. })) => {
+            BackendError::ContextLength(format!("guard: {e}"))
+        }
+        GuardError::InvalidInput(m) => BackendError::InvalidRequest {
+            message: format!("guard: {m}"),
+            param: Some("messages".into()),
+        },
+        e => internal(e),
+    }
+}
+
+/// The conversation up to and including its last user message (the prompt to moderate), or
+/// `None` when no message is from the user.
+pub fn through_last_user_turn(messages: &[serde_json::Value]) -> Option<&[serde_json::Value]> {
+    let last = messages.iter().rposition(|m| m["role"] == "user")?;
+    Some(&messages[..=last])
+}
+
 impl GuardedBackend {
     pub fn new(
         upstream: Arc<dyn ChatBackend>,
@@ -111,9 +147,17 @@ impl GuardedBackend {
         &self.config
     }
 
-    /// Moderates the conversation's last user turn.
+    /// Moderates the conversation's last user turn (see the module docs).
     pub async fn check_prompt(&self, request: &ChatRequest) -> Result<PromptCheck, BackendError> {
-        let messages = request.messages.clone();
+        let Some(messages) = through_last_user_turn(&request.messages) else {
+            return Ok(PromptCheck {
+                flagged: false,
+                safety: Safety::Safe,
+                categories: Vec::new(),
+                source: "none",
+            });
+        };
+        let messages = messages.to_vec();
         let policy = self.config.policy;
         let gen_guard = self.gen_guard.clone();
         let stream_guard = self.stream_guard.clone();
@@ -122,7 +166,7 @@ impl GuardedBackend {
             if let Some(g) = gen_guard {
                 let outcome = g
                     .moderate(std::slice::from_ref(&messages))
-                    .map_err(internal)?;
+                    .map_err(to_backend)?;
                 if let Some(v) = outcome[0].verdict() {
                     return Ok(PromptCheck {
                         flagged: v.is_flagged(policy),
@@ -135,7 +179,7 @@ impl GuardedBackend {
             }
             let (_, q) = stream_guard
                 .open_messages(&messages, Debounce::Paper)
-                .map_err(internal)?;
+                .map_err(to_backend)?;
             Ok(PromptCheck {
                 flagged: q.is_flagged(policy),
                 safety: q.risk,
@@ -174,12 +218,12 @@ impl GuardedBackend {
         // One session per choice, opened on the prompt before asking upstream.
         let sessions = tokio::task::spawn_blocking(move || {
             (0..n)
-                .map(|_| guard.open_messages(&messages, debounce).map(|(s, _)| s))
+                .map(|_| guard.open_reply(&messages, debounce).map(|(s, _)| s))
                 .collect::<Result<Vec<_>, _>>()
         })
         .await
         .map_err(internal)?
-        .map_err(internal)?;
+        .map_err(to_backend)?;
         let mut upstream = self.upstream.chat_stream(request).await?;
         let (tx, rx) = mpsc::channel(64);
         let hold_back = self.config.hold_back;
@@ -251,74 +295,220 @@ impl GuardedBackend {
     }
 }
 
+/// Where a piece of the text fed to the guard goes back to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Channel {
+    Reasoning,
+    Content,
+    /// Think-block tags and tool calls: judged, never sent as text.
+    Framing,
+}
+
+/// How far the reply has got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Nothing received yet.
+    Start,
+    Reasoning,
+    /// Content (or tool calls) after the think block.
+    Answer,
+}
+
 /// One choice's moderation state: its session and what text was sent.
 struct Choice {
     session: StreamSession,
-    /// Everything the upstream sent (content and reasoning, in order).
-    received: String,
-    /// Bytes of `received` already released.
+    phase: Phase,
+    /// Text fed to the session from its scoring start on, and the channel of each part (the
+    /// end offset in `fed` of consecutive runs).
+    fed: String,
+    runs: Vec<(usize, Channel)>,
+    /// Bytes of `fed` already released.
     sent: usize,
-    start: usize,
+    /// Whether any content text came (the `\n` before a tool call).
+    has_content: bool,
+    /// Tool calls judged with the rest, sent once all of the reply was judged unflagged.
+    held_tools: Vec<ToolCall>,
+    /// Leading newlines of a channel's first text: fed to the guard as part of the framing
+    /// (`<think>\n`, `</think>\n\n`), so they are released straight away.
+    immediate: Vec<ChatDelta>,
 }
 
 impl Choice {
     fn new(session: StreamSession) -> Self {
-        let start = session.scoring_start().unwrap_or(session.ids().len());
         Self {
             session,
-            received: String::new(),
+            phase: Phase::Start,
+            fed: String::new(),
+            runs: Vec::new(),
             sent: 0,
-            start,
+            has_content: false,
+            held_tools: Vec::new(),
+            immediate: Vec::new(),
         }
     }
 
-    /// Text of the first `tokens` judged reply tokens, when it is a prefix of what was
-    /// received (a token boundary inside a UTF-8 character waits for the next token).
+    /// Feeds text the client will see on `channel` (`None`: framing before the scoring start).
+    fn feed_text(&mut self, text: &str, channel: Option<Channel>) -> crate::Result<()> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        self.session.push_text(text)?;
+        if let Some(channel) = channel {
+            self.fed.push_str(text);
+            match self.runs.last_mut() {
+                Some((end, c)) if *c == channel => *end = self.fed.len(),
+                _ => self.runs.push((self.fed.len(), channel)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Splits off a first text's leading newlines, which the framing before it stands for.
+    fn lead<'a>(&mut self, text: &'a str, index: usize, channel: Channel) -> &'a str {
+        let body = text.trim_start_matches('\n');
+        let newlines = &text[..text.len() - body.len()];
+        if !newlines.is_empty() {
+            let mut d = ChatDelta {
+                index,
+                ..ChatDelta::default()
+            };
+            match channel {
+                Channel::Reasoning => d.reasoning_content = Some(newlines.into()),
+                _ => d.content = Some(newlines.into()),
+            }
+            self.immediate.push(d);
+        }
+        body
+    }
+
+    fn reasoning(&mut self, text: &str, index: usize) -> crate::Result<()> {
+        match self.phase {
+            Phase::Start => {
+                let body = self.lead(text, index, Channel::Reasoning);
+                self.phase = Phase::Reasoning;
+                self.feed_text("<think>\n", None)?;
+                self.feed_text(body, Some(Channel::Reasoning))
+            }
+            Phase::Reasoning => self.feed_text(text, Some(Channel::Reasoning)),
+            // Reasoning after the answer began is not how Qwen3 writes; judge it as answer.
+            Phase::Answer => self.feed_text(text, Some(Channel::Reasoning)),
+        }
+    }
+
+    /// Closes the think block (or writes the empty one) before answer text or a tool call.
+    /// `first` is the answer's first text, whose leading newlines the closing tags stand for.
+    fn open_answer<'a>(&mut self, first: &'a str, index: usize) -> crate::Result<&'a str> {
+        let body = match self.phase {
+            Phase::Start => {
+                let body = self.lead(first, index, Channel::Content);
+                self.feed_text("<think>\n\n</think>\n\n", None)?;
+                body
+            }
+            Phase::Reasoning => {
+                let body = self.lead(first, index, Channel::Content);
+                self.feed_text("\n</think>\n\n", Some(Channel::Framing))?;
+                body
+            }
+            Phase::Answer => first,
+        };
+        self.phase = Phase::Answer;
+        Ok(body)
+    }
+
+    fn content(&mut self, text: &str, index: usize) -> crate::Result<()> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        let body = self.open_answer(text, index)?;
+        self.has_content = true;
+        self.feed_text(body, Some(Channel::Content))
+    }
+
+    /// A tool call as Qwen3's chat template writes it after the content.
+    fn tool_call(&mut self, call: &ToolCall, index: usize) -> crate::Result<()> {
+        self.open_answer("", index)?;
+        let separator = if self.has_content || !self.held_tools.is_empty() {
+            "\n"
+        } else {
+            ""
+        };
+        let text = format!(
+            "{separator}<tool_call>\n{{\"name\": {}, \"arguments\": {}}}\n</tool_call>",
+            serde_json::Value::String(call.name.clone()),
+            call.arguments
+        );
+        self.held_tools.push(call.clone());
+        self.feed_text(&text, Some(Channel::Framing))
+    }
+
+    /// Bytes of `fed` covered by the first `tokens` judged tokens, when their text is a prefix
+    /// of what was fed (a token boundary inside a UTF-8 character waits for the next token).
     fn judged_text(&self, tokens: usize) -> crate::Result<Option<usize>> {
-        let ids = &self.session.ids()[self.start..];
+        let Some(start) = self.session.scoring_start() else {
+            return Ok(None);
+        };
+        let ids = &self.session.ids()[start..];
         let text = self
             .session
             .tokenizer()
             .decode(&ids[..tokens.min(ids.len())], false)?;
-        Ok(self.received.starts_with(&text).then_some(text.len()))
+        Ok(self.fed.starts_with(&text).then_some(text.len()))
     }
 
-    fn release(&mut self, upto: usize, index: usize) -> Option<ChatDelta> {
-        (upto > self.sent).then(|| {
-            let text = self.received[self.sent..upto].to_string();
-            self.sent = upto;
-            ChatDelta {
-                index,
-                content: Some(text),
-                ..ChatDelta::default()
+    /// Deltas for `fed[sent..upto]`, one per channel run (framing is never sent).
+    fn release(&mut self, upto: usize, index: usize) -> Vec<ChatDelta> {
+        let mut out = std::mem::take(&mut self.immediate);
+        let mut from = self.sent;
+        for &(end, channel) in &self.runs {
+            if end <= from {
+                continue;
             }
-        })
+            if from >= upto {
+                break;
+            }
+            let piece = self.fed[from..end.min(upto)].to_string();
+            from = end.min(upto);
+            let mut d = ChatDelta {
+                index,
+                ..ChatDelta::default()
+            };
+            match channel {
+                Channel::Reasoning => d.reasoning_content = Some(piece),
+                Channel::Content => d.content = Some(piece),
+                Channel::Framing => continue,
+            }
+            out.push(d);
+        }
+        self.sent = self.sent.max(upto);
+        out
     }
 
     fn feed(&mut self, delta: &ChatDelta, hold_back: usize) -> crate::Result<Vec<ChatDelta>> {
         let index = delta.index;
-        let mut out = Vec::new();
-        for text in [&delta.reasoning_content, &delta.content]
-            .into_iter()
-            .flatten()
-        {
-            self.received.push_str(text);
-            self.session.push_text(text)?;
+        if let Some(text) = &delta.reasoning_content {
+            self.reasoning(text, index)?;
+        }
+        if let Some(text) = &delta.content {
+            self.content(text, index)?;
+        }
+        for call in &delta.tool_calls {
+            self.tool_call(call, index)?;
         }
         let finishing = delta.finish_reason.is_some();
         if finishing {
             self.session.flush_text()?;
         }
-        let judged = self.session.ids().len() - self.start;
+        let start = self.session.scoring_start();
+        let judged = start.map_or(0, |s| self.session.ids().len() - s);
+        let mut out = Vec::new();
         if let Some(flag) = self.session.flag().cloned() {
             // Nothing from the flagging pair on: at most up to the pair's first token.
-            let keep = (flag.position - self.start)
+            let keep = (flag.position - start.unwrap_or(flag.position))
                 .saturating_sub(1)
                 .min(judged.saturating_sub(hold_back));
-            if let Some(upto) = self.judged_text(keep)?
-                && let Some(d) = self.release(upto, index)
-            {
-                out.push(d);
+            self.immediate.clear();
+            if let Some(upto) = self.judged_text(keep)? {
+                out.extend(self.release(upto, index));
             }
             out.push(ChatDelta {
                 index,
@@ -327,24 +517,19 @@ impl Choice {
             });
             return Ok(out);
         }
-        let releasable = if finishing {
-            judged
-        } else {
-            judged.saturating_sub(hold_back)
-        };
-        // At the end every token has been judged: all of the text goes.
+        // At the end every token has been judged: all of the text goes, then the tool calls.
         let upto = if finishing {
-            Some(self.received.len())
+            Some(self.fed.len())
         } else {
-            self.judged_text(releasable)?
+            self.judged_text(judged.saturating_sub(hold_back))?
         };
         if let Some(upto) = upto {
             out.extend(self.release(upto, index));
         }
-        if !delta.tool_calls.is_empty() || finishing {
+        if finishing {
             out.push(ChatDelta {
                 index,
-                tool_calls: delta.tool_calls.clone(),
+                tool_calls: std::mem::take(&mut self.held_tools),
                 finish_reason: delta.finish_reason.clone(),
                 ..ChatDelta::default()
             });

@@ -381,17 +381,23 @@ impl StreamGuard {
         self.head_logits(&hidden)
     }
 
-    /// The position of the `<|im_end|>` closing the last user turn.
+    /// The position of the `<|im_end|>` closing the last user turn. A conversation with no
+    /// user turn (a system prompt alone) is judged from its last complete turn instead, so
+    /// that a reply to it can still be moderated.
     pub fn user_turn_end(&self, ids: &[u32]) -> Result<usize> {
         let t = &self.tokens;
-        let start = t.turn_starts(ids, &t.user).next_back().ok_or_else(|| {
-            GuardError::InvalidInput("no `<|im_start|>user` turn in the conversation".into())
-        })?;
-        (start..ids.len())
-            .find(|&i| ids[i] == t.im_end)
-            .ok_or_else(|| {
-                GuardError::InvalidInput("the last user turn has no `<|im_end|>`".into())
-            })
+        match t.turn_starts(ids, &t.user).next_back() {
+            Some(start) => (start..ids.len())
+                .find(|&i| ids[i] == t.im_end)
+                .ok_or_else(|| {
+                    GuardError::InvalidInput("the last user turn has no `<|im_end|>`".into())
+                }),
+            None => ids.iter().rposition(|&i| i == t.im_end).ok_or_else(|| {
+                GuardError::InvalidInput(
+                    "no complete turn (`<|im_start|>…<|im_end|>`) in the conversation".into(),
+                )
+            }),
+        }
     }
 
     /// Opens a session on a conversation's tokens (the standard Qwen3 chat template, thinking
@@ -403,6 +409,14 @@ impl StreamGuard {
         debounce: Debounce,
     ) -> Result<(StreamSession, QueryVerdict)> {
         let end = self.user_turn_end(ids)?;
+        let max_len = self.model.config().max_position_embeddings;
+        if end + 1 > max_len {
+            return Err(GuardError::TooLong(format!(
+                "the conversation up to the judged user turn has {} tokens, more than the \
+                 guard's context of {max_len}",
+                end + 1
+            )));
+        }
         let mut session = StreamSession {
             guard: Arc::clone(self),
             id: self.next_session.fetch_add(1, Ordering::Relaxed),
@@ -416,6 +430,8 @@ impl StreamGuard {
             checked: 0,
             text: String::new(),
             text_tokens: 0,
+            max_len,
+            dropped: 0,
         };
         let hidden = session.forward(&ids[..=end])?;
         let last = hidden.i(hidden.dim(0)? - 1)?.unsqueeze(0)?;
@@ -437,6 +453,24 @@ impl StreamGuard {
         let options = qforge_model::ChatOptions::generation().with_enable_thinking(false);
         let text = self.tokenizer.apply_chat_template(messages, &options)?;
         let ids = self.tokenizer.encode(&text, false)?;
+        self.open(&ids, debounce)
+    }
+
+    /// Opens a session for a reply that is yet to come: `messages` rendered with the
+    /// assistant header alone (thinking on), so the caller writes the think block as the reply
+    /// has it (`<think>\n…` for a trace, the empty block before a plain answer) and scoring
+    /// starts where the protocol says for either.
+    pub fn open_reply(
+        self: &Arc<Self>,
+        messages: &[Value],
+        debounce: Debounce,
+    ) -> Result<(StreamSession, QueryVerdict)> {
+        let options = qforge_model::ChatOptions::generation().with_enable_thinking(true);
+        let text = self.tokenizer.apply_chat_template(messages, &options)?;
+        let text = text
+            .strip_suffix("<think>\n\n</think>\n\n")
+            .unwrap_or(&text);
+        let ids = self.tokenizer.encode(text, false)?;
         self.open(&ids, debounce)
     }
 }
@@ -529,6 +563,11 @@ pub struct StreamSession {
     /// tokens are in the cache (the last token is held back: more text may merge into it).
     text: String,
     text_tokens: usize,
+    /// The guard's context (`max_position_embeddings`).
+    max_len: usize,
+    /// Reply tokens left out of the cache by the sliding window (see [`Self::push`]): the cache
+    /// holds `ids[..scoring_start]` followed by `ids[scoring_start + dropped..]`.
+    dropped: usize,
 }
 
 impl StreamSession {
@@ -556,6 +595,12 @@ impl StreamSession {
             ScoringStart::Known(s) => Some(s),
             _ => None,
         }
+    }
+
+    /// Reply tokens the sliding window currently leaves out of view (0 until a reply
+    /// outgrows the guard's context; see [`Self::push`]).
+    pub fn dropped_tokens(&self) -> usize {
+        self.dropped
     }
 
     /// Verdicts of the scored positions so far.
@@ -591,6 +636,14 @@ impl StreamSession {
 
     /// Feeds tokens (one or a chunk) and returns the response verdict of each; earlier tokens
     /// are never processed again.
+    ///
+    /// A reply longer than the guard's context keeps being judged through a sliding window:
+    /// when the cache is full, the conversation up to the scoring start (prompt and assistant
+    /// header) is kept, the oldest half of the reply is dropped, and the cache is rebuilt from
+    /// the kept tokens (one prefill every half-window of reply tokens). Later tokens are then
+    /// judged with the prompt and the most recent part of the reply in view, as a guard
+    /// re-run on a truncated reply would judge them; positions in verdicts and flags stay
+    /// those of the whole reply.
     pub fn push(&mut self, tokens: &[u32]) -> Result<Vec<TokenVerdict>> {
         if self.cache.is_none() {
             return Err(GuardError::SessionClosed(self.id));
@@ -600,9 +653,69 @@ impl StreamSession {
     }
 
     fn push_tokens(&mut self, tokens: &[u32]) -> Result<Vec<TokenVerdict>> {
-        if tokens.is_empty() {
-            return Ok(Vec::new());
+        let mut out = Vec::with_capacity(tokens.len());
+        let mut rest = tokens;
+        while !rest.is_empty() {
+            let cached = self.ids.len() - self.dropped;
+            if cached >= self.max_len {
+                self.slide()?;
+                continue;
+            }
+            let (now, later) = rest.split_at(rest.len().min(self.max_len - cached));
+            out.extend(self.push_piece(now)?);
+            rest = later;
         }
+        Ok(out)
+    }
+
+    /// Tokens kept at the front of the cache when the window slides: everything before the
+    /// scoring start.
+    fn window_prefix(&self) -> Result<usize> {
+        let prefix = self.scoring_start().ok_or_else(|| {
+            GuardError::TooLong(format!(
+                "the conversation reached the guard's context of {} tokens before the reply began",
+                self.max_len
+            ))
+        })?;
+        if prefix + 2 > self.max_len {
+            return Err(GuardError::TooLong(format!(
+                "the prompt and assistant header take {prefix} of the guard's {} tokens: no \
+                 room left to judge the reply",
+                self.max_len
+            )));
+        }
+        Ok(prefix)
+    }
+
+    /// Drops the oldest half of the cached reply and rebuilds the cache (see [`Self::push`]).
+    fn slide(&mut self) -> Result<()> {
+        let prefix = self.window_prefix()?;
+        let tail = (self.max_len - prefix) / 2;
+        self.rebuild(self.ids.len(), self.ids.len() - prefix - tail)
+    }
+
+    /// Recomputes the cache for the first `len` tokens with `dropped` reply tokens left out
+    /// after the window prefix (verdicts are kept: they were judged when the tokens arrived).
+    fn rebuild(&mut self, len: usize, dropped: usize) -> Result<()> {
+        let prefix = if dropped == 0 {
+            len
+        } else {
+            self.window_prefix()?
+        };
+        let kept: Vec<u32> = self.ids[..prefix.min(len)]
+            .iter()
+            .chain(&self.ids[(prefix + dropped).min(len)..len])
+            .copied()
+            .collect();
+        self.cache = Some(self.guard.model.new_cache());
+        self.dropped = dropped;
+        if !kept.is_empty() {
+            self.forward(&kept)?;
+        }
+        Ok(())
+    }
+
+    fn push_piece(&mut self, tokens: &[u32]) -> Result<Vec<TokenVerdict>> {
         let hidden = self.forward(tokens)?;
         let logits = self.guard.head_logits(&hidden)?;
         let labels = &self.guard.labels;
@@ -631,7 +744,7 @@ impl StreamSession {
 
     /// Finds the assistant header after the user turn: non-thinking replies are scored from
     /// after the empty think block `<think>\n\n</think>\n\n`; thinking traces from the token
-    /// after `<think>` (in Qwen's vocabulary, header + 4, the paper's rule).
+    /// after `<think>\n` (in Qwen's vocabulary, `assistant` + 4, as eval/eval_stream.py).
     fn find_start(&self) -> ScoringStart {
         let t = &self.guard.tokens;
         let ids = &self.ids[..];
@@ -649,7 +762,9 @@ impl StreamSession {
         ScoringStart::Known(if seen.starts_with(&t.empty_think) {
             block + t.empty_think.len()
         } else if seen.first() == Some(&t.think) {
-            block + 1
+            // eval/eval_stream.py: the `assistant` token's index + 4, i.e. past `<think>` and
+            // the newline after it (in Qwen's vocabulary `\n` is one token).
+            block + 1 + t.newline.len()
         } else {
             block
         })
@@ -697,7 +812,7 @@ impl StreamSession {
         let old = &self.ids[committed_from..];
         let same = old.iter().zip(&tokens).take_while(|(a, b)| a == b).count();
         if same < old.len() {
-            self.rollback(committed_from + same);
+            self.rollback(committed_from + same)?;
         }
         let keep = tokens.len().saturating_sub(1);
         let new: Vec<u32> = tokens[same..keep.max(same)].to_vec();
@@ -717,19 +832,31 @@ impl StreamSession {
             .zip(&tokens)
             .take_while(|(a, b)| a == b)
             .count();
-        self.rollback(committed_from + same);
+        self.rollback(committed_from + same)?;
         self.text.clear();
         self.text_tokens = 0;
         self.push_tokens(&tokens[same..])
     }
 
     /// Forgets every token from `len` on (cache, verdicts, a flag raised there).
-    fn rollback(&mut self, len: usize) {
+    fn rollback(&mut self, len: usize) -> Result<()> {
         if len >= self.ids.len() {
-            return;
+            return Ok(());
         }
-        if let Some(cache) = self.cache.as_mut() {
-            cache.truncate(len);
+        let window_from = self.scoring_start().unwrap_or(0) + self.dropped;
+        if self.dropped == 0 || len >= window_from {
+            if let Some(cache) = self.cache.as_mut() {
+                cache.truncate(len - self.dropped);
+            }
+        } else {
+            // Back into the dropped part of the reply: the window moves back with it.
+            let prefix = self.window_prefix()?;
+            let dropped = if len < self.max_len {
+                0
+            } else {
+                len - prefix - (self.max_len - prefix) / 2
+            };
+            self.rebuild(len, dropped)?;
         }
         self.ids.truncate(len);
         self.verdicts.truncate(len);
@@ -738,6 +865,7 @@ impl StreamSession {
         }
         self.checked = self.checked.min(len);
         self.start = self.find_start();
+        Ok(())
     }
 
     /// Frees the KV cache; later pushes are [`GuardError::SessionClosed`].

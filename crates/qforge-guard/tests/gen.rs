@@ -106,3 +106,58 @@ fn the_last_message_must_be_user_or_assistant() {
         .unwrap();
     assert!(err.to_string().contains("`system`"), "{err}");
 }
+
+/// tools/fixtures/gen_guard_trained.sh's guard: taught the Gen format and the synthetic
+/// moderation task (`fixtures::moderation_task`) by our own SFT trainer.
+fn trained() -> GenGuard {
+    GenGuard::load(
+        &fixtures().join("guard/gen_tiny_trained"),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_guard_taught_the_format_emits_verdicts_the_strict_parser_accepts() {
+    use qforge_guard::metrics::BinaryCounts;
+    use qforge_guard::{Category, Policy};
+    let g = trained();
+    let cases = qforge_guard::fixtures::moderation_task(true);
+    let convs: Vec<Vec<Value>> = cases.iter().map(|c| c.messages.clone()).collect();
+    let outcomes = g.moderate(&convs).unwrap();
+    // Thresholds fixed before the fixture was trained: >= 99% of held-out outputs parse, and
+    // the verdicts beat chance clearly (unsafe F1 and refusal F1 >= 0.75).
+    let parsed = outcomes.iter().filter(|o| o.verdict().is_some()).count();
+    assert!(
+        parsed as f64 >= 0.99 * cases.len() as f64,
+        "{parsed}/{} parsed: {:?}",
+        cases.len(),
+        outcomes.iter().find(|o| o.verdict().is_none())
+    );
+    let (mut harm, mut refusal) = (BinaryCounts::default(), BinaryCounts::default());
+    let mut categories_right = 0;
+    for (case, outcome) in cases.iter().zip(&outcomes) {
+        let Some(v) = outcome.verdict() else { continue };
+        harm.add(v.is_flagged(Policy::Strict), case.unsafe_);
+        if let (Some(p), Some(g)) = (v.refusal, case.refusal) {
+            refusal.add(p, g);
+        }
+        if case.unsafe_ && v.categories == case.category.into_iter().collect::<Vec<Category>>() {
+            categories_right += 1;
+        }
+    }
+    assert!(harm.f1() >= 0.75, "unsafe F1 {:.3}: {harm:?}", harm.f1());
+    assert!(
+        refusal.f1() >= 0.75,
+        "refusal F1 {:.3}: {refusal:?}",
+        refusal.f1()
+    );
+    eprintln!(
+        "held-out: {parsed}/{} parsed, unsafe F1 {:.3}, refusal F1 {:.3}, {categories_right}/{} categories",
+        cases.len(),
+        harm.f1(),
+        refusal.f1(),
+        harm.tp + harm.fn_
+    );
+}

@@ -275,6 +275,85 @@ fn thinking_traces_are_scored_from_inside_the_think_block() {
             .unwrap(),
     );
     let (s, _) = g.open(&ids, Debounce::Paper).unwrap();
-    assert_eq!(s.scoring_start(), Some(think_at + 1));
+    // eval/eval_stream.py: the `assistant` token's index + 4, i.e. past `<think>` and its
+    // newline (one token each in Qwen's vocabulary), at the first token of the trace.
+    let newline = tok.encode("\n", false).unwrap().len();
+    let start = s.scoring_start().unwrap();
+    assert_eq!(start, think_at + 1 + newline);
+    assert!(
+        tok.decode(&ids[..start], false)
+            .unwrap()
+            .ends_with("<|im_start|>assistant\n<think>\n")
+    );
+    assert!(
+        tok.decode(&ids[start..], false)
+            .unwrap()
+            .starts_with("Let me")
+    );
     assert!(s.scored().len() >= 3);
+}
+
+/// A copy of the Stream fixture whose context is only `max_positions` long.
+fn short_context_guard(src: &Path, dst: &Path, max_positions: usize) {
+    for f in std::fs::read_dir(src).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dst.join(f.file_name().unwrap())).unwrap();
+    }
+    let path = dst.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["max_position_embeddings"] = max_positions.into();
+    std::fs::write(&path, config.to_string()).unwrap();
+}
+
+#[test]
+fn a_reply_longer_than_the_guard_context_is_judged_through_a_sliding_window() {
+    let dir = tempfile::tempdir().unwrap();
+    short_context_guard(&fixture(), dir.path(), 96);
+    let g = Arc::new(StreamGuard::load(dir.path(), DType::F32, &Device::Cpu).unwrap());
+    let tok = g.tokenizer().clone();
+    let messages = [serde_json::json!({"role": "user", "content": "Hi"})];
+    let (mut s, _) = g.open_messages(&messages, Debounce::Paper).unwrap();
+    let start = s.scoring_start().unwrap();
+    assert!(start < 48, "prompt too long for the test: {start}");
+    let reply: Vec<u32> = tok
+        .encode(
+            &"the quick brown fox jumps over the lazy dog. ".repeat(12),
+            false,
+        )
+        .unwrap();
+    assert!(start + reply.len() > 3 * 96, "{}", reply.len());
+    // Token by token and in one chunk: every token judged, positions those of the whole reply.
+    let mut verdicts = Vec::new();
+    for &t in &reply {
+        verdicts.extend(s.push(&[t]).unwrap());
+    }
+    assert!(s.dropped_tokens() > 0);
+    assert_eq!(verdicts.len(), reply.len());
+    assert_eq!(verdicts.last().unwrap().position, start + reply.len() - 1);
+    let (mut chunked, _) = g.open_messages(&messages, Debounce::Paper).unwrap();
+    let at_once = chunked.push(&reply).unwrap();
+    assert_eq!(
+        at_once.iter().map(|v| v.position).collect::<Vec<_>>(),
+        verdicts.iter().map(|v| v.position).collect::<Vec<_>>()
+    );
+    // While the reply fits, the window changes nothing: the first verdicts equal an unwindowed
+    // guard's.
+    let (mut wide, _) = guard().open_messages(&messages, Debounce::Paper).unwrap();
+    let unwindowed = wide.push(&reply).unwrap();
+    let fits = 96 - start;
+    for (a, b) in verdicts[..fits].iter().zip(&unwindowed[..fits]) {
+        assert_eq!(a.risk, b.risk);
+        assert!((a.risk_probs[1] - b.risk_probs[1]).abs() < 1e-4);
+    }
+    // Text pushed past the window (rollbacks at token merges included) still commits.
+    let (mut by_text, _) = g.open_messages(&messages, Debounce::Paper).unwrap();
+    for word in "the quick brown fox jumps over the lazy dog. "
+        .repeat(12)
+        .split_inclusive(' ')
+    {
+        by_text.push_text(word).unwrap();
+    }
+    by_text.flush_text().unwrap();
+    assert_eq!(by_text.ids()[start..], reply[..]);
 }

@@ -1,8 +1,24 @@
-//! `POST /v1/compress`: QwenLong-CPRS over HTTP in the released server's request shape
-//! (`messages` = system instruction, user query, `context`; `parameters` with
-//! `min_keyword_len`, `complete_sentence`, `split_with_sent`, `return_offset`, `batch_size`),
-//! answering `{"text": [...]}` (or `[text, start, end]` triples) and
-//! `usage.input_tokens = P·windows + N`, plus our `compression` accounting.
+//! QwenLong-CPRS over HTTP, in two shapes:
+//!
+//! - `POST /qwen_long_compress_server`: the released server (`src/api_utils/run_api.py`) as
+//!   its client `examples/infer.py` calls it. The request envelope is
+//!   `{"header": {"request_id"}, "payload": {"input": {"messages"}, "parameters"}}`; the answer
+//!   is that same envelope with `payload.output.text`, `payload.usage.input_tokens` and
+//!   `header.status_code` / `status_name` / `status_message` / `finished` filled in. As
+//!   released, errors come back in the envelope with HTTP 200: `SchemaError` (440) for a wrong
+//!   envelope or message list, `InvalidInputError` (400) for bad parameters or input,
+//!   `BackendError` (500) for a failure of the model, each with `payload.output =
+//!   {"is_match": false}` and `payload.usage` of -1; a body that is not a JSON object gets
+//!   HTTP 400 with an envelope of its own. `chunk_size` (which infer.py sends) is ignored there
+//!   too.
+//! - `POST /v1/compress`: the same request flattened (`messages`, `parameters`), answering
+//!   `{"text": [...]}` (or `[text, start, end]` triples) and `usage.input_tokens = P·windows + N`,
+//!   plus our `compression` accounting, with OpenAI-shaped errors.
+//!
+//! Parameters (both shapes): `min_keyword_len`, `complete_sentence`, `split_with_sent`,
+//! `return_offset`, `batch_size`, and our `fixed_repair`. Windows are the released 8192 tokens,
+//! or the compressor's context when that is shorter (a small compressor would otherwise reject
+//! every long request).
 
 use std::sync::Arc;
 
@@ -23,13 +39,19 @@ use crate::{ServerConfig, api_error, parse_body};
 pub struct CompressState {
     name: String,
     compressor: Arc<Compressor>,
+    /// Tokens per window: the released 8192, or the compressor's context when shorter.
+    window: usize,
 }
 
 impl CompressState {
     pub fn new(name: String, compressor: Compressor) -> Self {
+        let window = CompressOptions::default()
+            .window
+            .min(compressor.model.config().max_position_embeddings);
         Self {
             name,
             compressor: Arc::new(compressor),
+            window,
         }
     }
 }
@@ -74,7 +96,7 @@ fn request_parts(v: &Value) -> Result<(String, String, String), Response> {
     Ok((parts.pop().expect("one"), query, context))
 }
 
-fn options(p: &Value) -> Result<(CompressOptions, bool), Response> {
+fn options(p: &Value, window: usize) -> Result<(CompressOptions, bool), Response> {
     let flag = |name: &str, default: bool| match &p[name] {
         Value::Null => Ok(default),
         Value::Bool(b) => Ok(*b),
@@ -89,6 +111,7 @@ fn options(p: &Value) -> Result<(CompressOptions, bool), Response> {
     };
     Ok((
         CompressOptions {
+            window,
             min_keyword_len: count("min_keyword_len", 4)?,
             complete_sentence: flag("complete_sentence", false)?,
             split_with_sent: flag("split_with_sent", true)?,
@@ -104,6 +127,49 @@ fn options(p: &Value) -> Result<(CompressOptions, bool), Response> {
     ))
 }
 
+/// Runs the pipeline off the async runtime. `Err(Ok(..))` is the request's fault (the
+/// message), `Err(Err(..))` the server's.
+async fn run(
+    state: &CompressState,
+    (instruction, query, context): (String, String, String),
+    options: CompressOptions,
+) -> Result<qforge_compress::pipeline::Compressed, Result<String, String>> {
+    let compressor = state.compressor.clone();
+    match tokio::task::spawn_blocking(move || {
+        compress(&compressor, &instruction, &query, &context, &options)
+    })
+    .await
+    {
+        Ok(Ok(out)) => Ok(out),
+        Ok(Err(e)) => Err(Ok(e.to_string())),
+        Err(e) => Err(Err(e.to_string())),
+    }
+}
+
+fn span_values(out: &qforge_compress::pipeline::Compressed, return_offset: bool) -> Vec<Value> {
+    out.spans
+        .iter()
+        .map(|s| {
+            if return_offset {
+                json!([s.text, s.start, s.end])
+            } else {
+                json!(s.text)
+            }
+        })
+        .collect()
+}
+
+/// The message of an OpenAI-shaped error response (for the released envelope).
+async fn error_message(r: Response) -> String {
+    let bytes = axum::body::to_bytes(r.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
+    serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned())
+}
+
 /// `POST /v1/compress`.
 pub async fn handle(
     config: &ServerConfig,
@@ -114,48 +180,118 @@ pub async fn handle(
         Ok(v) => v,
         Err(r) => return r,
     };
-    let (instruction, query, context) = match request_parts(&v) {
+    let parts = match request_parts(&v) {
         Ok(p) => p,
         Err(r) => return r,
     };
-    let (options, return_offset) = match options(&v["parameters"]) {
+    let (options, return_offset) = match options(&v["parameters"], state.window) {
         Ok(o) => o,
         Err(r) => return r,
     };
-    let compressor = state.compressor.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        compress(&compressor, &instruction, &query, &context, &options)
-    })
-    .await;
-    match result {
-        Ok(Ok(out)) => {
-            let text: Vec<Value> = out
-                .spans
-                .iter()
-                .map(|s| {
-                    if return_offset {
-                        json!([s.text, s.start, s.end])
-                    } else {
-                        json!(s.text)
-                    }
-                })
-                .collect();
-            Json(json!({
-                "model": state.name,
-                "text": text,
-                "usage": {"input_tokens": out.input_tokens},
-                "compression": {"windows": out.windows, "context_tokens": out.context_tokens,
-                                "kept_tokens": out.kept_tokens, "ratio": out.ratio},
-            }))
-            .into_response()
+    match run(state, parts, options).await {
+        Ok(out) => Json(json!({
+            "model": state.name,
+            "text": span_values(&out, return_offset),
+            "usage": {"input_tokens": out.input_tokens},
+            "compression": {"windows": out.windows, "context_tokens": out.context_tokens,
+                            "kept_tokens": out.kept_tokens, "ratio": out.ratio},
+        }))
+        .into_response(),
+        Err(Ok(message)) => api_error(StatusCode::BAD_REQUEST, message, Some("messages"), None),
+        Err(Err(message)) => api_error(StatusCode::INTERNAL_SERVER_ERROR, message, None, None),
+    }
+}
+
+/// The released envelope with an error status (run_api.py's `except` branch).
+fn released_error(mut data: Value, code: u16, name: &str, message: String) -> Response {
+    if !data.is_object() {
+        data = json!({});
+    }
+    if !data["header"].is_object() {
+        data["header"] = json!({});
+    }
+    if !data["payload"].is_object() {
+        data["payload"] = json!({});
+    }
+    data["header"]["status_code"] = json!(code);
+    data["header"]["status_name"] = json!(name);
+    data["header"]["status_message"] = json!(message);
+    data["payload"]["output"] = json!({"is_match": false});
+    data["payload"]["usage"] = json!({"input_tokens": -1, "output_tokens": -1});
+    Json(data).into_response()
+}
+
+/// `POST /qwen_long_compress_server`: the released route and envelope (see the module docs).
+pub async fn handle_released(
+    config: &ServerConfig,
+    state: &CompressState,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let mut data = match parse_body(config, &state.name, body) {
+        Ok(v) if v.is_object() => v,
+        Ok(_) => {
+            let mut r = released_error(
+                json!({}),
+                400,
+                "InvalidInputError",
+                "the request body must be a JSON object".into(),
+            );
+            *r.status_mut() = StatusCode::BAD_REQUEST;
+            return r;
         }
-        Ok(Err(e)) => api_error(
-            StatusCode::BAD_REQUEST,
-            e.to_string(),
-            Some("messages"),
-            None,
-        ),
-        Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None, None),
+        Err(r) => {
+            let status = r.status();
+            let mut r = released_error(json!({}), 400, "InvalidInputError", error_message(r).await);
+            *r.status_mut() = status;
+            return r;
+        }
+    };
+    if !data["header"]["request_id"].is_string() {
+        return released_error(
+            data,
+            440,
+            "SchemaError",
+            "`header.request_id` must be a string".into(),
+        );
+    }
+    let parts = match request_parts(&data["payload"]["input"]) {
+        Ok(p) => p,
+        Err(r) => {
+            let message = format!("payload.input: {}", error_message(r).await);
+            return released_error(data, 440, "SchemaError", message);
+        }
+    };
+    let parameters = match &data["payload"]["parameters"] {
+        Value::Null => json!({}),
+        p @ Value::Object(_) => p.clone(),
+        _ => {
+            return released_error(
+                data,
+                440,
+                "SchemaError",
+                "`payload.parameters` must be an object".into(),
+            );
+        }
+    };
+    let (options, return_offset) = match options(&parameters, state.window) {
+        Ok(o) => o,
+        Err(r) => {
+            let message = format!("payload.parameters: {}", error_message(r).await);
+            return released_error(data, 400, "InvalidInputError", message);
+        }
+    };
+    match run(state, parts, options).await {
+        Ok(out) => {
+            data["payload"]["output"] = json!({"text": span_values(&out, return_offset)});
+            data["payload"]["usage"] = json!({"input_tokens": out.input_tokens});
+            data["header"]["status_code"] = json!(200);
+            data["header"]["status_name"] = json!("Success");
+            data["header"]["status_message"] = json!("Success");
+            data["header"]["finished"] = json!(true);
+            Json(data).into_response()
+        }
+        Err(Ok(message)) => released_error(data, 400, "InvalidInputError", message),
+        Err(Err(message)) => released_error(data, 500, "BackendError", message),
     }
 }
 

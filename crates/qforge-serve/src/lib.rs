@@ -187,6 +187,7 @@ pub fn router(state: AppState) -> Router {
         .route("/update_weights_from_disk", post(update_weights_from_disk))
         .route("/pooling", post(pooling))
         .route("/v1/compress", post(compress_route))
+        .route("/qwen_long_compress_server", post(released_compress_route))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,
@@ -310,6 +311,21 @@ async fn compress_route(
 ) -> Response {
     match &state.compressor {
         Some(c) => compress::handle(&state.config, c, body).await,
+        None => api_error(
+            StatusCode::NOT_FOUND,
+            "this server has no compressor (start it with --compressor)",
+            None,
+            None,
+        ),
+    }
+}
+
+async fn released_compress_route(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match &state.compressor {
+        Some(c) => compress::handle_released(&state.config, c, body).await,
         None => api_error(
             StatusCode::NOT_FOUND,
             "this server has no compressor (start it with --compressor)",

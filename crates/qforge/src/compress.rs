@@ -84,6 +84,10 @@ pub struct OptionArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Weight and compute dtype of the compressor: f32, f16 or bf16 (bf16 on GPUs; on CPU f16
+    /// halves memory, bf16 matmul is ~10x slower there).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
 }
 
 impl OptionArgs {
@@ -105,8 +109,11 @@ impl OptionArgs {
     }
 
     fn load(&self, dir: &std::path::Path) -> Result<Compressor> {
-        let device = qforge_model::parse_device(&self.device)?;
-        Compressor::load(dir, candle_core::DType::F32, &device)
+        let device = qforge_model::parse_device(&self.device)
+            .with_context(|| format!("--device `{}`", self.device))?;
+        let dtype = qforge_model::parse_dtype(&self.dtype)
+            .with_context(|| format!("unknown --dtype `{}` (use f32, f16 or bf16)", self.dtype))?;
+        Compressor::load(dir, dtype, &device)
             .with_context(|| format!("loading the compressor in {}", dir.display()))
     }
 }

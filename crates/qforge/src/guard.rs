@@ -235,16 +235,23 @@ pub enum GuardKind {
 #[derive(clap::Args, Debug)]
 #[command(
     after_help = "Datasets: the OpenAI moderation set (samples-1680.jsonl.gz), \
-    SimpleSafetyTests, XSTest (v1/v2 CSV), ToxicChat (JUDGE-BENCH JSON), HarmBench behaviours \
-    (CSV), and JSON lines in the Qwen3GuardTest layout (message/label/unsafe_start_index/\
-    unsafe_end_index). The format is recognised from the file.\n\nExample:\n  \
-    qforge guard eval -m Qwen/Qwen3Guard-Gen-0.6B --dataset ../shared/data/guard/xstest_prompts.csv --task prompt"
+    SimpleSafetyTests, XSTest (v1/v2 prompt CSV, and model-completion CSV with refusal labels), \
+    ToxicChat (JUDGE-BENCH JSON), HarmBench behaviours (CSV) and its classifier validation set \
+    (JSON, responses with human votes), WildGuardTest rows, and JSON lines in the \
+    Qwen3GuardTest layout (message/label/unsafe_start_index/unsafe_end_index/refusal). The \
+    format is recognised from the file.\n\nScoring follows eval/eval_gen.py and \
+    eval/eval_stream.py: gold positives are `Unsafe` items, unparsable Gen output counts as not \
+    unsafe (and is reported), latency is measured over gold-Unsafe items with spans. With \
+    --debounce eval-script (Stream) and --predictions, the official scripts' figures are \
+    reproduced from their own output files.\n\nExamples:\n  \
+    qforge guard eval -m Qwen/Qwen3Guard-Gen-0.6B --dataset ../shared/data/guard/xstest_prompts.csv --task prompt\n  \
+    qforge guard eval --predictions result_stream.jsonl --task response --debounce eval-script"
 )]
 pub struct EvalArgs {
     #[command(flatten)]
     model: ModelArgs,
-    #[arg(long)]
-    dataset: PathBuf,
+    #[arg(long, required_unless_present = "predictions")]
+    dataset: Option<PathBuf>,
     #[arg(long, value_enum)]
     task: TaskArg,
     /// gen: Qwen3Guard-Gen (decoded verdicts); stream: Qwen3Guard-Stream (query heads for
@@ -254,6 +261,15 @@ pub struct EvalArgs {
     /// Evaluate only the first N examples.
     #[arg(long)]
     limit: Option<usize>,
+    /// How a Stream response's token verdicts become one prediction: the paper's rule, or
+    /// eval/eval_stream.py's (reproduces its F1 and latency figures).
+    #[arg(long, value_enum, default_value = "paper")]
+    debounce: DebounceArg,
+    /// Score a predictions file written by the official scripts (eval_gen.py's
+    /// `guard_predict`, eval_stream.py's `pred_risk_levels` + `split_idx_eval`) instead of
+    /// running a model; --dataset and --model are then not needed.
+    #[arg(long, conflicts_with = "dataset")]
+    predictions: Option<PathBuf>,
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
     /// Where report.json and report.png go.
@@ -262,38 +278,68 @@ pub struct EvalArgs {
 }
 
 fn eval(args: EvalArgs) -> Result<()> {
-    let (format, mut examples) = datasets::load(&args.dataset)?;
-    if let Some(n) = args.limit {
-        examples.truncate(n);
-    }
     let task = match args.task {
         TaskArg::Prompt => Mode::Prompt,
         TaskArg::Response => Mode::Response,
     };
-    eprintln!(
-        "{}: {} examples ({format:?})",
-        args.dataset.display(),
-        examples.len()
-    );
-    let dir = require_model(&args.model)?;
-    let (dtype, dev) = (args.model.dtype()?, device(&args.model)?);
-    let guard = match args.mode {
-        GuardKind::Gen => Guard::Gen(Box::new(GenGuard::load(&dir, dtype, &dev)?)),
-        GuardKind::Stream => Guard::Stream(Arc::new(StreamGuard::load(&dir, dtype, &dev)?)),
-    };
-    let bar = ProgressBar::new(examples.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} [{elapsed_precise} < {eta_precise}]")
+    let debounce: Debounce = args.debounce.into();
+    let (report, source) = if let Some(path) = &args.predictions {
+        let items = qforge_guard::eval::load_predictions(path, task)?;
+        let guard = match &items[0].1 {
+            qforge_guard::eval::Prediction::Gen(_) => "gen",
+            _ => "stream",
+        };
+        eprintln!("{}: {} predictions", path.display(), items.len());
+        (
+            qforge_guard::eval::score(task, guard, &items, debounce),
+            json!({"predictions": path}),
+        )
+    } else {
+        let dataset = args
+            .dataset
+            .as_ref()
+            .context("--dataset (or --predictions) is required")?;
+        let (format, mut examples) = datasets::load(dataset)?;
+        if let Some(n) = args.limit {
+            examples.truncate(n);
+        }
+        eprintln!(
+            "{}: {} examples ({format:?})",
+            dataset.display(),
+            examples.len()
+        );
+        let dir = require_model(&args.model)?;
+        let (dtype, dev) = (args.model.dtype()?, device(&args.model)?);
+        let guard = match args.mode {
+            GuardKind::Gen => Guard::Gen(Box::new(GenGuard::load(&dir, dtype, &dev)?)),
+            GuardKind::Stream => Guard::Stream(Arc::new(StreamGuard::load(&dir, dtype, &dev)?)),
+        };
+        let bar = ProgressBar::new(examples.len() as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} [{elapsed_precise} < {eta_precise}]",
+            )
             .expect("valid template"),
-    );
-    let report = evaluate(&guard, &examples, task, args.batch_size, |done, _| {
-        bar.set_position(done as u64)
-    })?;
-    bar.finish_and_clear();
+        );
+        let report = evaluate(
+            &guard,
+            &examples,
+            task,
+            args.batch_size,
+            debounce,
+            |done, _| bar.set_position(done as u64),
+        )?;
+        bar.finish_and_clear();
+        (
+            report,
+            json!({"dataset": dataset, "format": format, "model": dir}),
+        )
+    };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let json_path = args.out.join("report.json");
-    let full = json!({"dataset": args.dataset, "format": format, "model": dir, "report": report});
+    let mut full = source;
+    full["report"] = serde_json::to_value(&report)?;
     std::fs::write(&json_path, serde_json::to_string_pretty(&full)?)?;
     let png = args.out.join("report.png");
     chart(&report, &png)?;
@@ -311,9 +357,12 @@ fn chart(report: &EvalReport, path: &std::path::Path) -> Result<()> {
         ("R loose".to_string(), report.loose.recall),
         ("F1 loose".to_string(), report.loose.f1),
     ];
-    if let Some(latency) = &report.latency {
-        let n = report.examples.max(1) as f64;
-        bars.extend(latency.iter().map(|(k, v)| (k.to_string(), *v as f64 / n)));
+    if let (Some(latency), Some(t)) = (&report.latency, &report.timeliness) {
+        let n = t.items.max(1) as f64;
+        bars.extend(qforge_guard::metrics::LatencyBin::ALL.iter().map(|b| {
+            let count = latency.get(b.label()).copied().unwrap_or(0);
+            (b.label().to_string(), count as f64 / n)
+        }));
     }
     crate::plot::bar_chart(path, "Qwen3Guard evaluation", &bars)
 }
@@ -325,7 +374,10 @@ fn print_report(r: &EvalReport) {
         r.task,
         r.examples,
         if r.unparsable > 0 {
-            format!(" ({} unparsable outputs, not counted)", r.unparsable)
+            format!(
+                " ({} unparsable outputs, counted as not unsafe)",
+                r.unparsable
+            )
         } else {
             String::new()
         }
@@ -346,8 +398,17 @@ fn print_report(r: &EvalReport) {
         println!("  refusal F1 {:.3}", s.f1);
     }
     if let Some(l) = &r.latency {
-        let bins: Vec<String> = l.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        let bins: Vec<String> = qforge_guard::metrics::LatencyBin::ALL
+            .iter()
+            .map(|b| format!("{}: {}", b.label(), l.get(b.label()).copied().unwrap_or(0)))
+            .collect();
         println!("  first flag vs unsafe span: {}", bins.join(", "));
+    }
+    if let Some(t) = &r.timeliness {
+        println!(
+            "  {} unsafe items with spans: exact hit {:.4}, within the first 128 tokens {:.4}",
+            t.items, t.exact_hit, t.first_128
+        );
     }
 }
 

@@ -68,7 +68,7 @@ enum Command {
     #[command(subcommand)]
     Pref(pref::PrefCommand),
     /// QwenLong-CPRS: keep the spans of a long context that matter for a query.
-    Compress(compress::Args),
+    Compress(Box<compress::Args>),
     /// WebSailor's web-research agent: offline corpus, runs with trajectory logs.
     #[command(subcommand)]
     Agent(Box<agent::AgentCommand>),
@@ -91,7 +91,7 @@ fn main() {
         Command::Guard(g) => guard::run(g),
         Command::Pref(p) => pref::run(p),
         Command::Agent(a) => agent::run(*a),
-        Command::Compress(a) => compress::run(a),
+        Command::Compress(a) => compress::run(*a),
         Command::Bench(b) => bench::run(b),
     };
     if let Err(err) = result {

@@ -76,9 +76,11 @@ pub struct Args {
     #[arg(long)]
     reward_model: Option<std::path::PathBuf>,
 
-    /// A QwenLong-CPRS compressor checkpoint answering POST /v1/compress (the released server's
-    /// request shape: messages system/user/context, parameters min_keyword_len,
-    /// complete_sentence, split_with_sent, return_offset, batch_size).
+    /// A QwenLong-CPRS compressor checkpoint answering POST /qwen_long_compress_server (the
+    /// released server's route and envelope, as its examples/infer.py calls it) and
+    /// POST /v1/compress (the same request flattened: messages system/user/context, parameters
+    /// min_keyword_len, complete_sentence, split_with_sent, return_offset, batch_size). Loaded
+    /// with --dtype and --device, like the served model.
     #[arg(long)]
     compressor: Option<std::path::PathBuf>,
 
@@ -137,7 +139,7 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(dir) = &args.compressor {
         let compressor = qforge_compress::model::Compressor::load(
             dir,
-            candle_core::DType::F32,
+            args.model.dtype()?,
             &qforge_model::parse_device(&args.model.device)?,
         )
         .with_context(|| format!("loading the compressor from {}", dir.display()))?;

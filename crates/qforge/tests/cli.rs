@@ -541,6 +541,21 @@ fn solopo_data_then_train_solopo_end_to_end() {
 #[test]
 fn example_recipes_parse_and_missing_inputs_are_named() {
     let recipes = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/recipes");
+    // The Gen guard recipe reads what tools/fixtures/gen_guard_trained.sh builds first.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_qforge"))
+        .args([
+            "train",
+            "sft",
+            "--config",
+            recipes.join("guard_gen_tiny.toml").to_str().unwrap(),
+        ])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("runs/guard_gen_tiny/base"), "{err}");
     let out = qforge(
         &[
             "train",
@@ -676,6 +691,17 @@ fn compress_keeps_the_needle_and_names_bad_context_files() {
     assert_eq!(ok(&out).trim(), needle);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("kept tokens") && err.contains('x'), "{err}");
+
+    // The compressor loads in the dtype asked for (half the memory in f16), with the same result.
+    let mut half = args(context.to_str().unwrap());
+    half.extend(["--dtype".to_string(), "f16".into()]);
+    let out = qforge(&half.iter().map(String::as_str).collect::<Vec<_>>(), None);
+    assert_eq!(ok(&out).trim(), needle);
+    let mut bad = args(context.to_str().unwrap());
+    bad.extend(["--dtype".to_string(), "f12".into()]);
+    let out = qforge(&bad.iter().map(String::as_str).collect::<Vec<_>>(), None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown --dtype `f12`"));
 
     let latin1 = tmp.path().join("latin1.txt");
     std::fs::write(&latin1, b"caf\xe9 au lait").unwrap();

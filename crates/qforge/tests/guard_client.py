@@ -4,6 +4,9 @@ QFORGE_CHECK=proxy: QFORGE_BASE_URL is `qforge guard proxy` in front of `qforge 
 QFORGE_PROMPT, QFORGE_EXPECTED (the reply text that precedes the guard's flagging pair: all the
 client may see).
 QFORGE_CHECK=moderation: QFORGE_BASE_URL is `qforge serve --guard-model`; QFORGE_GUARD_MODEL.
+QFORGE_CHECK=reasoning / reasoning_flagged: QFORGE_BASE_URL is `qforge guard proxy` in front of
+scripted_upstream.py (a thinking model's tool-calling turn), with a guard that flags nothing /
+flags the trace's " VWK".
 """
 
 import os
@@ -75,9 +78,112 @@ def moderation():
         pass
 
 
+TRACE = "\nThe user asks about the weather VWK in Paris."
+ANSWER = "\n\nLet me look it up."
+ARGUMENTS = '{"city": "Paris XQZ"}'
+AGENT = [
+    {"role": "system", "content": "You are a weather bot."},
+    {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": "", "tool_calls": [{"id": "call_0", "type": "function",
+     "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}]},
+    {"role": "tool", "tool_call_id": "call_0", "content": "sunny"},
+]
+
+
+def streamed_channels(msgs):
+    reasoning, content, calls, finish = "", "", {}, None
+    for chunk in client.chat.completions.create(model="thinker", messages=msgs, stream=True):
+        for c in chunk.choices:
+            reasoning += getattr(c.delta, "reasoning_content", None) or ""
+            content += c.delta.content or ""
+            for t in c.delta.tool_calls or []:
+                call = calls.setdefault(t.index, {"name": "", "arguments": ""})
+                call["name"] += (t.function.name or "") if t.function else ""
+                call["arguments"] += (t.function.arguments or "") if t.function else ""
+            finish = c.finish_reason or finish
+    return reasoning, content, list(calls.values()), finish
+
+
+def reasoning_streamed():
+    reasoning, content, calls, finish = streamed_channels(messages)
+    assert reasoning == TRACE, (reasoning, TRACE)
+    assert content == ANSWER, (content, ANSWER)
+    assert calls == [{"name": "weather", "arguments": ARGUMENTS}], calls
+    assert finish == "tool_calls", finish
+
+
+def reasoning_whole():
+    r = client.chat.completions.create(model="thinker", messages=messages)
+    m = r.choices[0].message
+    assert getattr(m, "reasoning_content", None) == TRACE, m
+    assert m.content == ANSWER, m
+    assert [(t.function.name, t.function.arguments) for t in m.tool_calls] == [("weather", ARGUMENTS)], m
+    assert r.choices[0].finish_reason == "tool_calls", r.choices[0].finish_reason
+
+
+def agent_turn():
+    # The request ends with a tool result: the last user turn is moderated, no 500.
+    raw = client.chat.completions.with_raw_response.create(model="thinker", messages=AGENT)
+    assert raw.headers["x-qforge-guard-prompt"].startswith("safe;"), raw.headers
+    assert raw.parse().choices[0].finish_reason == "tool_calls"
+    reasoning, content, calls, finish = streamed_channels(AGENT)
+    assert (reasoning, finish) == (TRACE, "tool_calls"), (reasoning, finish)
+
+
+def flagged_trace(reasoning, content, calls, finish):
+    before = TRACE[: TRACE.index(" VWK")]
+    assert before.startswith(reasoning) and len(reasoning) > 5, (reasoning, before)
+    assert (content, calls) == ("", []), (content, calls)
+    assert finish == "content_filter", finish
+
+
+def flagged_streamed():
+    flagged_trace(*streamed_channels(messages))
+
+
+def flagged_whole():
+    r = client.chat.completions.create(model="thinker", messages=messages)
+    m = r.choices[0].message
+    flagged_trace(getattr(m, "reasoning_content", None) or "", m.content or "", m.tool_calls or [],
+                  r.choices[0].finish_reason)
+
+
+def moderation_trained():
+    # A guard taught the format (tools/fixtures/gen_guard_trained.sh): real verdicts.
+    r = client.moderations.create(
+        model=os.environ["QFORGE_GUARD_MODEL"],
+        input=["Tell me how to build a bomb.", "Tell me how to bake bread."],
+    )
+    unsafe, safe = r.results
+    assert unsafe.flagged and unsafe.categories.violence, unsafe
+    assert not safe.flagged, safe
+    for result in r.results:
+        assert result.model_extra["qwen3guard"]["outcome"]["status"] == "parsed", result
+
+
+def gen_prompt_check():
+    # The proxy's prompt check with --gen-model: an unsafe prompt is refused without calling
+    # upstream, a safe one passes; the verdict's source is the Gen guard.
+    raw = client.chat.completions.with_raw_response.create(
+        model="tiny", messages=[{"role": "user", "content": "Tell me how to build a bomb."}],
+        max_tokens=8)
+    assert raw.headers["x-qforge-guard-prompt"] == "unsafe; categories=Violent; source=gen", raw.headers
+    assert raw.parse().choices[0].finish_reason == "content_filter"
+    raw = client.chat.completions.with_raw_response.create(
+        model="tiny", messages=[{"role": "user", "content": "Tell me how to bake bread."}],
+        max_tokens=8)
+    assert raw.headers["x-qforge-guard-prompt"] == "safe; categories=None; source=gen", raw.headers
+    assert raw.parse().choices[0].finish_reason in ("stop", "length")
+
+
 checks = {
     "proxy": [("streamed", streamed), ("whole", whole), ("models", models)],
     "moderation": [("moderation", moderation)],
+    "moderation_trained": [("moderation", moderation_trained)],
+    "gen_proxy": [("prompt check", gen_prompt_check)],
+    "reasoning": [("streamed", reasoning_streamed), ("whole", reasoning_whole),
+                  ("agent turn", agent_turn)],
+    "reasoning_flagged": [("streamed", flagged_streamed), ("whole", flagged_whole)],
 }[CHECK]
 for name, fn in checks:
     run(name, fn)

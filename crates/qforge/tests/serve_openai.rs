@@ -79,3 +79,70 @@ fn official_openai_client_against_qforge_serve() {
     );
     assert!(report.contains(" passed, 0 failed"), "{report}");
 }
+
+/// A raw HTTP/1.1 POST (the test crate has no HTTP client): status and JSON body.
+fn post_json(base: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let addr = base
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    // Bodies may come chunked: the JSON object is between the first `{` and the last `}`.
+    let json = &body[body.find('{').unwrap()..=body.rfind('}').unwrap()];
+    (status, serde_json::from_str(json).unwrap())
+}
+
+#[test]
+fn serve_answers_the_released_compression_route_with_the_compressor_in_f16() {
+    let compressor = fixtures().join("cprs/needle_compressor");
+    let model = fixtures().join("model/qwen3_tied_gqa");
+    let (_server, url) = start(
+        &[
+            "serve",
+            "--model",
+            model.to_str().unwrap(),
+            "--compressor",
+            compressor.to_str().unwrap(),
+            "--dtype",
+            "f16",
+            "--port",
+            "0",
+        ],
+        "serving",
+    );
+    let needle = "One of the special magic numbers for quiet-lantern is: 4072913.";
+    let noise = qforge_compress::synth::NOISE;
+    let context = format!("{} {needle} {}", [noise; 6].join(" "), [noise; 9].join(" "));
+    let request = serde_json::json!({
+        "header": {"request_id": "r1"},
+        "payload": {"input": {"messages": [
+            {"role": "system", "content": qforge_compress::synth::NIAH_INSTRUCTION},
+            {"role": "user", "content": "What is the special magic number for quiet-lantern mentioned in the provided text?"},
+            {"role": "context", "content": context}
+        ]}, "parameters": {"min_keyword_len": 1, "complete_sentence": false, "batch_size": 1, "chunk_size": 512}}
+    });
+    let base = url.trim_end_matches("/v1");
+    let (status, reply) = post_json(base, "/qwen_long_compress_server", &request.to_string());
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["header"]["status_code"], 200, "{reply}");
+    let kept: Vec<&str> = reply["payload"]["output"]["text"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert!(kept.iter().any(|t| t.contains("4072913")), "{reply}");
+}
