@@ -167,7 +167,10 @@ pub enum Aggregation {
     SeqMeanTokenMean,
     /// Mean over non-empty sequences of each sequence's token sum.
     SeqMeanTokenSum,
-    /// `Σ L·m / constant`, no division by the batch (Dr.GRPO; verl uses the mask width).
+    /// `Σ L·m / constant`, no division by the batch (Dr.GRPO). The constant is verl's
+    /// `loss_scale_factor` (verl 0.8 `core_algos.agg_loss`, checked at its January 2026 main);
+    /// verl falls back to the mask's width, the padded response length, when it is unset, which
+    /// changes with the batch unless responses are padded to the maximum length.
     SeqMeanTokenSumNorm { constant: f64 },
 }
 
