@@ -575,13 +575,26 @@ pub(crate) async fn chat_response(
     let opening: Vec<Value> = (0..n)
         .map(|i| chunk(json!([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]), None))
         .collect();
+    // Tool calls are numbered per choice across the whole stream: clients merge fragments by
+    // `index`, so a second call in a later delta must not restart at 0.
+    let tool_calls_sent: Mutex<BTreeMap<usize, usize>> = Mutex::default();
     sse(opening, events, include_usage, move |event| match event {
-        ChatEvent::Delta(d) => Some(chunk(json!([chat_delta_json(&d)]), None)),
+        ChatEvent::Delta(d) => {
+            let first_tool_index = {
+                let mut sent = tool_calls_sent.lock().unwrap_or_else(|e| e.into_inner());
+                let count = sent.entry(d.index).or_default();
+                let first = *count;
+                *count += d.tool_calls.len();
+                first
+            };
+            Some(chunk(json!([chat_delta_json(&d, first_tool_index)]), None))
+        }
         ChatEvent::Usage(u) => Some(chunk(json!([]), Some(u))),
     })
 }
 
-fn chat_delta_json(d: &ChatDelta) -> Value {
+/// One choice's delta; its tool calls are numbered from `first_tool_index`.
+fn chat_delta_json(d: &ChatDelta, first_tool_index: usize) -> Value {
     let mut delta = serde_json::Map::new();
     if let Some(c) = &d.content {
         delta.insert("content".into(), json!(c));
@@ -596,7 +609,7 @@ fn chat_delta_json(d: &ChatDelta) -> Value {
                 d.tool_calls
                     .iter()
                     .enumerate()
-                    .map(|(i, t)| t.to_openai(i))
+                    .map(|(i, t)| t.to_openai(first_tool_index + i))
                     .collect(),
             ),
         );

@@ -553,3 +553,95 @@ async fn weights_reload_in_place_from_disk_and_bad_checkpoints_change_nothing() 
     assert!(err.contains("403"), "{err}");
     locked.shutdown().await;
 }
+
+/// A backend whose reply is two tool calls in two deltas, as the embedded parser emits them
+/// when the model writes two `<tool_call>` blocks.
+struct TwoToolCalls;
+
+#[async_trait::async_trait]
+impl qforge_serve::proxy::ProxyBackend for TwoToolCalls {
+    fn model_name(&self) -> &str {
+        MODEL
+    }
+    fn owned_by(&self) -> &str {
+        "test"
+    }
+    async fn proxy(
+        &self,
+        _: ChatRequest,
+    ) -> Result<(qforge_engine::ChatStream, Vec<(&'static str, String)>), qforge_engine::BackendError>
+    {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        for (name, city, finish) in [
+            ("weather", "Paris", None),
+            ("time", "Rome", Some("tool_calls")),
+        ] {
+            tx.send(Ok(ChatEvent::Delta(qforge_engine::chat::ChatDelta {
+                tool_calls: vec![qforge_engine::chat::ToolCall {
+                    id: format!("call_{name}"),
+                    name: name.into(),
+                    arguments: format!("{{\"city\": \"{city}\"}}"),
+                }],
+                finish_reason: finish.map(str::to_string),
+                ..Default::default()
+            })))
+            .await
+            .unwrap();
+        }
+        Ok((rx, Vec::new()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_tool_calls_in_separate_deltas_keep_distinct_stream_indices() {
+    let url = qforge_serve::proxy::spawn_proxy_on_loopback(qforge_serve::proxy::ProxyState {
+        backend: Arc::new(TwoToolCalls),
+        config: Arc::new(ServerConfig::default()),
+    })
+    .await
+    .unwrap();
+    // On the wire: the second call is index 1, not a second index 0.
+    let body = reqwest::Client::new()
+        .post(format!("{url}/chat/completions"))
+        .json(&json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": true}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let indices: Vec<u64> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .flat_map(|d| {
+            let v: Value = serde_json::from_str(d).unwrap();
+            v["choices"][0]["delta"]["tool_calls"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|t| t["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(indices, [0, 1], "{body}");
+    // A client that merges fragments by index (ours, as OpenAI's) gets both calls.
+    let remote = RemoteBackend::new(RemoteConfig::new(url, MODEL)).unwrap();
+    let mut stream = remote.chat_stream(greedy("hi", 4)).await.unwrap();
+    let mut calls = Vec::new();
+    while let Some(event) = stream.recv().await {
+        if let ChatEvent::Delta(d) = event.unwrap() {
+            calls.extend(d.tool_calls);
+        }
+    }
+    let got: Vec<(&str, &str)> = calls
+        .iter()
+        .map(|c| (c.name.as_str(), c.arguments.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("weather", "{\"city\": \"Paris\"}"),
+            ("time", "{\"city\": \"Rome\"}")
+        ]
+    );
+}
