@@ -304,6 +304,20 @@ enum Channel {
     Framing,
 }
 
+/// A delta carrying `text` on `channel` (none for framing, which is never sent as text).
+fn text_delta(index: usize, channel: Channel, text: String) -> Option<ChatDelta> {
+    let mut d = ChatDelta {
+        index,
+        ..ChatDelta::default()
+    };
+    match channel {
+        Channel::Reasoning => d.reasoning_content = Some(text),
+        Channel::Content => d.content = Some(text),
+        Channel::Framing => return None,
+    }
+    Some(d)
+}
+
 /// How far the reply has got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -368,15 +382,8 @@ impl Choice {
         let body = text.trim_start_matches('\n');
         let newlines = &text[..text.len() - body.len()];
         if !newlines.is_empty() {
-            let mut d = ChatDelta {
-                index,
-                ..ChatDelta::default()
-            };
-            match channel {
-                Channel::Reasoning => d.reasoning_content = Some(newlines.into()),
-                _ => d.content = Some(newlines.into()),
-            }
-            self.immediate.push(d);
+            self.immediate
+                .extend(text_delta(index, channel, newlines.into()));
         }
         body
     }
@@ -389,28 +396,21 @@ impl Choice {
                 self.feed_text("<think>\n", None)?;
                 self.feed_text(body, Some(Channel::Reasoning))
             }
-            Phase::Reasoning => self.feed_text(text, Some(Channel::Reasoning)),
-            // Reasoning after the answer began is not how Qwen3 writes; judge it as answer.
-            Phase::Answer => self.feed_text(text, Some(Channel::Reasoning)),
+            // Reasoning after the answer began is not how Qwen3 writes; it is judged in place.
+            Phase::Reasoning | Phase::Answer => self.feed_text(text, Some(Channel::Reasoning)),
         }
     }
 
     /// Closes the think block (or writes the empty one) before answer text or a tool call.
     /// `first` is the answer's first text, whose leading newlines the closing tags stand for.
     fn open_answer<'a>(&mut self, first: &'a str, index: usize) -> crate::Result<&'a str> {
-        let body = match self.phase {
-            Phase::Start => {
-                let body = self.lead(first, index, Channel::Content);
-                self.feed_text("<think>\n\n</think>\n\n", None)?;
-                body
-            }
-            Phase::Reasoning => {
-                let body = self.lead(first, index, Channel::Content);
-                self.feed_text("\n</think>\n\n", Some(Channel::Framing))?;
-                body
-            }
-            Phase::Answer => first,
+        let (closing, channel) = match self.phase {
+            Phase::Start => ("<think>\n\n</think>\n\n", None),
+            Phase::Reasoning => ("\n</think>\n\n", Some(Channel::Framing)),
+            Phase::Answer => return Ok(first),
         };
+        let body = self.lead(first, index, Channel::Content);
+        self.feed_text(closing, channel)?;
         self.phase = Phase::Answer;
         Ok(body)
     }
@@ -468,16 +468,7 @@ impl Choice {
             }
             let piece = self.fed[from..end.min(upto)].to_string();
             from = end.min(upto);
-            let mut d = ChatDelta {
-                index,
-                ..ChatDelta::default()
-            };
-            match channel {
-                Channel::Reasoning => d.reasoning_content = Some(piece),
-                Channel::Content => d.content = Some(piece),
-                Channel::Framing => continue,
-            }
-            out.push(d);
+            out.extend(text_delta(index, channel, piece));
         }
         self.sent = self.sent.max(upto);
         out

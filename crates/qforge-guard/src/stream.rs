@@ -450,10 +450,7 @@ impl StreamGuard {
         messages: &[Value],
         debounce: Debounce,
     ) -> Result<(StreamSession, QueryVerdict)> {
-        let options = qforge_model::ChatOptions::generation().with_enable_thinking(false);
-        let text = self.tokenizer.apply_chat_template(messages, &options)?;
-        let ids = self.tokenizer.encode(&text, false)?;
-        self.open(&ids, debounce)
+        self.open_rendered(messages, false, debounce)
     }
 
     /// Opens a session for a reply that is yet to come: `messages` rendered with the
@@ -465,11 +462,25 @@ impl StreamGuard {
         messages: &[Value],
         debounce: Debounce,
     ) -> Result<(StreamSession, QueryVerdict)> {
-        let options = qforge_model::ChatOptions::generation().with_enable_thinking(true);
+        self.open_rendered(messages, true, debounce)
+    }
+
+    /// `messages` rendered with the generation prompt; with `thinking`, the header alone (an
+    /// empty think block a template appends anyway is cut).
+    fn open_rendered(
+        self: &Arc<Self>,
+        messages: &[Value],
+        thinking: bool,
+        debounce: Debounce,
+    ) -> Result<(StreamSession, QueryVerdict)> {
+        let options = qforge_model::ChatOptions::generation().with_enable_thinking(thinking);
         let text = self.tokenizer.apply_chat_template(messages, &options)?;
-        let text = text
-            .strip_suffix("<think>\n\n</think>\n\n")
-            .unwrap_or(&text);
+        let text = if thinking {
+            text.strip_suffix("<think>\n\n</think>\n\n")
+                .unwrap_or(&text)
+        } else {
+            &text
+        };
         let ids = self.tokenizer.encode(text, false)?;
         self.open(&ids, debounce)
     }
@@ -658,7 +669,7 @@ impl StreamSession {
         while !rest.is_empty() {
             let cached = self.ids.len() - self.dropped;
             if cached >= self.max_len {
-                self.slide()?;
+                self.rebuild(self.ids.len())?;
                 continue;
             }
             let (now, later) = rest.split_at(rest.len().min(self.max_len - cached));
@@ -687,24 +698,19 @@ impl StreamSession {
         Ok(prefix)
     }
 
-    /// Drops the oldest half of the cached reply and rebuilds the cache (see [`Self::push`]).
-    fn slide(&mut self) -> Result<()> {
-        let prefix = self.window_prefix()?;
-        let tail = (self.max_len - prefix) / 2;
-        self.rebuild(self.ids.len(), self.ids.len() - prefix - tail)
-    }
-
-    /// Recomputes the cache for the first `len` tokens with `dropped` reply tokens left out
-    /// after the window prefix (verdicts are kept: they were judged when the tokens arrived).
-    fn rebuild(&mut self, len: usize, dropped: usize) -> Result<()> {
-        let prefix = if dropped == 0 {
-            len
+    /// Recomputes the cache for the first `len` tokens (verdicts are kept: they were judged
+    /// when the tokens arrived). What fits the context stays whole; otherwise the window
+    /// prefix and the newest half-window of the reply are kept (see [`Self::push`]).
+    fn rebuild(&mut self, len: usize) -> Result<()> {
+        let (prefix, dropped) = if len < self.max_len {
+            (len, 0)
         } else {
-            self.window_prefix()?
+            let prefix = self.window_prefix()?;
+            (prefix, len - prefix - (self.max_len - prefix) / 2)
         };
-        let kept: Vec<u32> = self.ids[..prefix.min(len)]
+        let kept: Vec<u32> = self.ids[..prefix]
             .iter()
-            .chain(&self.ids[(prefix + dropped).min(len)..len])
+            .chain(&self.ids[prefix + dropped..len])
             .copied()
             .collect();
         self.cache = Some(self.guard.model.new_cache());
@@ -850,13 +856,7 @@ impl StreamSession {
             }
         } else {
             // Back into the dropped part of the reply: the window moves back with it.
-            let prefix = self.window_prefix()?;
-            let dropped = if len < self.max_len {
-                0
-            } else {
-                len - prefix - (self.max_len - prefix) / 2
-            };
-            self.rebuild(len, dropped)?;
+            self.rebuild(len)?;
         }
         self.ids.truncate(len);
         self.verdicts.truncate(len);

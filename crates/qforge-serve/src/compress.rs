@@ -56,18 +56,48 @@ impl CompressState {
     }
 }
 
-fn bad(message: &str, param: &str) -> Response {
-    api_error(StatusCode::BAD_REQUEST, message, Some(param), None)
+/// Why a compression request failed: the request's fault (naming the field) or the server's.
+/// Each route renders it in its own shape.
+enum Failure {
+    BadRequest { message: String, param: String },
+    Server(String),
+}
+
+impl Failure {
+    fn bad(message: impl Into<String>, param: &str) -> Self {
+        Failure::BadRequest {
+            message: message.into(),
+            param: param.into(),
+        }
+    }
+
+    fn message(&self) -> &str {
+        match self {
+            Failure::BadRequest { message, .. } | Failure::Server(message) => message,
+        }
+    }
+
+    /// The OpenAI-shaped error of `/v1/compress`.
+    fn openai(&self) -> Response {
+        match self {
+            Failure::BadRequest { message, param } => {
+                api_error(StatusCode::BAD_REQUEST, message, Some(param), None)
+            }
+            Failure::Server(message) => {
+                api_error(StatusCode::INTERNAL_SERVER_ERROR, message, None, None)
+            }
+        }
+    }
 }
 
 /// (instruction, query, context) from the three messages, roles checked (each of them: the
 /// released check only fails when all three are wrong).
-fn request_parts(v: &Value) -> Result<(String, String, String), Response> {
+fn request_parts(v: &Value) -> Result<(String, String, String), Failure> {
     let messages = v["messages"]
         .as_array()
         .filter(|m| m.len() == 3)
         .ok_or_else(|| {
-            bad(
+            Failure::bad(
                 "`messages` must be three messages: system, user, context",
                 "messages",
             )
@@ -75,8 +105,8 @@ fn request_parts(v: &Value) -> Result<(String, String, String), Response> {
     let mut parts = Vec::new();
     for (m, role) in messages.iter().zip(["system", "user", "context"]) {
         if m["role"] != role {
-            return Err(bad(
-                &format!(
+            return Err(Failure::bad(
+                format!(
                     "message roles must be system, user, context (got `{}` for {role})",
                     m["role"]
                 ),
@@ -84,8 +114,8 @@ fn request_parts(v: &Value) -> Result<(String, String, String), Response> {
             ));
         }
         let content = m["content"].as_str().ok_or_else(|| {
-            bad(
-                &format!("the {role} message's content must be a string"),
+            Failure::bad(
+                format!("the {role} message's content must be a string"),
                 "messages",
             )
         })?;
@@ -96,18 +126,21 @@ fn request_parts(v: &Value) -> Result<(String, String, String), Response> {
     Ok((parts.pop().expect("one"), query, context))
 }
 
-fn options(p: &Value, window: usize) -> Result<(CompressOptions, bool), Response> {
+fn options(p: &Value, window: usize) -> Result<(CompressOptions, bool), Failure> {
     let flag = |name: &str, default: bool| match &p[name] {
         Value::Null => Ok(default),
         Value::Bool(b) => Ok(*b),
-        _ => Err(bad(&format!("`{name}` must be true or false"), name)),
+        _ => Err(Failure::bad(
+            format!("`{name}` must be true or false"),
+            name,
+        )),
     };
     let count = |name: &str, default: usize| match &p[name] {
         Value::Null => Ok(default),
         v => v
             .as_u64()
             .map(|n| n as usize)
-            .ok_or_else(|| bad(&format!("`{name}` must be a non-negative integer"), name)),
+            .ok_or_else(|| Failure::bad(format!("`{name}` must be a non-negative integer"), name)),
     };
     Ok((
         CompressOptions {
@@ -127,13 +160,12 @@ fn options(p: &Value, window: usize) -> Result<(CompressOptions, bool), Response
     ))
 }
 
-/// Runs the pipeline off the async runtime. `Err(Ok(..))` is the request's fault (the
-/// message), `Err(Err(..))` the server's.
+/// Runs the pipeline off the async runtime (input it refuses is the request's fault).
 async fn run(
     state: &CompressState,
     (instruction, query, context): (String, String, String),
     options: CompressOptions,
-) -> Result<qforge_compress::pipeline::Compressed, Result<String, String>> {
+) -> Result<qforge_compress::pipeline::Compressed, Failure> {
     let compressor = state.compressor.clone();
     match tokio::task::spawn_blocking(move || {
         compress(&compressor, &instruction, &query, &context, &options)
@@ -141,8 +173,8 @@ async fn run(
     .await
     {
         Ok(Ok(out)) => Ok(out),
-        Ok(Err(e)) => Err(Ok(e.to_string())),
-        Err(e) => Err(Err(e.to_string())),
+        Ok(Err(e)) => Err(Failure::bad(e.to_string(), "messages")),
+        Err(e) => Err(Failure::Server(e.to_string())),
     }
 }
 
@@ -159,7 +191,8 @@ fn span_values(out: &qforge_compress::pipeline::Compressed, return_offset: bool)
         .collect()
 }
 
-/// The message of an OpenAI-shaped error response (for the released envelope).
+/// The message of an OpenAI-shaped error response (a body `parse_body` refused, for the
+/// released envelope).
 async fn error_message(r: Response) -> String {
     let bytes = axum::body::to_bytes(r.into_body(), 1 << 20)
         .await
@@ -180,16 +213,13 @@ pub async fn handle(
         Ok(v) => v,
         Err(r) => return r,
     };
-    let parts = match request_parts(&v) {
-        Ok(p) => p,
-        Err(r) => return r,
+    let compressed = async {
+        let parts = request_parts(&v)?;
+        let (options, return_offset) = options(&v["parameters"], state.window)?;
+        Ok::<_, Failure>((run(state, parts, options).await?, return_offset))
     };
-    let (options, return_offset) = match options(&v["parameters"], state.window) {
-        Ok(o) => o,
-        Err(r) => return r,
-    };
-    match run(state, parts, options).await {
-        Ok(out) => Json(json!({
+    match compressed.await {
+        Ok((out, return_offset)) => Json(json!({
             "model": state.name,
             "text": span_values(&out, return_offset),
             "usage": {"input_tokens": out.input_tokens},
@@ -197,13 +227,12 @@ pub async fn handle(
                             "kept_tokens": out.kept_tokens, "ratio": out.ratio},
         }))
         .into_response(),
-        Err(Ok(message)) => api_error(StatusCode::BAD_REQUEST, message, Some("messages"), None),
-        Err(Err(message)) => api_error(StatusCode::INTERNAL_SERVER_ERROR, message, None, None),
+        Err(failure) => failure.openai(),
     }
 }
 
 /// The released envelope with an error status (run_api.py's `except` branch).
-fn released_error(mut data: Value, code: u16, name: &str, message: String) -> Response {
+fn released_error(mut data: Value, code: u16, name: &str, message: &str) -> Response {
     if !data.is_object() {
         data = json!({});
     }
@@ -228,20 +257,11 @@ pub async fn handle_released(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let mut data = match parse_body(config, &state.name, body) {
-        Ok(v) if v.is_object() => v,
-        Ok(_) => {
-            let mut r = released_error(
-                json!({}),
-                400,
-                "InvalidInputError",
-                "the request body must be a JSON object".into(),
-            );
-            *r.status_mut() = StatusCode::BAD_REQUEST;
-            return r;
-        }
+        Ok(v) => v,
         Err(r) => {
             let status = r.status();
-            let mut r = released_error(json!({}), 400, "InvalidInputError", error_message(r).await);
+            let message = error_message(r).await;
+            let mut r = released_error(json!({}), 400, "InvalidInputError", &message);
             *r.status_mut() = status;
             return r;
         }
@@ -251,14 +271,14 @@ pub async fn handle_released(
             data,
             440,
             "SchemaError",
-            "`header.request_id` must be a string".into(),
+            "`header.request_id` must be a string",
         );
     }
     let parts = match request_parts(&data["payload"]["input"]) {
         Ok(p) => p,
-        Err(r) => {
-            let message = format!("payload.input: {}", error_message(r).await);
-            return released_error(data, 440, "SchemaError", message);
+        Err(f) => {
+            let message = format!("payload.input: {}", f.message());
+            return released_error(data, 440, "SchemaError", &message);
         }
     };
     let parameters = match &data["payload"]["parameters"] {
@@ -269,15 +289,15 @@ pub async fn handle_released(
                 data,
                 440,
                 "SchemaError",
-                "`payload.parameters` must be an object".into(),
+                "`payload.parameters` must be an object",
             );
         }
     };
     let (options, return_offset) = match options(&parameters, state.window) {
         Ok(o) => o,
-        Err(r) => {
-            let message = format!("payload.parameters: {}", error_message(r).await);
-            return released_error(data, 400, "InvalidInputError", message);
+        Err(f) => {
+            let message = format!("payload.parameters: {}", f.message());
+            return released_error(data, 400, "InvalidInputError", &message);
         }
     };
     match run(state, parts, options).await {
@@ -290,8 +310,10 @@ pub async fn handle_released(
             data["header"]["finished"] = json!(true);
             Json(data).into_response()
         }
-        Err(Ok(message)) => released_error(data, 400, "InvalidInputError", message),
-        Err(Err(message)) => released_error(data, 500, "BackendError", message),
+        Err(f @ Failure::BadRequest { .. }) => {
+            released_error(data, 400, "InvalidInputError", f.message())
+        }
+        Err(f @ Failure::Server(_)) => released_error(data, 500, "BackendError", f.message()),
     }
 }
 

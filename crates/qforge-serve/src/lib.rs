@@ -311,13 +311,17 @@ async fn compress_route(
 ) -> Response {
     match &state.compressor {
         Some(c) => compress::handle(&state.config, c, body).await,
-        None => api_error(
-            StatusCode::NOT_FOUND,
-            "this server has no compressor (start it with --compressor)",
-            None,
-            None,
-        ),
+        None => no_compressor(),
     }
+}
+
+fn no_compressor() -> Response {
+    api_error(
+        StatusCode::NOT_FOUND,
+        "this server has no compressor (start it with --compressor)",
+        None,
+        None,
+    )
 }
 
 async fn released_compress_route(
@@ -326,12 +330,7 @@ async fn released_compress_route(
 ) -> Response {
     match &state.compressor {
         Some(c) => compress::handle_released(&state.config, c, body).await,
-        None => api_error(
-            StatusCode::NOT_FOUND,
-            "this server has no compressor (start it with --compressor)",
-            None,
-            None,
-        ),
+        None => no_compressor(),
     }
 }
 

@@ -852,3 +852,64 @@ fn compress_data_feeds_train_cprs_and_bad_samples_are_named() {
         "{err}"
     );
 }
+
+#[test]
+fn guard_eval_scores_the_official_scripts_prediction_files_as_they_do() {
+    let fixture: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("guard/eval_parity.json")).unwrap(),
+    )
+    .unwrap();
+    let case = fixture["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "stream_response_0")
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let predictions = tmp.path().join("result_stream.jsonl");
+    let rows: Vec<String> = case["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(Value::to_string)
+        .collect();
+    std::fs::write(&predictions, rows.join("\n")).unwrap();
+    let out_dir = tmp.path().join("report");
+    let out = qforge(
+        &[
+            "guard",
+            "eval",
+            "--predictions",
+            predictions.to_str().unwrap(),
+            "--task",
+            "response",
+            "--debounce",
+            "eval-script",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+        None,
+    );
+    let printed = ok(&out);
+    assert!(printed.contains("exact hit"), "{printed}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("report.json")).unwrap())
+            .unwrap();
+    let (r, e) = (&report["report"], &case["expected"]);
+    let close = |a: &Value, b: &Value| (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-12;
+    for policy in ["strict", "loose"] {
+        for m in ["f1", "precision", "recall"] {
+            assert!(close(&r[policy][m], &e[policy][m]), "{policy} {m}: {r}");
+        }
+    }
+    assert!(close(
+        &r["timeliness"]["exact_hit"],
+        &e["latency"]["exact_hit"]
+    ));
+    assert!(close(
+        &r["timeliness"]["first_128"],
+        &e["latency"]["first_128"]
+    ));
+    assert_eq!(r["latency"]["hit"], e["latency"]["bins"]["Hit"]);
+    assert!(out_dir.join("report.png").exists());
+}
