@@ -17,6 +17,10 @@ pub struct ChatRequest {
     pub top_k: Option<usize>,
     pub min_p: Option<f32>,
     pub repetition_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    /// OpenAI's `logit_bias` (token id -> bias), in the request's order.
+    pub logit_bias: Vec<(u32, f32)>,
     pub seed: Option<u64>,
     pub stop: Vec<String>,
     pub n: usize,
@@ -24,6 +28,63 @@ pub struct ChatRequest {
     pub top_logprobs: usize,
     /// Extra chat-template variables (vLLM's `chat_template_kwargs`, e.g. enable_thinking).
     pub chat_template_kwargs: Map<String, Value>,
+    /// `None`: the field was absent (OpenAI's default is `auto` with tools, `none` without).
+    pub tool_choice: Option<ToolChoice>,
+    /// `Some(false)`: keep only the first tool call of a reply (vLLM does the same).
+    pub parallel_tool_calls: Option<bool>,
+    /// `{"type": "text" | "json_object" | "json_schema", ...}` as given.
+    pub response_format: Option<Value>,
+    /// Every other top-level field (`user`, `metadata`, `max_completion_tokens`, vendor fields):
+    /// not read by qforge's own engine, forwarded unchanged by the proxies.
+    pub extra: Map<String, Value>,
+    /// The numeric fields as the client wrote them (`1` vs `1.0`), so that a value nobody
+    /// changed is forwarded as written.
+    pub written: Map<String, Value>,
+}
+
+/// OpenAI's `tool_choice`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolChoice {
+    None,
+    Auto,
+    Required,
+    Function(String),
+}
+
+impl ToolChoice {
+    fn from_openai(v: &Value) -> Result<Self, FieldError> {
+        let bad = || {
+            field_err(
+                "tool_choice",
+                "`tool_choice` must be \"none\", \"auto\", \"required\" or \
+                 {\"type\": \"function\", \"function\": {\"name\": ...}}",
+            )
+        };
+        match v {
+            Value::String(s) => match s.as_str() {
+                "none" => Ok(Self::None),
+                "auto" => Ok(Self::Auto),
+                "required" => Ok(Self::Required),
+                _ => Err(bad()),
+            },
+            Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("function") => o
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+                .map(|name| Self::Function(name.to_string()))
+                .ok_or_else(bad),
+            _ => Err(bad()),
+        }
+    }
+
+    fn to_openai(&self) -> Value {
+        match self {
+            Self::None => json!("none"),
+            Self::Auto => json!("auto"),
+            Self::Required => json!("required"),
+            Self::Function(name) => json!({"type": "function", "function": {"name": name}}),
+        }
+    }
 }
 
 impl Default for ChatRequest {
@@ -37,12 +98,20 @@ impl Default for ChatRequest {
             top_k: None,
             min_p: None,
             repetition_penalty: None,
+            presence_penalty: None,
+            frequency_penalty: None,
+            logit_bias: Vec::new(),
             seed: None,
             stop: Vec::new(),
             n: 1,
             logprobs: false,
             top_logprobs: 0,
             chat_template_kwargs: Map::new(),
+            tool_choice: None,
+            parallel_tool_calls: None,
+            response_format: None,
+            extra: Map::new(),
+            written: Map::new(),
         }
     }
 }
@@ -120,6 +189,38 @@ pub fn parse_stop(v: &Value) -> Result<Vec<String>, FieldError> {
     }
 }
 
+/// `logit_bias`: an object from token ids (as strings, or numbers) to numbers.
+fn parse_logit_bias(v: &Value) -> Result<Vec<(u32, f32)>, FieldError> {
+    let entries = match v.get("logit_bias") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Object(o)) => o,
+        Some(_) => {
+            return Err(field_err(
+                "logit_bias",
+                "`logit_bias` must be an object from token ids to numbers",
+            ));
+        }
+    };
+    entries
+        .iter()
+        .map(|(k, b)| {
+            let id = k.trim().parse::<u32>().map_err(|_| {
+                field_err(
+                    "logit_bias",
+                    format!("`logit_bias` key {k:?} is not a token id"),
+                )
+            })?;
+            let bias = b.as_f64().ok_or_else(|| {
+                field_err(
+                    "logit_bias",
+                    format!("`logit_bias[{k:?}]` must be a number"),
+                )
+            })?;
+            Ok((id, bias as f32))
+        })
+        .collect()
+}
+
 /// The sampling fields shared by chat and text completions.
 pub fn parse_sampling(v: &Value, req: &mut ChatRequest) -> Result<(), FieldError> {
     req.max_tokens = match opt_usize(v, "max_completion_tokens")? {
@@ -135,6 +236,9 @@ pub fn parse_sampling(v: &Value, req: &mut ChatRequest) -> Result<(), FieldError
     };
     req.min_p = opt_f32(v, "min_p")?;
     req.repetition_penalty = opt_f32(v, "repetition_penalty")?;
+    req.presence_penalty = opt_f32(v, "presence_penalty")?;
+    req.frequency_penalty = opt_f32(v, "frequency_penalty")?;
+    req.logit_bias = parse_logit_bias(v)?;
     req.seed = match v.get("seed") {
         None | Some(Value::Null) => None,
         Some(x) => Some(
@@ -222,14 +326,64 @@ impl ChatRequest {
         if let Some(Value::Object(kw)) = v.get("chat_template_kwargs") {
             req.chat_template_kwargs = kw.clone();
         }
+        req.tool_choice = match v.get("tool_choice") {
+            None | Some(Value::Null) => None,
+            Some(c) => Some(ToolChoice::from_openai(c)?),
+        };
+        if let Some(ToolChoice::Required | ToolChoice::Function(_)) = &req.tool_choice
+            && req.tools.is_none()
+        {
+            return Err(field_err(
+                "tool_choice",
+                "`tool_choice` names a tool call but the request has no `tools`",
+            ));
+        }
+        if let Some(ToolChoice::Function(name)) = &req.tool_choice
+            && !req
+                .tools
+                .iter()
+                .flatten()
+                .any(|t| t["function"]["name"] == name.as_str())
+        {
+            return Err(field_err(
+                "tool_choice",
+                format!("`tool_choice` names the function {name:?}, which is not in `tools`"),
+            ));
+        }
+        req.parallel_tool_calls = opt_bool(v, "parallel_tool_calls")?;
+        req.response_format = match v.get("response_format") {
+            None | Some(Value::Null) => None,
+            Some(f) if f.get("type").is_some_and(Value::is_string) => Some(f.clone()),
+            Some(_) => {
+                return Err(field_err(
+                    "response_format",
+                    "`response_format` must be an object with a string `type`",
+                ));
+            }
+        };
+        let fields = v.as_object().expect("checked above");
+        req.extra = fields
+            .iter()
+            .filter(|(k, _)| !OWNED_FIELDS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        req.written = fields
+            .iter()
+            .filter(|(k, _)| WRITTEN_AS_GIVEN.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         Ok(req)
     }
 
-    /// The OpenAI JSON body for this request.
+    /// The OpenAI JSON body for this request: the fields it read, written back with the values
+    /// it holds, and every other field of the original request unchanged.
     pub fn to_openai(&self, model: &str, stream: bool) -> Value {
-        let mut body =
-            json!({"model": model, "messages": self.messages, "n": self.n, "stream": stream});
+        let mut body = Value::Object(self.extra.clone());
         let o = body.as_object_mut().expect("object");
+        o.insert("model".into(), json!(model));
+        o.insert("messages".into(), json!(self.messages));
+        o.insert("n".into(), json!(self.n));
+        o.insert("stream".into(), json!(stream));
         if let Some(t) = &self.tools {
             o.insert("tools".into(), json!(t));
         }
@@ -238,12 +392,57 @@ impl ChatRequest {
                 o.insert(k.into(), v);
             }
         };
-        put("max_tokens", json!(self.max_tokens));
-        put("temperature", json!(self.temperature));
-        put("top_p", json!(self.top_p));
+        // A client that said `max_completion_tokens` (OpenAI's reasoning models refuse
+        // `max_tokens`) gets the same name forwarded.
+        let max_tokens_key = if self.extra.contains_key("max_completion_tokens") {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        };
+        put(max_tokens_key, json!(self.max_tokens));
+        // A number nobody changed goes out as the client wrote it.
+        let as_written = |key: &str, ours: Option<f32>| match self.written.get(key) {
+            Some(w) if w.as_f64().map(|x| x as f32) == ours => w.clone(),
+            _ => decimal(ours),
+        };
+        put("temperature", as_written("temperature", self.temperature));
+        put("top_p", as_written("top_p", self.top_p));
         put("top_k", json!(self.top_k));
-        put("min_p", json!(self.min_p));
-        put("repetition_penalty", json!(self.repetition_penalty));
+        put("min_p", as_written("min_p", self.min_p));
+        put(
+            "repetition_penalty",
+            as_written("repetition_penalty", self.repetition_penalty),
+        );
+        put(
+            "presence_penalty",
+            as_written("presence_penalty", self.presence_penalty),
+        );
+        put(
+            "frequency_penalty",
+            as_written("frequency_penalty", self.frequency_penalty),
+        );
+        if !self.logit_bias.is_empty() {
+            let written = self.written.get("logit_bias").filter(|w| {
+                parse_logit_bias(&json!({"logit_bias": w})).ok().as_ref() == Some(&self.logit_bias)
+            });
+            put(
+                "logit_bias",
+                written.cloned().unwrap_or_else(|| {
+                    Value::Object(
+                        self.logit_bias
+                            .iter()
+                            .map(|(id, b)| (id.to_string(), decimal(Some(*b))))
+                            .collect(),
+                    )
+                }),
+            );
+        }
+        put(
+            "tool_choice",
+            json!(self.tool_choice.as_ref().map(ToolChoice::to_openai)),
+        );
+        put("parallel_tool_calls", json!(self.parallel_tool_calls));
+        put("response_format", json!(self.response_format));
         put("seed", json!(self.seed));
         if !self.stop.is_empty() {
             put("stop", json!(self.stop));
@@ -263,6 +462,53 @@ impl ChatRequest {
         }
         body
     }
+}
+
+/// The top-level request fields [`ChatRequest`] reads into its own fields; the rest go to
+/// `extra`. (`max_completion_tokens` is read and also kept, so a proxy forwards the same name.)
+const OWNED_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "stream",
+    "stream_options",
+    "tools",
+    "n",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "seed",
+    "stop",
+    "logprobs",
+    "top_logprobs",
+    "chat_template_kwargs",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+];
+
+/// Numeric fields kept as written, see `ChatRequest::written`.
+const WRITTEN_AS_GIVEN: &[&str] = &[
+    "temperature",
+    "top_p",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+];
+
+/// An f32 request value as the decimal the client wrote (0.7, not 0.699999988079071): f32's
+/// shortest representation read back as f64.
+fn decimal(x: Option<f32>) -> Value {
+    x.and_then(|x| x.to_string().parse::<f64>().ok())
+        .and_then(serde_json::Number::from_f64)
+        .map_or(Value::Null, Value::Number)
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -541,13 +787,27 @@ const THINK_END: &str = "</think>";
 const TOOL_START: &str = "<tool_call>";
 const TOOL_END: &str = "</tool_call>";
 
+/// `<tool_call>` ends reasoning without `</think>` only when `<function` and then `=` or
+/// whitespace follow (Qwen3.5's XML tool format), as vLLM's parser checks.
+const FUNCTION_OPEN: &str = "<function";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    /// Nothing seen yet: a leading `<think>` opens reasoning.
-    Start,
     Reasoning,
     Content,
     ToolCall,
+}
+
+/// Where reasoning stops in the buffered text.
+enum Boundary {
+    /// `</think>` at this byte.
+    End(usize),
+    /// A `<think>` tag to drop.
+    Open(usize),
+    /// A `<tool_call>` that opens a call: content starts here.
+    ToolCall(usize),
+    /// A `<tool_call>` whose next bytes are not here yet.
+    Undecided(usize),
 }
 
 /// Parsed pieces of output text.
@@ -558,26 +818,40 @@ pub struct Parsed {
     pub tool_calls: Vec<ToolCall>,
 }
 
-/// Incremental Qwen output parser: `<think>...</think>` becomes reasoning (vLLM's qwen3
-/// reasoning parser: only when the output opens with `<think>`), and with tools in the request
-/// each `<tool_call>{"name":..., "arguments":...}</tool_call>` becomes a tool call (vLLM's
-/// Hermes parser). Text that may still turn into a tag is held back.
+/// Incremental Qwen output parser, streamed and whole alike.
+///
+/// Reasoning follows vLLM's `qwen3` reasoning parser (the cases of its test file are
+/// `tools/fixtures/reasoning/vllm_qwen3_cases.json`): with thinking on, everything before
+/// `</think>` is reasoning whether or not the output opens with `<think>` (templates from
+/// Qwen3-2507 on put `<think>` in the prompt); a `<think>` tag is dropped; output that never
+/// closes the block was cut off and is all reasoning; `<tool_call>` followed by `<function`
+/// ends reasoning implicitly. With thinking off (the prompt already closed the block) all is
+/// content. Where vLLM's whole-output and streaming paths differ (text before a `<think>` that
+/// is not at the start: dropped whole, kept streamed) this parser keeps it in both.
+///
+/// With tools in the request each `<tool_call>{"name":..., "arguments":...}</tool_call>` in the
+/// content becomes a tool call (vLLM's Hermes parser). Text that may still turn into a tag is
+/// held back.
 #[derive(Debug, Clone)]
 pub struct OutputParser {
     mode: Mode,
+    /// Nothing but whitespace seen yet: a `<think>` here drops that whitespace too.
+    at_start: bool,
     buf: String,
     tools: bool,
     saw_tool_call: bool,
 }
 
 impl OutputParser {
-    pub fn new(parse_reasoning: bool, parse_tools: bool) -> Self {
+    /// `thinking`: the output opens inside a think block (see [`thinking_expected`]).
+    pub fn new(thinking: bool, parse_tools: bool) -> Self {
         Self {
-            mode: if parse_reasoning {
-                Mode::Start
+            mode: if thinking {
+                Mode::Reasoning
             } else {
                 Mode::Content
             },
+            at_start: true,
             buf: String::new(),
             tools: parse_tools,
             saw_tool_call: false,
@@ -588,35 +862,84 @@ impl OutputParser {
         self.saw_tool_call
     }
 
+    /// The first place in the buffer where reasoning text stops.
+    fn reasoning_boundary(&self) -> Option<Boundary> {
+        let end = self.buf.find(THINK_END).map(Boundary::End);
+        let open = self.buf.find(THINK_START).map(Boundary::Open);
+        let mut tool = None;
+        for (i, _) in self.buf.match_indices(TOOL_START) {
+            let after = self.buf[i + TOOL_START.len()..].trim_start();
+            if let Some(next) = after.strip_prefix(FUNCTION_OPEN)
+                && let Some(c) = next.chars().next()
+            {
+                if c == '=' || c.is_whitespace() {
+                    tool = Some(Boundary::ToolCall(i));
+                    break;
+                }
+            } else if FUNCTION_OPEN.starts_with(after) {
+                tool = Some(Boundary::Undecided(i));
+                break;
+            }
+        }
+        let at = |b: &Boundary| match b {
+            Boundary::End(i)
+            | Boundary::Open(i)
+            | Boundary::ToolCall(i)
+            | Boundary::Undecided(i) => *i,
+        };
+        [end, open, tool].into_iter().flatten().min_by_key(at)
+    }
+
     pub fn push(&mut self, text: &str) -> Parsed {
         self.buf.push_str(text);
         let mut out = Parsed::default();
         loop {
             match self.mode {
-                Mode::Start => {
-                    let trimmed = self.buf.trim_start();
-                    if let Some(rest) = trimmed.strip_prefix(THINK_START) {
-                        self.buf = rest.to_string();
-                        self.mode = Mode::Reasoning;
-                    } else if THINK_START.starts_with(trimmed) {
-                        return out; // could still become `<think>`
-                    } else {
-                        self.mode = Mode::Content;
+                Mode::Reasoning => {
+                    if self.at_start {
+                        let trimmed = self.buf.trim_start();
+                        if let Some(rest) = trimmed.strip_prefix(THINK_START) {
+                            self.buf = rest.to_string();
+                            self.at_start = false;
+                            continue;
+                        }
+                        if THINK_START.starts_with(trimmed) {
+                            return out; // could still become `<think>`
+                        }
+                        self.at_start = false;
+                    }
+                    match self.reasoning_boundary() {
+                        Some(Boundary::End(i)) => {
+                            out.reasoning.push_str(&self.buf[..i]);
+                            self.buf.drain(..i + THINK_END.len());
+                            self.mode = Mode::Content;
+                        }
+                        Some(Boundary::Open(i)) => {
+                            out.reasoning.push_str(&self.buf[..i]);
+                            self.buf.drain(..i + THINK_START.len());
+                        }
+                        Some(Boundary::ToolCall(i)) => {
+                            out.reasoning.push_str(&self.buf[..i]);
+                            self.buf.drain(..i);
+                            self.mode = Mode::Content;
+                        }
+                        Some(Boundary::Undecided(i)) => {
+                            out.reasoning.push_str(&self.buf[..i]);
+                            self.buf.drain(..i);
+                            return out;
+                        }
+                        None => {
+                            let keep = [THINK_END, THINK_START, TOOL_START]
+                                .iter()
+                                .map(|tag| held_back(&self.buf, tag))
+                                .max()
+                                .unwrap_or(0);
+                            out.reasoning.push_str(&self.buf[..self.buf.len() - keep]);
+                            self.buf.drain(..self.buf.len() - keep);
+                            return out;
+                        }
                     }
                 }
-                Mode::Reasoning => match self.buf.find(THINK_END) {
-                    Some(i) => {
-                        out.reasoning.push_str(&self.buf[..i]);
-                        self.buf.drain(..i + THINK_END.len());
-                        self.mode = Mode::Content;
-                    }
-                    None => {
-                        let keep = held_back(&self.buf, THINK_END);
-                        out.reasoning.push_str(&self.buf[..self.buf.len() - keep]);
-                        self.buf.drain(..self.buf.len() - keep);
-                        return out;
-                    }
-                },
                 Mode::Content => {
                     if !self.tools {
                         out.content.push_str(&self.buf);
@@ -674,7 +997,7 @@ impl OutputParser {
         let mut out = Parsed::default();
         let rest = std::mem::take(&mut self.buf);
         match self.mode {
-            Mode::Start | Mode::Content => self.emit_content(&rest, &mut out),
+            Mode::Content => self.emit_content(&rest, &mut out),
             Mode::Reasoning => out.reasoning.push_str(&rest),
             Mode::ToolCall => match parse_tool_call(&rest) {
                 Some(call) => {
@@ -687,6 +1010,24 @@ impl OutputParser {
         self.mode = Mode::Content;
         out
     }
+}
+
+/// Whether a reply to `prompt` (the rendered chat prompt) opens inside a think block, so that
+/// the reasoning parser applies. vLLM applies its qwen3 parser to whatever model it is told to;
+/// qforge turns it on by itself, so it asks the template: off when the request disables
+/// thinking or the prompt already closed the block (vLLM's `prompt_is_reasoning_end`); on when
+/// the prompt opened the block (Qwen3-2507 Thinking, Qwen3.5) or the template has Qwen3's
+/// `enable_thinking` switch (the model opens the block itself); off for templates without
+/// thinking (Qwen2.5, Qwen3-2507 Instruct), whose replies are all content.
+pub fn thinking_expected(prompt: &str, thinking_switch: bool, kwargs: &Map<String, Value>) -> bool {
+    if kwargs.get("enable_thinking") == Some(&Value::Bool(false)) {
+        return false;
+    }
+    let tail = prompt.trim_end();
+    if tail.ends_with(THINK_END) {
+        return false;
+    }
+    tail.ends_with(THINK_START) || thinking_switch
 }
 
 /// Bytes at the end of `text` that are a proper prefix of `tag`.
@@ -766,13 +1107,117 @@ mod tests {
     }
 
     #[test]
-    fn output_without_think_tag_is_all_content() {
-        let p = run(
-            &mut OutputParser::new(true, true),
-            &["Hello ", "<thin", "king> world"],
+    fn output_without_think_tags_is_reasoning_when_thinking_and_content_when_not() {
+        let pieces = ["Hello ", "<thin", "king> world"];
+        let p = run(&mut OutputParser::new(true, true), &pieces);
+        assert_eq!(
+            (p.reasoning.as_str(), p.content.as_str()),
+            ("Hello <thinking> world", "")
         );
-        assert_eq!(p.content, "Hello <thinking> world");
-        assert_eq!(p.reasoning, "");
+        let p = run(&mut OutputParser::new(false, true), &pieces);
+        assert_eq!(
+            (p.reasoning.as_str(), p.content.as_str()),
+            ("", "Hello <thinking> world")
+        );
+    }
+
+    /// Each case of vLLM's qwen3 reasoning-parser test file, whole, one character at a time,
+    /// and in the deltas vLLM's multi-token cases use.
+    #[test]
+    fn reasoning_matches_vllm_qwen3_parser_cases() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tools/fixtures/reasoning/vllm_qwen3_cases.json"
+        );
+        let cases: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let expect = |case: &Value, thinking: bool, pieces: Vec<String>| {
+            let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+            let p = run(&mut OutputParser::new(thinking, false), &refs);
+            let some = |s: String| (!s.is_empty()).then_some(s);
+            assert_eq!(
+                (some(p.reasoning), some(p.content)),
+                (
+                    case["reasoning"].as_str().map(str::to_string),
+                    case["content"].as_str().map(str::to_string)
+                ),
+                "{} in {} pieces",
+                case["id"],
+                refs.len()
+            );
+        };
+        let mut count = 0;
+        for (group, thinking) in [("thinking_enabled", true), ("thinking_disabled", false)] {
+            for case in cases[group].as_array().unwrap() {
+                let output = case["output"].as_str().unwrap();
+                expect(case, thinking, vec![output.to_string()]);
+                expect(case, thinking, chars(output));
+                count += 1;
+            }
+        }
+        for case in cases["multi_token_deltas"].as_array().unwrap() {
+            let deltas = case["deltas"].as_array().unwrap();
+            expect(
+                case,
+                true,
+                deltas
+                    .iter()
+                    .map(|d| d.as_str().unwrap().to_string())
+                    .collect(),
+            );
+            count += 1;
+        }
+        assert_eq!(count, 18);
+    }
+
+    #[test]
+    fn a_tool_call_tag_in_reasoning_without_a_function_tag_stays_reasoning() {
+        // Qwen3's Hermes calls (`<tool_call>\n{...}`) do not end reasoning; only Qwen3.5's
+        // `<function=` form does, as in vLLM.
+        let text = "plan: <tool_call>\n{\"name\": \"a\"}</tool_call> then</think>done";
+        for pieces in [vec![text.to_string()], chars(text)] {
+            let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+            let p = run(&mut OutputParser::new(true, true), &refs);
+            assert_eq!(
+                p.reasoning,
+                "plan: <tool_call>\n{\"name\": \"a\"}</tool_call> then"
+            );
+            assert_eq!(p.content, "done");
+        }
+        let p = run(
+            &mut OutputParser::new(true, false),
+            &["x <tool_call>\n <funct"],
+        );
+        assert_eq!(
+            p.reasoning, "x <tool_call>\n <funct",
+            "cut off while undecided"
+        );
+    }
+
+    #[test]
+    fn thinking_is_expected_from_the_prompt_and_the_template() {
+        let none = Map::new();
+        let mut off = Map::new();
+        off.insert("enable_thinking".into(), Value::Bool(false));
+        let open = "<|im_start|>assistant\n<think>\n";
+        let closed = "<|im_start|>assistant\n<think>\n\n</think>\n\n";
+        let plain = "<|im_start|>assistant\n";
+        assert!(
+            thinking_expected(open, false, &none),
+            "Thinking-2507, Qwen3.5"
+        );
+        assert!(
+            thinking_expected(plain, true, &none),
+            "Qwen3 hybrid: the model opens it"
+        );
+        assert!(
+            !thinking_expected(closed, true, &none),
+            "enable_thinking=False rendered"
+        );
+        assert!(!thinking_expected(plain, true, &off));
+        assert!(
+            !thinking_expected(plain, false, &none),
+            "a template without thinking"
+        );
     }
 
     #[test]
@@ -780,7 +1225,7 @@ mod tests {
         let text = "I'll check.<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Zürich\", \"days\": 2}}\n</tool_call>\n<tool_call>\n{\"name\": \"noop\", \"arguments\": {}}\n</tool_call>";
         for pieces in [vec![text.to_string()], chars(text)] {
             let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
-            let mut parser = OutputParser::new(true, true);
+            let mut parser = OutputParser::new(false, true);
             let p = run(&mut parser, &refs);
             assert!(parser.saw_tool_call());
             assert_eq!(p.content, "I'll check.");
@@ -816,7 +1261,7 @@ mod tests {
     #[test]
     fn tools_are_not_parsed_without_tools_in_the_request() {
         let p = run(
-            &mut OutputParser::new(true, false),
+            &mut OutputParser::new(false, false),
             &["<tool_call>{\"name\": \"a\", \"arguments\": {}}</tool_call>"],
         );
         assert!(p.tool_calls.is_empty());
@@ -845,6 +1290,44 @@ mod tests {
                 json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": -1}),
                 "max_tokens",
             ),
+            (
+                json!({"messages": [{"role": "user", "content": "x"}], "presence_penalty": "a"}),
+                "presence_penalty",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"x": 1}}),
+                "logit_bias",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"5": "a"}}),
+                "logit_bias",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "x"}], "logit_bias": [1]}),
+                "logit_bias",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "x"}], "tool_choice": "sometimes"}),
+                "tool_choice",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "x"}], "tool_choice": "required"}),
+                "tool_choice",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "x"}],
+                       "tools": [{"type": "function", "function": {"name": "a"}}],
+                       "tool_choice": {"type": "function", "function": {"name": "b"}}}),
+                "tool_choice",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "x"}], "parallel_tool_calls": "yes"}),
+                "parallel_tool_calls",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "x"}], "response_format": "json"}),
+                "response_format",
+            ),
         ];
         for (body, param) in bad {
             assert_eq!(
@@ -869,5 +1352,38 @@ mod tests {
             ChatRequest::from_openai(&ok.to_openai("m", false)).unwrap(),
             ok
         );
+    }
+
+    /// Proxies rebuild the body with `to_openai`: a field the official client (or a vendor)
+    /// sends must reach the upstream with the same value, written the same way.
+    #[test]
+    fn every_field_of_a_request_survives_the_round_trip_as_written() {
+        let body = json!({
+            "model": "client-model", "stream": false,
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}],
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+            "parallel_tool_calls": false,
+            "presence_penalty": 0.3, "frequency_penalty": -0.7, "temperature": 0.7, "top_p": 0.95,
+            "logit_bias": {"42": -100, "7": 2.5},
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}},
+            "max_completion_tokens": 64, "seed": 3, "n": 2, "stop": ["\n\n"],
+            "user": "u-1", "metadata": {"run": "a"}, "store": false,
+            "reasoning_effort": "low", "service_tier": "auto", "vendor_field": [1, {"x": null}],
+        });
+        let request = ChatRequest::from_openai(&body).unwrap();
+        let forwarded = request.to_openai("upstream-model", false);
+        for (key, value) in body.as_object().unwrap() {
+            if key == "model" {
+                continue;
+            }
+            assert_eq!(forwarded[key].to_string(), value.to_string(), "{key}");
+        }
+        assert_eq!(forwarded["model"], "upstream-model");
+        assert!(
+            forwarded.get("max_tokens").is_none(),
+            "one name for the limit"
+        );
+        assert_eq!(request.extra.len(), 7, "{:?}", request.extra.keys());
     }
 }

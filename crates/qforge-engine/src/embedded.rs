@@ -9,7 +9,8 @@ use tokio::task::JoinSet;
 
 use crate::backend::{BackendError, ChatBackend, ChatStream};
 use crate::chat::{
-    ChatDelta, ChatEvent, ChatRequest, OutputParser, TokenLogprob, TopLogprob, Usage,
+    ChatDelta, ChatEvent, ChatRequest, OutputParser, TokenLogprob, ToolChoice, TopLogprob, Usage,
+    thinking_expected,
 };
 use crate::engine::{GeneratedToken, GenerationRequest, StopConditions};
 use crate::sampling::{SamplingFields, SamplingParams};
@@ -22,7 +23,8 @@ pub struct EmbeddedBackend {
     tokenizer: Arc<Tokenizer>,
     generation: GenerationConfig,
     stop_token_ids: Vec<u32>,
-    /// Split `<think>` reasoning into `reasoning_content` (vLLM's qwen3 reasoning parser).
+    /// Split reasoning into `reasoning_content` (vLLM's qwen3 reasoning parser) for replies
+    /// that open in a think block ([`thinking_expected`]).
     pub parse_reasoning: bool,
 }
 
@@ -34,6 +36,9 @@ impl From<&ChatRequest> for SamplingFields {
             top_k: r.top_k,
             min_p: r.min_p,
             repetition_penalty: r.repetition_penalty,
+            presence_penalty: r.presence_penalty,
+            frequency_penalty: r.frequency_penalty,
+            logit_bias: r.logit_bias.clone(),
             seed: r.seed,
         }
     }
@@ -58,7 +63,54 @@ fn submit_error(e: SubmitError) -> BackendError {
 struct StreamOptions {
     parse_reasoning: bool,
     parse_tools: bool,
+    /// `parallel_tool_calls: false`: only a reply's first tool call is kept.
+    one_tool_call: bool,
     logprobs: bool,
+}
+
+/// What the embedded engine cannot honour is refused with a 400, never silently ignored:
+/// forcing a tool call (`required`, a named function) and JSON output need structured
+/// (grammar-constrained) decoding, which qforge does not have.
+fn check_supported(request: &ChatRequest) -> Result<(), BackendError> {
+    let refuse = |param: &str, message: String| {
+        Err(BackendError::InvalidRequest {
+            message,
+            param: Some(param.into()),
+        })
+    };
+    match &request.tool_choice {
+        Some(ToolChoice::Required) => {
+            return refuse(
+                "tool_choice",
+                "tool_choice \"required\" needs structured output, which this server does not \
+                 implement; use \"auto\""
+                    .into(),
+            );
+        }
+        Some(ToolChoice::Function(name)) => {
+            return refuse(
+                "tool_choice",
+                format!(
+                    "a named tool_choice ({name:?}) needs structured output, which this server \
+                     does not implement; use \"auto\""
+                ),
+            );
+        }
+        _ => {}
+    }
+    if let Some(format) = &request.response_format {
+        let kind = format["type"].as_str().unwrap_or_default();
+        if kind != "text" {
+            return refuse(
+                "response_format",
+                format!(
+                    "response_format {kind:?} needs structured output, which this server does not \
+                     implement; only \"text\" is accepted"
+                ),
+            );
+        }
+    }
+    Ok(())
 }
 
 impl EmbeddedBackend {
@@ -93,6 +145,11 @@ impl EmbeddedBackend {
 
     /// The prompt ids the chat template renders for a request.
     pub fn chat_prompt(&self, request: &ChatRequest) -> Result<Vec<u32>, BackendError> {
+        self.rendered_prompt(request).map(|(ids, _)| ids)
+    }
+
+    /// The prompt ids, and whether the reply opens inside a think block.
+    fn rendered_prompt(&self, request: &ChatRequest) -> Result<(Vec<u32>, bool), BackendError> {
         let options = ChatOptions {
             add_generation_prompt: true,
             tools: request.tools.clone(),
@@ -102,11 +159,20 @@ impl EmbeddedBackend {
             message: e.to_string(),
             param: Some("messages".into()),
         };
+        let template = self.tokenizer.chat_template().map_err(invalid)?;
         let text = self
             .tokenizer
             .apply_chat_template(&request.messages, &options)
             .map_err(invalid)?;
-        self.tokenizer.encode(&text, false).map_err(invalid)
+        let thinking = thinking_expected(
+            &text,
+            template.has_thinking_switch(),
+            &request.chat_template_kwargs,
+        );
+        Ok((
+            self.tokenizer.encode(&text, false).map_err(invalid)?,
+            thinking,
+        ))
     }
 
     /// Request fields, else generation_config.json's defaults, else OpenAI's (temperature 1);
@@ -214,6 +280,7 @@ impl EmbeddedBackend {
                     let mut parser =
                         OutputParser::new(options.parse_reasoning, options.parse_tools);
                     let mut generated = 0usize;
+                    let mut tool_calls = 0usize;
                     while let Some(event) = seq.recv().await {
                         let token = match event {
                             SeqEvent::Started => continue,
@@ -231,6 +298,12 @@ impl EmbeddedBackend {
                             parsed.reasoning += &rest.reasoning;
                             parsed.tool_calls.extend(rest.tool_calls);
                         }
+                        if options.one_tool_call {
+                            parsed
+                                .tool_calls
+                                .truncate(1usize.saturating_sub(tool_calls));
+                        }
+                        tool_calls += parsed.tool_calls.len();
                         let nonempty = |s: String| (!s.is_empty()).then_some(s);
                         let delta = ChatDelta {
                             index,
@@ -291,6 +364,7 @@ impl EmbeddedBackend {
             StreamOptions {
                 parse_reasoning: false,
                 parse_tools: false,
+                one_tool_call: false,
                 logprobs: top_logprobs.is_some(),
             },
         )
@@ -304,7 +378,8 @@ impl ChatBackend for EmbeddedBackend {
     }
 
     async fn chat_stream(&self, request: ChatRequest) -> Result<ChatStream, BackendError> {
-        let prompt = self.chat_prompt(&request)?;
+        check_supported(&request)?;
+        let (prompt, thinking) = self.rendered_prompt(&request)?;
         let top = if request.logprobs {
             request.top_logprobs
         } else {
@@ -321,8 +396,12 @@ impl ChatBackend for EmbeddedBackend {
         self.stream(
             requests,
             StreamOptions {
-                parse_reasoning: self.parse_reasoning,
-                parse_tools: request.tools.is_some(),
+                parse_reasoning: self.parse_reasoning && thinking,
+                // tool_choice "none": the tools stay in the prompt (vLLM's default) but the
+                // reply is not parsed for calls.
+                parse_tools: request.tools.is_some()
+                    && request.tool_choice != Some(ToolChoice::None),
+                one_tool_call: request.parallel_tool_calls == Some(false),
                 logprobs: request.logprobs,
             },
         )

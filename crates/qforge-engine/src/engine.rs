@@ -226,6 +226,16 @@ impl Engine {
             return Err(EngineError::PromptTooLong { index, len, max });
         }
         let vocab = self.model.config().vocab_size;
+        if let Some((bad, _)) = request
+            .sampling
+            .logit_bias
+            .iter()
+            .find(|(t, _)| *t as usize >= vocab)
+        {
+            return Err(EngineError::InvalidParameter(format!(
+                "request {index}: logit_bias names token {bad}, outside the vocabulary of {vocab}"
+            )));
+        }
         if let Some(&bad) = request.prompt_ids.iter().find(|&&t| t as usize >= vocab) {
             return Err(EngineError::Model(qforge_model::ModelError::InvalidInput(
                 format!("request {index}: token id {bad} is outside the vocabulary of {vocab}"),
@@ -289,7 +299,7 @@ impl Engine {
             let Some(logits) = seq.next_logits.take() else {
                 continue;
             };
-            let id = seq.sampler.sample(&logits, &seq.tokens)?;
+            let id = seq.sampler.sample(&logits, &seq.tokens, seq.prompt_len)?;
             let logprobs = log_softmax(&logits);
             let token = GeneratedToken {
                 id,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
 use crate::backend::{BackendError, ChatBackend, ChatStream};
@@ -191,6 +191,38 @@ impl RemoteBackend {
             .ok_or_else(|| {
                 BackendError::Internal(format!("no score in the pooling response: {text}"))
             })
+    }
+
+    /// Raw text completions of a token-id prompt (`POST /v1/completions` with `prompt` as ids,
+    /// which vLLM, SGLang and `qforge serve` accept): each choice's text exactly as generated,
+    /// with no reasoning or tool parsing in between, and its finish reason, in choice order.
+    /// `sampling` holds the other body fields (`n`, `temperature`, `max_tokens`, `seed`, ...).
+    pub async fn complete_ids(
+        &self,
+        prompt: &[u32],
+        sampling: &Map<String, Value>,
+    ) -> Result<Vec<(String, String)>, BackendError> {
+        let mut body = Value::Object(sampling.clone());
+        body["prompt"] = serde_json::json!(prompt);
+        if !self.config.model.is_empty() {
+            body["model"] = Value::String(self.config.model.clone());
+        }
+        let resp = self.post("/completions", &body, false).await?;
+        let v: Value = resp.json().await.map_err(unavailable)?;
+        let mut choices: Vec<(u64, String, String)> = v["choices"]
+            .as_array()
+            .ok_or_else(|| BackendError::Internal(format!("no choices in the completion: {v}")))?
+            .iter()
+            .map(|c| {
+                (
+                    c["index"].as_u64().unwrap_or(0),
+                    c["text"].as_str().unwrap_or_default().to_string(),
+                    c["finish_reason"].as_str().unwrap_or("stop").to_string(),
+                )
+            })
+            .collect();
+        choices.sort_by_key(|c| c.0);
+        Ok(choices.into_iter().map(|(_, t, f)| (t, f)).collect())
     }
 
     /// Model ids the server lists at `/models`.

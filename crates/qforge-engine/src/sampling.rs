@@ -1,5 +1,6 @@
-//! Next-token selection: repetition penalty, temperature, top-k, top-p, min-p (in
-//! transformers' order), seeded per sequence.
+//! Next-token selection: logit bias, then the repetition, frequency and presence penalties
+//! (vLLM's order), then temperature, top-k, top-p, min-p (transformers' order), seeded per
+//! sequence.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -20,6 +21,13 @@ pub struct SamplingParams {
     pub min_p: f32,
     /// 1 means off; > 1 discourages tokens already in the prompt or output.
     pub repetition_penalty: f32,
+    /// OpenAI's `presence_penalty` in [-2, 2]: subtracted once from the logit of every token the
+    /// output already holds (vLLM: output tokens only, not the prompt).
+    pub presence_penalty: f32,
+    /// OpenAI's `frequency_penalty` in [-2, 2]: subtracted per occurrence in the output.
+    pub frequency_penalty: f32,
+    /// OpenAI's `logit_bias`: (token id, bias) added to the raw logits, bias clamped to ±100.
+    pub logit_bias: Vec<(u32, f32)>,
     /// `None` draws a seed from the OS.
     pub seed: Option<u64>,
 }
@@ -38,6 +46,9 @@ impl SamplingParams {
             top_p: 1.0,
             min_p: 0.0,
             repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
             seed: None,
         }
     }
@@ -57,6 +68,20 @@ impl SamplingParams {
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
             return bad("repetition_penalty", "must be a finite number > 0");
         }
+        for (field, value) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if !(-2.0..=2.0).contains(&value) {
+                return bad(field, "must be in [-2, 2]");
+            }
+        }
+        if let Some((id, _)) = self.logit_bias.iter().find(|(_, b)| !b.is_finite()) {
+            return bad(
+                "logit_bias",
+                &format!("for token {id} must be a finite number"),
+            );
+        }
         Ok(())
     }
 
@@ -73,6 +98,9 @@ pub struct SamplingFields {
     pub top_k: Option<usize>,
     pub min_p: Option<f32>,
     pub repetition_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub logit_bias: Vec<(u32, f32)>,
     pub seed: Option<u64>,
 }
 
@@ -103,6 +131,10 @@ impl SamplingFields {
                 .repetition_penalty
                 .or(cfg(generation.repetition_penalty))
                 .unwrap_or(1.0),
+            // Not generation_config.json fields: off unless the request asks.
+            presence_penalty: self.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
+            logit_bias: self.logit_bias.clone(),
             seed: self.seed,
         }
     }
@@ -129,17 +161,23 @@ impl Sampler {
         &self.params
     }
 
-    /// Picks the next token from raw logits. `context` is every token so far (prompt and
-    /// output), for the repetition penalty.
-    pub fn sample(&mut self, logits: &[f32], context: &[u32]) -> Result<u32> {
+    /// Picks the next token from raw logits. `tokens` is every token so far, of which the first
+    /// `prompt_len` are the prompt: the repetition penalty sees them all, the frequency and
+    /// presence penalties only the output (as vLLM's do).
+    pub fn sample(&mut self, logits: &[f32], tokens: &[u32], prompt_len: usize) -> Result<u32> {
         if logits.iter().any(|x| x.is_nan()) {
             return Err(EngineError::NonFiniteLogits);
         }
         let p = &self.params;
         let mut logits = logits.to_vec();
+        for &(id, bias) in &p.logit_bias {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l += bias.clamp(-100.0, 100.0);
+            }
+        }
         if p.repetition_penalty != 1.0 {
             let mut seen = vec![false; logits.len()];
-            for &t in context {
+            for &t in tokens {
                 if let Some(s) = seen.get_mut(t as usize) {
                     *s = true;
                 }
@@ -150,6 +188,17 @@ impl Sampler {
                 } else {
                     *l / p.repetition_penalty
                 };
+            }
+        }
+        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+            let mut counts: std::collections::HashMap<u32, f32> = Default::default();
+            for &t in &tokens[prompt_len.min(tokens.len())..] {
+                *counts.entry(t).or_default() += 1.0;
+            }
+            for (t, count) in counts {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l -= p.frequency_penalty * count + p.presence_penalty;
+                }
             }
         }
         if p.is_greedy() {
@@ -252,7 +301,7 @@ mod tests {
     #[test]
     fn greedy_takes_the_argmax() {
         let mut s = Sampler::new(SamplingParams::greedy());
-        assert_eq!(s.sample(&[0.1, 3.0, -1.0, 2.9], &[]).unwrap(), 1);
+        assert_eq!(s.sample(&[0.1, 3.0, -1.0, 2.9], &[], 0).unwrap(), 1);
     }
 
     #[test]
@@ -262,13 +311,67 @@ mod tests {
             repetition_penalty: 2.0,
             ..SamplingParams::greedy()
         });
-        assert_eq!(s.sample(&[0.1, 3.0, -1.0, 2.9], &[1]).unwrap(), 3);
+        assert_eq!(s.sample(&[0.1, 3.0, -1.0, 2.9], &[1], 0).unwrap(), 3);
         // Negative logits are multiplied: -0.5 * 2 = -1.0 < -0.9.
         let mut s = Sampler::new(SamplingParams {
             repetition_penalty: 2.0,
             ..SamplingParams::greedy()
         });
-        assert_eq!(s.sample(&[-0.5, -0.9], &[0]).unwrap(), 1);
+        assert_eq!(s.sample(&[-0.5, -0.9], &[0], 0).unwrap(), 1);
+    }
+
+    #[test]
+    fn presence_and_frequency_penalties_count_only_the_output_as_vllm_does() {
+        let logits = [3.0, 2.5, 0.0];
+        let greedy = |f: &dyn Fn(&mut SamplingParams)| {
+            let mut p = SamplingParams::greedy();
+            f(&mut p);
+            p.validate().unwrap();
+            Sampler::new(p)
+        };
+        // Token 0 only in the prompt: no penalty, it still wins.
+        let mut s = greedy(&|p| p.presence_penalty = 2.0);
+        assert_eq!(s.sample(&logits, &[0, 0], 2).unwrap(), 0);
+        // Once in the output: 3.0 - 2.0 = 1.0 < 2.5.
+        assert_eq!(s.sample(&logits, &[0, 0], 1).unwrap(), 1);
+        // Frequency scales with the count: 3.0 - 0.3 * 1 = 2.7 wins, 3.0 - 0.3 * 2 = 2.4 loses.
+        let mut s = greedy(&|p| p.frequency_penalty = 0.3);
+        assert_eq!(s.sample(&logits, &[0], 0).unwrap(), 0);
+        assert_eq!(s.sample(&logits, &[0, 0], 0).unwrap(), 1);
+        // A negative presence penalty encourages repeats.
+        let mut s = greedy(&|p| p.presence_penalty = -2.0);
+        assert_eq!(s.sample(&[3.0, 2.5, 1.5], &[2], 0).unwrap(), 2);
+    }
+
+    #[test]
+    fn logit_bias_is_added_and_clamped_to_100() {
+        let mut s = Sampler::new(SamplingParams {
+            logit_bias: vec![(2, 5.0)],
+            ..SamplingParams::greedy()
+        });
+        assert_eq!(s.sample(&[3.0, 2.5, -1.0], &[], 0).unwrap(), 2);
+        // -1000 acts as -100: token 0 (3.0 - 100) still beats a -200 logit.
+        let mut s = Sampler::new(SamplingParams {
+            logit_bias: vec![(0, -1000.0)],
+            ..SamplingParams::greedy()
+        });
+        assert_eq!(s.sample(&[3.0, -200.0], &[], 0).unwrap(), 0);
+        for bad in [
+            SamplingParams {
+                presence_penalty: 2.5,
+                ..SamplingParams::greedy()
+            },
+            SamplingParams {
+                frequency_penalty: -3.0,
+                ..SamplingParams::greedy()
+            },
+            SamplingParams {
+                logit_bias: vec![(1, f32::NAN)],
+                ..SamplingParams::greedy()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
     }
 
     #[test]
@@ -276,21 +379,21 @@ mod tests {
         let logits = [1.0, 2.0, 3.0, 0.5];
         let mut s = params(|p| p.top_k = 1);
         for _ in 0..50 {
-            assert_eq!(s.sample(&logits, &[]).unwrap(), 2);
+            assert_eq!(s.sample(&logits, &[], 0).unwrap(), 2);
         }
         let mut s = params(|p| p.top_k = 2);
         for _ in 0..200 {
-            assert!([1, 2].contains(&s.sample(&logits, &[]).unwrap()));
+            assert!([1, 2].contains(&s.sample(&logits, &[], 0).unwrap()));
         }
         // probs ~ [0.086, 0.234, 0.636, 0.052]: top_p 0.8 keeps tokens 2 and 1.
         let mut s = params(|p| p.top_p = 0.8);
         for _ in 0..200 {
-            assert!([1, 2].contains(&s.sample(&logits, &[]).unwrap()));
+            assert!([1, 2].contains(&s.sample(&logits, &[], 0).unwrap()));
         }
         // min_p 0.3: threshold 0.19 keeps tokens 2 and 1.
         let mut s = params(|p| p.min_p = 0.3);
         for _ in 0..200 {
-            assert!([1, 2].contains(&s.sample(&logits, &[]).unwrap()));
+            assert!([1, 2].contains(&s.sample(&logits, &[], 0).unwrap()));
         }
     }
 
@@ -300,7 +403,7 @@ mod tests {
         let mut s = params(|_| {});
         let n = 4000;
         let ones = (0..n)
-            .filter(|_| s.sample(&logits, &[]).unwrap() == 1)
+            .filter(|_| s.sample(&logits, &[], 0).unwrap() == 1)
             .count();
         let freq = ones as f64 / n as f64;
         assert!((freq - 0.75).abs() < 0.03, "{freq}");
@@ -312,7 +415,7 @@ mod tests {
         let draw = || {
             let mut s = params(|p| p.seed = Some(42));
             (0..20)
-                .map(|_| s.sample(&logits, &[]).unwrap())
+                .map(|_| s.sample(&logits, &[], 0).unwrap())
                 .collect::<Vec<_>>()
         };
         assert_eq!(draw(), draw());
@@ -342,7 +445,7 @@ mod tests {
         }
         let mut s = Sampler::new(SamplingParams::greedy());
         assert!(matches!(
-            s.sample(&[0.0, f32::NAN], &[]),
+            s.sample(&[0.0, f32::NAN], &[], 0),
             Err(EngineError::NonFiniteLogits)
         ));
     }

@@ -195,6 +195,9 @@ fn seeded_sampling_is_reproducible_and_independent_of_the_batch() {
             top_p: 0.95,
             min_p: 0.01,
             repetition_penalty: 1.1,
+            presence_penalty: 0.5,
+            frequency_penalty: 0.2,
+            logit_bias: vec![(5, 1.0)],
             seed: Some(seed),
         };
         r

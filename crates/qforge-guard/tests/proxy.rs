@@ -46,7 +46,8 @@ fn upstream() -> Arc<dyn ChatBackend> {
 fn request() -> ChatRequest {
     ChatRequest::from_openai(&json!({
         "messages": [{"role": "user", "content": "Tell me about the quick brown fox."}],
-        "temperature": 0, "max_tokens": 40
+        "temperature": 0, "max_tokens": 40,
+        "chat_template_kwargs": {"enable_thinking": false}
     }))
     .unwrap()
 }

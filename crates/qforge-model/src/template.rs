@@ -36,6 +36,7 @@ impl ChatOptions {
 
 pub struct ChatTemplate {
     env: Environment<'static>,
+    thinking_switch: bool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -66,7 +67,15 @@ impl ChatTemplate {
         env.add_function("strftime_now", strftime_now);
         env.add_template_owned(NAME, source.to_string())
             .map_err(|e| ModelError::Template(describe(&e)))?;
-        Ok(Self { env })
+        Ok(Self {
+            env,
+            thinking_switch: source.contains("enable_thinking"),
+        })
+    }
+
+    /// Whether the template reads Qwen3's `enable_thinking` (a hybrid thinking model).
+    pub fn has_thinking_switch(&self) -> bool {
+        self.thinking_switch
     }
 
     pub fn render(

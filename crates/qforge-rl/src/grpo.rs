@@ -354,11 +354,7 @@ impl GrpoTrainer {
 
     /// Remote rollouts: push the policy if the server is behind, then G completions per prompt
     /// (requests in flight together). Returns each rollout's response ids and text.
-    fn remote_generate(
-        &mut self,
-        prompts: &[(Vec<serde_json::Value>, Vec<u32>)],
-        round: usize,
-    ) -> Result<RemoteGroups> {
+    fn remote_generate(&mut self, prompts: &[Vec<u32>], round: usize) -> Result<RemoteGroups> {
         let push_dir = self.config.output_dir.join("rollout-policy");
         let needs_push = self
             .remote
@@ -381,33 +377,34 @@ impl GrpoTrainer {
                         TrainError::Invalid(format!("pushing weights to the rollout server: {e}"))
                     })?;
             }
+            // Raw completions of the prompt ids the policy trains on: the text exactly as
+            // generated, reasoning included (a chat reply would come back split into
+            // `reasoning_content` and `content` by the server's parsers).
             let mut handles = Vec::with_capacity(prompts.len());
-            for (i, (messages, _)) in prompts.iter().enumerate() {
-                let request = qforge_engine::chat::ChatRequest::from_openai(&serde_json::json!({
-                    "messages": messages,
+            for (i, prompt_ids) in prompts.iter().enumerate() {
+                let sampling = serde_json::json!({
                     "n": cfg.group_size,
                     "temperature": cfg.temperature,
                     "top_p": cfg.top_p,
                     "max_tokens": cfg.max_new_tokens,
                     "seed": cfg.seed ^ (step << 32) ^ ((round as u64) << 24) ^ ((i as u64) << 8),
-                }))
-                .map_err(|e| TrainError::Invalid(format!("rollout request: {}", e.message)))?;
-                let backend = backend.clone();
+                });
+                let sampling = sampling.as_object().expect("object").clone();
+                let (backend, prompt_ids) = (backend.clone(), prompt_ids.clone());
                 handles.push(tokio::spawn(async move {
-                    qforge_engine::ChatBackend::chat(&backend, request).await
+                    backend.complete_ids(&prompt_ids, &sampling).await
                 }));
             }
             let mut all = Vec::with_capacity(handles.len());
             for h in handles {
-                let response = h
+                let choices = h
                     .await
                     .map_err(|e| TrainError::Invalid(e.to_string()))?
                     .map_err(|e| TrainError::Invalid(format!("rollout: {e}")))?;
-                let mut group = Vec::with_capacity(response.choices.len());
-                for c in &response.choices {
-                    let text = c.message.content.clone().unwrap_or_default();
+                let mut group = Vec::with_capacity(choices.len());
+                for (text, finish_reason) in choices {
                     let mut ids = tokenizer.encode(&text, false)?;
-                    if c.finish_reason == "stop" {
+                    if finish_reason == "stop" {
                         ids.extend(tokenizer.eos_token_id());
                     }
                     group.push((ids, text));
@@ -602,15 +599,14 @@ impl GrpoTrainer {
         let g = self.config.group_size;
         let mut prompts = Vec::with_capacity(tasks.len());
         for &t in tasks {
-            let messages = self.tasks[t].messages.clone();
             let text = self
                 .tokenizer
-                .apply_chat_template(&messages, &ChatOptions::generation())?;
-            prompts.push((messages, self.tokenizer.encode(&text, false)?));
+                .apply_chat_template(&self.tasks[t].messages, &ChatOptions::generation())?;
+            prompts.push(self.tokenizer.encode(&text, false)?);
         }
         let responses = self.remote_generate(&prompts, round)?;
         let mut groups = Vec::with_capacity(tasks.len());
-        for ((&t, (_, prompt_ids)), group) in tasks.iter().zip(&prompts).zip(responses) {
+        for ((&t, prompt_ids), group) in tasks.iter().zip(&prompts).zip(responses) {
             if group.len() != g {
                 return Err(TrainError::Invalid(format!(
                     "the rollout server returned {} choices for n = {g}",

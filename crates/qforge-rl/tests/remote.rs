@@ -7,12 +7,13 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use qforge_engine::chat::ChatRequest;
-use qforge_engine::{ChatBackend, Engine, GenerationRequest, RemoteBackend, RemoteConfig};
+use qforge_engine::{Engine, GenerationRequest, RemoteBackend, RemoteConfig};
 use qforge_model::Checkpoint;
 use qforge_rl::grpo::{GrpoConfig, GrpoTrainer};
 use qforge_rl::reward::{RewardFn, Task};
 use qforge_rl::tasks::kv_retrieval;
 use qforge_serve::{AppState, ServerConfig};
+use serde_json::json;
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/fixtures/model/qwen3_tied_gqa")
@@ -61,8 +62,8 @@ fn trainer(dir: &Path, url: &str) -> GrpoTrainer {
     .unwrap()
 }
 
-/// Greedy text of the local checkpoint in `dir` for `prompt` (the server's chat prompt).
-fn local_greedy(dir: &Path, request: &ChatRequest) -> String {
+/// The chat prompt ids of `request` and the local checkpoint's greedy text for them.
+fn local_greedy(dir: &Path, request: &ChatRequest) -> (Vec<u32>, String) {
     let ck = Checkpoint::load_dir(dir, DType::F32, &Device::Cpu).unwrap();
     let messages = request.messages.clone();
     let text = ck
@@ -72,9 +73,12 @@ fn local_greedy(dir: &Path, request: &ChatRequest) -> String {
     let ids = ck.tokenizer.encode(&text, false).unwrap();
     let eos = ck.tokenizer.eos_token_id().unwrap();
     let engine = Engine::new(ck.model, Arc::new(ck.tokenizer));
-    let mut r = GenerationRequest::new(ids, 8);
+    let mut r = GenerationRequest::new(ids.clone(), 8);
     r.stop.stop_token_ids = vec![eos];
-    engine.generate(vec![r], |_| {}).unwrap().remove(0).text
+    (
+        ids,
+        engine.generate(vec![r], |_| {}).unwrap().remove(0).text,
+    )
 }
 
 #[test]
@@ -94,15 +98,12 @@ fn remote_rollouts_push_the_policy_before_each_step() {
         ..ChatRequest::user("Hello there")
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
+    let (prompt, expected) = local_greedy(&pushed, &request);
+    let sampling = json!({"temperature": 0, "max_tokens": 8});
     let served = rt
-        .block_on(remote(&url).chat(request.clone()))
-        .unwrap()
-        .choices[0]
-        .message
-        .content
-        .clone()
-        .unwrap_or_default();
-    assert_eq!(served, local_greedy(&pushed, &request));
+        .block_on(remote(&url).complete_ids(&prompt, sampling.as_object().unwrap()))
+        .unwrap();
+    assert_eq!(served[0].0, expected);
     // ...and that policy is the trained one, not the starting weights.
     let load = |p: &Path| {
         candle_core::safetensors::load(p.join("model.safetensors"), &Device::Cpu).unwrap()

@@ -114,12 +114,18 @@ impl Server {
     }
 }
 
+/// A greedy request with thinking off, so the whole reply is `content` (the fixture's template
+/// is Qwen3's; with thinking on, the reply is reasoning until `</think>`).
 fn greedy(text: &str, max_tokens: usize) -> ChatRequest {
-    ChatRequest {
+    let mut request = ChatRequest {
         temperature: Some(0.0),
         max_tokens: Some(max_tokens),
         ..ChatRequest::user(text)
-    }
+    };
+    request
+        .chat_template_kwargs
+        .insert("enable_thinking".into(), false.into());
+    request
 }
 
 /// What the engine generates directly for the same chat prompt.
@@ -160,6 +166,57 @@ async fn remote_backend_against_our_server_equals_direct_generation() {
         assert_eq!(finish.as_deref(), Some("length"));
         assert_eq!(usage.unwrap().completion_tokens, 12);
     }
+    server.shutdown().await;
+}
+
+/// With thinking on (the template's default) the reply is split as vLLM's qwen3 reasoning
+/// parser splits it: reasoning up to the first `</think>`, content after it; all reasoning when
+/// the block is never closed. Whole and streamed alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thinking_replies_are_split_as_vllm_splits_them_whole_and_streamed() {
+    let server = Server::default().await;
+    let remote = server.remote();
+    let mut closed = 0;
+    for prompt in [
+        "Hello there",
+        "What's the weather like in Zürich today?",
+        "hi",
+    ] {
+        let request = ChatRequest {
+            temperature: Some(0.0),
+            max_tokens: Some(12),
+            ..ChatRequest::user(prompt)
+        };
+        let text = direct(&server.backend, &request);
+        let (reasoning, content) = match text.split_once("</think>") {
+            Some((r, c)) => {
+                closed += 1;
+                (r.to_string(), c.to_string())
+            }
+            None => (text.clone(), String::new()),
+        };
+        let nonempty = |s: String| (!s.is_empty()).then_some(s);
+        let whole = remote.chat(request.clone()).await.unwrap();
+        let m = &whole.choices[0].message;
+        assert_eq!(
+            (m.reasoning_content.clone(), m.content.clone()),
+            (nonempty(reasoning.clone()), nonempty(content.clone())),
+            "{text:?}"
+        );
+        let mut stream = remote.chat_stream(request).await.unwrap();
+        let (mut r, mut c) = (String::new(), String::new());
+        while let Some(event) = stream.recv().await {
+            if let ChatEvent::Delta(d) = event.unwrap() {
+                r += d.reasoning_content.as_deref().unwrap_or("");
+                c += d.content.as_deref().unwrap_or("");
+            }
+        }
+        assert_eq!((r, c), (reasoning, content));
+    }
+    assert!(
+        closed > 0,
+        "no reply closed its think block: the split went untested"
+    );
     server.shutdown().await;
 }
 

@@ -95,6 +95,7 @@ fn sampling(args: &Args, generation: &GenerationConfig) -> SamplingParams {
         min_p: args.min_p,
         repetition_penalty: args.repetition_penalty,
         seed: Some(args.seed),
+        ..SamplingFields::default()
     };
     fields.resolve(generation, 0.0)
 }

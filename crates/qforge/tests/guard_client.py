@@ -1,8 +1,8 @@
 """Drives qforge's guard endpoints with the official `openai` client (run by guard_proxy.rs).
 
 QFORGE_CHECK=proxy: QFORGE_BASE_URL is `qforge guard proxy` in front of `qforge serve`;
-QFORGE_PROMPT, QFORGE_EXPECTED (the reply text that precedes the guard's flagging pair: all the
-client may see).
+QFORGE_PROMPT, QFORGE_EXPECTED (the reply text, thinking off, that precedes the guard's flagging
+pair: all the client may see).
 QFORGE_CHECK=moderation: QFORGE_BASE_URL is `qforge serve --guard-model`; QFORGE_GUARD_MODEL.
 QFORGE_CHECK=reasoning / reasoning_flagged: QFORGE_BASE_URL is `qforge guard proxy` in front of
 scripted_upstream.py (a thinking model's tool-calling turn), with a guard that flags nothing /
@@ -18,6 +18,7 @@ client = openai.OpenAI(base_url=os.environ["QFORGE_BASE_URL"], api_key="unused",
 CHECK = os.environ["QFORGE_CHECK"]
 messages = [{"role": "user", "content": os.environ.get("QFORGE_PROMPT", "")}]
 EXPECTED = os.environ.get("QFORGE_EXPECTED", "")
+NO_THINKING = {"chat_template_kwargs": {"enable_thinking": False}}
 failed = 0
 
 
@@ -34,7 +35,7 @@ def run(name, fn):
 def streamed():
     text, finish = "", None
     for chunk in client.chat.completions.create(
-        model="tiny", messages=messages, temperature=0, max_tokens=40, stream=True
+        model="tiny", messages=messages, temperature=0, max_tokens=40, stream=True, extra_body=NO_THINKING
     ):
         for c in chunk.choices:
             text += c.delta.content or ""
@@ -45,7 +46,7 @@ def streamed():
 
 def whole():
     raw = client.chat.completions.with_raw_response.create(
-        model="tiny", messages=messages, temperature=0, max_tokens=40
+        model="tiny", messages=messages, temperature=0, max_tokens=40, extra_body=NO_THINKING
     )
     assert raw.headers["x-qforge-guard-prompt"].startswith("safe;"), raw.headers
     r = raw.parse()

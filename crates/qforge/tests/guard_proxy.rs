@@ -9,7 +9,7 @@ mod support;
 use std::path::PathBuf;
 use std::process::Command;
 
-use support::{fixtures, greedy_reply, python_with_openai, start};
+use support::{fixtures, greedy_reply_with, python_with_openai, scripted_upstream, start};
 
 /// `qforge guard proxy` in front of `upstream` with a Stream guard (and a Gen guard).
 fn start_proxy(
@@ -41,7 +41,8 @@ fn the_proxy_cuts_the_reply_before_the_flagged_tokens() {
     let model = fixtures().join("model/qwen3_tied_gqa");
     let model = model.to_str().unwrap();
     let prompt = "Tell me about the quick brown fox.";
-    let reply = greedy_reply(model, prompt, 40);
+    // Thinking off (the client asks the same): the whole reply is content.
+    let reply = greedy_reply_with(model, prompt, 40, &["--enable-thinking", "false"]);
 
     let src = fixtures().join("guard/stream_tiny");
     let tok = qforge_model::Tokenizer::from_dir(&src).unwrap();
@@ -84,34 +85,12 @@ fn the_proxy_cuts_the_reply_before_the_flagged_tokens() {
     assert!(report.contains("3 passed, 0 failed"), "{report}");
 }
 
-/// scripted_upstream.py (a vLLM-style thinking model's tool-calling turn) on a loopback port.
-fn scripted_upstream(python: &str) -> (support::Child, String) {
-    use std::io::BufRead;
-    let mut child = support::Child(
-        Command::new(python)
-            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/scripted_upstream.py"))
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut line = String::new();
-    std::io::BufReader::new(child.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_string();
-    (child, url)
-}
-
 #[test]
 fn reasoning_and_tool_calls_keep_their_channels_through_the_proxy() {
     let Some(python) = python_with_openai() else {
         return;
     };
-    let (_upstream, upstream_url) = scripted_upstream(&python);
+    let (_upstream, upstream_url) = scripted_upstream(&python, &[]);
     let src = fixtures().join("guard/stream_tiny");
     let tok = qforge_model::Tokenizer::from_dir(&src).unwrap();
     for (trigger, check) in [("", "reasoning"), (" VWK", "reasoning_flagged")] {

@@ -1,7 +1,12 @@
 """Drives a running `qforge serve` with the official `openai` client (run by serve_openai.rs).
 
 Environment: QFORGE_BASE_URL, QFORGE_MODEL, QFORGE_PROMPT, QFORGE_EXPECTED (greedy text of
-`qforge generate` for QFORGE_PROMPT, 12 tokens), QFORGE_TOOLS (JSON), QFORGE_TOOLS_PROMPT_TOKENS.
+`qforge generate` for QFORGE_PROMPT, 12 tokens), QFORGE_TOOLS (JSON), QFORGE_TOOLS_PROMPT_TOKENS,
+QFORGE_CONVERSATION (JSON: a multi-turn tool conversation, parallel calls and their results fed
+back) and QFORGE_CONVERSATION_PROMPT_TOKENS (its prompt as `qforge template` renders it).
+
+The fixture's template is Qwen3's, so thinking is on by default: the reply is split as vLLM's
+qwen3 reasoning parser splits it (`split` below states the rule).
 """
 
 import json
@@ -16,8 +21,31 @@ PROMPT = os.environ["QFORGE_PROMPT"]
 EXPECTED = os.environ["QFORGE_EXPECTED"]
 TOOLS = json.loads(os.environ["QFORGE_TOOLS"])
 TOOLS_PROMPT_TOKENS = int(os.environ["QFORGE_TOOLS_PROMPT_TOKENS"])
+CONVERSATION = json.loads(os.environ["QFORGE_CONVERSATION"])
+CONVERSATION_PROMPT_TOKENS = int(os.environ["QFORGE_CONVERSATION_PROMPT_TOKENS"])
 messages = [{"role": "user", "content": PROMPT}]
+NO_THINKING = {"chat_template_kwargs": {"enable_thinking": False}}
 checks = []
+
+
+def split(text):
+    """(reasoning, content) of a thinking reply, vLLM's rule: a <think> tag is dropped, reasoning
+    runs to the first </think>; a reply that never closes the block is all reasoning."""
+    text = text.partition("<think>")[2] if "<think>" in text else text
+    if "</think>" in text:
+        reasoning, _, content = text.partition("</think>")
+        return reasoning or None, content or None
+    return text or None, None
+
+
+def channels(message):
+    return getattr(message, "reasoning_content", None), message.content
+
+
+def streamed_channels(chunks):
+    reasoning = "".join(getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in chunks if c.choices)
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    return reasoning or None, content or None
 
 
 def check(fn):
@@ -33,7 +61,7 @@ def models_lists_the_served_model():
 @check
 def greedy_chat_equals_qforge_generate():
     r = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=12)
-    assert r.choices[0].message.content == EXPECTED, (r.choices[0].message.content, EXPECTED)
+    assert channels(r.choices[0].message) == split(EXPECTED), (channels(r.choices[0].message), EXPECTED)
     assert r.choices[0].finish_reason == "length"
     assert r.usage.completion_tokens == 12 and r.usage.total_tokens == r.usage.prompt_tokens + 12
 
@@ -42,8 +70,7 @@ def greedy_chat_equals_qforge_generate():
 def streaming_equals_whole_and_reports_usage():
     chunks = list(client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=12,
                                                  stream=True, stream_options={"include_usage": True}))
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == EXPECTED, (text, EXPECTED)
+    assert streamed_channels(chunks) == split(EXPECTED), (streamed_channels(chunks), EXPECTED)
     assert chunks[0].choices[0].delta.role == "assistant"
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finishes == ["length"], finishes
@@ -56,10 +83,10 @@ def stop_strings_cut_the_output():
     assert stop, "expected text too short"
     cut = EXPECTED[:EXPECTED.find(stop)]
     r = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=12, stop=[stop])
-    assert r.choices[0].message.content in (cut, None if cut == "" else cut), (r.choices[0].message.content, cut)
+    assert channels(r.choices[0].message) == split(cut), (channels(r.choices[0].message), cut)
     assert r.choices[0].finish_reason == "stop"
     s = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=12, stop=stop, stream=True)
-    assert "".join(c.choices[0].delta.content or "" for c in s if c.choices) == cut
+    assert streamed_channels(list(s)) == split(cut)
 
 
 @check
@@ -68,7 +95,7 @@ def n_choices_are_seeded_and_reproducible():
     a = client.chat.completions.create(**kw)
     b = client.chat.completions.create(**kw)
     assert [c.index for c in a.choices] == [0, 1, 2]
-    assert [c.message.content for c in a.choices] == [c.message.content for c in b.choices]
+    assert [channels(c.message) for c in a.choices] == [channels(c.message) for c in b.choices]
     assert a.usage.completion_tokens == 24
 
 
@@ -113,8 +140,82 @@ def errors_are_openai_errors():
     expect_error(openai.NotFoundError, "model_not_found", model="no-such-model", messages=messages)
     expect_error(openai.BadRequestError, "context_length_exceeded", model=MODEL, messages=[{"role": "user", "content": "word " * 1500}])
     expect_error(openai.BadRequestError, model=MODEL, messages=messages, temperature="hot")
+    for bad in (dict(presence_penalty="x"), dict(frequency_penalty=3.0), dict(logit_bias=[1]),
+                dict(logit_bias={"a": 1}), dict(logit_bias={"10000000": 5}), dict(tool_choice=5),
+                dict(parallel_tool_calls="no"), dict(response_format="json"), dict(tool_choice="required")):
+        expect_error(openai.BadRequestError, model=MODEL, messages=messages, max_tokens=2, **bad)
     # The server still works afterwards.
-    assert client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=12).choices[0].message.content == EXPECTED
+    r = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=12)
+    assert channels(r.choices[0].message) == split(EXPECTED)
+
+
+def greedy_tokens(**kw):
+    r = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=12, logprobs=True, **kw)
+    return [t.token for t in r.choices[0].logprobs.content]
+
+
+@check
+def thinking_off_is_all_content():
+    r = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=12, extra_body=NO_THINKING)
+    assert getattr(r.choices[0].message, "reasoning_content", None) is None, r.choices[0].message
+    assert r.choices[0].message.content and r.usage.completion_tokens == 12, r
+
+
+@check
+def presence_and_frequency_penalties_are_applied():
+    plain = greedy_tokens()
+    penalised = greedy_tokens(presence_penalty=2.0, frequency_penalty=2.0)
+    assert penalised == greedy_tokens(presence_penalty=2.0, frequency_penalty=2.0), "not deterministic"
+    assert len(set(penalised)) > len(set(plain)), (plain, penalised)
+    # Penalties count the output only: the first token, before any output exists, is unchanged.
+    assert penalised[0] == plain[0], (plain, penalised)
+
+
+@check
+def logit_bias_steers_every_token():
+    plain = greedy_tokens()
+    forced = greedy_tokens(logit_bias={"100": 100})
+    assert len(set(forced)) == 1 and forced != plain, (plain, forced)
+    banned = greedy_tokens(logit_bias={"100": 100}, extra_body={"logit_bias": {"100": -100}})
+    assert forced[0] not in banned, (forced, banned)
+
+
+@check
+def tool_choice_none_and_auto_are_honoured_the_rest_refused():
+    for choice in ("none", "auto"):
+        r = client.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS, tool_choice=choice,
+                                           temperature=0, max_tokens=4)
+        assert r.usage.prompt_tokens == TOOLS_PROMPT_TOKENS, (choice, r.usage)
+        if choice == "none":
+            assert not r.choices[0].message.tool_calls
+    named = {"type": "function", "function": {"name": TOOLS[0]["function"]["name"]}}
+    for choice in ("required", named, {"type": "function", "function": {"name": "no_such_tool"}}):
+        expect_error(openai.BadRequestError, model=MODEL, messages=messages, tools=TOOLS, tool_choice=choice)
+    r = client.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS, parallel_tool_calls=False,
+                                       temperature=0, max_tokens=4)
+    assert r.choices[0].finish_reason in ("length", "stop", "tool_calls")
+
+
+@check
+def response_format_text_is_accepted_json_refused():
+    r = client.chat.completions.create(model=MODEL, messages=messages, response_format={"type": "text"},
+                                       temperature=0, max_tokens=12)
+    assert channels(r.choices[0].message) == split(EXPECTED)
+    for fmt in ({"type": "json_object"}, {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}):
+        try:
+            client.chat.completions.create(model=MODEL, messages=messages, response_format=fmt, max_tokens=2)
+            raise AssertionError(f"{fmt} was accepted")
+        except openai.BadRequestError as e:
+            assert e.body["param"] == "response_format", e.body
+
+
+@check
+def multi_turn_tool_conversation_is_rendered_as_the_template_says():
+    for stream in (False, True):
+        r = client.chat.completions.create(model=MODEL, messages=CONVERSATION, tools=TOOLS, temperature=0,
+                                           max_tokens=3, stream=stream, stream_options={"include_usage": True} if stream else None)
+        usage = [c for c in r][-1].usage if stream else r.usage
+        assert usage.prompt_tokens == CONVERSATION_PROMPT_TOKENS, (stream, usage, CONVERSATION_PROMPT_TOKENS)
 
 
 failed = 0

@@ -1,11 +1,13 @@
-"""A scripted vLLM-style upstream for the guard proxy tests (run by guard_proxy.rs).
+"""A scripted vLLM-style upstream for the proxy tests (run by guard_proxy.rs and proxies.rs).
 
 It stands for a vLLM server with `--reasoning-parser qwen3 --tool-call-parser hermes`
 answering a thinking model's tool-calling turn: `/v1/chat/completions` streams (SSE) the
 thinking trace in `reasoning_content` (starting with the newline after `<think>`), the answer in
 `content` (starting with the `\\n\\n` after `</think>`), then one tool call in fragments (id and
 name first, the arguments in pieces) and `finish_reason: "tool_calls"`, in vLLM's chunk shape.
-Every request gets the same reply; the last request body is kept for `GET /last_request`.
+With `--parallel`, a second call (index 1, arguments in pieces too) follows the first, as vLLM
+streams parallel calls. Every request gets the same reply; the last request body is kept for
+`GET /last_request`.
 Standard library only. Prints `listening on http://127.0.0.1:PORT/v1` once ready.
 """
 
@@ -17,6 +19,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 REASONING = ["\nThe user asks", " about the weather VWK in", " Paris."]
 CONTENT = ["\n\nLet me look", " it up."]
 ARGUMENTS = ['{"city": ', '"Paris XQZ"}']
+SECOND_ARGUMENTS = ['{"city": "Ly', 'on", "days": 2}']
+PARALLEL = "--parallel" in sys.argv
 LAST = {}
 
 
@@ -36,6 +40,11 @@ def chunks():
                                  "function": {"name": "weather", "arguments": ""}}]})
     for a in ARGUMENTS:
         yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": a}}]})
+    if PARALLEL:
+        yield chunk({"tool_calls": [{"index": 1, "id": "chatcmpl-tool-2", "type": "function",
+                                     "function": {"name": "forecast", "arguments": ""}}]})
+        for a in SECOND_ARGUMENTS:
+            yield chunk({"tool_calls": [{"index": 1, "function": {"arguments": a}}]})
     yield chunk({}, "tool_calls")
 
 

@@ -5,10 +5,9 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::process::Command;
-
-use support::{fixtures, greedy_reply, python_with_openai, qforge, start};
+use support::{
+    fixtures, greedy_reply, python_with_openai, qforge, run_python_client, scripted_upstream, start,
+};
 
 #[test]
 fn official_openai_client_against_qforge_serve() {
@@ -45,6 +44,28 @@ fn official_openai_client_against_qforge_serve() {
         "--ids",
     ]);
     let tools_prompt_tokens = serde_json::from_str::<Vec<u32>>(ids.trim()).unwrap().len();
+    // A multi-turn tool conversation: two parallel calls, both results fed back.
+    let conversation = serde_json::json!([
+        {"role": "user", "content": prompt},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "call_a", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Zürich\"}"}},
+            {"id": "call_b", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Bern\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_a", "content": "sunny"},
+        {"role": "tool", "tool_call_id": "call_b", "content": "rain"},
+    ]);
+    let conversation_file = tmp.path().join("conversation.json");
+    std::fs::write(&conversation_file, conversation.to_string()).unwrap();
+    let ids = qforge(&[
+        "template",
+        "--model",
+        model,
+        "--messages",
+        conversation_file.to_str().unwrap(),
+        "--tools",
+        tools_file.to_str().unwrap(),
+        "--ids",
+    ]);
+    let conversation_prompt_tokens = serde_json::from_str::<Vec<u32>>(ids.trim()).unwrap().len();
 
     let (_server, base_url) = start(
         &[
@@ -58,26 +79,28 @@ fn official_openai_client_against_qforge_serve() {
         ],
         "serving",
     );
-    let out = Command::new(python)
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client.py"))
-        .env("QFORGE_BASE_URL", &base_url)
-        .env("QFORGE_MODEL", "tiny")
-        .env("QFORGE_PROMPT", prompt)
-        .env("QFORGE_EXPECTED", &expected)
-        .env("QFORGE_TOOLS", tools.to_string())
-        .env(
-            "QFORGE_TOOLS_PROMPT_TOKENS",
-            tools_prompt_tokens.to_string(),
-        )
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "openai client checks failed:\n{report}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (tools, tools_prompt_tokens) = (tools.to_string(), tools_prompt_tokens.to_string());
+    let (conversation, conversation_prompt_tokens) = (
+        conversation.to_string(),
+        conversation_prompt_tokens.to_string(),
     );
-    assert!(report.contains(" passed, 0 failed"), "{report}");
+    run_python_client(
+        &python,
+        "openai_client.py",
+        &[
+            ("QFORGE_BASE_URL", &base_url),
+            ("QFORGE_MODEL", "tiny"),
+            ("QFORGE_PROMPT", prompt),
+            ("QFORGE_EXPECTED", &expected),
+            ("QFORGE_TOOLS", &tools),
+            ("QFORGE_TOOLS_PROMPT_TOKENS", &tools_prompt_tokens),
+            ("QFORGE_CONVERSATION", &conversation),
+            (
+                "QFORGE_CONVERSATION_PROMPT_TOKENS",
+                &conversation_prompt_tokens,
+            ),
+        ],
+    );
 }
 
 /// A raw HTTP/1.1 POST (the test crate has no HTTP client): status and JSON body.
@@ -145,4 +168,64 @@ fn serve_answers_the_released_compression_route_with_the_compressor_in_f16() {
         .map(|t| t.as_str().unwrap())
         .collect();
     assert!(kept.iter().any(|t| t.contains("4072913")), "{reply}");
+}
+
+/// `qforge guard proxy` and `qforge compress proxy` in front of a scripted vLLM-style upstream
+/// that streams reasoning and two fragmented parallel tool calls: the official client gets two
+/// calls streamed and whole, a multi-turn tool conversation goes through, and every field it
+/// sends that the proxy does not own reaches the upstream unchanged (tests/proxy_client.py).
+#[test]
+fn official_openai_client_through_both_proxies() {
+    let Some(python) = python_with_openai() else {
+        return;
+    };
+    let (_upstream, upstream_url) = scripted_upstream(&python, &["--parallel"]);
+    let guard = tempfile::tempdir().unwrap();
+    // A Stream guard that flags nothing (no trigger tokens).
+    qforge_guard::fixtures::token_trigger_guard(
+        &fixtures().join("guard/stream_tiny"),
+        guard.path(),
+        &[],
+        false,
+    )
+    .unwrap();
+    let compressor = fixtures().join("cprs/tiny_compressor");
+    let proxies = [
+        start(
+            &[
+                "guard",
+                "proxy",
+                "--upstream",
+                &upstream_url,
+                "--stream-model",
+                guard.path().to_str().unwrap(),
+                "--port",
+                "0",
+            ],
+            "guard proxy",
+        ),
+        start(
+            &[
+                "compress",
+                "proxy",
+                "--model",
+                compressor.to_str().unwrap(),
+                "--upstream",
+                &upstream_url,
+                "--port",
+                "0",
+            ],
+            "compressing proxy",
+        ),
+    ];
+    for (_proxy, url) in &proxies {
+        run_python_client(
+            &python,
+            "proxy_client.py",
+            &[
+                ("QFORGE_BASE_URL", url),
+                ("QFORGE_UPSTREAM_URL", &upstream_url),
+            ],
+        );
+    }
 }

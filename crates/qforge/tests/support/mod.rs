@@ -59,17 +59,30 @@ pub fn qforge(args: &[&str]) -> String {
 
 /// The greedy reply of `qforge generate` (the text a greedy chat request must return).
 pub fn greedy_reply(model: &str, prompt: &str, max_new_tokens: usize) -> String {
-    let generated = qforge(&[
+    greedy_reply_with(model, prompt, max_new_tokens, &[])
+}
+
+/// [`greedy_reply`] with extra `qforge generate` flags (e.g. `--enable-thinking false`).
+pub fn greedy_reply_with(
+    model: &str,
+    prompt: &str,
+    max_new_tokens: usize,
+    flags: &[&str],
+) -> String {
+    let max_new_tokens = max_new_tokens.to_string();
+    let mut args = vec![
         "generate",
         "--model",
         model,
         "--prompt",
         prompt,
         "--max-new-tokens",
-        &max_new_tokens.to_string(),
+        &max_new_tokens,
         "--greedy",
         "--json",
-    ]);
+    ];
+    args.extend(flags);
+    let generated = qforge(&args);
     let v: serde_json::Value = serde_json::from_str(generated.trim()).unwrap();
     v["text"].as_str().unwrap().to_string()
 }
@@ -99,4 +112,49 @@ pub fn start(args: &[&str], banner: &'static str) -> (Child, String) {
         .recv_timeout(Duration::from_secs(60))
         .unwrap_or_else(|_| panic!("`qforge {}` did not start", args.join(" ")));
     (child, url)
+}
+
+/// scripted_upstream.py (a vLLM-style thinking model's tool-calling turn) on a loopback port,
+/// with its `flags` (`--parallel`): the child and its base URL (`…/v1`).
+pub fn scripted_upstream(python: &str, flags: &[&str]) -> (Child, String) {
+    let mut child = Child(
+        Command::new(python)
+            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/scripted_upstream.py"))
+            .args(flags)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    (child, url)
+}
+
+/// Runs one of the Python client scripts in tests/ with `env`; panics with its report unless
+/// every check passed.
+pub fn run_python_client(python: &str, script: &str, env: &[(&str, &str)]) -> String {
+    let out = Command::new(python)
+        .arg(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests")
+                .join(script),
+        )
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    eprintln!("{script}:\n{report}");
+    assert!(
+        out.status.success() && report.contains(" passed, 0 failed"),
+        "{script} checks failed:\n{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    report
 }
