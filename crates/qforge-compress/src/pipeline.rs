@@ -88,6 +88,16 @@ pub enum CompressError {
     EmptyContext,
 }
 
+impl CompressError {
+    /// Whether the request was at fault (a server answers 400) rather than the model (500).
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            Self::Window(_) | Self::EmptyContext => true,
+            Self::Model(e) => e.is_bad_input(),
+        }
+    }
+}
+
 /// Compresses `context` for `query` under `instruction`.
 pub fn compress(
     compressor: &Compressor,

@@ -25,4 +25,17 @@ pub enum EngineError {
     NonFiniteLogits,
 }
 
+impl EngineError {
+    /// Whether the request was at fault (400) rather than the engine (500).
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            Self::Model(e) => e.is_bad_input(),
+            Self::InvalidParameter(_) | Self::EmptyPrompt { .. } | Self::PromptTooLong { .. } => {
+                true
+            }
+            Self::Candle(_) | Self::NonFiniteLogits => false,
+        }
+    }
+}
+
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -34,3 +34,18 @@ pub enum GuardError {
 }
 
 pub type Result<T> = std::result::Result<T, GuardError>;
+
+impl GuardError {
+    /// Whether the request was at fault (a server answers 400) rather than the guard (500).
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            Self::Model(e) => e.is_bad_input(),
+            Self::Engine(e) => e.is_bad_input(),
+            Self::InvalidInput(_) | Self::TooLong(_) | Self::Unparsable { .. } => true,
+            Self::Candle(_)
+            | Self::MissingConfig { .. }
+            | Self::InvalidConfig { .. }
+            | Self::SessionClosed(_) => false,
+        }
+    }
+}

@@ -107,6 +107,18 @@ fn describe_missing(missing: &[(String, Vec<usize>)]) -> String {
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 
 impl ModelError {
+    /// Whether the input was at fault (a server answers 400) rather than the model or the
+    /// machine (500).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            Self::Tokenize(_)
+                | Self::Template(_)
+                | Self::InvalidInput(_)
+                | Self::ContextOverflow { .. }
+        )
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),

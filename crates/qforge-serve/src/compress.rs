@@ -32,6 +32,7 @@ use qforge_compress::pipeline::{CompressOptions, compress};
 use qforge_compress::postprocess::Repair;
 use serde_json::{Value, json};
 
+use crate::admission::{Admission, Refusal};
 use crate::{ServerConfig, api_error, parse_body};
 
 /// The served compressor.
@@ -59,8 +60,19 @@ impl CompressState {
 /// Why a compression request failed: the request's fault (naming the field) or the server's.
 /// Each route renders it in its own shape.
 enum Failure {
-    BadRequest { message: String, param: String },
+    BadRequest {
+        message: String,
+        param: String,
+    },
+    /// The admission gate turned it away (busy: 429; too many items: 400).
+    Refused(Refusal),
     Server(String),
+}
+
+impl From<Refusal> for Failure {
+    fn from(r: Refusal) -> Self {
+        Failure::Refused(r)
+    }
 }
 
 impl Failure {
@@ -74,6 +86,7 @@ impl Failure {
     fn message(&self) -> &str {
         match self {
             Failure::BadRequest { message, .. } | Failure::Server(message) => message,
+            Failure::Refused(r) => &r.message,
         }
     }
 
@@ -83,6 +96,7 @@ impl Failure {
             Failure::BadRequest { message, param } => {
                 api_error(StatusCode::BAD_REQUEST, message, Some(param), None)
             }
+            Failure::Refused(r) => r.openai(),
             Failure::Server(message) => {
                 api_error(StatusCode::INTERNAL_SERVER_ERROR, message, None, None)
             }
@@ -160,12 +174,16 @@ fn options(p: &Value, window: usize) -> Result<(CompressOptions, bool), Failure>
     ))
 }
 
-/// Runs the pipeline off the async runtime (input it refuses is the request's fault).
+/// Runs the pipeline off the async runtime once the gate admits it (input it refuses is the
+/// request's fault, anything else the server's).
 async fn run(
+    admission: &Admission,
     state: &CompressState,
     (instruction, query, context): (String, String, String),
     options: CompressOptions,
 ) -> Result<qforge_compress::pipeline::Compressed, Failure> {
+    admission.check_items(options.batch, "batch_size")?;
+    let _slot = admission.enter().await?;
     let compressor = state.compressor.clone();
     match tokio::task::spawn_blocking(move || {
         compress(&compressor, &instruction, &query, &context, &options)
@@ -173,7 +191,8 @@ async fn run(
     .await
     {
         Ok(Ok(out)) => Ok(out),
-        Ok(Err(e)) => Err(Failure::bad(e.to_string(), "messages")),
+        Ok(Err(e)) if e.is_bad_input() => Err(Failure::bad(e.to_string(), "messages")),
+        Ok(Err(e)) => Err(Failure::Server(e.to_string())),
         Err(e) => Err(Failure::Server(e.to_string())),
     }
 }
@@ -206,6 +225,7 @@ async fn error_message(r: Response) -> String {
 /// `POST /v1/compress`.
 pub async fn handle(
     config: &ServerConfig,
+    admission: &Admission,
     state: &CompressState,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -216,7 +236,7 @@ pub async fn handle(
     let compressed = async {
         let parts = request_parts(&v)?;
         let (options, return_offset) = options(&v["parameters"], state.window)?;
-        Ok::<_, Failure>((run(state, parts, options).await?, return_offset))
+        Ok::<_, Failure>((run(admission, state, parts, options).await?, return_offset))
     };
     match compressed.await {
         Ok((out, return_offset)) => Json(json!({
@@ -253,6 +273,7 @@ fn released_error(mut data: Value, code: u16, name: &str, message: &str) -> Resp
 /// `POST /qwen_long_compress_server`: the released route and envelope (see the module docs).
 pub async fn handle_released(
     config: &ServerConfig,
+    admission: &Admission,
     state: &CompressState,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -300,7 +321,7 @@ pub async fn handle_released(
             return released_error(data, 400, "InvalidInputError", &message);
         }
     };
-    match run(state, parts, options).await {
+    match run(admission, state, parts, options).await {
         Ok(out) => {
             data["payload"]["output"] = json!({"text": span_values(&out, return_offset)});
             data["payload"]["usage"] = json!({"input_tokens": out.input_tokens});
@@ -313,6 +334,11 @@ pub async fn handle_released(
         Err(f @ Failure::BadRequest { .. }) => {
             released_error(data, 400, "InvalidInputError", f.message())
         }
+        // Not a released status: the released server has no queue to be full.
+        Err(Failure::Refused(r)) if r.status == StatusCode::TOO_MANY_REQUESTS => {
+            released_error(data, 429, "TooManyRequests", &r.message)
+        }
+        Err(Failure::Refused(r)) => released_error(data, 400, "InvalidInputError", &r.message),
         Err(f @ Failure::Server(_)) => released_error(data, 500, "BackendError", f.message()),
     }
 }

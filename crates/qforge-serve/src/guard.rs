@@ -14,6 +14,7 @@ use qforge_guard::proxy::{GuardedBackend, PromptAction};
 use qforge_guard::{Category, GenGuard, GenOutcome, Policy, SafetyProbs};
 use serde_json::{Value, json};
 
+use crate::admission::Admission;
 use crate::proxy::ProxyBackend;
 use crate::{ServerConfig, api_error, parse_body};
 
@@ -91,10 +92,18 @@ pub struct ModerationState {
     pub policy: Policy,
 }
 
+/// Runs the guard on `conversations` once the gate admits the job: input the guard refuses is
+/// a 400, anything else a 500.
 async fn run_guard(
+    admission: &Admission,
     state: &ModerationState,
     conversations: Vec<Vec<Value>>,
+    param: &str,
 ) -> Result<(Vec<GenOutcome>, Vec<SafetyProbs>), Response> {
+    admission
+        .check_items(conversations.len(), param)
+        .map_err(|r| r.openai())?;
+    let _slot = admission.enter().await.map_err(|r| r.openai())?;
     let guard = state.guard.clone();
     tokio::task::spawn_blocking(move || {
         let outcomes = guard.moderate(&conversations)?;
@@ -103,12 +112,20 @@ async fn run_guard(
     })
     .await
     .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None, None))?
-    .map_err(|e| api_error(StatusCode::BAD_REQUEST, e.to_string(), None, None))
+    .map_err(|e| {
+        let status = if e.is_bad_input() {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
+        api_error(status, e.to_string(), None, None)
+    })
 }
 
 /// `POST /v1/moderations`: `input` is a string or a list of strings (each a user prompt).
 pub(crate) async fn moderations(
     config: &ServerConfig,
+    admission: &Admission,
     state: &ModerationState,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -135,7 +152,7 @@ pub(crate) async fn moderations(
         .iter()
         .map(|text| vec![json!({"role": "user", "content": text})])
         .collect();
-    let (outcomes, probs) = match run_guard(state, conversations).await {
+    let (outcomes, probs) = match run_guard(admission, state, conversations, "input").await {
         Ok(r) => r,
         Err(r) => return r,
     };
@@ -152,6 +169,7 @@ pub(crate) async fn moderations(
 /// last message's role picks prompt or response moderation.
 pub(crate) async fn native_moderate(
     config: &ServerConfig,
+    admission: &Admission,
     state: &ModerationState,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -179,7 +197,8 @@ pub(crate) async fn native_moderate(
             );
         }
     };
-    let (outcomes, probs) = match run_guard(state, conversations).await {
+    let (outcomes, probs) = match run_guard(admission, state, conversations, "conversations").await
+    {
         Ok(r) => r,
         Err(r) => return r,
     };

@@ -34,6 +34,7 @@ use qforge_engine::chat::{
 use qforge_engine::{BackendError, ChatBackend, ChatStream, EmbeddedBackend, Metrics};
 use serde_json::{Value, json};
 
+pub mod admission;
 pub mod compress;
 pub mod guard;
 pub mod proxy;
@@ -50,6 +51,8 @@ pub struct ServerConfig {
     /// Accept `POST /update_weights_from_disk` (SGLang's request shape): an RL trainer pushes
     /// its new policy by writing a checkpoint and naming its directory.
     pub allow_weight_reload: bool,
+    /// Queue and item limits of the model routes outside the chat scheduler.
+    pub admission: admission::AdmissionConfig,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +62,7 @@ impl Default for ServerConfig {
             max_body_bytes: 16 << 20,
             max_prompt_tokens: None,
             allow_weight_reload: false,
+            admission: admission::AdmissionConfig::default(),
         }
     }
 }
@@ -69,6 +73,7 @@ pub struct AppState {
     metrics: Arc<Metrics>,
     config: Arc<ServerConfig>,
     http_status: Arc<Mutex<BTreeMap<u16, u64>>>,
+    admission: admission::Admission,
     moderation: Option<guard::ModerationState>,
     reward: Option<reward::RewardState>,
     compressor: Option<compress::CompressState>,
@@ -80,6 +85,7 @@ impl AppState {
         Self {
             backend,
             metrics,
+            admission: admission::Admission::new(config.admission),
             config: Arc::new(config),
             http_status: Arc::default(),
             moderation: None,
@@ -310,7 +316,7 @@ async fn compress_route(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     match &state.compressor {
-        Some(c) => compress::handle(&state.config, c, body).await,
+        Some(c) => compress::handle(&state.config, &state.admission, c, body).await,
         None => no_compressor(),
     }
 }
@@ -329,14 +335,14 @@ async fn released_compress_route(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     match &state.compressor {
-        Some(c) => compress::handle_released(&state.config, c, body).await,
+        Some(c) => compress::handle_released(&state.config, &state.admission, c, body).await,
         None => no_compressor(),
     }
 }
 
 async fn pooling(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
     match &state.reward {
-        Some(r) => reward::pooling(&state.config, r, body).await,
+        Some(r) => reward::pooling(&state.config, &state.admission, r, body).await,
         None => api_error(
             StatusCode::NOT_FOUND,
             "this server has no reward model (start it with --reward-model)",
@@ -360,7 +366,7 @@ async fn moderations(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     match &state.moderation {
-        Some(m) => guard::moderations(&state.config, m, body).await,
+        Some(m) => guard::moderations(&state.config, &state.admission, m, body).await,
         None => no_guard(),
     }
 }
@@ -370,7 +376,7 @@ async fn guard_moderate(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     match &state.moderation {
-        Some(m) => guard::native_moderate(&state.config, m, body).await,
+        Some(m) => guard::native_moderate(&state.config, &state.admission, m, body).await,
         None => no_guard(),
     }
 }

@@ -17,6 +17,7 @@ use qforge_engine::chat::{random_id, unix_now};
 use qforge_train::reward::RewardModel;
 use serde_json::{Value, json};
 
+use crate::admission::Admission;
 use crate::{ServerConfig, api_error, parse_body};
 
 /// The served reward model; replaced whole on reload.
@@ -88,6 +89,7 @@ fn inputs(v: &Value) -> Result<Inputs, Response> {
 /// `POST /pooling`.
 pub async fn pooling(
     config: &ServerConfig,
+    admission: &Admission,
     state: &RewardState,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -98,6 +100,17 @@ pub async fn pooling(
     let inputs = match inputs(&v) {
         Ok(i) => i,
         Err(r) => return r,
+    };
+    let count = match &inputs {
+        Inputs::Conversation(_) => 1,
+        Inputs::Texts(texts) => texts.len(),
+    };
+    if let Err(r) = admission.check_items(count, "input") {
+        return r.openai();
+    }
+    let _slot = match admission.enter().await {
+        Ok(slot) => slot,
+        Err(r) => return r.openai(),
     };
     let model = state.current();
     let scored = tokio::task::spawn_blocking(move || {

@@ -11,6 +11,7 @@ use qforge_engine::{
     RemoteConfig, Scheduler, SchedulerConfig,
 };
 use qforge_model::Checkpoint;
+use qforge_serve::admission::AdmissionConfig;
 use qforge_serve::{AppState, ServerConfig};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -40,11 +41,20 @@ struct Server {
 
 impl Server {
     async fn start(config: ServerConfig, scheduler: SchedulerConfig) -> Self {
+        Self::start_with(config, scheduler, |state| state).await
+    }
+
+    /// A server whose state `add` extends (a guard, a compressor).
+    async fn start_with(
+        config: ServerConfig,
+        scheduler: SchedulerConfig,
+        add: impl FnOnce(AppState) -> AppState,
+    ) -> Self {
         let backend = backend(scheduler);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        let state = AppState::new(backend.clone(), config);
+        let state = add(AppState::new(backend.clone(), config));
         let task = tokio::spawn(qforge_serve::serve(listener, state, async {
             let _ = stopped.await;
         }));
@@ -701,4 +711,120 @@ async fn parallel_tool_calls_in_separate_deltas_keep_distinct_stream_indices() {
             ("time", "{\"city\": \"Rome\"}")
         ]
     );
+}
+
+/// The model routes outside the chat scheduler have its admission control: more inputs than
+/// the server takes is a 400 naming the field, a flood of moderation requests gets 429s while
+/// the server keeps answering, and chat keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_routes_refuse_oversized_lists_and_floods_and_keep_serving() {
+    let fixtures = fixture().join("../..");
+    let guard = qforge_guard::GenGuard::load(
+        &fixtures.join("guard/gen_tiny_trained"),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let compressor = qforge_compress::model::Compressor::load(
+        &fixtures.join("cprs/tiny_compressor"),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let config = ServerConfig {
+        admission: AdmissionConfig {
+            running: 1,
+            waiting: 1,
+            max_items: 4,
+        },
+        ..ServerConfig::default()
+    };
+    let server = Server::start_with(config, SchedulerConfig::default(), |state| {
+        state
+            .with_moderation(qforge_serve::guard::ModerationState {
+                guard: Arc::new(guard),
+                model: "guard".into(),
+                policy: qforge_guard::Policy::Strict,
+            })
+            .with_compressor(qforge_serve::compress::CompressState::new(
+                "cprs".into(),
+                compressor,
+            ))
+    })
+    .await;
+    let five = vec!["How do I bake bread?"; 5];
+    let four = vec!["How do I bake bread?"; 4];
+    let (status, body) = server
+        .post("/v1/moderations", json!({"input": five}).to_string())
+        .await;
+    assert_eq!(
+        (status, body["error"]["param"].as_str()),
+        (400, Some("input")),
+        "{body}"
+    );
+    let conversation = json!([{"role": "user", "content": "hi"}]);
+    let (status, body) = server
+        .post(
+            "/v1/guard/moderate",
+            json!({"conversations": vec![conversation; 5]}).to_string(),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["param"].as_str()),
+        (400, Some("conversations")),
+        "{body}"
+    );
+    let (status, body) = server
+        .post(
+            "/v1/compress",
+            json!({"messages": [{"role": "system", "content": "keep"}, {"role": "user", "content": "q"},
+                                {"role": "context", "content": "The magic number is 7."}],
+                   "parameters": {"batch_size": 5}})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["param"].as_str()),
+        (400, Some("batch_size")),
+        "{body}"
+    );
+
+    let flood: Vec<_> = (0..24)
+        .map(|_| {
+            let (url, body) = (server.url.clone(), json!({"input": four}).to_string());
+            tokio::spawn(async move {
+                let resp = reqwest::Client::new()
+                    .post(format!("{url}/v1/moderations"))
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = resp.status().as_u16();
+                (status, resp.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for request in flood {
+        let (status, body) = request.await.unwrap();
+        match status {
+            200 => assert_eq!(body["results"].as_array().unwrap().len(), 4),
+            429 => assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}"),
+            other => panic!("{other}: {body}"),
+        }
+        statuses.push(status);
+    }
+    assert!(
+        statuses.contains(&429) && statuses.contains(&200),
+        "{statuses:?}"
+    );
+    let (status, _) = server
+        .post("/v1/moderations", json!({"input": four}).to_string())
+        .await;
+    assert_eq!(
+        status, 200,
+        "the server answers again once the flood is over"
+    );
+    assert!(server.remote().chat(greedy("hi", 3)).await.is_ok());
+    server.shutdown().await;
 }

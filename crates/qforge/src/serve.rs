@@ -56,9 +56,19 @@ pub struct Args {
     #[arg(long)]
     max_prompt_tokens: Option<usize>,
 
-    /// Keep `<think>` blocks in `content` instead of moving them to `reasoning_content`.
+    /// Keep reasoning in `content` instead of moving it to `reasoning_content`. The parser
+    /// (vLLM's qwen3 rules) applies only where the template thinks: the prompt opens a think
+    /// block, or the template has Qwen3's enable_thinking switch and the request leaves it on.
     #[arg(long)]
     no_reasoning_parser: bool,
+
+    /// Moderation, compression and pooling jobs that may wait for the model; beyond, 429.
+    #[arg(long, default_value_t = 16)]
+    max_model_jobs_queued: usize,
+
+    /// Inputs one moderation, pooling or compression-batch request may carry (400 beyond).
+    #[arg(long, default_value_t = 64)]
+    max_items_per_request: usize,
 
     /// Accept POST /update_weights_from_disk {"model_path": DIR} (SGLang's shape): replaces the
     /// served weights in place, for RL trainers pushing a new policy.
@@ -115,6 +125,11 @@ pub fn run(args: Args) -> Result<()> {
             max_body_bytes: args.max_body_mib.saturating_mul(1 << 20),
             max_prompt_tokens: args.max_prompt_tokens,
             allow_weight_reload: args.allow_weight_reload,
+            admission: qforge_serve::admission::AdmissionConfig {
+                running: 1,
+                waiting: args.max_model_jobs_queued,
+                max_items: args.max_items_per_request.max(1),
+            },
         },
     );
     if let Some(guard_model) = &args.guard_model {
