@@ -136,6 +136,33 @@ impl Sequence {
         self.prompt_len
     }
 
+    /// The prompt's token ids.
+    pub fn prompt(&self) -> &[u32] {
+        &self.tokens[..self.prompt_len]
+    }
+
+    /// The sequence's KV cache.
+    pub fn cache(&self) -> &SequenceCache {
+        &self.cache
+    }
+
+    /// Starts a sequence that has not run yet from the keys and values of the first
+    /// `prefix.len()` prompt tokens (a prefix-cache hit); the rest of the prompt is prefilled.
+    pub fn reuse_prefix(&mut self, prefix: SequenceCache) -> Result<()> {
+        if self.next_logits.is_some() || !self.cache.is_empty() || prefix.len() >= self.prompt_len {
+            return Err(EngineError::InvalidParameter(format!(
+                "a prefix of {} tokens cannot start a sequence with a {}-token prompt that holds {} cached",
+                prefix.len(),
+                self.prompt_len,
+                self.cache.len()
+            )));
+        }
+        let reserved = self.cache.reserved();
+        self.cache = prefix;
+        self.cache.reserve(reserved);
+        Ok(())
+    }
+
     pub fn text(&self) -> &str {
         self.stream.text()
     }
@@ -241,6 +268,9 @@ impl Engine {
                 format!("request {index}: token id {bad} is outside the vocabulary of {vocab}"),
             )));
         }
+        // Allocated once at the longest the sequence can get (what the scheduler reserves).
+        let mut cache = self.model.new_cache();
+        cache.reserve((len + request.stop.max_new_tokens).min(max));
         Ok(Sequence {
             prompt_len: len,
             stream: TextStream::new(
@@ -248,7 +278,7 @@ impl Engine {
                 request.skip_special_tokens,
             ),
             tokens: request.prompt_ids,
-            cache: self.model.new_cache(),
+            cache,
             sampler: Sampler::new(request.sampling),
             stop: request.stop,
             top_logprobs: request.top_logprobs,

@@ -2,7 +2,8 @@
 //!
 //! [`Engine`] runs batched generation with per-sequence KV caches (sequences of different
 //! lengths share a batch), seeded sampling ([`SamplingParams`]), stop tokens and stop strings,
-//! per-token streaming and log-probabilities.
+//! per-token streaming and log-probabilities. [`Scheduler`] batches a server's requests
+//! continuously and reuses the keys and values of repeated prompt prefixes ([`prefix_cache`]).
 
 pub mod backend;
 pub mod chat;
@@ -10,6 +11,7 @@ pub mod detok;
 pub mod embedded;
 pub mod engine;
 pub mod error;
+pub mod prefix_cache;
 pub mod remote;
 pub mod sampling;
 pub mod scheduler;

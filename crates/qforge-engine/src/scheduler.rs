@@ -4,7 +4,9 @@
 //! Bounds: at most `max_seqs` sequences run at once, their reserved KV memory (prompt plus
 //! maximum new tokens) stays under `max_kv_bytes`, and at most `max_queue` requests wait.
 //! A full queue is refused at once (the server answers 429). A request whose receiver is
-//! dropped (client gone) leaves the batch at the next step.
+//! dropped (client gone) leaves the batch at the next step. Prompts that start like an earlier
+//! one restore its keys and values from the [`PrefixCache`] (within `prefix_cache_bytes`)
+//! and prefill only the rest.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::engine::{Engine, GenerationRequest, Sequence, TokenEvent};
 use crate::error::EngineError;
+use crate::prefix_cache::PrefixCache;
 
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
@@ -25,6 +28,8 @@ pub struct SchedulerConfig {
     pub max_queue: usize,
     /// KV-cache bytes reserved by running sequences at most.
     pub max_kv_bytes: usize,
+    /// Keys and values of prompt prefixes kept for reuse, in bytes at most (0: no prefix cache).
+    pub prefix_cache_bytes: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -33,6 +38,7 @@ impl Default for SchedulerConfig {
             max_seqs: 32,
             max_queue: 256,
             max_kv_bytes: 4 << 30,
+            prefix_cache_bytes: 1 << 30,
         }
     }
 }
@@ -120,6 +126,11 @@ pub struct Metrics {
     pub requests_rejected: AtomicU64,
     pub requests_failed: AtomicU64,
     pub prompt_tokens: AtomicU64,
+    /// Prompt tokens looked up in the prefix cache, and those found (vLLM's
+    /// `prefix_cache_queries` / `prefix_cache_hits`; the hit rate is their ratio).
+    pub prefix_cache_queries: AtomicU64,
+    pub prefix_cache_hits: AtomicU64,
+    pub prefix_cache_bytes: AtomicUsize,
     pub generated_tokens: AtomicU64,
     pub queue_depth: AtomicUsize,
     pub running: AtomicUsize,
@@ -141,6 +152,9 @@ impl Default for Metrics {
             requests_rejected: AtomicU64::new(0),
             requests_failed: AtomicU64::new(0),
             prompt_tokens: AtomicU64::new(0),
+            prefix_cache_queries: AtomicU64::new(0),
+            prefix_cache_hits: AtomicU64::new(0),
+            prefix_cache_bytes: AtomicUsize::new(0),
             generated_tokens: AtomicU64::new(0),
             queue_depth: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
@@ -196,6 +210,16 @@ impl Metrics {
             get(&self.prompt_tokens),
         );
         counter(
+            "qforge_prefix_cache_queries_total",
+            "Prompt tokens looked up in the prefix cache.",
+            get(&self.prefix_cache_queries),
+        );
+        counter(
+            "qforge_prefix_cache_hits_total",
+            "Prompt tokens whose keys and values came from the prefix cache.",
+            get(&self.prefix_cache_hits),
+        );
+        counter(
             "qforge_generation_tokens_total",
             "Tokens generated.",
             get(&self.generated_tokens),
@@ -231,6 +255,22 @@ impl Metrics {
             "KV-cache bytes allocated by running sequences.",
             getu(&self.kv_allocated_bytes),
         );
+        gauge(
+            "qforge_prefix_cache_bytes",
+            "Key and value bytes held by the prefix cache.",
+            getu(&self.prefix_cache_bytes),
+        );
+        let queries = get(&self.prefix_cache_queries);
+        out.push_str(&format!(
+            "# HELP qforge_prefix_cache_hit_rate Prompt tokens found in the prefix cache over \
+             those looked up.\n# TYPE qforge_prefix_cache_hit_rate gauge\n\
+             qforge_prefix_cache_hit_rate {}\n",
+            if queries == 0 {
+                0.0
+            } else {
+                get(&self.prefix_cache_hits) as f64 / queries as f64
+            }
+        ));
         self.time_to_first_token.render(
             "qforge_time_to_first_token_seconds",
             "Time from arrival to the first token.",
@@ -268,6 +308,8 @@ struct Running {
     arrived: Instant,
     last_token: Option<Instant>,
     reserved: usize,
+    /// Its prompt's blocks are in the prefix cache (done after its first step).
+    prefix_stored: bool,
 }
 
 /// A handle to the scheduler thread; cheap to clone.
@@ -362,6 +404,7 @@ fn run(engine: Engine, config: SchedulerConfig, metrics: Arc<Metrics>, rx: Recei
     let mut running: Vec<Running> = Vec::new();
     let mut reserved = 0usize;
     let mut disconnected = false;
+    let mut prefixes = PrefixCache::new(config.prefix_cache_bytes);
     loop {
         // Pull everything queued; block only when there is nothing to do.
         loop {
@@ -411,7 +454,22 @@ fn run(engine: Engine, config: SchedulerConfig, metrics: Arc<Metrics>, rx: Recei
             metrics
                 .queue_time
                 .observe(job.arrived.elapsed().as_secs_f64());
-            match engine.start(0, job.request) {
+            let started = engine.start(0, job.request).and_then(|mut seq| {
+                if prefixes.is_enabled() {
+                    let version = engine.model().weights_version();
+                    metrics
+                        .prefix_cache_queries
+                        .fetch_add(seq.prompt_len() as u64, Ordering::Relaxed);
+                    if let Some(prefix) = prefixes.lookup(seq.prompt(), version)? {
+                        metrics
+                            .prefix_cache_hits
+                            .fetch_add(prefix.len() as u64, Ordering::Relaxed);
+                        seq.reuse_prefix(prefix)?;
+                    }
+                }
+                Ok(seq)
+            });
+            match started {
                 Ok(seq) => {
                     metrics.requests_started.fetch_add(1, Ordering::Relaxed);
                     metrics
@@ -425,6 +483,7 @@ fn run(engine: Engine, config: SchedulerConfig, metrics: Arc<Metrics>, rx: Recei
                         arrived: job.arrived,
                         last_token: None,
                         reserved: job.reserved,
+                        prefix_stored: false,
                     });
                 }
                 Err(e) => {
@@ -490,6 +549,18 @@ fn run(engine: Engine, config: SchedulerConfig, metrics: Arc<Metrics>, rx: Recei
             running.iter().map(|r| r.seq.cache_bytes()).sum(),
             Ordering::Relaxed,
         );
+        // The prompts prefilled by this step go into the prefix cache. A failure to copy only
+        // loses the reuse.
+        let version = engine.model().weights_version();
+        for r in running.iter_mut().filter(|r| !r.prefix_stored) {
+            r.prefix_stored = true;
+            if r.seq.cache().len() >= r.seq.prompt_len() {
+                let _ = prefixes.insert(r.seq.prompt(), r.seq.cache(), version);
+            }
+        }
+        metrics
+            .prefix_cache_bytes
+            .store(prefixes.bytes(), Ordering::Relaxed);
         running.retain(|r| {
             if r.seq.is_finished() {
                 reserved -= r.reserved;

@@ -274,3 +274,84 @@ fn bad_requests_are_errors() {
         Err(EngineError::InvalidParameter(_))
     ));
 }
+
+/// A request's generated ids and their log-probs.
+type Generated = (Vec<u32>, Vec<f32>);
+
+/// Runs `requests` one after another through a scheduler (prefix cache of `cache_bytes`):
+/// each one's generated ids and log-probs, and the scheduler's metrics.
+fn through_scheduler(
+    e: &Engine,
+    cache_bytes: usize,
+    requests: &[GenerationRequest],
+) -> (Vec<Generated>, Arc<qforge_engine::Metrics>) {
+    use qforge_engine::scheduler::SeqEvent;
+    let metrics = Arc::new(qforge_engine::Metrics::default());
+    let scheduler = qforge_engine::Scheduler::spawn(
+        e.clone(),
+        qforge_engine::SchedulerConfig {
+            prefix_cache_bytes: cache_bytes,
+            ..Default::default()
+        },
+        metrics.clone(),
+    );
+    let outputs = requests
+        .iter()
+        .map(|r| {
+            let mut rx = scheduler.submit(r.clone()).unwrap();
+            let (mut ids, mut logprobs) = (Vec::new(), Vec::new());
+            while let Some(event) = rx.blocking_recv() {
+                match event {
+                    SeqEvent::Started => {}
+                    SeqEvent::Token(t) => {
+                        ids.push(t.token.id);
+                        logprobs.push(t.token.logprob);
+                    }
+                    SeqEvent::Error(e) => panic!("{e}"),
+                }
+            }
+            (ids, logprobs)
+        })
+        .collect();
+    (outputs, metrics)
+}
+
+/// Prompts sharing a long prefix (a system prompt, a guard template): with the prefix cache,
+/// later ones restore the shared blocks and prefill only the rest, and generate what they
+/// generate without it.
+#[test]
+fn prefix_cached_prompts_generate_what_uncached_ones_do() {
+    for variant in [
+        "qwen3_tied_gqa",
+        "qwen3_untied_mqa_yarn",
+        "qwen2_bias_linear",
+    ] {
+        let e = engine(variant);
+        let shared: Vec<u32> = (0..70).map(|i| (i * 37 + 11) % 300 + 5).collect();
+        let requests: Vec<GenerationRequest> = [&[7u32, 8, 9][..], &[250, 3], &[7, 8, 9], &[1]]
+            .iter()
+            .map(|suffix| greedy(&[shared.as_slice(), suffix].concat(), 10))
+            .collect();
+        let (cached, metrics) = through_scheduler(&e, 64 << 20, &requests);
+        let (uncached, off) = through_scheduler(&e, 0, &requests);
+        for (i, ((ci, cl), (ui, ul))) in cached.iter().zip(&uncached).enumerate() {
+            assert_eq!(ci, ui, "{variant} request {i}");
+            for (a, b) in cl.iter().zip(ul) {
+                assert!((a - b).abs() < 1e-4, "{variant} request {i}: {a} vs {b}");
+            }
+        }
+        // Every later prompt found the 64 shared tokens (4 blocks); the repeated one found 64
+        // too (its own 73 tokens hold 4 full blocks).
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(get(&metrics.prefix_cache_hits), 3 * 64, "{variant}");
+        assert_eq!(
+            get(&metrics.prefix_cache_queries),
+            requests
+                .iter()
+                .map(|r| r.prompt_ids.len() as u64)
+                .sum::<u64>()
+        );
+        assert_eq!(get(&off.prefix_cache_hits), 0);
+        assert!(metrics.render().contains("qforge_prefix_cache_hit_rate 0."));
+    }
+}

@@ -6,6 +6,8 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{DType, Device, IndexOp, Tensor, Var};
 
@@ -155,6 +157,9 @@ pub struct LayerCache {
     k: Option<Tensor>,
     v: Option<Tensor>,
     len: usize,
+    /// Positions to allocate at once when the buffers (re)grow to at most this many: a
+    /// sequence whose final length is known allocates once, not by doubling.
+    reserved: usize,
 }
 
 impl LayerCache {
@@ -164,7 +169,11 @@ impl LayerCache {
         let needed = self.len + n;
         let capacity = self.k.as_ref().map_or(0, |t| t.dim(2).unwrap_or(0));
         if needed > capacity {
-            let new_cap = needed.max(capacity * 2).max(16);
+            let new_cap = if needed <= self.reserved {
+                self.reserved
+            } else {
+                needed.max(capacity * 2).max(16)
+            };
             let (_, kv, _, d) = k.dims4()?;
             let grow = |old: &Option<Tensor>| -> Result<Tensor> {
                 let buf = Tensor::zeros((1, kv, new_cap, d), k.dtype(), k.device())?;
@@ -216,9 +225,74 @@ impl SequenceCache {
         self.len() == 0
     }
 
+    /// The sequence will hold at most `positions` positions: buffers that grow are allocated at
+    /// that size at once (no doubling past what the sequence can use).
+    pub fn reserve(&mut self, positions: usize) {
+        self.layers.iter_mut().for_each(|l| l.reserved = positions);
+    }
+
+    /// What [`SequenceCache::reserve`] set.
+    pub fn reserved(&self) -> usize {
+        self.layers.first().map_or(0, |l| l.reserved)
+    }
+
     /// Forgets positions from `len` on (the buffers are kept for reuse).
     pub fn truncate(&mut self, len: usize) {
         self.layers.iter_mut().for_each(|l| l.truncate(len));
+    }
+
+    /// A copy of positions `start..start + len` of every layer's keys and values
+    /// (`[1, KV, len, D]` each), sharing nothing with this cache.
+    pub fn copy_span(&self, start: usize, len: usize) -> Result<Vec<(Tensor, Tensor)>> {
+        if start + len > self.len() {
+            return Err(ModelError::InvalidInput(format!(
+                "positions {start}..{} of a cache holding {}",
+                start + len,
+                self.len()
+            )));
+        }
+        self.layers
+            .iter()
+            .map(|l| {
+                let span = |t: &Option<Tensor>| -> Result<Tensor> {
+                    // `force_contiguous` copies just the view (`copy` would clone the whole
+                    // buffer behind it).
+                    Ok(t.as_ref()
+                        .expect("a non-empty cache has buffers")
+                        .narrow(2, start, len)?
+                        .force_contiguous()?)
+                };
+                Ok((span(&l.k)?, span(&l.v)?))
+            })
+            .collect()
+    }
+
+    /// A cache holding `spans` one after another (each as [`SequenceCache::copy_span`] returns
+    /// them, one `(k, v)` per layer).
+    pub fn from_spans(spans: &[&[(Tensor, Tensor)]]) -> Result<Self> {
+        let Some(first) = spans.first() else {
+            return Err(ModelError::InvalidInput(
+                "no spans to build a cache from".into(),
+            ));
+        };
+        let layers = (0..first.len())
+            .map(|i| {
+                let ks: Vec<&Tensor> = spans.iter().map(|s| &s[i].0).collect();
+                let vs: Vec<&Tensor> = spans.iter().map(|s| &s[i].1).collect();
+                // Capacity equals length, so the first append moves to a new buffer and
+                // nothing ever writes into the spans (`cat` of one span may share its storage).
+                let k = Tensor::cat(&ks, 2)?;
+                let v = Tensor::cat(&vs, 2)?;
+                let len = k.dim(2)?;
+                Ok(LayerCache {
+                    k: Some(k),
+                    v: Some(v),
+                    len,
+                    reserved: 0,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { layers })
     }
 
     /// Bytes held by the buffers.
@@ -338,6 +412,9 @@ pub struct Model {
     differentiable: bool,
     dtype: DType,
     device: Device,
+    /// Bumped by every in-place weight reload; shared by the clones that share the weights, so
+    /// caches of computed keys and values (the engine's prefix cache) know when they are stale.
+    weights_version: Arc<AtomicU64>,
 }
 
 /// Names and shapes of every parameter for `config`, in checkpoint order.
@@ -488,6 +565,7 @@ impl Model {
             differentiable: false,
             dtype,
             device,
+            weights_version: Arc::default(),
         })
     }
 
@@ -574,6 +652,11 @@ impl Model {
         &self.device
     }
 
+    /// How many times the weights were reloaded in place (see [`Model::reload_weights`]).
+    pub fn weights_version(&self) -> u64 {
+        self.weights_version.load(Ordering::SeqCst)
+    }
+
     pub fn new_cache(&self) -> SequenceCache {
         SequenceCache::new(self.layers.len())
     }
@@ -652,6 +735,7 @@ impl Model {
         for ((_, t), new) in tensors.iter().zip(&fresh) {
             t.slice_set(new, 0, 0)?;
         }
+        self.weights_version.fetch_add(1, Ordering::SeqCst);
         Ok(tensors.len())
     }
 

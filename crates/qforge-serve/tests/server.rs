@@ -565,7 +565,10 @@ async fn weights_reload_in_place_from_disk_and_bad_checkpoints_change_nothing() 
     )
     .await;
     let remote = server.remote();
-    let request = greedy("Hello there", 12);
+    // Long enough for the prefix cache to keep blocks of it: after the reload they must not
+    // be reused (they hold keys and values of the old weights).
+    let long = "Hello there, tell me everything about the quick brown fox. ".repeat(5);
+    let request = greedy(&long, 12);
     let before = remote.chat(request.clone()).await.unwrap().choices[0]
         .message
         .content

@@ -19,7 +19,8 @@ pub enum BenchCommand {
     /// Prefill tokens/s against candle-transformers' qwen3.
     Prefill(Args),
     /// `qforge serve` throughput and time per output token at several concurrent streams,
-    /// and its overhead against direct engine generation.
+    /// its overhead against direct engine generation, and requests sharing a long system
+    /// prompt with the prefix cache on against off.
     Serve(ServeArgs),
     /// Training throughput (forward + backward + AdamW) against PyTorch on the same config.
     Train(crate::bench_train::TrainArgs),
@@ -56,6 +57,13 @@ pub struct ServeArgs {
     /// Model shape: a config.json (default: Qwen3-0.6B's shape). Weights are random.
     #[arg(long)]
     pub config: Option<std::path::PathBuf>,
+    /// Shared-prefix workload: requests sharing one system prompt of this many tokens, against
+    /// a server with its prefix cache off, in the same run (0 skips it).
+    #[arg(long, default_value_t = 1024)]
+    pub shared_prefix_tokens: usize,
+    /// Requests of the shared-prefix workload (sent together, after one that fills the cache).
+    #[arg(long, default_value_t = 16)]
+    pub shared_prefix_requests: usize,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -248,7 +256,30 @@ fn run_baseline(
     })
 }
 
+/// The machine every figure was measured on: CPU model, cores, transparent huge pages.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .ok()
+        .and_then(|s| {
+            let (_, rest) = s.split_once('[')?;
+            Some(rest.split(']').next()?.to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    format!("machine: {cpu}, {cores} cores, transparent huge pages {thp}")
+}
+
 pub fn run(cmd: BenchCommand) -> Result<()> {
+    println!("{}", machine());
     let (args, decode) = match cmd {
         BenchCommand::Decode(a) => (a, true),
         BenchCommand::Prefill(a) => (a, false),

@@ -37,6 +37,113 @@ fn request(i: usize, max_tokens: usize) -> ChatRequest {
     }
 }
 
+/// A request of the shared-prefix workload: the long `system` prompt, then its own question.
+fn shared_prefix_request(system: &str, i: usize) -> ChatRequest {
+    let mut r = request(i, 4);
+    r.messages
+        .insert(0, serde_json::json!({"role": "system", "content": system}));
+    r
+}
+
+/// Wall time of `requests` sent together, and their times to the first token (sorted).
+async fn shared_prefix_round(
+    remote: &RemoteBackend,
+    system: &str,
+    requests: usize,
+) -> Result<(f64, Vec<f64>)> {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..requests {
+        let (remote, request) = (remote.clone(), shared_prefix_request(system, i + 1));
+        tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let mut events = remote.chat_stream(request).await?;
+            let mut first = None;
+            while let Some(e) = events.recv().await {
+                if let ChatEvent::Delta(_) = e? {
+                    first.get_or_insert_with(|| sent.elapsed().as_secs_f64());
+                }
+            }
+            Ok::<_, qforge_engine::BackendError>(first.unwrap_or(f64::NAN))
+        }));
+    }
+    let mut ttft = Vec::new();
+    for t in tasks {
+        ttft.push(t.await.context("client task")??);
+    }
+    ttft.sort_by(f64::total_cmp);
+    Ok((started.elapsed().as_secs_f64(), ttft))
+}
+
+/// A server for `backend` on a loopback port: its URL, and what stops it.
+async fn spawn_server(
+    backend: EmbeddedBackend,
+) -> Result<(
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/v1", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let state = AppState::new(backend, ServerConfig::default());
+    let server = tokio::spawn(qforge_serve::serve(listener, state, async {
+        let _ = stopped.await;
+    }));
+    Ok((url, stop, server))
+}
+
+/// The shared-prefix workload on two servers over the same weights, prefix cache on and off:
+/// one request fills the cache, then `requests` share its system prompt.
+async fn shared_prefix(engine: &Engine, args: &ServeArgs) -> Result<()> {
+    let tokenizer = engine.tokenizer().clone();
+    let mut system = String::new();
+    while tokenizer.encode(&system, false)?.len() < args.shared_prefix_tokens {
+        system.push_str("You are a careful assistant who answers questions about the sea. ");
+    }
+    let system_tokens = tokenizer.encode(&system, false)?.len();
+    let mut results = Vec::new();
+    for cache_bytes in [SchedulerConfig::default().prefix_cache_bytes, 0] {
+        let metrics = Arc::new(Metrics::default());
+        let scheduler = Scheduler::spawn(
+            engine.clone(),
+            SchedulerConfig {
+                max_seqs: args.shared_prefix_requests.max(1),
+                prefix_cache_bytes: cache_bytes,
+                ..SchedulerConfig::default()
+            },
+            metrics.clone(),
+        );
+        let backend = EmbeddedBackend::new("bench".into(), scheduler, GenerationConfig::default());
+        let (url, stop, server) = spawn_server(backend).await?;
+        let remote = RemoteBackend::new(RemoteConfig::new(url, "bench"))?;
+        shared_prefix_round(&remote, &system, 1).await?;
+        let (wall, ttft) =
+            shared_prefix_round(&remote, &system, args.shared_prefix_requests).await?;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        let hit_rate = get(&metrics.prefix_cache_hits) as f64
+            / get(&metrics.prefix_cache_queries).max(1) as f64;
+        results.push((wall, ttft, hit_rate));
+        let _ = stop.send(());
+        server.await??;
+    }
+    let (on, off) = (&results[0], &results[1]);
+    for (name, (wall, ttft, hit_rate)) in [("on ", on), ("off", off)] {
+        println!(
+            "shared prefix ({system_tokens}-token system prompt, {} requests together, 4 tokens each), prefix cache {name}: {wall:.2} s, time to first token p50 {:.0} ms, p99 {:.0} ms, hit rate {:.2}",
+            args.shared_prefix_requests,
+            percentile(ttft, 0.5) * 1e3,
+            percentile(ttft, 0.99) * 1e3,
+            hit_rate,
+        );
+    }
+    println!(
+        "prefix cache speed-up on the shared-prefix workload: {:.2}x (wall time off / on)",
+        off.0 / on.0
+    );
+    Ok(())
+}
+
 struct Round {
     wall_s: f64,
     tokens: usize,
@@ -96,6 +203,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
         engine.clone(),
         SchedulerConfig {
             max_seqs: max_streams,
+            // Off here, so that the overhead against direct generation compares like with like;
+            // the shared-prefix workload measures the cache.
+            prefix_cache_bytes: 0,
             ..SchedulerConfig::default()
         },
         Arc::new(Metrics::default()),
@@ -113,13 +223,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}/v1", listener.local_addr()?);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let state = AppState::new(backend.clone(), ServerConfig::default());
-        let server = tokio::spawn(qforge_serve::serve(listener, state, async {
-            let _ = stopped.await;
-        }));
+        let (url, stop, server) = spawn_server(backend.clone()).await?;
         let remote = RemoteBackend::new(RemoteConfig::new(url, "bench"))?;
 
         // Direct engine generation of the same single request, same prompt and length.
@@ -159,6 +263,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
         );
         let _ = stop.send(());
         server.await??;
+        if args.shared_prefix_tokens > 0 {
+            shared_prefix(&engine, &args).await?;
+        }
         Ok(())
     })
 }

@@ -54,25 +54,30 @@ enum Command {
     Template(template::Args),
     /// Build a tiny model and teach it a synthetic task with SFT then DPO, end to end.
     Quickstart(quickstart::Args),
-    /// Train with SFT, DPO or a reward model from a recipe.
+    /// Train from a recipe: sft, dpo, rm (reward model), solopo, mutual-taught, qwenlong-l1,
+    /// websailor (GRPO with DUPO), cprs (a QwenLong-CPRS compressor).
     #[command(subcommand)]
     Train(train::TrainCommand),
     /// Serve a model over an OpenAI-compatible HTTP API with continuous batching.
     Serve(serve::Args),
     /// Re-save a checkpoint in Hugging Face layout (dtype, sharding).
     Convert(convert::Args),
-    /// Qwen3Guard safety moderation: moderate, stream, evaluate, and a guarded chat proxy.
+    /// Qwen3Guard safety moderation: moderate, stream, eval (labelled sets) and proxy (a guarded
+    /// chat proxy).
     #[command(subcommand)]
     Guard(guard::GuardCommand),
-    /// Preference-recipe data tools (SoLoPO contexts).
+    /// Preference-recipe data tools: solopo-data (SoLoPO's short and long contexts).
     #[command(subcommand)]
     Pref(pref::PrefCommand),
-    /// QwenLong-CPRS: keep the spans of a long context that matter for a query.
+    /// QwenLong-CPRS: keep the spans of a long context that matter for a query; eval (RULER-style
+    /// tasks), data (training samples) and proxy (a compressing chat proxy).
     Compress(Box<compress::Args>),
-    /// WebSailor's web-research agent: offline corpus, runs with trajectory logs.
+    /// Agents: WebSailor's web research (corpus, run, eval, countries, synth, rft) and
+    /// Mobile-Agent-v2 (mobile).
     #[command(subcommand)]
     Agent(Box<agent::AgentCommand>),
-    /// Benchmarks with ratios against baselines measured in the same run.
+    /// Benchmarks with ratios against baselines measured in the same run: decode, prefill,
+    /// serve, train, guard-stream, solopo, rl-step, search, agent, compress.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
 }

@@ -33,6 +33,19 @@ pub struct Series<'a> {
     pub points: Vec<(f64, f64)>,
 }
 
+/// The y axis for finite values `ys`: their range padded by 5%, but never below zero when no
+/// value is (a loss curve must not seem to dip under zero).
+fn y_axis(ys: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (low, high) = ys.fold((f64::MAX, f64::MIN), |(a, b), y| (a.min(y), b.max(y)));
+    let pad = ((high - low) * 0.05).max(1e-6);
+    let bottom = if low >= 0.0 {
+        (low - pad).max(0.0)
+    } else {
+        low - pad
+    };
+    (bottom, high + pad)
+}
+
 /// Writes a line chart of `series` to `path` (800x480 PNG).
 pub fn line_chart(path: &Path, title: &str, x_label: &str, series: &[Series]) -> Result<()> {
     let points: Vec<&(f64, f64)> = series
@@ -46,10 +59,7 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, series: &[Series]) ->
     let (x0, x1) = points.iter().fold((f64::MAX, f64::MIN), |(a, b), (x, _)| {
         (a.min(*x), b.max(*x))
     });
-    let (y0, y1) = points.iter().fold((f64::MAX, f64::MIN), |(a, b), (_, y)| {
-        (a.min(*y), b.max(*y))
-    });
-    let pad = ((y1 - y0) * 0.05).max(1e-6);
+    let (y_low, y_high) = y_axis(points.iter().map(|(_, y)| *y));
     let labels = register_font();
     let root = BitMapBackend::new(path, (800, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
@@ -62,7 +72,7 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, series: &[Series]) ->
         builder.caption(title, ("sans-serif", 24));
     }
     let mut chart = builder
-        .build_cartesian_2d(x0..x1.max(x0 + 1.0), (y0 - pad)..(y1 + pad))
+        .build_cartesian_2d(x0..x1.max(x0 + 1.0), y_low..y_high)
         .map_err(|e| anyhow!("{e}"))?;
     let mut mesh = chart.configure_mesh();
     if labels {
@@ -161,4 +171,19 @@ pub fn bar_chart(path: &Path, title: &str, bars: &[(String, f64)]) -> Result<()>
         .map_err(|e| anyhow!("{e}"))?;
     root.present().map_err(|e| anyhow!("{e}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positive_curves_get_no_negative_axis() {
+        // An SFT loss falling from 6 to nearly 0: the padded axis used to start at -0.3.
+        assert_eq!(y_axis([6.0, 2.0, 0.001].into_iter()).0, 0.0);
+        let (low, high) = y_axis([-1.0, 1.0].into_iter());
+        assert!(low < -1.0 && high > 1.0);
+        let (low, high) = y_axis([2.0, 3.0].into_iter());
+        assert!((low - 1.95).abs() < 1e-9 && (high - 3.05).abs() < 1e-9);
+    }
 }

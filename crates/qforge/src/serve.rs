@@ -48,6 +48,11 @@ pub struct Args {
     #[arg(long, default_value_t = 4096)]
     max_kv_mib: usize,
 
+    /// Keys and values of repeated prompt prefixes kept for reuse, in MiB (0: no prefix cache).
+    /// Hit rate in /metrics (qforge_prefix_cache_hit_rate).
+    #[arg(long, default_value_t = 1024)]
+    prefix_cache_mib: usize,
+
     /// Largest request body, in MiB (413 beyond).
     #[arg(long, default_value_t = 16)]
     max_body_mib: usize,
@@ -113,6 +118,7 @@ pub fn run(args: Args) -> Result<()> {
             max_seqs: args.max_seqs.max(1),
             max_queue: args.max_queue.max(1),
             max_kv_bytes: args.max_kv_mib.saturating_mul(1 << 20),
+            prefix_cache_bytes: args.prefix_cache_mib.saturating_mul(1 << 20),
         },
         Arc::new(Metrics::default()),
     );

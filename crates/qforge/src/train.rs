@@ -162,10 +162,18 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
     finish(trainer, &format!("{objective:?}").to_lowercase())
 }
 
-fn solopo(args: Args) -> Result<()> {
-    let (config, table) = load_recipe(args.config.as_deref(), &args.overrides, Some("solopo"))?;
+fn solopo_recipe(
+    path: Option<&Path>,
+    overrides: &[String],
+) -> Result<(TrainConfig, qforge_pref::SoloSettings)> {
+    let (config, table) = load_recipe(path, overrides, Some("solopo"))?;
     let settings: qforge_pref::SoloSettings =
         serde_json::from_value(table).context("invalid [solopo] table")?;
+    Ok((config, settings))
+}
+
+fn solopo(args: Args) -> Result<()> {
+    let (config, settings) = solopo_recipe(args.config.as_deref(), &args.overrides)?;
     let objective = settings.objective()?;
     eprintln!("SoLoPO: {objective:?}");
     let trainer = Trainer::new_pairwise(config, std::sync::Arc::new(objective))?;
@@ -201,14 +209,17 @@ struct RewardSettings {
     judge_model: Option<String>,
 }
 
-fn qwenlong_l1(args: Args) -> Result<()> {
-    use qforge_rl::reward::{
-        ChoiceMatch, ExactMatch, Extraction, RewardFn, SubEm, extract_the_answer_is,
-    };
-    let path = args
-        .config
-        .as_deref()
-        .context("qwenlong-l1 needs --config recipe.toml")?;
+/// A QwenLong-L1 recipe: its task files, its rule reward (unjudged), the judge settings and
+/// the run's settings.
+struct QwenLongL1Recipe {
+    task_files: Vec<PathBuf>,
+    rule: std::sync::Arc<dyn qforge_rl::reward::RewardFn>,
+    reward: RewardSettings,
+    config: qforge_rl::qwenlong_l1::QwenLongL1Config,
+}
+
+fn qwenlong_l1_recipe(path: &Path, overrides: &[String]) -> Result<QwenLongL1Recipe> {
+    use qforge_rl::reward::{ChoiceMatch, DocMath, ExactMatch, Extraction, RewardFn, SubEm};
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut table: toml::Table =
@@ -217,25 +228,44 @@ fn qwenlong_l1(args: Args) -> Result<()> {
         Some(v) => v.try_into().context("`tasks` must be a list of paths")?,
         None => anyhow::bail!("the recipe needs `tasks` (a list of task files)"),
     };
-    let reward_settings: RewardSettings = match table.remove("reward") {
+    let reward: RewardSettings = match table.remove("reward") {
         Some(v) => v.try_into().context("invalid [reward]")?,
         None => RewardSettings::default(),
+    };
+    let rule: std::sync::Arc<dyn RewardFn> = match reward.kind.as_deref().unwrap_or("docqa") {
+        "docqa" => std::sync::Arc::new(SubEm(Extraction::TheAnswerIs)),
+        "docmath" => std::sync::Arc::new(DocMath),
+        "choice" => std::sync::Arc::new(ChoiceMatch),
+        "em" => std::sync::Arc::new(ExactMatch(Extraction::TheAnswerIs)),
+        other => anyhow::bail!("[reward] kind `{other}`: docqa, docmath, choice or em"),
     };
     let config: qforge_rl::qwenlong_l1::QwenLongL1Config = table
         .try_into()
         .with_context(|| format!("{}: invalid recipe", path.display()))?;
-    let config = set_nested(config, &args.overrides)?;
+    Ok(QwenLongL1Recipe {
+        task_files,
+        rule,
+        reward,
+        config: set_nested(config, overrides)?,
+    })
+}
+
+fn qwenlong_l1(args: Args) -> Result<()> {
+    use qforge_rl::reward::{RewardFn, extract_the_answer_is};
+    let path = args
+        .config
+        .as_deref()
+        .context("qwenlong-l1 needs --config recipe.toml")?;
+    let QwenLongL1Recipe {
+        task_files,
+        rule,
+        reward: reward_settings,
+        config,
+    } = qwenlong_l1_recipe(path, &args.overrides)?;
     let mut tasks = Vec::new();
     for f in &task_files {
         tasks.extend(qforge_rl::tasks::load_tasks(f)?);
     }
-    let rule: std::sync::Arc<dyn RewardFn> =
-        match reward_settings.kind.as_deref().unwrap_or("docqa") {
-            "docqa" => std::sync::Arc::new(SubEm(Extraction::TheAnswerIs)),
-            "choice" => std::sync::Arc::new(ChoiceMatch),
-            "em" => std::sync::Arc::new(ExactMatch(Extraction::TheAnswerIs)),
-            other => anyhow::bail!("[reward] kind `{other}`: docqa, choice or em"),
-        };
     let reward: std::sync::Arc<dyn RewardFn> = match &reward_settings.judge_url {
         Some(url) => {
             let remote = qforge_engine::RemoteBackend::new(qforge_engine::RemoteConfig::new(
@@ -281,14 +311,19 @@ fn qwenlong_l1(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn websailor(args: Args) -> Result<()> {
-    use qforge_agent::websailor::agent::AgentConfig;
-    use qforge_agent::websailor::rl::{CORRECT_THRESHOLD, WebSailorEnv, WebSailorReward, tasks};
-    use qforge_rl::grpo::{GroupFilter, GrpoConfig, GrpoTrainer};
-    let path = args
-        .config
-        .as_deref()
-        .context("websailor needs --config recipe.toml")?;
+/// A WebSailor RL recipe: question files, the agent's tools, the judge, the rollout limits and
+/// the GRPO settings (the paper's defaults under the recipe's own).
+struct WebsailorRecipe {
+    question_files: Vec<PathBuf>,
+    agent: crate::agent::ToolArgs,
+    judge: crate::agent::JudgeArgs,
+    rollout: qforge_rl::tools::ToolConfig,
+    config: qforge_rl::grpo::GrpoConfig,
+}
+
+fn websailor_recipe(path: &Path, overrides: &[String]) -> Result<WebsailorRecipe> {
+    use qforge_agent::websailor::rl::CORRECT_THRESHOLD;
+    use qforge_rl::grpo::{GroupFilter, GrpoConfig};
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut table: toml::Table =
@@ -329,7 +364,30 @@ fn websailor(args: Args) -> Result<()> {
     let config: GrpoConfig = merged
         .try_into()
         .with_context(|| format!("{}: invalid recipe", path.display()))?;
-    let config = set_nested(config, &args.overrides)?;
+    Ok(WebsailorRecipe {
+        question_files,
+        agent,
+        judge,
+        rollout,
+        config: set_nested(config, overrides)?,
+    })
+}
+
+fn websailor(args: Args) -> Result<()> {
+    use qforge_agent::websailor::agent::AgentConfig;
+    use qforge_agent::websailor::rl::{WebSailorEnv, WebSailorReward, tasks};
+    use qforge_rl::grpo::GrpoTrainer;
+    let path = args
+        .config
+        .as_deref()
+        .context("websailor needs --config recipe.toml")?;
+    let WebsailorRecipe {
+        question_files,
+        agent,
+        judge,
+        rollout,
+        config,
+    } = websailor_recipe(path, &args.overrides)?;
     let tools = agent.tools()?;
     let mut questions = Vec::new();
     for f in &question_files {
@@ -358,20 +416,28 @@ fn websailor(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn cprs(args: Args) -> Result<()> {
-    use qforge_compress::train::{CprsTrainConfig, CprsTrainer};
-    let config: CprsTrainConfig = match args.config.as_deref() {
+fn cprs_recipe(
+    path: Option<&Path>,
+    overrides: &[String],
+) -> Result<qforge_compress::train::CprsTrainConfig> {
+    let config: qforge_compress::train::CprsTrainConfig = match path {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
             toml::from_str(&text).with_context(|| format!("{}: invalid recipe", path.display()))?
         }
-        None => CprsTrainConfig::default(),
+        None => Default::default(),
     };
-    let config = set_nested(config, &args.overrides)?;
+    let config = set_nested(config, overrides)?;
     if config.model.as_os_str().is_empty() {
         anyhow::bail!("the recipe needs `model` (in --config or via --set model=DIR)");
     }
+    Ok(config)
+}
+
+fn cprs(args: Args) -> Result<()> {
+    use qforge_compress::train::CprsTrainer;
+    let config = cprs_recipe(args.config.as_deref(), &args.overrides)?;
     let out = config.output_dir.clone();
     let mut trainer = CprsTrainer::new(config)?;
     eprintln!("{} training windows", trainer.windows());
@@ -413,16 +479,23 @@ fn cprs(args: Args) -> Result<()> {
     Ok(())
 }
 
+fn mutual_taught_recipe(
+    path: &Path,
+    overrides: &[String],
+) -> Result<qforge_pref::mutual_taught::MutualTaughtConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let config: qforge_pref::mutual_taught::MutualTaughtConfig =
+        toml::from_str(&text).with_context(|| format!("{}: invalid recipe", path.display()))?;
+    set_nested(config, overrides)
+}
+
 fn mutual_taught(args: Args) -> Result<()> {
     let path = args
         .config
         .as_deref()
         .context("mutual-taught needs --config recipe.toml")?;
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let config: qforge_pref::mutual_taught::MutualTaughtConfig =
-        toml::from_str(&text).with_context(|| format!("{}: invalid recipe", path.display()))?;
-    let config = set_nested(config, &args.overrides)?;
+    let config = mutual_taught_recipe(path, &args.overrides)?;
     let started = Instant::now();
     let results = qforge_pref::mutual_taught::run(&config, |t, stage| {
         eprintln!(
@@ -527,6 +600,10 @@ pub fn plot_run(
     steps: &[StepReport],
     evals: &[EvalReport],
 ) -> Result<()> {
+    if steps.is_empty() && evals.is_empty() {
+        // A resumed run that had already finished: its curves are on disk from before.
+        return Ok(());
+    }
     let mut series = vec![Series {
         name: "train loss",
         points: steps.iter().map(|r| (r.step as f64, r.loss)).collect(),
@@ -538,4 +615,59 @@ pub fn plot_run(
         });
     }
     line_chart(path, title, "step", &series)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every recipe in examples/recipes/ parses into its trainer's settings: the command named
+    /// on its first line (`# qforge train KIND --config ...`) picks the trainer.
+    #[test]
+    fn every_example_recipe_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/recipes");
+        let mut kinds = std::collections::BTreeSet::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let kind = text
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("# qforge train "))
+                .and_then(|l| l.split_whitespace().next())
+                .unwrap_or_else(|| panic!("{}: no `# qforge train KIND` line", path.display()))
+                .to_string();
+            let p = path.as_path();
+            let loaded = match kind.as_str() {
+                "sft" | "dpo" | "rm" => load_config(Some(p), &[]).map(drop),
+                "solopo" => {
+                    solopo_recipe(Some(p), &[]).and_then(|(_, s)| Ok(s.objective().map(drop)?))
+                }
+                "mutual-taught" => mutual_taught_recipe(p, &[]).map(drop),
+                "qwenlong-l1" => qwenlong_l1_recipe(p, &[]).map(drop),
+                "websailor" => websailor_recipe(p, &[]).map(drop),
+                "cprs" => cprs_recipe(Some(p), &[]).map(drop),
+                other => panic!("{}: unknown trainer `{other}`", path.display()),
+            };
+            if let Err(e) = loaded {
+                panic!("{}: {e:#}", path.display());
+            }
+            kinds.insert(kind);
+        }
+        for trainer in [
+            "sft",
+            "dpo",
+            "rm",
+            "solopo",
+            "mutual-taught",
+            "qwenlong-l1",
+            "websailor",
+            "cprs",
+        ] {
+            assert!(
+                kinds.contains(trainer),
+                "no example recipe for `qforge train {trainer}`"
+            );
+        }
+    }
 }

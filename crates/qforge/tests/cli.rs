@@ -913,3 +913,38 @@ fn guard_eval_scores_the_official_scripts_prediction_files_as_they_do() {
     assert_eq!(r["latency"]["hit"], e["latency"]["bins"]["Hit"]);
     assert!(out_dir.join("report.png").exists());
 }
+
+/// `qforge --help` describes each command group by naming every subcommand it holds (a new
+/// trainer or benchmark must show up there, not only one level down).
+#[test]
+fn top_level_help_names_every_subcommand_of_each_group() {
+    let commands = |help: &str| -> Vec<(String, String)> {
+        help.lines()
+            .skip_while(|l| !l.starts_with("Commands:"))
+            .skip(1)
+            .take_while(|l| !l.trim().is_empty())
+            .filter_map(|l| {
+                let l = l.trim_start();
+                let (name, about) = l.split_once(' ')?;
+                (name != "help").then(|| (name.to_string(), about.trim().to_string()))
+            })
+            .collect()
+    };
+    let top = commands(&ok(&qforge(&["--help"], None)));
+    let mut groups = 0;
+    for (group, about) in &top {
+        let help = ok(&qforge(&[group, "--help"], None));
+        let subcommands = commands(&help);
+        if subcommands.is_empty() {
+            continue;
+        }
+        groups += 1;
+        for (sub, _) in subcommands {
+            assert!(
+                about.contains(&sub),
+                "`qforge --help` says of `{group}`: {about:?}, which does not name `{sub}`"
+            );
+        }
+    }
+    assert!(groups >= 6, "{top:?}");
+}

@@ -1,10 +1,15 @@
-"""Drives a qforge proxy (`qforge guard proxy` or `qforge compress proxy`) in front of
-`scripted_upstream.py --parallel` with the official `openai` client (run by proxies.rs).
+"""Drives a qforge proxy (`qforge guard proxy` or `qforge compress proxy`) with the official
+`openai` client (run by serve_openai.rs).
 
-QFORGE_BASE_URL: the proxy; QFORGE_UPSTREAM_URL: the scripted upstream (its `GET /last_request`
-returns the body the proxy forwarded). Checks: two parallel tool calls arrive as two calls,
-streamed and whole; a multi-turn tool conversation (both results fed back) goes through; every
-field the client sends that the proxy does not own reaches the upstream unchanged.
+QFORGE_CHECK=scripted: the proxy is in front of `scripted_upstream.py --parallel`
+(QFORGE_UPSTREAM_URL; its `GET /last_request` returns the body the proxy forwarded). Checks: two
+parallel tool calls arrive as two calls, streamed and whole; a multi-turn tool conversation
+(both results fed back) goes through; every field the client sends that the proxy does not own
+reaches the upstream unchanged.
+
+QFORGE_CHECK=serve: the proxy is in front of `qforge serve` (QFORGE_UPSTREAM_URL). Penalties,
+logit_bias and tool_choice "none" give through the proxy what they give directly; what the
+server refuses (tool_choice "required", JSON response_format) comes back as the same 400.
 """
 
 import json
@@ -16,6 +21,7 @@ import openai
 
 client = openai.OpenAI(base_url=os.environ["QFORGE_BASE_URL"], api_key="unused", max_retries=0)
 UPSTREAM = os.environ["QFORGE_UPSTREAM_URL"]
+CHECK = os.environ["QFORGE_CHECK"]
 MODEL = client.models.list().data[0].id
 TRACE = "\nThe user asks about the weather VWK in Paris."
 ANSWER = "\n\nLet me look it up."
@@ -111,10 +117,36 @@ def fields_reach_the_upstream_unchanged():
         assert got["tools"] == TOOLS, got["tools"]
 
 
-for name, fn in [("parallel tool calls streamed", parallel_streamed),
+def same_as_direct():
+    direct = openai.OpenAI(base_url=UPSTREAM, api_key="unused", max_retries=0)
+    direct_model = direct.models.list().data[0].id
+    for kw in (dict(presence_penalty=2.0, frequency_penalty=2.0), dict(logit_bias={"100": 100}),
+               dict(tools=TOOLS, tool_choice="none"), dict(extra_body={"chat_template_kwargs": {"enable_thinking": False}})):
+        replies = []
+        for c, m in ((client, MODEL), (direct, direct_model)):
+            r = c.chat.completions.create(model=m, messages=ASK, temperature=0, max_tokens=8, **kw)
+            msg = r.choices[0].message
+            replies.append((getattr(msg, "reasoning_content", None), msg.content, msg.tool_calls))
+        assert replies[0] == replies[1], (kw, replies)
+
+
+def refusals_are_relayed():
+    for kw in (dict(tools=TOOLS, tool_choice="required"), dict(response_format={"type": "json_object"})):
+        try:
+            client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=2, **kw)
+            raise AssertionError(f"{kw} was accepted")
+        except openai.BadRequestError as e:
+            assert e.status_code == 400, e
+
+
+checks = {
+    "scripted": [("parallel tool calls streamed", parallel_streamed),
                  ("parallel tool calls whole", parallel_whole),
                  ("multi-turn tool conversation", multi_turn_tool_conversation),
-                 ("fields forwarded", fields_reach_the_upstream_unchanged)]:
+                 ("fields forwarded", fields_reach_the_upstream_unchanged)],
+    "serve": [("same as direct", same_as_direct), ("refusals relayed", refusals_are_relayed)],
+}[CHECK]
+for name, fn in checks:
     run(name, fn)
-print(f"{4 - failed} passed, {failed} failed")
+print(f"{len(checks) - failed} passed, {failed} failed")
 sys.exit(1 if failed else 0)

@@ -170,16 +170,23 @@ fn serve_answers_the_released_compression_route_with_the_compressor_in_f16() {
     assert!(kept.iter().any(|t| t.contains("4072913")), "{reply}");
 }
 
-/// `qforge guard proxy` and `qforge compress proxy` in front of a scripted vLLM-style upstream
-/// that streams reasoning and two fragmented parallel tool calls: the official client gets two
-/// calls streamed and whole, a multi-turn tool conversation goes through, and every field it
-/// sends that the proxy does not own reaches the upstream unchanged (tests/proxy_client.py).
+/// `qforge guard proxy` and `qforge compress proxy` with the official client (tests/proxy_client.py):
+/// in front of a scripted vLLM-style upstream that streams reasoning and two fragmented parallel
+/// tool calls, the client gets two calls streamed and whole, a multi-turn tool conversation goes
+/// through, and every field it sends that the proxy does not own reaches the upstream unchanged;
+/// in front of `qforge serve`, penalties, logit_bias and tool_choice answer as they do directly
+/// and the server's 400s come back as 400s.
 #[test]
 fn official_openai_client_through_both_proxies() {
     let Some(python) = python_with_openai() else {
         return;
     };
-    let (_upstream, upstream_url) = scripted_upstream(&python, &["--parallel"]);
+    let (_scripted, scripted_url) = scripted_upstream(&python, &["--parallel"]);
+    let model = fixtures().join("model/qwen3_tied_gqa");
+    let (_serve, serve_url) = start(
+        &["serve", "--model", model.to_str().unwrap(), "--port", "0"],
+        "serving",
+    );
     let guard = tempfile::tempdir().unwrap();
     // A Stream guard that flags nothing (no trigger tokens).
     qforge_guard::fixtures::token_trigger_guard(
@@ -190,42 +197,45 @@ fn official_openai_client_through_both_proxies() {
     )
     .unwrap();
     let compressor = fixtures().join("cprs/tiny_compressor");
-    let proxies = [
-        start(
-            &[
-                "guard",
-                "proxy",
-                "--upstream",
-                &upstream_url,
-                "--stream-model",
-                guard.path().to_str().unwrap(),
-                "--port",
-                "0",
-            ],
-            "guard proxy",
-        ),
-        start(
-            &[
-                "compress",
-                "proxy",
-                "--model",
-                compressor.to_str().unwrap(),
-                "--upstream",
-                &upstream_url,
-                "--port",
-                "0",
-            ],
-            "compressing proxy",
-        ),
-    ];
-    for (_proxy, url) in &proxies {
-        run_python_client(
-            &python,
-            "proxy_client.py",
-            &[
-                ("QFORGE_BASE_URL", url),
-                ("QFORGE_UPSTREAM_URL", &upstream_url),
-            ],
-        );
+    for (check, upstream) in [("scripted", &scripted_url), ("serve", &serve_url)] {
+        let proxies = [
+            start(
+                &[
+                    "guard",
+                    "proxy",
+                    "--upstream",
+                    upstream,
+                    "--stream-model",
+                    guard.path().to_str().unwrap(),
+                    "--port",
+                    "0",
+                ],
+                "guard proxy",
+            ),
+            start(
+                &[
+                    "compress",
+                    "proxy",
+                    "--model",
+                    compressor.to_str().unwrap(),
+                    "--upstream",
+                    upstream,
+                    "--port",
+                    "0",
+                ],
+                "compressing proxy",
+            ),
+        ];
+        for (_proxy, url) in &proxies {
+            run_python_client(
+                &python,
+                "proxy_client.py",
+                &[
+                    ("QFORGE_CHECK", check),
+                    ("QFORGE_BASE_URL", url),
+                    ("QFORGE_UPSTREAM_URL", upstream),
+                ],
+            );
+        }
     }
 }
