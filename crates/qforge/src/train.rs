@@ -97,6 +97,13 @@ pub struct Args {
     overrides: Vec<String>,
 }
 
+/// A recipe file parsed as `T` (a TOML table, or a trainer's settings), errors naming the file.
+fn read_recipe<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("{}: invalid recipe", path.display()))
+}
+
 pub fn load_config(path: Option<&Path>, overrides: &[String]) -> Result<TrainConfig> {
     Ok(load_recipe(path, overrides, None)?.0)
 }
@@ -109,11 +116,7 @@ fn load_recipe(
     table: Option<&str>,
 ) -> Result<(TrainConfig, serde_json::Value)> {
     let mut recipe: toml::Table = match path {
-        Some(p) => {
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            toml::from_str(&text).with_context(|| format!("{}: invalid recipe", p.display()))?
-        }
+        Some(p) => read_recipe(p)?,
         None => toml::Table::new(),
     };
     let mut extra = match table.and_then(|t| recipe.remove(t)) {
@@ -220,10 +223,7 @@ struct QwenLongL1Recipe {
 
 fn qwenlong_l1_recipe(path: &Path, overrides: &[String]) -> Result<QwenLongL1Recipe> {
     use qforge_rl::reward::{ChoiceMatch, DocMath, ExactMatch, Extraction, RewardFn, SubEm};
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut table: toml::Table =
-        toml::from_str(&text).with_context(|| format!("{}: invalid recipe", path.display()))?;
+    let mut table: toml::Table = read_recipe(path)?;
     let task_files: Vec<PathBuf> = match table.remove("tasks") {
         Some(v) => v.try_into().context("`tasks` must be a list of paths")?,
         None => anyhow::bail!("the recipe needs `tasks` (a list of task files)"),
@@ -324,10 +324,7 @@ struct WebsailorRecipe {
 fn websailor_recipe(path: &Path, overrides: &[String]) -> Result<WebsailorRecipe> {
     use qforge_agent::websailor::rl::CORRECT_THRESHOLD;
     use qforge_rl::grpo::{GroupFilter, GrpoConfig};
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut table: toml::Table =
-        toml::from_str(&text).with_context(|| format!("{}: invalid recipe", path.display()))?;
+    let mut table: toml::Table = read_recipe(path)?;
     let question_files: Vec<PathBuf> = match table.remove("questions") {
         Some(v) => v
             .try_into()
@@ -421,11 +418,7 @@ fn cprs_recipe(
     overrides: &[String],
 ) -> Result<qforge_compress::train::CprsTrainConfig> {
     let config: qforge_compress::train::CprsTrainConfig = match path {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            toml::from_str(&text).with_context(|| format!("{}: invalid recipe", path.display()))?
-        }
+        Some(path) => read_recipe(path)?,
         None => Default::default(),
     };
     let config = set_nested(config, overrides)?;
@@ -483,11 +476,7 @@ fn mutual_taught_recipe(
     path: &Path,
     overrides: &[String],
 ) -> Result<qforge_pref::mutual_taught::MutualTaughtConfig> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let config: qforge_pref::mutual_taught::MutualTaughtConfig =
-        toml::from_str(&text).with_context(|| format!("{}: invalid recipe", path.display()))?;
-    set_nested(config, overrides)
+    set_nested(read_recipe(path)?, overrides)
 }
 
 fn mutual_taught(args: Args) -> Result<()> {

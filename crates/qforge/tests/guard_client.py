@@ -10,26 +10,15 @@ flags the trace's " VWK".
 """
 
 import os
-import sys
 
 import openai
+from client_checks import run_checks
 
 client = openai.OpenAI(base_url=os.environ["QFORGE_BASE_URL"], api_key="unused", max_retries=0)
 CHECK = os.environ["QFORGE_CHECK"]
 messages = [{"role": "user", "content": os.environ.get("QFORGE_PROMPT", "")}]
 EXPECTED = os.environ.get("QFORGE_EXPECTED", "")
 NO_THINKING = {"chat_template_kwargs": {"enable_thinking": False}}
-failed = 0
-
-
-def run(name, fn):
-    global failed
-    try:
-        fn()
-        print(f"ok {name}")
-    except Exception as e:  # noqa: BLE001 - report every check
-        failed += 1
-        print(f"FAILED {name}: {e!r}")
 
 
 def streamed():
@@ -186,7 +175,4 @@ checks = {
                   ("agent turn", agent_turn)],
     "reasoning_flagged": [("streamed", flagged_streamed), ("whole", flagged_whole)],
 }[CHECK]
-for name, fn in checks:
-    run(name, fn)
-print(f"{len(checks) - failed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+run_checks(checks)

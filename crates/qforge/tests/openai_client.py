@@ -11,9 +11,9 @@ qwen3 reasoning parser splits it (`split` below states the rule).
 
 import json
 import os
-import sys
 
 import openai
+from client_checks import run_checks
 
 client = openai.OpenAI(base_url=os.environ["QFORGE_BASE_URL"], api_key="unused", max_retries=0)
 MODEL = os.environ["QFORGE_MODEL"]
@@ -218,13 +218,4 @@ def multi_turn_tool_conversation_is_rendered_as_the_template_says():
         assert usage.prompt_tokens == CONVERSATION_PROMPT_TOKENS, (stream, usage, CONVERSATION_PROMPT_TOKENS)
 
 
-failed = 0
-for fn in checks:
-    try:
-        fn()
-        print(f"ok    {fn.__name__}")
-    except Exception as e:  # report every failing check, not just the first
-        failed += 1
-        print(f"FAIL  {fn.__name__}: {type(e).__name__}: {e}")
-print(f"{len(checks) - failed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+run_checks([(fn.__name__, fn) for fn in checks])

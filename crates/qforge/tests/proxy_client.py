@@ -14,10 +14,10 @@ server refuses (tool_choice "required", JSON response_format) comes back as the 
 
 import json
 import os
-import sys
 import urllib.request
 
 import openai
+from client_checks import run_checks
 
 client = openai.OpenAI(base_url=os.environ["QFORGE_BASE_URL"], api_key="unused", max_retries=0)
 UPSTREAM = os.environ["QFORGE_UPSTREAM_URL"]
@@ -30,17 +30,6 @@ TOOLS = [{"type": "function", "function": {"name": n, "description": "Weather",
           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
          for n in ("weather", "forecast")]
 ASK = [{"role": "user", "content": "Weather in Paris and Lyon?"}]
-failed = 0
-
-
-def run(name, fn):
-    global failed
-    try:
-        fn()
-        print(f"ok {name}")
-    except Exception as e:  # noqa: BLE001 - report every check
-        failed += 1
-        print(f"FAILED {name}: {e!r}")
 
 
 def last_request():
@@ -146,7 +135,4 @@ checks = {
                  ("fields forwarded", fields_reach_the_upstream_unchanged)],
     "serve": [("same as direct", same_as_direct), ("refusals relayed", refusals_are_relayed)],
 }[CHECK]
-for name, fn in checks:
-    run(name, fn)
-print(f"{len(checks) - failed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+run_checks(checks)
