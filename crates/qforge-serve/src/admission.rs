@@ -117,6 +117,13 @@ impl Admission {
         Ok(())
     }
 
+    /// A job of `count` inputs (field `param`): refused when it carries too many, else
+    /// [`Admission::enter`].
+    pub async fn admit(&self, count: usize, param: &str) -> Result<Admitted, Refusal> {
+        self.check_items(count, param)?;
+        self.enter().await
+    }
+
     /// Waits for a slot, or answers 429 at once when the queue is full.
     pub async fn enter(&self) -> Result<Admitted, Refusal> {
         let limit = self.config.running.max(1) + self.config.waiting;

@@ -182,8 +182,7 @@ async fn run(
     (instruction, query, context): (String, String, String),
     options: CompressOptions,
 ) -> Result<qforge_compress::pipeline::Compressed, Failure> {
-    admission.check_items(options.batch, "batch_size")?;
-    let _slot = admission.enter().await?;
+    let _slot = admission.admit(options.batch, "batch_size").await?;
     let compressor = state.compressor.clone();
     match tokio::task::spawn_blocking(move || {
         compress(&compressor, &instruction, &query, &context, &options)

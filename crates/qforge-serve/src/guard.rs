@@ -100,10 +100,10 @@ async fn run_guard(
     conversations: Vec<Vec<Value>>,
     param: &str,
 ) -> Result<(Vec<GenOutcome>, Vec<SafetyProbs>), Response> {
-    admission
-        .check_items(conversations.len(), param)
+    let _slot = admission
+        .admit(conversations.len(), param)
+        .await
         .map_err(|r| r.openai())?;
-    let _slot = admission.enter().await.map_err(|r| r.openai())?;
     let guard = state.guard.clone();
     tokio::task::spawn_blocking(move || {
         let outcomes = guard.moderate(&conversations)?;

@@ -105,10 +105,7 @@ pub async fn pooling(
         Inputs::Conversation(_) => 1,
         Inputs::Texts(texts) => texts.len(),
     };
-    if let Err(r) = admission.check_items(count, "input") {
-        return r.openai();
-    }
-    let _slot = match admission.enter().await {
+    let _slot = match admission.admit(count, "input").await {
         Ok(slot) => slot,
         Err(r) => return r.openai(),
     };

@@ -44,30 +44,36 @@ fn tiny_config() -> Result<ModelConfig> {
     }))?)
 }
 
-/// Greedy generations for `prompts` from the checkpoint in `dir` (raw prompts, no template).
-fn generate(dir: &Path, prompts: &[String], max_new: usize) -> Result<Vec<String>> {
-    sample(dir, prompts, max_new, None)
+fn load_engine(dir: &Path) -> Result<Engine> {
+    Ok(Engine::from_checkpoint(Checkpoint::load_dir(
+        dir,
+        DType::F32,
+        &Device::Cpu,
+    )?))
 }
 
-/// Generations for `prompts` from the checkpoint in `dir`: greedy, or sampled at temperature 1
-/// with the given seed (each prompt its own stream).
-fn sample(
-    dir: &Path,
-    prompts: &[String],
+/// Greedy generations for `prompts` (raw prompts, no template).
+fn greedy(engine: &Engine, prompts: &[String], max_new: usize) -> Result<Vec<String>> {
+    let indexed: Vec<(usize, &str)> = prompts.iter().map(String::as_str).enumerate().collect();
+    generate(engine, &indexed, max_new, None)
+}
+
+/// Generations for `(stream, prompt)` pairs: greedy, or sampled at temperature 1 with `seed`,
+/// each prompt drawing from its own stream `seed ^ (stream << 16)`.
+fn generate(
+    engine: &Engine,
+    prompts: &[(usize, &str)],
     max_new: usize,
     seed: Option<u64>,
 ) -> Result<Vec<String>> {
-    let ck = Checkpoint::load_dir(dir, DType::F32, &Device::Cpu)?;
-    let engine = Engine::from_checkpoint(ck);
     let requests = prompts
         .iter()
-        .enumerate()
-        .map(|(i, p)| {
+        .map(|&(stream, p)| {
             let mut r = engine.request(engine.tokenizer().encode(p, false)?, max_new);
             if let Some(seed) = seed {
                 r.sampling = qforge_engine::SamplingParams {
                     temperature: 1.0,
-                    seed: Some(seed ^ ((i as u64) << 16)),
+                    seed: Some(seed ^ ((stream as u64) << 16)),
                     ..qforge_engine::SamplingParams::greedy()
                 };
             }
@@ -82,29 +88,49 @@ fn sample(
 }
 
 /// Preference pairs on `n` copy prompts: the exact copy is chosen; the rejected answer is a
-/// wrong answer of the model itself (its greedy answer, else one of four samples at
-/// temperature 1: on-policy negatives, so DPO pushes down the mistakes this model actually
-/// makes), else a synthetic near miss. Also returns how many pairs hold the model's own
-/// mistake.
-fn own_mistake_pairs(model: &Path, n: usize, seed: u64) -> Result<(Vec<serde_json::Value>, usize)> {
+/// wrong answer of the model itself (its greedy answer, else the first wrong one of four
+/// samples at temperature 1: on-policy negatives, so DPO pushes down the mistakes this model
+/// actually makes), else a synthetic near miss. Also returns how many pairs hold the model's
+/// own mistake.
+fn own_mistake_pairs(
+    engine: &Engine,
+    n: usize,
+    seed: u64,
+) -> Result<(Vec<serde_json::Value>, usize)> {
     let mut rows = near_miss_preferences(n, seed);
     let prompts: Vec<String> = rows
         .iter()
         .map(|r| r["prompt"].as_str().unwrap_or_default().to_string())
         .collect();
-    let mut attempts = vec![generate(model, &prompts, 16)?];
-    for k in 0..4 {
-        attempts.push(sample(model, &prompts, 16, Some(seed ^ (k << 40)))?);
+    let wrong = |row: &serde_json::Value, answer: &str| {
+        let answer = answer.trim();
+        (!answer.is_empty() && row["chosen"].as_str() != Some(answer)).then(|| answer.to_string())
+    };
+    let mut mistakes: Vec<Option<String>> = rows
+        .iter()
+        .zip(greedy(engine, &prompts, 16)?)
+        .map(|(row, answer)| wrong(row, &answer))
+        .collect();
+    // Only the prompts the model still answers right are sampled again.
+    for k in 0..4u64 {
+        let open: Vec<(usize, &str)> = (0..n)
+            .filter(|&i| mistakes[i].is_none())
+            .map(|i| (i, prompts[i].as_str()))
+            .collect();
+        if open.is_empty() {
+            break;
+        }
+        for (&(i, _), answer) in
+            open.iter()
+                .zip(generate(engine, &open, 16, Some(seed ^ (k << 40)))?)
+        {
+            mistakes[i] = wrong(&rows[i], &answer);
+        }
     }
     let mut own = 0;
-    for (i, row) in rows.iter_mut().enumerate() {
-        let chosen = row["chosen"].as_str().unwrap_or_default().to_string();
-        let wrong = attempts
-            .iter()
-            .map(|a| a[i].trim())
-            .find(|a| !a.is_empty() && *a != chosen);
-        if let Some(wrong) = wrong {
-            row["rejected"] = wrong.into();
+    for (row, mistake) in rows.iter_mut().zip(mistakes) {
+        if let Some(answer) = mistake {
+            row["rejected"] = answer.into();
             own += 1;
         }
     }
@@ -156,7 +182,7 @@ pub fn run(args: Args) -> Result<()> {
         data.display()
     );
 
-    let before = generate(&base, &prompts, 16)?;
+    let before = greedy(&load_engine(&base)?, &prompts, 16)?;
     eprintln!(
         "      before training: exact match {:.0}%   e.g. {:?} -> {:?}",
         100.0 * exact_match(&before, &plain),
@@ -191,18 +217,19 @@ pub fn run(args: Args) -> Result<()> {
         &evals,
     )?;
     drop(trainer);
-    let after_sft = generate(&sft_dir, &prompts, 16)?;
+    let sft_engine = load_engine(&sft_dir)?;
+    let after_sft = greedy(&sft_engine, &prompts, 16)?;
     eprintln!(
         "      after SFT: exact match {:.0}%   e.g. {:?} -> {:?}",
         100.0 * exact_match(&after_sft, &plain),
         prompts[0].trim(),
         after_sft[0]
     );
-    let (pairs, own) = own_mistake_pairs(&sft_dir, 1024, args.seed + 2)?;
+    let (pairs, own) = own_mistake_pairs(&sft_engine, 1024, args.seed + 2)?;
     write_jsonl(&data.join("dpo_train.jsonl"), &pairs)?;
     write_jsonl(
         &data.join("dpo_eval.jsonl"),
-        &own_mistake_pairs(&sft_dir, 64, args.seed + 3)?.0,
+        &own_mistake_pairs(&sft_engine, 64, args.seed + 3)?.0,
     )?;
 
     let dpo = TrainConfig {
@@ -242,7 +269,8 @@ pub fn run(args: Args) -> Result<()> {
         &evals,
     )?;
     drop(trainer);
-    let after_dpo = generate(&final_dir, &prompts, 16)?;
+    let final_engine = load_engine(&final_dir)?;
+    let after_dpo = greedy(&final_engine, &prompts, 16)?;
     let dpo_acc = evals.last().and_then(|e| e.accuracy).unwrap_or(f64::NAN);
     let (em_before, em_sft, em_dpo) = (
         exact_match(&before, &plain),
@@ -269,7 +297,7 @@ pub fn run(args: Args) -> Result<()> {
         final_dir.display()
     );
     let sample = "copy: 3 1 4 1 5\n";
-    let text = generate(&final_dir, &[sample.to_string()], 24)?.remove(0);
+    let text = greedy(&final_engine, &[sample.to_string()], 24)?.remove(0);
     println!("{}{}", sample, text);
     eprintln!(
         "next: qforge generate -m {} --raw --prompt $'copy: 2 7 1 8\\n'   (curves: {}/sft/curves.png, {}/dpo/curves.png)",

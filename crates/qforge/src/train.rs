@@ -104,6 +104,27 @@ fn read_recipe<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     toml::from_str(&text).with_context(|| format!("{}: invalid recipe", path.display()))
 }
 
+/// Takes the `[key]` table out of a recipe (its default when absent), errors naming it.
+fn take_table<T: serde::de::DeserializeOwned + Default>(
+    recipe: &mut toml::Table,
+    key: &str,
+) -> Result<T> {
+    match recipe.remove(key) {
+        Some(v) => v.try_into().with_context(|| format!("invalid [{key}]")),
+        None => Ok(T::default()),
+    }
+}
+
+/// Takes the required list of paths `key` out of a recipe; `what` says what they hold.
+fn take_paths(recipe: &mut toml::Table, key: &str, what: &str) -> Result<Vec<PathBuf>> {
+    match recipe.remove(key) {
+        Some(v) => v
+            .try_into()
+            .with_context(|| format!("`{key}` must be a list of paths")),
+        None => anyhow::bail!("the recipe needs `{key}` (a list of {what})"),
+    }
+}
+
 pub fn load_config(path: Option<&Path>, overrides: &[String]) -> Result<TrainConfig> {
     Ok(load_recipe(path, overrides, None)?.0)
 }
@@ -224,14 +245,8 @@ struct QwenLongL1Recipe {
 fn qwenlong_l1_recipe(path: &Path, overrides: &[String]) -> Result<QwenLongL1Recipe> {
     use qforge_rl::reward::{ChoiceMatch, DocMath, ExactMatch, Extraction, RewardFn, SubEm};
     let mut table: toml::Table = read_recipe(path)?;
-    let task_files: Vec<PathBuf> = match table.remove("tasks") {
-        Some(v) => v.try_into().context("`tasks` must be a list of paths")?,
-        None => anyhow::bail!("the recipe needs `tasks` (a list of task files)"),
-    };
-    let reward: RewardSettings = match table.remove("reward") {
-        Some(v) => v.try_into().context("invalid [reward]")?,
-        None => RewardSettings::default(),
-    };
+    let task_files = take_paths(&mut table, "tasks", "task files")?;
+    let reward: RewardSettings = take_table(&mut table, "reward")?;
     let rule: std::sync::Arc<dyn RewardFn> = match reward.kind.as_deref().unwrap_or("docqa") {
         "docqa" => std::sync::Arc::new(SubEm(Extraction::TheAnswerIs)),
         "docmath" => std::sync::Arc::new(DocMath),
@@ -325,24 +340,10 @@ fn websailor_recipe(path: &Path, overrides: &[String]) -> Result<WebsailorRecipe
     use qforge_agent::websailor::rl::CORRECT_THRESHOLD;
     use qforge_rl::grpo::{GroupFilter, GrpoConfig};
     let mut table: toml::Table = read_recipe(path)?;
-    let question_files: Vec<PathBuf> = match table.remove("questions") {
-        Some(v) => v
-            .try_into()
-            .context("`questions` must be a list of paths")?,
-        None => anyhow::bail!("the recipe needs `questions` (a list of JSONL files)"),
-    };
-    let agent: crate::agent::ToolArgs = match table.remove("agent") {
-        Some(v) => v.try_into().context("invalid [agent]")?,
-        None => Default::default(),
-    };
-    let judge: crate::agent::JudgeArgs = match table.remove("judge") {
-        Some(v) => v.try_into().context("invalid [judge]")?,
-        None => Default::default(),
-    };
-    let rollout: qforge_rl::tools::ToolConfig = match table.remove("rollout") {
-        Some(v) => v.try_into().context("invalid [rollout]")?,
-        None => Default::default(),
-    };
+    let question_files = take_paths(&mut table, "questions", "JSONL files")?;
+    let agent: crate::agent::ToolArgs = take_table(&mut table, "agent")?;
+    let judge: crate::agent::JudgeArgs = take_table(&mut table, "judge")?;
+    let rollout: qforge_rl::tools::ToolConfig = take_table(&mut table, "rollout")?;
     // The paper's settings (specs/websailor_writingrl.md §1.4) under the recipe's own.
     let defaults = GrpoConfig {
         group_size: 8,

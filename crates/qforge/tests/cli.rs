@@ -228,7 +228,8 @@ fn bad_input_fails_with_a_clear_message() {
 #[test]
 fn quickstart_runs_the_whole_pipeline() {
     let out = tempfile::tempdir().unwrap();
-    let dir = out.path().join("qs");
+    // Where the example recipes look for the quickstart's output (runs/quickstart).
+    let dir = out.path().join("runs/quickstart");
     let result = qforge(
         &[
             "quickstart",
@@ -259,6 +260,51 @@ fn quickstart_runs_the_whole_pipeline() {
         stderr.contains("after SFT") && stderr.contains("after DPO"),
         "{stderr}"
     );
+    // summary.json holds each stage's exact match; the DPO pairs reject the SFT model's own
+    // answers (after 12 steps it gets every copy wrong).
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    for stage in ["base", "sft", "dpo"] {
+        let em = summary["exact_match"][stage].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&em), "{summary}");
+    }
+    assert_eq!(summary["eval_prompts"], 256, "{summary}");
+    assert_eq!(summary["dpo_pairs_own_mistakes"], 1024, "{summary}");
+    let first: Value = serde_json::from_str(
+        std::fs::read_to_string(dir.join("data/dpo_train.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_ne!(first["rejected"], first["chosen"], "{first}");
+    // The example recipes for sft, dpo and rm run on the quickstart's output as they are.
+    let recipes = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/recipes");
+    // sft twice: the second run resumes the finished one instead of failing.
+    for trainer in ["sft", "sft", "dpo", "rm"] {
+        let recipe = recipes.join(format!("{trainer}.toml"));
+        let run = Command::new(env!("CARGO_BIN_EXE_qforge"))
+            .args(["train", trainer, "--config", recipe.to_str().unwrap()])
+            .args([
+                "--set",
+                "max_steps=2",
+                "--set",
+                "eval_steps=2",
+                "--set",
+                "save_steps=0",
+            ])
+            .current_dir(out.path())
+            .output()
+            .unwrap();
+        ok(&run);
+        assert!(
+            out.path()
+                .join(format!("runs/recipes/{trainer}/final/config.json"))
+                .is_file(),
+            "{trainer}"
+        );
+    }
 }
 
 #[test]

@@ -6,10 +6,9 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::process::Command;
-
-use support::{fixtures, greedy_reply_with, python_with_openai, scripted_upstream, start};
+use support::{
+    fixtures, greedy_reply_with, python_with_openai, run_python_client, scripted_upstream, start,
+};
 
 /// `qforge guard proxy` in front of `upstream` with a Stream guard (and a Gen guard).
 fn start_proxy(
@@ -68,19 +67,15 @@ fn the_proxy_cuts_the_reply_before_the_flagged_tokens() {
         "serving",
     );
     let (_proxy, proxy_url) = start_proxy(&upstream_url, guard.path(), None);
-    let out = Command::new(python)
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/guard_client.py"))
-        .env("QFORGE_CHECK", "proxy")
-        .env("QFORGE_BASE_URL", &proxy_url)
-        .env("QFORGE_PROMPT", prompt)
-        .env("QFORGE_EXPECTED", &expected)
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "openai client checks failed:\n{report}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let report = run_python_client(
+        &python,
+        "guard_client.py",
+        &[
+            ("QFORGE_CHECK", "proxy"),
+            ("QFORGE_BASE_URL", &proxy_url),
+            ("QFORGE_PROMPT", prompt),
+            ("QFORGE_EXPECTED", &expected),
+        ],
     );
     assert!(report.contains("3 passed, 0 failed"), "{report}");
 }
@@ -151,19 +146,15 @@ fn trained_gen_guard() -> String {
 }
 
 fn run_client(python: &str, check: &str, url: &str, guard: &str) {
-    let out = Command::new(python)
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/guard_client.py"))
-        .env("QFORGE_CHECK", check)
-        .env("QFORGE_BASE_URL", url)
-        .env("QFORGE_GUARD_MODEL", guard)
-        .env("QFORGE_PROMPT", "What is the weather in Paris?")
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && report.contains(" passed, 0 failed"),
-        "openai client checks ({check}) failed:\n{report}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_python_client(
+        python,
+        "guard_client.py",
+        &[
+            ("QFORGE_CHECK", check),
+            ("QFORGE_BASE_URL", url),
+            ("QFORGE_GUARD_MODEL", guard),
+            ("QFORGE_PROMPT", "What is the weather in Paris?"),
+        ],
     );
 }
 

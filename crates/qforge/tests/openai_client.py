@@ -11,6 +11,7 @@ qwen3 reasoning parser splits it (`split` below states the rule).
 
 import json
 import os
+import urllib.request
 
 import openai
 from client_checks import run_checks
@@ -216,6 +217,19 @@ def multi_turn_tool_conversation_is_rendered_as_the_template_says():
                                            max_tokens=3, stream=stream, stream_options={"include_usage": True} if stream else None)
         usage = [c for c in r][-1].usage if stream else r.usage
         assert usage.prompt_tokens == CONVERSATION_PROMPT_TOKENS, (stream, usage, CONVERSATION_PROMPT_TOKENS)
+
+
+@check
+def repeated_prompts_hit_the_prefix_cache():
+    # Every check above re-sent the same prompts (the tools' block of the template is long):
+    # /metrics (beside /v1) counts the prompt tokens that came from the prefix cache.
+    for _ in range(2):
+        client.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS, temperature=0, max_tokens=1)
+    root = os.environ["QFORGE_BASE_URL"].removesuffix("/v1")
+    with urllib.request.urlopen(f"{root}/metrics") as r:
+        metrics = dict(line.split(" ", 1) for line in r.read().decode().splitlines() if not line.startswith("#"))
+    assert float(metrics["qforge_prefix_cache_hits_total"]) > 0, metrics
+    assert 0 < float(metrics["qforge_prefix_cache_hit_rate"]) <= 1, metrics
 
 
 run_checks([(fn.__name__, fn) for fn in checks])

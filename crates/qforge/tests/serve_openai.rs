@@ -9,6 +9,28 @@ use support::{
     fixtures, greedy_reply, python_with_openai, qforge, run_python_client, scripted_upstream, start,
 };
 
+/// How many tokens `qforge template` renders for `messages` with `tools`.
+fn prompt_tokens(model: &str, messages: &serde_json::Value, tools: &serde_json::Value) -> usize {
+    let tmp = tempfile::tempdir().unwrap();
+    let (messages_file, tools_file) = (
+        tmp.path().join("messages.json"),
+        tmp.path().join("tools.json"),
+    );
+    std::fs::write(&messages_file, messages.to_string()).unwrap();
+    std::fs::write(&tools_file, tools.to_string()).unwrap();
+    let ids = qforge(&[
+        "template",
+        "--model",
+        model,
+        "--messages",
+        messages_file.to_str().unwrap(),
+        "--tools",
+        tools_file.to_str().unwrap(),
+        "--ids",
+    ]);
+    serde_json::from_str::<Vec<u32>>(ids.trim()).unwrap().len()
+}
+
 #[test]
 fn official_openai_client_against_qforge_serve() {
     let Some(python) = python_with_openai() else {
@@ -22,28 +44,11 @@ fn official_openai_client_against_qforge_serve() {
     let tools = serde_json::json!([{"type": "function", "function": {"name": "get_weather",
         "description": "Weather for a city; it's free", "parameters": {"type": "object",
         "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
-    let tmp = tempfile::tempdir().unwrap();
-    let (tools_file, messages_file) = (
-        tmp.path().join("tools.json"),
-        tmp.path().join("messages.json"),
-    );
-    std::fs::write(&tools_file, tools.to_string()).unwrap();
-    std::fs::write(
-        &messages_file,
-        serde_json::json!([{"role": "user", "content": prompt}]).to_string(),
-    )
-    .unwrap();
-    let ids = qforge(&[
-        "template",
-        "--model",
+    let tools_prompt_tokens = prompt_tokens(
         model,
-        "--messages",
-        messages_file.to_str().unwrap(),
-        "--tools",
-        tools_file.to_str().unwrap(),
-        "--ids",
-    ]);
-    let tools_prompt_tokens = serde_json::from_str::<Vec<u32>>(ids.trim()).unwrap().len();
+        &serde_json::json!([{"role": "user", "content": prompt}]),
+        &tools,
+    );
     // A multi-turn tool conversation: two parallel calls, both results fed back.
     let conversation = serde_json::json!([
         {"role": "user", "content": prompt},
@@ -53,19 +58,7 @@ fn official_openai_client_against_qforge_serve() {
         {"role": "tool", "tool_call_id": "call_a", "content": "sunny"},
         {"role": "tool", "tool_call_id": "call_b", "content": "rain"},
     ]);
-    let conversation_file = tmp.path().join("conversation.json");
-    std::fs::write(&conversation_file, conversation.to_string()).unwrap();
-    let ids = qforge(&[
-        "template",
-        "--model",
-        model,
-        "--messages",
-        conversation_file.to_str().unwrap(),
-        "--tools",
-        tools_file.to_str().unwrap(),
-        "--ids",
-    ]);
-    let conversation_prompt_tokens = serde_json::from_str::<Vec<u32>>(ids.trim()).unwrap().len();
+    let conversation_prompt_tokens = prompt_tokens(model, &conversation, &tools);
 
     let (_server, base_url) = start(
         &[
@@ -76,6 +69,8 @@ fn official_openai_client_against_qforge_serve() {
             "0",
             "--served-model-name",
             "tiny",
+            "--prefix-cache-mib",
+            "64",
         ],
         "serving",
     );
