@@ -8,7 +8,7 @@
 # compile candle's PTX kernels: ~8 min on 2 cores). `build` also links a release binary in
 # target/cuda/release/qforge; for that, libcuda (which only a driver provides) is replaced by a
 # link-time stub generated from cudarc's own bindings. Pins and the why of each step:
-# ../shared/specs/cuda_build.md.
+# the CUDA notes in ARCHITECTURE.md.
 set -euo pipefail
 mode=${1:-check}
 root=$(cd "$(dirname "$0")/../.." && pwd)

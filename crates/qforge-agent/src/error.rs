@@ -4,11 +4,10 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum AgentError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] qforge_util::IoError),
+    #[error(transparent)]
+    Settings(#[from] qforge_util::settings::SettingsError),
     /// A data row is unusable; names the file and line.
     #[error("{path}:{line}: {message}")]
     Data {
@@ -24,28 +23,14 @@ pub enum AgentError {
 
 pub type Result<T> = std::result::Result<T, AgentError>;
 
-/// Maps an I/O error to one naming `path`.
-pub fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
-    move |source| AgentError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-/// JSON values of a JSONL file, one per non-blank line; a bad line is an error naming it.
+/// JSON values of a JSONL file with their line numbers; a bad line is an error naming it.
 pub fn read_jsonl(path: &std::path::Path) -> Result<Vec<(usize, serde_json::Value)>> {
-    let text = std::fs::read_to_string(path).map_err(io(path))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l)
-                .map(|v| (i + 1, v))
-                .map_err(|e| AgentError::Data {
-                    path: path.to_path_buf(),
-                    line: i + 1,
-                    message: format!("invalid JSON: {e}"),
-                })
-        })
-        .collect()
+    qforge_util::read_jsonl(path).map_err(|e| match e {
+        qforge_util::JsonlError::Io(e) => AgentError::Io(e),
+        qforge_util::JsonlError::Line { path, line, source } => AgentError::Data {
+            path,
+            line,
+            message: format!("invalid JSON: {source}"),
+        },
+    })
 }

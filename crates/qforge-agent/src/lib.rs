@@ -1,5 +1,5 @@
-//! qforge-agent: tool-using agents on any `ChatBackend` (specs/websailor_writingrl.md §1,
-//! specs/museg_mobileagent.md §2).
+//! qforge-agent: tool-using agents on any `ChatBackend` (WebSailor, arXiv 2507.02592,
+//! Mobile-Agent-v2, arXiv 2406.01014).
 //!
 //! - [`websailor`]: WebSailor's web-research agent: the ReAct loop, `search` and `visit` with
 //!   offline and web backends, trajectory logs, evaluation, RFT data, SailorFog-style synthesis

@@ -8,13 +8,11 @@
 //! directory of essays such as ../shared/data/longctx/PaulGrahamEssays. BIDIRECTIONAL_START 4
 //! makes every layer causal (default: the checkpoint's 2).
 
-use std::path::PathBuf;
-
 use qforge_compress::eval::{Summary, evaluate};
 use qforge_compress::pipeline::CompressOptions;
-use qforge_compress::synth::{Haystack, Task, generate};
+use qforge_compress::synthetic::{Haystack, Task, generate};
 use qforge_compress::train::{CprsTrainConfig, CprsTrainer, SyntheticData};
-use qforge_train::data::SplitMix;
+use qforge_util::SplitMix;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -24,8 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let hay = args.get(3).cloned().unwrap_or_else(|| "noise".into());
     // The tiny compressor has 4 layers; 4 makes it all causal (the paper's ablation baseline).
     let bidirectional_start: Option<usize> = args.get(4).map(|s| s.parse()).transpose()?;
-    let model =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/fixtures/cprs/tiny_compressor");
+    let model = qforge_testkit::fixture("cprs/tiny_compressor");
     let out = std::env::temp_dir().join(format!("cprs_needle_{seed}_{}", std::process::id()));
     let window = 512;
     let tokens = 1500;

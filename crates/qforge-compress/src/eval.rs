@@ -1,4 +1,4 @@
-//! `qforge compress eval` (specs/cprs.md §7, §9.8): compresses synthetic samples and measures
+//! `qforge compress eval` (QwenLong-CPRS, arXiv 2505.18092): compresses synthetic samples and measures
 //! what was kept against the gold facts (span recall), the answers (RULER's
 //! `string_match_all` on the kept text), the compression ratio and throughput, per task.
 //! [`downstream`] runs a reader on the compressed and on the full context and scores both.
@@ -8,9 +8,10 @@ use std::time::Instant;
 use qforge_engine::{BackendError, ChatBackend, ChatRequest};
 use serde::Serialize;
 
+use crate::CompressError;
 use crate::model::Compressor;
-use crate::pipeline::{CompressError, CompressOptions, compress, reader_messages};
-use crate::synth::{Sample, string_match_all};
+use crate::pipeline::{CompressOptions, compress, reader_messages};
+use crate::synthetic::{Sample, string_match_all};
 
 /// One sample's outcome.
 #[derive(Debug, Clone, Serialize)]
@@ -182,4 +183,88 @@ pub async fn downstream(
         compressed_prompt_tokens: short.usage.prompt_tokens,
         full_prompt_tokens: long.usage.prompt_tokens,
     })
+}
+
+/// What `qforge compress eval` measures: every sample's scores and, with a reader, the
+/// reader's scores on the compressed and on the full context.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub scores: Vec<SampleScore>,
+    pub reads: Vec<ReaderScore>,
+}
+
+/// A downstream reader and its answer length.
+pub struct Reader<'a> {
+    pub backend: &'a dyn ChatBackend,
+    pub max_tokens: usize,
+}
+
+impl Report {
+    /// One row a task (in the order the tasks first appear), then `all`.
+    pub fn rows(&self) -> Vec<(String, Summary, Option<ReaderSummary>)> {
+        let mut tasks: Vec<&str> = Vec::new();
+        for s in &self.scores {
+            if !tasks.contains(&s.task.as_str()) {
+                tasks.push(&s.task);
+            }
+        }
+        let mut rows: Vec<_> = tasks
+            .iter()
+            .map(|t| {
+                (
+                    t.to_string(),
+                    Summary::of(self.scores.iter().filter(|x| x.task == *t)),
+                    ReaderSummary::of(self.reads.iter().filter(|x| x.task == *t)),
+                )
+            })
+            .collect();
+        rows.push((
+            "all".into(),
+            Summary::of(&self.scores),
+            ReaderSummary::of(&self.reads),
+        ));
+        rows
+    }
+
+    /// `{"tasks": {TASK: {"summary", "reader"}}, "samples": [...], "reader": [...]}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let tasks: serde_json::Map<String, serde_json::Value> = self
+            .rows()
+            .into_iter()
+            .map(|(task, s, read)| (task, serde_json::json!({"summary": s, "reader": read})))
+            .collect();
+        serde_json::json!({"tasks": tasks, "samples": self.scores, "reader": self.reads})
+    }
+}
+
+/// Compresses and scores every sample and, with a reader, asks it with the compressed and with
+/// the full context; `on_sample` sees each score as it is made.
+pub fn run(
+    compressor: &Compressor,
+    samples: &[Sample],
+    options: &CompressOptions,
+    reader: Option<Reader<'_>>,
+    mut on_sample: impl FnMut(&SampleScore),
+) -> Result<Report, CompressError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CompressError::Runtime)?;
+    let mut report = Report::default();
+    for sample in samples {
+        let in_sample = |source| CompressError::Sample {
+            task: sample.task.clone(),
+            source: Box::new(source),
+        };
+        let (score, kept) = score_sample(compressor, sample, options).map_err(in_sample)?;
+        if let Some(r) = &reader {
+            let read = runtime
+                .block_on(downstream(r.backend, sample, &kept, r.max_tokens))
+                .map_err(|e| in_sample(CompressError::Reader(e)))?;
+            report.reads.push(read);
+        }
+        on_sample(&score);
+        report.scores.push(score);
+    }
+    Ok(report)
 }

@@ -1,9 +1,9 @@
-//! Training labels of one window (specs/cprs.md §5): BIOE classes for the BIOE head and tag-word
+//! Training labels of one window (QwenLong-CPRS, arXiv 2505.18092): BIOE classes for the BIOE head and tag-word
 //! ids for the critic, from the gold facts' character ranges; prefix positions carry no loss
 //! (our choice where the release is silent), and a seeded share of outside positions is dropped
 //! from both losses (the paper's 50% gradient masking of non-critical tokens).
 
-use qforge_train::data::SplitMix;
+use qforge_util::SplitMix;
 
 use crate::loss::IGNORE;
 use crate::postprocess::Tag;

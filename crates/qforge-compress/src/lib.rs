@@ -1,4 +1,4 @@
-//! qforge-compress: QwenLong-CPRS, instruction-guided context compression (specs/cprs.md).
+//! qforge-compress: QwenLong-CPRS, instruction-guided context compression (QwenLong-CPRS, arXiv 2505.18092).
 //!
 //! - [`model`]: the compressor (hybrid causal/bidirectional Qwen2 with the BIOE `cls_head`),
 //!   against a transformers reference;
@@ -14,6 +14,7 @@
 //! `qforge compress`, `qforge train cprs`, `qforge compress eval|data|proxy` and
 //! `qforge serve --compressor` (`POST /v1/compress`) use it.
 
+pub mod error;
 pub mod eval;
 pub mod labels;
 pub mod loss;
@@ -21,6 +22,8 @@ pub mod middleware;
 pub mod model;
 pub mod pipeline;
 pub mod postprocess;
-pub mod synth;
+pub mod synthetic;
 pub mod train;
 pub mod windows;
+
+pub use error::{CompressError, Result};

@@ -1,4 +1,4 @@
-//! The training loss of `Qwen2ForCausalLMandBIO` (specs/cprs.md §5): the LM head as token
+//! The training loss of `Qwen2ForCausalLMandBIO` (QwenLong-CPRS, arXiv 2505.18092): the LM head as token
 //! critic, trained **unshifted** (position i predicts its own tag word) with torch's weighted
 //! cross-entropy, plus the BIOE loss (weighted cross-entropy, or the released focal loss),
 //! summed with no coefficient. Labels are host vectors with [`IGNORE`] for positions that carry

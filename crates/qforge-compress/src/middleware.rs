@@ -20,9 +20,10 @@ use async_trait::async_trait;
 use qforge_engine::{BackendError, ChatBackend, ChatRequest, ChatStream};
 use serde_json::{Value, json};
 
+use crate::CompressError;
 use crate::model::Compressor;
-use crate::pipeline::{CompressError, CompressOptions, Compressed, compress};
-use crate::synth::QA_INSTRUCTION;
+use crate::pipeline::{CompressOptions, Compressed, compress};
+use crate::synthetic::QA_INSTRUCTION;
 use crate::windows::encode;
 
 #[derive(Debug, Clone)]

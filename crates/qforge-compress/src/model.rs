@@ -1,4 +1,4 @@
-//! The compressor (specs/cprs.md §2): a Qwen2/Qwen3 decoder whose layers from
+//! The compressor (QwenLong-CPRS, arXiv 2505.18092): a Qwen2/Qwen3 decoder whose layers from
 //! `bidirectional_start` on attend bidirectionally (key-padding mask only), a BIOE token
 //! classifier `cls_head` (with bias; classes 0 B, 1 I, 2 O, 3 E) and the LM head as token critic.
 //! Loads the released layout (`cls_head.weight`, `cls_head.bias` beside the backbone). Windows
@@ -88,7 +88,7 @@ impl Compressor {
         Ok(self.label(windows, skip, None)?.0)
     }
 
-    /// Tags and, with `tag_ids`, category mode (specs/cprs.md §2): the LM head's logits at the
+    /// Tags and, with `tag_ids`, category mode (QwenLong-CPRS, arXiv 2505.18092): the LM head's logits at the
     /// tag words' first-token ids, softmaxed over those ids, per context token
     /// (`[window][token][tag]`).
     #[allow(clippy::type_complexity)]

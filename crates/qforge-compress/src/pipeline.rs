@@ -1,4 +1,4 @@
-//! One compression call end to end, as the released server answers it (specs/cprs.md §3):
+//! One compression call end to end, as the released server answers it (QwenLong-CPRS, arXiv 2505.18092):
 //! the context capped at 2,048,000 tokens, windows, BIOE tags per window (the prefix's positions
 //! dropped; a window whose labels fall short of its offsets is padded with `O`), windows
 //! concatenated in order, the repair over the whole sequence, spans, cleaning; with the token
@@ -8,9 +8,10 @@
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::CompressError;
 use crate::model::Compressor;
 use crate::postprocess::{Repair, Span, Tag, clean, repair, spans};
-use crate::windows::{WindowError, build_windows, encode};
+use crate::windows::{build_windows, encode};
 
 /// The request parameters (the released server's defaults).
 #[derive(Debug, Clone)]
@@ -76,26 +77,6 @@ pub struct Compressed {
 pub struct SpanCategory {
     pub tag: String,
     pub probability: f32,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum CompressError {
-    #[error("{0}")]
-    Window(#[from] WindowError),
-    #[error(transparent)]
-    Model(#[from] qforge_model::ModelError),
-    #[error("the context is empty")]
-    EmptyContext,
-}
-
-impl CompressError {
-    /// Whether the request was at fault (a server answers 400) rather than the model (500).
-    pub fn is_bad_input(&self) -> bool {
-        match self {
-            Self::Window(_) | Self::EmptyContext => true,
-            Self::Model(e) => e.is_bad_input(),
-        }
-    }
 }
 
 /// Compresses `context` for `query` under `instruction`.

@@ -1,4 +1,4 @@
-//! From per-token BIOE labels to the kept text (specs/cprs.md §3, steps 6–8), as the released
+//! From per-token BIOE labels to the kept text (QwenLong-CPRS, arXiv 2505.18092, steps 6–8), as the released
 //! server does it: the repair pass that fills short gaps after a `B`, span extraction (a span
 //! runs from any non-`O` tag until the next `O` or `B`; `E` does not close it) with
 //! `min_keyword_len` and `complete_sentence`, and the final cleaning. Offsets are character

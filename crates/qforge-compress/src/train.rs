@@ -1,4 +1,4 @@
-//! `qforge train cprs`: trains a compressor (specs/cprs.md §5). Samples (from JSONL or the
+//! `qforge train cprs`: trains a compressor (QwenLong-CPRS, arXiv 2505.18092). Samples (from JSONL or the
 //! synthetic builders) are cut into windows exactly as at inference, each window labelled from
 //! the gold facts ([`crate::labels`]); a step is one batch of windows through the hybrid model,
 //! the summed critic + BIOE loss ([`crate::loss`]), global-norm clipping and AdamW. Checkpoints
@@ -6,24 +6,27 @@
 //! state) are written to a temporary directory and renamed; a killed run resumes from the
 //! newest with the same sequence of batches.
 
+use crate::CompressError;
+use qforge_util::WithPath;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
-use qforge_model::weights::{WeightStore, save_safetensors, write_json_atomic};
+use qforge_model::weights::{WeightStore, save_safetensors};
 use qforge_model::{Batch, Model, Tokenizer};
-use qforge_train::data::SplitMix;
 use qforge_train::optim::{AdamW, AdamWConfig, Schedule, clip_grad_norm};
-use qforge_train::trainer::{MetricsLog, checkpoints_with, step_due, write_checkpoint};
+use qforge_train::trainer::{MetricsLog, TRAINER_STATE, step_due, write_checkpoint};
+use qforge_util::SplitMix;
+use qforge_util::{list_checkpoints, write_json_atomic};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::labels::{CriticIds, WindowLabels, drop_outside, window_labels};
 use crate::loss::{BioLoss, LossConfig, cprs_loss};
 use crate::model::{Compressor, RELEASED_BIDIRECTIONAL_START};
-use crate::synth::{Haystack, Sample, Task, generate};
+use crate::synthetic::{Haystack, Sample, Task, generate};
 use crate::windows::build_windows;
 
 /// Synthetic training data generated at start (seeded; the same on resume).
@@ -91,6 +94,23 @@ pub struct CprsTrainConfig {
     pub device: String,
 }
 
+impl CprsTrainConfig {
+    /// A `qforge train cprs` recipe (TOML; the defaults without `path`) with `--set` overrides.
+    pub fn from_recipe(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
+        let recipe: Self = match path {
+            Some(path) => qforge_util::settings::read_toml(path)?,
+            None => Self::default(),
+        };
+        let config = qforge_util::settings::with_sets(recipe, overrides)?;
+        if config.model.as_os_str().is_empty() {
+            return Err(CompressError::Invalid(
+                "the recipe needs `model` (in --config or via --set model=DIR)".into(),
+            ));
+        }
+        Ok(config)
+    }
+}
+
 impl Default for CprsTrainConfig {
     fn default() -> Self {
         Self {
@@ -122,49 +142,17 @@ impl Default for CprsTrainConfig {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum CprsTrainError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path} line {line}: {message}")]
-    BadSample {
-        path: PathBuf,
-        line: usize,
-        message: String,
-    },
-    #[error(transparent)]
-    Model(#[from] qforge_model::ModelError),
-    #[error(transparent)]
-    Train(#[from] qforge_train::TrainError),
-    #[error(transparent)]
-    Candle(#[from] candle_core::Error),
-    #[error(transparent)]
-    Synth(#[from] crate::synth::SynthError),
-}
-
-type Result<T> = std::result::Result<T, CprsTrainError>;
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CprsTrainError + '_ {
-    move |source| CprsTrainError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
+type Result<T> = std::result::Result<T, CompressError>;
 
 /// Reads samples from JSONL, checking every fact range against its context.
 pub fn read_samples(path: &Path) -> Result<Vec<Sample>> {
-    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    let text = std::fs::read_to_string(path).with_path(path)?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let bad = |message: String| CprsTrainError::BadSample {
+        let bad = |message: String| CompressError::BadSample {
             path: path.to_path_buf(),
             line: i + 1,
             message,
@@ -182,7 +170,7 @@ pub fn read_samples(path: &Path) -> Result<Vec<Sample>> {
         out.push(sample);
     }
     if out.is_empty() {
-        return Err(CprsTrainError::Invalid(format!(
+        return Err(CompressError::Invalid(format!(
             "{}: no samples",
             path.display()
         )));
@@ -197,7 +185,7 @@ pub fn training_samples(config: &CprsTrainConfig, tok: &Tokenizer) -> Result<Vec
         (None, Some(s)) => {
             let tasks = Task::parse_all(&s.tasks)?;
             if tasks.is_empty() {
-                return Err(CprsTrainError::Invalid("synthetic.tasks is empty".into()));
+                return Err(CompressError::Invalid("synthetic.tasks is empty".into()));
             }
             let haystack = Haystack::named(&s.haystack)?;
             let mut rng = SplitMix(config.seed ^ 0xC0DE);
@@ -205,7 +193,7 @@ pub fn training_samples(config: &CprsTrainConfig, tok: &Tokenizer) -> Result<Vec
                 .map(|i| generate(tasks[i % tasks.len()], &haystack, tok, s.tokens, &mut rng))
                 .collect())
         }
-        _ => Err(CprsTrainError::Invalid(
+        _ => Err(CompressError::Invalid(
             "set exactly one of `data` (JSONL) and `synthetic`".into(),
         )),
     }
@@ -222,7 +210,7 @@ pub fn first_token(tok: &Tokenizer, word: &str) -> Result<u32> {
     tok.encode(word, false)?
         .first()
         .copied()
-        .ok_or_else(|| CprsTrainError::Invalid(format!("`{word}` has no tokens")))
+        .ok_or_else(|| CompressError::Invalid(format!("`{word}` has no tokens")))
 }
 
 fn items(samples: &[Sample], tok: &Tokenizer, window: usize) -> Result<Vec<Item>> {
@@ -235,7 +223,7 @@ fn items(samples: &[Sample], tok: &Tokenizer, window: usize) -> Result<Vec<Item>
         };
         let (prefix, windows) =
             build_windows(tok, &s.instruction, &s.query, &s.context, window, true)
-                .map_err(|e| CprsTrainError::Invalid(format!("sample {}: {e}", i + 1)))?;
+                .map_err(|e| CompressError::Invalid(format!("sample {}: {e}", i + 1)))?;
         for w in &windows {
             out.push(Item {
                 ids: prefix.iter().chain(&w.ids).copied().collect(),
@@ -313,21 +301,21 @@ impl CprsTrainer {
     /// `output_dir` when there is one.
     pub fn new(config: CprsTrainConfig) -> Result<Self> {
         if config.window == 0 || config.batch_size == 0 {
-            return Err(CprsTrainError::Invalid(
+            return Err(CompressError::Invalid(
                 "window and batch_size must be positive".into(),
             ));
         }
         if !(0.0..1.0).contains(&config.outside_drop) {
-            return Err(CprsTrainError::Invalid(format!(
+            return Err(CompressError::Invalid(format!(
                 "outside_drop must be in [0, 1), got {}",
                 config.outside_drop
             )));
         }
-        let device = qforge_model::parse_device(&config.device)?;
+        let device = qforge_util::parse_device(&config.device)?;
         let tokenizer = Arc::new(Tokenizer::from_dir(&config.model)?);
         let samples = training_samples(&config, &tokenizer)?;
         let items = items(&samples, &tokenizer, config.window)?;
-        let resume = checkpoints_with(&config.output_dir, "trainer_state.json")?.pop();
+        let resume = list_checkpoints(&config.output_dir, TRAINER_STATE).pop();
         let weights = resume
             .as_ref()
             .map_or(config.model.clone(), |(_, dir)| dir.clone());
@@ -361,7 +349,7 @@ impl CprsTrainer {
                 gamma: config.focal_gamma,
             },
             other => {
-                return Err(CprsTrainError::Invalid(format!(
+                return Err(CompressError::Invalid(format!(
                     "unknown bi_loss_type `{other}` (ce, focal)"
                 )));
             }
@@ -373,7 +361,7 @@ impl CprsTrainer {
             for (word, &weight) in &config.lm_head_weight {
                 let id = first_token(&tokenizer, word)? as usize;
                 *w.get_mut(id).ok_or_else(|| {
-                    CprsTrainError::Invalid(format!("`{word}` maps past the vocabulary"))
+                    CompressError::Invalid(format!("`{word}` maps past the vocabulary"))
                 })? = weight;
             }
             Some(w)
@@ -387,9 +375,9 @@ impl CprsTrainer {
         let (mut step, mut epoch, mut cursor) = (0, 0, 0);
         if let Some((_, dir)) = &resume {
             let path = dir.join("trainer_state.json");
-            let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+            let text = std::fs::read_to_string(&path).with_path(&path)?;
             let state: TrainerState = serde_json::from_str(&text)
-                .map_err(|e| CprsTrainError::Invalid(format!("{}: {e}", path.display())))?;
+                .map_err(|e| CompressError::Invalid(format!("{}: {e}", path.display())))?;
             optimizer.load_state(&dir.join("optimizer.safetensors"))?;
             (step, epoch, cursor) = (state.step, state.epoch, state.cursor);
         }
@@ -571,7 +559,7 @@ impl CprsTrainer {
     /// Writes the compressor in the released layout (backbone, `lm_head`, `cls_head`, config
     /// with `bidirectional_start` and the loss settings, tokenizer files) to `dir`.
     pub fn save_compressor(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        std::fs::create_dir_all(dir).with_path(dir)?;
         let mut tensors = self.model.named_tensors();
         tensors.push((
             "cls_head.weight".into(),

@@ -1,4 +1,4 @@
-//! The compressor's input as released (specs/cprs.md §3, steps 2–3; `src/api_utils/dataset.py`):
+//! The compressor's input as released (QwenLong-CPRS, arXiv 2505.18092, steps 2–3; `src/api_utils/dataset.py`):
 //! the prefix (instruction as system, query as user, then an open `context` turn), tokenized
 //! apart from the context, and the context cut into windows that each fit `max_len` tokens with
 //! the prefix. Two modes:
@@ -11,6 +11,7 @@
 //! first; a window cut to fit is re-decoded, its offsets are not cut, and later offsets shift by
 //! the decoded text's length.
 
+use crate::CompressError;
 use qforge_model::Tokenizer;
 
 /// One window of context.
@@ -153,31 +154,6 @@ pub fn sentence_windows(
     out
 }
 
-/// Why the input cannot be windowed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WindowError {
-    /// The instruction and query leave no room for context in a window (the released code
-    /// silently returns nothing, or fails, here).
-    PrefixTooLong { prefix_tokens: usize, window: usize },
-}
-
-impl std::fmt::Display for WindowError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            WindowError::PrefixTooLong {
-                prefix_tokens,
-                window,
-            } => write!(
-                f,
-                "the instruction and query take {prefix_tokens} tokens, leaving no room in a \
-                 {window}-token window: shorten them or use a larger window"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for WindowError {}
-
 /// The prefix's token ids and the windows, in the mode the released server picks.
 pub fn build_windows(
     tok: &Tokenizer,
@@ -186,11 +162,11 @@ pub fn build_windows(
     context: &str,
     max_len: usize,
     split_with_sent: bool,
-) -> Result<(Vec<u32>, Vec<Window>), WindowError> {
+) -> Result<(Vec<u32>, Vec<Window>), CompressError> {
     let prefix_ids = encode(tok, &prefix(instruction, query)).0;
     let prefix_len = prefix_ids.len();
     if prefix_len >= max_len {
-        return Err(WindowError::PrefixTooLong {
+        return Err(CompressError::PrefixTooLong {
             prefix_tokens: prefix_len,
             window: max_len,
         });

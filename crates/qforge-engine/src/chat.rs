@@ -1040,15 +1040,30 @@ fn held_back(text: &str, tag: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// The JSON body of one `<tool_call>` block (Hermes format, as Qwen models write it): its
+/// `name` and its `arguments` as written (`None` when absent). The error says what is wrong in
+/// words a model can act on (agents show it as the tool's response). The one parser of tool
+/// calls: the server's output parser and the RL tool rollouts both use it.
+pub fn parse_tool_call_body(body: &str) -> Result<(String, Option<Value>), String> {
+    let v: Value = serde_json::from_str(body.trim()).map_err(|e| {
+        format!("the tool call is not valid JSON ({e}); give `name` and `arguments`")
+    })?;
+    let name = v
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or("the tool call has no string `name`")?
+        .to_string();
+    Ok((name, v.get("arguments").cloned()))
+}
+
 /// `{"name": ..., "arguments": {...}}` -> a tool call with the arguments as JSON text
 /// (`json.dumps(arguments, ensure_ascii=False)`, as vLLM writes them).
 fn parse_tool_call(body: &str) -> Option<ToolCall> {
-    let v: Value = serde_json::from_str(body.trim()).ok()?;
-    let name = v.get("name")?.as_str()?.to_string();
-    let arguments = match v.get("arguments") {
+    let (name, arguments) = parse_tool_call_body(body).ok()?;
+    let arguments = match arguments {
         None | Some(Value::Null) => "{}".to_string(),
-        Some(Value::String(s)) => s.clone(),
-        Some(a) => python_json(a),
+        Some(Value::String(s)) => s,
+        Some(a) => python_json(&a),
     };
     Some(ToolCall {
         id: random_id("chatcmpl-tool-"),

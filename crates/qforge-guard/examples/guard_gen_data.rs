@@ -9,8 +9,8 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device};
-use qforge_guard::fixtures::{gen_guard_checkpoint, moderation_task};
 use qforge_model::{ChatOptions, Model, ModelConfig, Tokenizer};
+use qforge_testkit::guard::{gen_guard_checkpoint, moderation_task};
 use serde_json::json;
 
 /// The task's words as whole tokens (ids 369.., inside the fixture's 384-row embedding). The test tokenizer is nearly character-level, so a word spans several tokens; a
@@ -26,7 +26,7 @@ fn add_task_words(path: &std::path::Path) -> Result<(), Box<dyn std::error::Erro
         .filter_map(|t| t["id"].as_u64())
         .max()
         .ok_or("no added token ids")?;
-    for word in qforge_guard::fixtures::TASK_WORDS {
+    for word in qforge_testkit::guard::TASK_WORDS {
         id += 1;
         added.push(
             json!({"id": id, "content": word, "single_word": false, "lstrip": false,
@@ -39,7 +39,7 @@ fn add_task_words(path: &std::path::Path) -> Result<(), Box<dyn std::error::Erro
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::args().nth(1).ok_or("usage: guard_gen_data OUT")?);
-    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/fixtures");
+    let fixtures = qforge_testkit::fixtures_dir();
     let random = out.join("random");
     let config = ModelConfig::from_json(json!({
         "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": 384,

@@ -60,7 +60,7 @@ pub enum Prediction {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct EvalReport {
+pub struct ModerationReport {
     pub task: Mode,
     pub guard: &'static str,
     pub examples: usize,
@@ -106,7 +106,7 @@ pub fn evaluate(
     batch_size: usize,
     debounce: Debounce,
     mut on_progress: impl FnMut(usize, usize),
-) -> Result<EvalReport> {
+) -> Result<ModerationReport> {
     for e in examples {
         if e.mode()? != task {
             return Err(GuardError::InvalidInput(format!(
@@ -195,7 +195,7 @@ pub fn score(
     guard: &'static str,
     items: &[(GoldRow, Prediction)],
     debounce: Debounce,
-) -> EvalReport {
+) -> ModerationReport {
     let mut strict = BinaryCounts::default();
     let mut loose = BinaryCounts::default();
     let mut refusal = BinaryCounts::default();
@@ -274,7 +274,7 @@ pub fn score(
             LatencyBin::Within128,
         ]),
     });
-    EvalReport {
+    ModerationReport {
         task,
         guard,
         examples: items.len(),

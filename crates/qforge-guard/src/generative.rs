@@ -1,5 +1,5 @@
 //! Qwen3Guard-Gen: a plain Qwen3 chat model whose chat template carries the whole moderation
-//! instruction (specs/qwen3guard.md §1). The caller passes ordinary messages; the role of the
+//! instruction (Qwen3Guard, arXiv 2510.14276). The caller passes ordinary messages; the role of the
 //! last one picks prompt or response moderation.
 
 use std::path::Path;

@@ -1,5 +1,5 @@
 //! Qwen3Guard's label sets and the strict parser of Gen's output grammar
-//! (specs/qwen3guard.md §1.3-1.5):
+//! (Qwen3Guard, arXiv 2510.14276):
 //!
 //! ```text
 //! Safety: Safe|Unsafe|Controversial

@@ -1,4 +1,4 @@
-//! qforge-guard: Qwen3Guard safety moderation (specs/qwen3guard.md).
+//! qforge-guard: Qwen3Guard safety moderation (Qwen3Guard, arXiv 2510.14276).
 //!
 //! - [`labels`]: severities, categories, strict/loose policies and the strict parser of the
 //!   Gen model's `Safety:` / `Categories:` / `Refusal:` output.
@@ -12,7 +12,6 @@
 pub mod datasets;
 pub mod error;
 pub mod eval;
-pub mod fixtures;
 pub mod generative;
 pub mod labels;
 pub mod metrics;

@@ -1,5 +1,5 @@
 //! Qwen3Guard-Stream: a Qwen3 backbone plus two head branches that give a risk level and a
-//! category at every token (specs/qwen3guard.md §2). A [`StreamSession`] holds one
+//! category at every token (Qwen3Guard, arXiv 2510.14276). A [`StreamSession`] holds one
 //! conversation's KV cache: the prompt is judged once at the user turn's `<|im_end|>`, then each
 //! pushed token costs one cached decode step and its verdict comes from the response heads.
 
@@ -209,7 +209,7 @@ pub struct TokenVerdict {
     pub category_prob: f32,
 }
 
-/// How consecutive non-Safe tokens become a flag (specs/qwen3guard.md §2.5).
+/// How consecutive non-Safe tokens become a flag (Qwen3Guard, arXiv 2510.14276).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Debounce {
@@ -313,7 +313,7 @@ impl StreamGuard {
     }
 
     /// A guard from a loaded backbone, a tokenizer and a source of head tensors (keys of
-    /// specs/qwen3guard.md §2.2), e.g. random heads for benchmarks.
+    /// Qwen3Guard, arXiv 2510.14276), e.g. random heads for benchmarks.
     pub fn from_parts(
         model: Model,
         tokenizer: Tokenizer,

@@ -1,7 +1,7 @@
 //! Fused f32 CPU training kernels **with** a backward pass: RMSNorm, softmax, attention
 //! softmax (scale + additive mask + softmax), rotary embedding fused with the head transpose,
 //! SwiGLU and the selective log-softmax of the loss. candle's own fused kernels have no backward
-//! (specs/stack.md §1.2), and the compositions of basic ops allocate several full-size
+//! (candle 0.11's fused CPU kernels define no backward), and the compositions of basic ops allocate several full-size
 //! temporaries per call, forward and backward; each backward here is one kernel and one
 //! allocation. Gradients are pinned against the compositions in the tests below and in
 //! `ops.rs`, and against transformers in `tests/parity.rs`.

@@ -15,6 +15,7 @@ pub mod lora;
 pub mod model;
 pub mod ops;
 pub mod resolve;
+pub mod reward_model;
 pub mod skinny;
 pub mod template;
 pub mod tokenizer;
@@ -28,9 +29,10 @@ pub use model::{
     random_tensors,
 };
 pub use resolve::resolve_model_dir;
+pub use reward_model::RewardModel;
 pub use template::{ChatOptions, ChatTemplate};
 pub use tokenizer::{GenerationConfig, Tokenizer};
-pub use weights::{WeightStore, parse_device, parse_dtype, save_safetensors};
+pub use weights::{WeightStore, save_safetensors};
 
 use std::path::{Path, PathBuf};
 

@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 
 use crate::error::{ModelError, Result};
 use crate::model::{LoraAdapter, Model};
-use crate::weights::{WeightStore, write_json_atomic};
+use crate::weights::WeightStore;
+use qforge_util::write_json_atomic;
 
 const PREFIX: &str = "base_model.model.";
 pub const CONFIG_FILE: &str = "adapter_config.json";
@@ -77,13 +78,8 @@ fn keys(module: &str) -> (String, String) {
 pub fn add_lora(model: &mut Model, config: &LoraConfig, seed: u64) -> Result<Vec<(String, Var)>> {
     config.validate()?;
     let device = model.device().clone();
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut uniform = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    };
+    let mut rng = qforge_util::XorShift::new(seed);
+    let mut uniform = move || rng.signed_unit();
     let mut vars = Vec::new();
     for (module, linear) in model.linears_mut() {
         if !config.targets(&module) {
@@ -154,7 +150,7 @@ pub fn save_adapter(
         "fan_in_fan_out": false, "use_rslora": false, "inference_mode": true, "modules_to_save": null,
         "base_model_name_or_path": base_model,
     });
-    write_json_atomic(&dir.join(CONFIG_FILE), &cfg)
+    Ok(write_json_atomic(&dir.join(CONFIG_FILE), &cfg)?)
 }
 
 /// Attaches the adapter saved in `dir` (PEFT layout) to `model`.

@@ -14,7 +14,8 @@ use candle_core::{DType, Device, IndexOp, Tensor, Var};
 use crate::config::{Architecture, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::ops;
-use crate::weights::{WeightStore, save_safetensors, write_json_atomic};
+use crate::weights::{WeightStore, save_safetensors};
+use qforge_util::write_json_atomic;
 
 /// The seven projections of every layer, by module path, borrowed as `$r` via `$iter`.
 macro_rules! linears {
@@ -757,7 +758,7 @@ impl Model {
             }
         }
         save_safetensors(dir, &self.named_tensors(), max_shard_bytes)?;
-        write_json_atomic(&dir.join("config.json"), &config)
+        Ok(write_json_atomic(&dir.join("config.json"), &config)?)
     }
 
     fn rotary(&self, batch: &Batch) -> Result<Rotary> {
@@ -1230,15 +1231,8 @@ pub fn random_tensors(
     device: &Device,
     seed: u64,
 ) -> Result<HashMap<String, Tensor>> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut next = move || {
-        // xorshift64*: plenty for weights, and ~1 ns a number for 0.6B-parameter benches.
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        let bits = state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40;
-        (bits as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    };
+    let mut rng = qforge_util::XorShift64Star::new(seed);
+    let mut next = move || rng.signed_unit();
     // Uniform on [-a, a] has std a/sqrt(3).
     let amp = 0.02 * 3f32.sqrt();
     let mut out = HashMap::new();

@@ -1,4 +1,4 @@
-//! The three ops where candle's fast kernels silently drop gradients (specs/stack.md §1.2):
+//! The three ops where candle's fast kernels silently drop gradients (candle 0.11's fused CPU kernels define no backward):
 //! RMSNorm, rotary embedding and softmax, plus the attention softmax and SwiGLU. Each has a
 //! differentiable form, used whenever the forward may be differentiated (our fused f32 CPU
 //! kernels with a backward pass, else compositions of basic ops), and candle's fused inference

@@ -230,53 +230,9 @@ pub fn save_safetensors(
         }
     }
     let index_json = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
-    write_json_atomic(&index, &index_json)?;
+    qforge_util::write_json_atomic(&index, &index_json)?;
     if single.exists() {
         std::fs::remove_file(&single).map_err(|e| ModelError::io(&single, e))?;
     }
     Ok(())
-}
-
-/// Pretty JSON written to a temporary file and renamed into place.
-pub fn write_json_atomic(path: &Path, value: &Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).expect("JSON values always serialise");
-    write_atomic(path, text.as_bytes())
-}
-
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    std::fs::write(&tmp, bytes).map_err(|e| ModelError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
-}
-
-/// Parses a dtype name as used on the command line and in configs.
-/// `cpu`, `cuda` or `cuda:N`. CUDA needs the `cuda` cargo feature; without it candle answers
-/// with a "not compiled with CUDA support" error, which is passed on.
-pub fn parse_device(spec: &str) -> Result<Device> {
-    let spec = spec.trim().to_ascii_lowercase();
-    let ordinal = match spec.as_str() {
-        "cpu" => return Ok(Device::Cpu),
-        "cuda" => Some(0),
-        s => s
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse::<usize>().ok()),
-    };
-    match ordinal {
-        Some(n) => Ok(Device::new_cuda(n)?),
-        None => Err(ModelError::InvalidInput(format!(
-            "unknown device `{spec}` (use cpu, cuda or cuda:N)"
-        ))),
-    }
-}
-
-pub fn parse_dtype(name: &str) -> Option<DType> {
-    match name.to_ascii_lowercase().as_str() {
-        "f32" | "float32" => Some(DType::F32),
-        "f16" | "float16" | "half" => Some(DType::F16),
-        "bf16" | "bfloat16" => Some(DType::BF16),
-        _ => None,
-    }
 }

@@ -12,7 +12,7 @@
 //! `DPO_LR`, `RM_LR`, `VERBOSE_EVERY`, `PROMPTS`, `RM_PROMPTS`, `TEMP`. The run is kept in
 //! `runs/mutual_taught_verbosity/` for inspection.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use qforge_pref::verbose_copy::{DemoSettings, run_demo};
 
@@ -30,8 +30,7 @@ fn main() {
     }
     let settings = DemoSettings {
         output_dir: d.to_path_buf(),
-        model: PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tools/fixtures/model/qwen3_tied_gqa"),
+        model: qforge_testkit::tiny_model(),
         sft_steps: env("SFT", 200),
         rm_steps: env("RM", 120),
         dpo_steps: env("DPO", 30),

@@ -1,4 +1,4 @@
-//! SoLoPO against short-only DPO on a synthetic key-value task (specs/pref.md §4.4):
+//! SoLoPO against short-only DPO on a synthetic key-value task (SoLoPO, arXiv 2505.11166):
 //!
 //!     cargo run --release -p qforge-pref --example solopo_kv [-- STEPS [LONG_EVERY [SFT_STEPS [DISTRACTORS]]]]
 //!
@@ -20,12 +20,12 @@ use qforge_engine::Engine;
 use qforge_model::Checkpoint;
 use qforge_pref::solopo_data::{chosen_exact_match, kv_needle_pairs};
 use qforge_pref::{Penalty, SoloAlgorithm, SoloPo};
-use qforge_train::synthetic::write_jsonl;
 use qforge_train::trainer::{Objective, TrainConfig, Trainer};
+use qforge_util::write_jsonl_atomic;
 use serde_json::{Value, json};
 
 fn base_model() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/fixtures/model/qwen3_tied_gqa")
+    qforge_testkit::tiny_model()
 }
 
 /// Greedy exact match of the value after `field`'s prompt.
@@ -69,7 +69,7 @@ fn main() {
             json!({"prompt": r[field], "completion": r["chosen"]})
         })
         .collect();
-    write_jsonl(&d.join("sft.jsonl"), &sft).unwrap();
+    write_jsonl_atomic(&d.join("sft.jsonl"), &sft).unwrap();
     let mut t = Trainer::new(
         TrainConfig {
             model: base.clone(),
@@ -89,7 +89,7 @@ fn main() {
     t.train(|_| {}, |_| {}).unwrap();
     let warm = d.join("warm");
     t.save_model(&warm).unwrap();
-    write_jsonl(&d.join("train.jsonl"), &kv_rows(512, distractors, 1 ^ seed)).unwrap();
+    write_jsonl_atomic(&d.join("train.jsonl"), &kv_rows(512, distractors, 1 ^ seed)).unwrap();
     let held = kv_rows(256, distractors, 2 ^ seed);
     println!("{:<22} {:>10} {:>10}", "model", "long EM", "short EM");
     println!(

@@ -12,11 +12,12 @@ pub enum PrefError {
     Engine(#[from] qforge_engine::EngineError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] qforge_util::IoError),
+    #[error(transparent)]
+    Jsonl(#[from] qforge_util::JsonlError),
+    #[error(transparent)]
+    Settings(#[from] qforge_util::settings::SettingsError),
     /// A data row is unusable; names the file and line.
     #[error("{path}:{line}: {message}")]
     Data {
@@ -32,7 +33,7 @@ impl From<PrefError> for qforge_train::TrainError {
     fn from(e: PrefError) -> Self {
         match e {
             PrefError::Train(t) => t,
-            other => qforge_train::TrainError::Invalid(other.to_string()),
+            other => qforge_train::TrainError::Objective(Box::new(other)),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! qforge-pref: preference-optimisation recipes built on `qforge-train`
-//! (specs/pref.md).
+//! (Mutual-Taught, arXiv 2506.06292; SoLoPO, arXiv 2505.11166).
 //!
 //! - [`mutual_taught`]: Mutual-Taught's EM loop (E-step DPO with checkpoint selection and the
 //!   stop rule, M-step reward-model refit on filtered pseudo-pairs), every stage persisted and

@@ -1,4 +1,4 @@
-//! Mutual-Taught (arXiv 2506.06292, specs/pref.md §1): EM-style co-training of a policy and a
+//! Mutual-Taught (arXiv 2506.06292): EM-style co-training of a policy and a
 //! Bradley-Terry reward model. Per iteration t, from (π_{t-1}, r_{t-1}):
 //!
 //! - E-step: sample M responses per policy prompt from π_{t-1}, score them with r_{t-1}; pair
@@ -15,13 +15,15 @@
 //! file atomically; a killed run resumes at the stage it was in (the trainers resume from their
 //! own checkpoints).
 
+use qforge_util::WithPath;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use qforge_engine::{Engine, SamplingParams};
-use qforge_model::{ChatOptions, Checkpoint, weights::write_json_atomic};
-use qforge_train::reward::RewardModel;
+use qforge_model::RewardModel;
+use qforge_model::{ChatOptions, Checkpoint};
 use qforge_train::trainer::{Objective, TrainConfig, Trainer};
+use qforge_util::{write_json_atomic, write_jsonl_atomic};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -160,17 +162,10 @@ pub struct IterationResult {
     pub m_step_pairs_dropped: usize,
 }
 
-fn io(path: &Path) -> impl Fn(std::io::Error) -> PrefError + '_ {
-    move |e| PrefError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    }
-}
-
 /// Prompts (as message lists) of a prompt-only JSONL file: `prompt` (string or messages) or
 /// `messages`.
 pub fn read_prompts(path: &Path) -> Result<Vec<Vec<Value>>> {
-    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    let text = std::fs::read_to_string(path).with_path(path)?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -204,22 +199,12 @@ pub fn read_prompts(path: &Path) -> Result<Vec<Vec<Value>>> {
     Ok(out)
 }
 
-fn write_jsonl_atomic(path: &Path, rows: &[Value]) -> Result<()> {
-    let tmp = path.with_extension("jsonl.tmp");
-    let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
-    std::fs::write(&tmp, text).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
-}
-
+/// The values of a JSONL file this recipe wrote itself (line numbers are not needed).
 fn read_jsonl(path: &Path) -> Result<Vec<Value>> {
-    let text = std::fs::read_to_string(path).map_err(io(path))?;
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            serde_json::from_str(l)
-                .map_err(|e| PrefError::Invalid(format!("{}: {e}", path.display())))
-        })
-        .collect()
+    Ok(qforge_util::read_jsonl(path)?
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect())
 }
 
 /// Checks that the reward model reads text with the policy's vocabulary.
@@ -359,6 +344,14 @@ fn pair_row(prompt: &[Value], chosen: &str, rejected: &str) -> Value {
 
 /// Runs (or resumes) every iteration; returns what each produced. `on_stage` hears each stage
 /// as it starts (for progress output).
+impl MutualTaughtConfig {
+    /// A Mutual-Taught recipe (TOML) with `--set` overrides (`--set dpo.lr=1e-6`).
+    pub fn from_recipe(path: &Path, overrides: &[String]) -> Result<Self> {
+        let recipe: Self = qforge_util::settings::read_toml(path)?;
+        Ok(qforge_util::settings::with_sets(recipe, overrides)?)
+    }
+}
+
 pub fn run(
     cfg: &MutualTaughtConfig,
     mut on_stage: impl FnMut(usize, &str),
@@ -381,8 +374,8 @@ pub fn run(
         }),
     };
     let models = Models {
-        device: qforge_model::parse_device(&cfg.dpo.device)?,
-        dtype: qforge_model::parse_dtype(&cfg.dpo.dtype)
+        device: qforge_util::parse_device(&cfg.dpo.device)?,
+        dtype: qforge_util::parse_dtype(&cfg.dpo.dtype)
             .ok_or_else(|| PrefError::Invalid(format!("dtype `{}`", cfg.dpo.dtype)))?,
         reward_server,
     };
@@ -396,11 +389,11 @@ pub fn run(
     let mut results = Vec::new();
     for t in 1..=cfg.iterations {
         let dir = cfg.output_dir.join(format!("iter-{t}"));
-        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        std::fs::create_dir_all(&dir).with_path(&dir)?;
         let done = dir.join("done.json");
         if done.is_file() {
             let r: IterationResult =
-                serde_json::from_str(&std::fs::read_to_string(&done).map_err(io(&done))?)
+                serde_json::from_str(&std::fs::read_to_string(&done).with_path(&done)?)
                     .map_err(|e| PrefError::Invalid(format!("{}: {e}", done.display())))?;
             policy = r.policy_out.clone();
             rm = r.reward_model_out.clone().unwrap_or(rm);
@@ -543,10 +536,9 @@ fn iteration(
             &json!({"candidates": candidates, "threshold": cfg.win_rate_threshold}),
         )?;
     }
-    let selection: Value = serde_json::from_str(
-        &std::fs::read_to_string(&selection_path).map_err(io(&selection_path))?,
-    )
-    .map_err(|e| PrefError::Invalid(e.to_string()))?;
+    let selection: Value =
+        serde_json::from_str(&std::fs::read_to_string(&selection_path).with_path(&selection_path)?)
+            .map_err(|e| PrefError::Invalid(e.to_string()))?;
     let best = selection["candidates"]
         .as_array()
         .into_iter()
@@ -646,7 +638,7 @@ fn iteration(
 
 /// The DPO run's checkpoints, oldest first.
 fn checkpoints(dir: &Path) -> Result<Vec<PathBuf>> {
-    let all = qforge_train::trainer::checkpoints_with(dir, "trainer_state.json")?;
+    let all = qforge_util::list_checkpoints(dir, qforge_train::trainer::TRAINER_STATE);
     if all.is_empty() {
         return Err(PrefError::Invalid(format!(
             "{}: no DPO checkpoints",

@@ -1,4 +1,4 @@
-//! SoLoPO (arXiv 2505.11166, specs/pref.md §2):
+//! SoLoPO (arXiv 2505.11166):
 //!
 //! `L = L_PO(x_short; y_w, y_l) + α · mean s(|r(x_short, y_w) − r(x_long, y_w)|)`
 //!
@@ -28,7 +28,7 @@ pub enum SoloAlgorithm {
 }
 
 /// `s(t)` applied to the reward gap `t = |Δr|`. The paper's exact `s` per algorithm is in an
-/// appendix we could not read (specs/pref.md §2.2); `Abs` (the default) is the L1 penalty,
+/// appendix we could not read (SoLoPO, arXiv 2505.11166); `Abs` (the default) is the L1 penalty,
 /// `Softplus3` = softplus(3t), the Jensen bound of the DPO/SimPO/ORPO sigmoid losses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -175,6 +175,19 @@ pub struct SoloSettings {
 }
 
 impl SoloSettings {
+    /// A SoLoPO recipe: the shared trainer's settings plus the `[solopo]` table
+    /// (`--set solopo.alpha=1` overrides it).
+    pub fn from_recipe(
+        path: Option<&std::path::Path>,
+        overrides: &[String],
+    ) -> Result<(qforge_train::trainer::TrainConfig, Self)> {
+        let (config, table) =
+            qforge_train::recipe::load_with_table(path, overrides, Some("solopo"))?;
+        let settings = serde_json::from_value(table)
+            .map_err(|e| crate::PrefError::Invalid(format!("[solopo]: {e}")))?;
+        Ok((config, settings))
+    }
+
     pub fn objective(&self) -> Result<SoloPo> {
         let name = self.algorithm.as_deref().unwrap_or("dpo");
         let (algorithm, default_alpha) = match name {

@@ -1,13 +1,14 @@
-//! SoLoPO training data from QA examples with supporting passages (specs/pref.md §2.3): the
+//! SoLoPO training data from QA examples with supporting passages (SoLoPO, arXiv 2505.11166): the
 //! short context holds the supporting passages, the long context the same passages at random
 //! positions among distractors; chosen/rejected answers are given, or sampled from a policy on
 //! the short context and labelled by sub-exact-match against the gold answer.
 
+use qforge_util::WithPath;
 use std::path::Path;
 
 use qforge_engine::{Engine, SamplingParams};
 use qforge_model::ChatOptions;
-use qforge_train::data::SplitMix;
+use qforge_util::SplitMix;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -36,10 +37,7 @@ fn data_err(path: &Path, line: usize, message: impl Into<String>) -> PrefError {
 /// `passages` (list of strings) or MuSiQue's `paragraphs` (`paragraph_text`, `is_supporting`,
 /// the others becoming distractors); optional `distractors`, `chosen`, `rejected`.
 pub fn read_qa(path: &Path) -> Result<Vec<QaExample>> {
-    let text = std::fs::read_to_string(path).map_err(|e| PrefError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
+    let text = std::fs::read_to_string(path).with_path(path)?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
@@ -279,7 +277,7 @@ pub fn sample_pairs(
     Ok((rows, stats))
 }
 
-/// A synthetic SoLoPO task tiny models can learn (specs/pref.md §4.4): a key-value fact `c=456`
+/// A synthetic SoLoPO task tiny models can learn (SoLoPO, arXiv 2505.11166): a key-value fact `c=456`
 /// among `short_filler` one-letter filler words (`prompt`) or among `long_filler` (`prompt_long`),
 /// then the question `? c=`; chosen = the value, rejected = a near miss (one digit changed).
 /// Raw-text rows (no chat template).

@@ -1,5 +1,5 @@
 //! A synthetic preference task on which Mutual-Taught's two claims can be checked with tiny
-//! models on a CPU (specs/pref.md §1): the reward model gets *more accurate* and the policy
+//! models on a CPU (Mutual-Taught, arXiv 2506.06292): the reward model gets *more accurate* and the policy
 //! *better in truth*, iteration after iteration, starting from a deliberately biased reward model.
 //!
 //! The task: copy 3-6 digits (`copy: 4 0 7\n` → `4 0 7`). Answers may trail filler words
@@ -16,15 +16,17 @@
 //! measures every iteration; `examples/mutual_taught_verbosity.rs` prints it and
 //! `tests/mutual_taught_demo.rs` checks it.
 
+use qforge_util::WithPath;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use qforge_engine::{Engine, SamplingParams};
+use qforge_model::RewardModel;
 use qforge_model::{ChatOptions, Checkpoint};
-use qforge_train::data::SplitMix;
-use qforge_train::reward::RewardModel;
-use qforge_train::synthetic::{copy_preferences, copy_sft, write_jsonl};
+use qforge_train::copy_task::{copy_preferences, copy_sft};
 use qforge_train::trainer::{Objective, TrainConfig, Trainer};
+use qforge_util::SplitMix;
+use qforge_util::write_jsonl_atomic;
 use serde_json::{Value, json};
 
 use crate::error::Result;
@@ -272,12 +274,8 @@ pub fn run_demo(
     mut progress: impl FnMut(&str),
 ) -> Result<(Vec<DemoRow>, Vec<DemoRow>)> {
     let d = &s.output_dir;
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| crate::PrefError::Io { path, source }
-    };
-    let write = |path: PathBuf, rows: &[Value]| write_jsonl(&path, rows).map_err(io(&path));
-    std::fs::create_dir_all(d).map_err(io(d))?;
+    let write = |path: PathBuf, rows: &[Value]| write_jsonl_atomic(&path, rows);
+    std::fs::create_dir_all(d).with_path(d)?;
     let train = |data: &str, out: &str, model: &Path, steps: u64, lr: f64, obj: Objective| {
         let mut t = Trainer::new(
             TrainConfig {

@@ -1,5 +1,5 @@
 //! QwenLong-L1's phased curriculum with retrospective sampling against direct training, at equal
-//! RL steps, on a synthetic needle-in-a-haystack task (specs/longrl.md §1.2, §4):
+//! RL steps, on a synthetic needle-in-a-haystack task (QwenLong-L1, arXiv 2505.17667):
 //!
 //!     cargo run --release -p qforge-rl --example curriculum_needle [-- STEPS_PER_PHASE [SFT_STEPS [SEED]]]
 //!
@@ -13,9 +13,7 @@
 //! 32-word haystacks (the longest phase) and 8-word ones. Writes
 //! `runs/curriculum_needle/{curves.png,results.json}`.
 
-#[allow(dead_code)]
-#[path = "../../qforge/src/plot.rs"]
-mod plot;
+use qforge_train::plot;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,8 +25,8 @@ use qforge_rl::grpo::{GroupFilter, GrpoConfig};
 use qforge_rl::qwenlong_l1::{QwenLongL1Config, run};
 use qforge_rl::reward::{ExactMatch, Extraction, RewardFn, Task};
 use qforge_rl::tasks::{greedy_score, needle_compact};
-use qforge_train::synthetic::write_jsonl;
 use qforge_train::trainer::{Objective, TrainConfig, Trainer};
+use qforge_util::write_jsonl_atomic;
 use serde_json::json;
 
 /// A random 0.8M-parameter Qwen3 (the quickstart's shape; the 48-wide test fixture cannot learn
@@ -45,8 +43,7 @@ fn base_model(dir: &Path, seed: u64) -> PathBuf {
         .unwrap();
         let model = qforge_model::Model::random(config, DType::F32, &Device::Cpu, seed).unwrap();
         model.save_pretrained(dir, usize::MAX).unwrap();
-        let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tools/fixtures/model/qwen3_tied_gqa");
+        let fixture = qforge_testkit::tiny_model();
         qforge_model::copy_tokenizer_files(&fixture, dir).unwrap();
     }
     dir.to_path_buf()
@@ -76,7 +73,7 @@ fn main() {
             .flat_map(|p| make(4096, p, seed ^ (100 + p as u64)))
             .map(|t| t.sft_row())
             .collect();
-        write_jsonl(&out.join("sft.jsonl"), &rows).unwrap();
+        write_jsonl_atomic(&out.join("sft.jsonl"), &rows).unwrap();
         let mut t = Trainer::new(
             TrainConfig {
                 model: base_model(&out.join("base"), seed),

@@ -1,4 +1,4 @@
-//! QwenLong-L1's curriculum pieces (specs/longrl.md §1.1, §1.4): phases with growing
+//! QwenLong-L1's curriculum pieces (QwenLong-L1, arXiv 2505.17667): phases with growing
 //! input-length caps, middle truncation of over-long inputs, and difficulty-aware
 //! retrospective sampling of hard prompts from earlier phases.
 //!
@@ -6,7 +6,7 @@
 //! top-q fraction), and they are drawn in proportion to their difficulty. The paper gives no
 //! exact form; these choices follow the spec's suggestion and are configurable.
 
-use qforge_train::data::SplitMix;
+use qforge_util::SplitMix;
 use serde::{Deserialize, Serialize};
 
 /// Keeps the first and last `max_len / 2` tokens of an over-long input (QwenLong-L1's

@@ -2,14 +2,14 @@
 //!
 //! - A group is *informative* when its rollouts are not all equally correct: the filter reads the
 //!   correctness count (0 < #correct < G), not the reward's spread, so a format bonus cannot
-//!   keep an all-wrong group (specs/websailor_writingrl.md §1.4).
+//!   keep an all-wrong group (WebSailor, arXiv 2507.02592).
 //! - DAPO's dynamic sampling keeps informative groups across generation rounds until the batch
 //!   is full ([`DynamicSampler`]).
 //! - DUPO drops uninformative groups and fills the freed slots by duplicating informative groups
 //!   of the same batch, drawn with replacement from a seeded generator ([`dupo_fill`]); no second
 //!   generation round.
 
-use qforge_train::data::SplitMix;
+use qforge_util::SplitMix;
 
 /// Whether a group teaches anything: some but not all rollouts correct.
 pub fn informative(correct: &[bool]) -> bool {

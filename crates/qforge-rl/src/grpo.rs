@@ -1,4 +1,4 @@
-//! The GRPO loop (verl's `ray_trainer` step, specs/longrl.md §3.5): sample G responses per
+//! The GRPO loop (verl's `ray_trainer` step, QwenLong-L1, arXiv 2505.17667): sample G responses per
 //! prompt with the embedded engine, score them, keep informative groups (none / DAPO dynamic
 //! sampling / DUPO), compute group advantages, recompute the old log-probs with the trainer,
 //! then optimise the clipped surrogate over mini-batches × epochs (KL to a frozen reference only
@@ -14,7 +14,8 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor, Var};
 use qforge_engine::{Engine, FinishReason, SamplingParams};
 use qforge_model::{ChatOptions, GenerationConfig, Model, Tokenizer};
-use qforge_train::data::{SplitMix, TrainBatch};
+use qforge_train::TrainError;
+use qforge_train::data::TrainBatch;
 use qforge_train::losses;
 use qforge_train::optim::{AdamW, AdamWConfig, clip_grad_norm};
 use qforge_train::policy::{
@@ -22,7 +23,9 @@ use qforge_train::policy::{
     group_advantages, kl_penalty,
 };
 use qforge_train::trainer::{MetricsLog, step_due};
-use qforge_train::{Result, TrainError};
+
+use crate::error::{Result, RlError};
+use qforge_util::{SplitMix, WithPath};
 use serde::{Deserialize, Serialize};
 
 use crate::groups::{DynamicSampler, dupo_fill, informative};
@@ -122,7 +125,7 @@ impl GrpoConfig {
             "seq-mean-token-mean" => Aggregation::SeqMeanTokenMean,
             "seq-mean-token-sum" => Aggregation::SeqMeanTokenSum,
             other => {
-                return Err(TrainError::Invalid(format!(
+                return Err(RlError::Invalid(format!(
                     "aggregation `{other}`: token-mean, seq-mean-token-mean or seq-mean-token-sum"
                 )));
             }
@@ -132,7 +135,7 @@ impl GrpoConfig {
 
 /// What one step did.
 #[derive(Debug, Clone, Serialize)]
-pub struct StepReport {
+pub struct GrpoStepReport {
     pub step: u64,
     pub reward_mean: f64,
     pub reward_std: f64,
@@ -244,7 +247,7 @@ struct Remote {
 impl GrpoTrainer {
     pub fn new(config: GrpoConfig, tasks: Vec<Task>, reward: Arc<dyn RewardFn>) -> Result<Self> {
         if config.group_size < 2 || config.prompts_per_step == 0 || tasks.is_empty() {
-            return Err(TrainError::Invalid(
+            return Err(RlError::Invalid(
                 "GRPO needs group_size >= 2, prompts_per_step >= 1 and some tasks".into(),
             ));
         }
@@ -252,7 +255,7 @@ impl GrpoTrainer {
         let device = Device::Cpu;
         let start = Model::load(&config.model, DType::F32, &device, &[])?;
         // Resume: the newest checkpoint of this run, else the starting model.
-        let resume = qforge_train::trainer::checkpoints_with(&config.output_dir, STATE_FILE)?
+        let resume = qforge_util::list_checkpoints(&config.output_dir, STATE_FILE)
             .pop()
             .map(|(_, p)| p);
         let reference = (config.kl_coef != 0.0).then(|| start.clone());
@@ -280,14 +283,10 @@ impl GrpoTrainer {
         if let Some(dir) = &resume {
             optimizer.load_state(&dir.join("optimizer.safetensors"))?;
             let path = dir.join(STATE_FILE);
-            let text = std::fs::read_to_string(&path).map_err(|e| TrainError::Io {
-                path: path.clone(),
-                source: e,
-            })?;
-            state = serde_json::from_str(&text)
-                .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+            let text = std::fs::read_to_string(&path).with_path(&path)?;
+            state = serde_json::from_str(&text).map_err(|e| RlError::file(&path, e))?;
             if state.order.len() != n_tasks {
-                return Err(TrainError::Invalid(format!(
+                return Err(RlError::Invalid(format!(
                     "{}: the run had {} tasks, now {n_tasks}",
                     dir.display(),
                     state.order.len()
@@ -343,7 +342,10 @@ impl GrpoTrainer {
             .worker_threads(2)
             .enable_all()
             .build()
-            .map_err(|e| TrainError::Invalid(format!("tokio runtime: {e}")))?;
+            .map_err(|source| RlError::Runtime {
+                what: "the rollout client's runtime",
+                source,
+            })?;
         self.remote = Some(Remote {
             backend,
             runtime,
@@ -373,8 +375,9 @@ impl GrpoTrainer {
                 backend
                     .update_weights_from_disk(&push_dir)
                     .await
-                    .map_err(|e| {
-                        TrainError::Invalid(format!("pushing weights to the rollout server: {e}"))
+                    .map_err(|source| RlError::Backend {
+                        context: "pushing weights to the rollout server",
+                        source,
                     })?;
             }
             // Raw completions of the prompt ids the policy trains on: the text exactly as
@@ -399,8 +402,11 @@ impl GrpoTrainer {
             for h in handles {
                 let choices = h
                     .await
-                    .map_err(|e| TrainError::Invalid(e.to_string()))?
-                    .map_err(|e| TrainError::Invalid(format!("rollout: {e}")))?;
+                    .map_err(|e| RlError::Invalid(format!("a rollout task panicked: {e}")))?
+                    .map_err(|source| RlError::Backend {
+                        context: "rollout",
+                        source,
+                    })?;
                 let mut group = Vec::with_capacity(choices.len());
                 for (text, finish_reason) in choices {
                     let mut ids = tokenizer.encode(&text, false)?;
@@ -411,7 +417,7 @@ impl GrpoTrainer {
                 }
                 all.push(group);
             }
-            Ok::<_, TrainError>(all)
+            Ok::<_, RlError>(all)
         })?;
         if let Some(r) = self.remote.as_mut() {
             r.pushed = Some(self.step);
@@ -451,7 +457,7 @@ impl GrpoTrainer {
     fn rollouts(&mut self, tasks: &[usize], round: usize) -> Result<Vec<Vec<Rollout>>> {
         if self.remote.is_some() {
             if self.tools.is_some() {
-                return Err(TrainError::Invalid(
+                return Err(RlError::Invalid(
                     "multi-turn tool rollouts run on the embedded engine only".into(),
                 ));
             }
@@ -524,10 +530,13 @@ impl GrpoTrainer {
                     request
                 })
                 .collect();
-            let outputs = self
-                .engine
-                .generate(requests, |_| {})
-                .map_err(|e| TrainError::Invalid(format!("rollout: {e}")))?;
+            let outputs =
+                self.engine
+                    .generate(requests, |_| {})
+                    .map_err(|source| RlError::Engine {
+                        context: "rollout",
+                        source,
+                    })?;
             for (&e, out) in live.iter().zip(outputs) {
                 let ep = &mut episodes[e];
                 let ids = out.token_ids();
@@ -608,7 +617,7 @@ impl GrpoTrainer {
         let mut groups = Vec::with_capacity(tasks.len());
         for ((&t, prompt_ids), group) in tasks.iter().zip(&prompts).zip(responses) {
             if group.len() != g {
-                return Err(TrainError::Invalid(format!(
+                return Err(RlError::Invalid(format!(
                     "the rollout server returned {} choices for n = {g}",
                     group.len()
                 )));
@@ -676,7 +685,7 @@ impl GrpoTrainer {
     }
 
     /// One GRPO step.
-    pub fn step(&mut self) -> Result<StepReport> {
+    pub fn step(&mut self) -> Result<GrpoStepReport> {
         let started = Instant::now();
         let cfg = self.config.clone();
         let (generated, rounds);
@@ -730,7 +739,7 @@ impl GrpoTrainer {
             .sum::<f64>()
             / n)
             .sqrt();
-        let mut report = StepReport {
+        let mut report = GrpoStepReport {
             step: self.step + 1,
             reward_mean,
             reward_std,
@@ -808,7 +817,7 @@ impl GrpoTrainer {
                     .collect();
                 TrainBatch::with_loss_masks(&rows, pad, &device)
             })
-            .collect::<Result<_>>()?;
+            .collect::<Result<_, TrainError>>()?;
         // Old log-probs: recomputed by the trainer with the weights that generated the batch.
         let mut old = Vec::with_capacity(batches.len());
         let mut refs = Vec::with_capacity(batches.len());
@@ -850,7 +859,7 @@ impl GrpoTrainer {
                 match clip_grad_norm(&mut grads, &vars, cfg.max_grad_norm) {
                     Ok(_) => self.optimizer.step(&grads, cfg.lr)?,
                     Err(TrainError::NonFiniteGradient(_)) => continue,
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(e.into()),
                 }
                 loss_sum += value;
                 report.train_tokens += tb.lengths.iter().sum::<usize>();
@@ -880,7 +889,10 @@ impl GrpoTrainer {
 
     /// Runs `max_steps` steps, appending each report to `output_dir/metrics.jsonl` and saving
     /// the policy (HF layout) every `save_steps` and at the end to `output_dir/policy`.
-    pub fn train(&mut self, mut on_step: impl FnMut(&StepReport)) -> Result<Vec<StepReport>> {
+    pub fn train(
+        &mut self,
+        mut on_step: impl FnMut(&GrpoStepReport),
+    ) -> Result<Vec<GrpoStepReport>> {
         let out = self.config.output_dir.clone();
         let mut metrics = MetricsLog::open(&out)?;
         let mut reports = Vec::new();
@@ -905,63 +917,34 @@ impl GrpoTrainer {
     pub fn save_checkpoint(&self) -> Result<PathBuf> {
         let out = &self.config.output_dir;
         let dir = out.join(format!("checkpoint-{}", self.step));
-        let io = |p: &std::path::Path, e: std::io::Error| TrainError::Io {
-            path: p.to_path_buf(),
-            source: e,
-        };
-        let tmp = out.join(format!(".checkpoint-{}.tmp", self.step));
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
-        }
-        self.model.save_pretrained(&tmp, 5 << 30)?;
-        qforge_model::copy_tokenizer_files(&self.config.model, &tmp)?;
-        self.optimizer
-            .save_state(&tmp.join("optimizer.safetensors"))?;
-        let state = RunState {
-            step: self.step,
-            cursor: self.cursor,
-            order: self.order.clone(),
-            task_rewards: self.task_rewards.clone(),
-            truncated: self.truncated,
-        };
-        std::fs::write(
-            tmp.join("grpo_state.json"),
-            serde_json::to_string(&state).expect("serialisable"),
-        )
-        .map_err(|e| io(&tmp, e))?;
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|e| io(&dir, e))?;
-        }
-        std::fs::rename(&tmp, &dir).map_err(|e| io(&dir, e))?;
-        let mut all = qforge_train::trainer::checkpoints_with(out, STATE_FILE)?;
-        while all.len() > 2 {
-            let (_, oldest) = all.remove(0);
-            std::fs::remove_dir_all(&oldest).map_err(|e| io(&oldest, e))?;
-        }
+        qforge_util::write_dir_atomic(&dir, |tmp| {
+            self.write_policy(tmp)?;
+            self.optimizer
+                .save_state(&tmp.join("optimizer.safetensors"))?;
+            let state = RunState {
+                step: self.step,
+                cursor: self.cursor,
+                order: self.order.clone(),
+                task_rewards: self.task_rewards.clone(),
+                truncated: self.truncated,
+            };
+            let path = tmp.join(STATE_FILE);
+            std::fs::write(&path, serde_json::to_string(&state).expect("serialisable"))
+                .with_path(&path)?;
+            Ok::<_, RlError>(())
+        })?;
+        qforge_util::prune_checkpoints(out, STATE_FILE, 2)?;
         Ok(dir)
     }
 
     /// Writes the policy in HF layout (with the tokenizer files), via a temporary directory.
     pub fn save(&self, dir: &std::path::Path) -> Result<()> {
-        let tmp = dir.with_extension("tmp");
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::Io {
-                path: tmp.clone(),
-                source: e,
-            })?;
-        }
-        self.model.save_pretrained(&tmp, 5 << 30)?;
-        qforge_model::copy_tokenizer_files(&self.config.model, &tmp)?;
-        if dir.exists() {
-            std::fs::remove_dir_all(dir).map_err(|e| TrainError::Io {
-                path: dir.to_path_buf(),
-                source: e,
-            })?;
-        }
-        std::fs::rename(&tmp, dir).map_err(|e| TrainError::Io {
-            path: dir.to_path_buf(),
-            source: e,
-        })
+        qforge_util::write_dir_atomic(dir, |tmp| self.write_policy(tmp))
+    }
+
+    fn write_policy(&self, dir: &std::path::Path) -> Result<()> {
+        self.model.save_pretrained(dir, 5 << 30)?;
+        Ok(qforge_model::copy_tokenizer_files(&self.config.model, dir)?)
     }
 }
 

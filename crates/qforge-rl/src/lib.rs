@@ -1,4 +1,4 @@
-//! qforge-rl: the reinforcement-learning core the RL recipes share (specs/longrl.md §3).
+//! qforge-rl: the reinforcement-learning core the RL recipes share (QwenLong-L1, arXiv 2505.17667).
 //!
 //! - [`reward`]: the reward-function interface and rule rewards (answer extraction, sub-EM,
 //!   exact match, DAPO's soft overlong penalty).
@@ -18,6 +18,7 @@
 //!   loss) or a server, rewards, advantages, the clipped surrogate over mini-batches and epochs.
 
 pub mod curriculum;
+pub mod error;
 pub mod groups;
 pub mod grpo;
 pub mod judge;
@@ -26,4 +27,4 @@ pub mod reward;
 pub mod tasks;
 pub mod tools;
 
-pub use qforge_train::{Result, TrainError};
+pub use error::{Result, RlError};

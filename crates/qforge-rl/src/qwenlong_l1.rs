@@ -1,4 +1,4 @@
-//! The QwenLong-L1 recipe (arXiv 2505.17667, specs/longrl.md §1): an optional warm-up SFT,
+//! The QwenLong-L1 recipe (arXiv 2505.17667): an optional warm-up SFT,
 //! then curriculum phases of GRPO with growing input-length caps. A phase trains on the tasks
 //! whose prompt fits its cap (longer prompts are middle-truncated to the last phase's cap and
 //! counted), plus hard tasks of earlier phases drawn by difficulty (retrospective sampling).
@@ -7,15 +7,16 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use qforge_model::{ChatOptions, Tokenizer, weights::write_json_atomic};
-use qforge_train::data::SplitMix;
+use crate::error::{Result, RlError};
+use qforge_model::{ChatOptions, Tokenizer};
 use qforge_train::trainer::{Objective, TrainConfig, Trainer};
-use qforge_train::{Result, TrainError};
+use qforge_util::SplitMix;
+use qforge_util::{WithPath, write_json_atomic};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::curriculum::{Phase, RetrospectiveConfig, RetrospectiveSampler};
-use crate::grpo::{GrpoConfig, GrpoTrainer, StepReport};
+use crate::grpo::{GrpoConfig, GrpoStepReport, GrpoTrainer};
 use crate::reward::{RewardFn, Task};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -85,10 +86,10 @@ pub fn run(
     cfg: &QwenLongL1Config,
     tasks: &[Task],
     reward: Arc<dyn RewardFn>,
-    mut on_step: impl FnMut(usize, &StepReport),
+    mut on_step: impl FnMut(usize, &GrpoStepReport),
 ) -> Result<Vec<PhaseResult>> {
     if cfg.phases.is_empty() {
-        return Err(TrainError::Invalid("no curriculum phases".into()));
+        return Err(RlError::Invalid("no curriculum phases".into()));
     }
     let mut policy = cfg.model.clone();
     if let Some(data) = &cfg.sft_data {
@@ -128,22 +129,12 @@ pub fn run(
         let done = dir.join("phase.json");
         if done.is_file() {
             let r: PhaseResult =
-                serde_json::from_str(&std::fs::read_to_string(&done).map_err(|e| {
-                    TrainError::Io {
-                        path: done.clone(),
-                        source: e,
-                    }
-                })?)
-                .map_err(|e| TrainError::Invalid(format!("{}: {e}", done.display())))?;
-            let record: Vec<(usize, f64)> = serde_json::from_str(
-                &std::fs::read_to_string(dir.join("difficulty.json")).map_err(|e| {
-                    TrainError::Io {
-                        path: dir.join("difficulty.json"),
-                        source: e,
-                    }
-                })?,
-            )
-            .map_err(|e| TrainError::Invalid(e.to_string()))?;
+                serde_json::from_str(&std::fs::read_to_string(&done).with_path(&done)?)
+                    .map_err(|e| RlError::file(&done, e))?;
+            let difficulty = dir.join("difficulty.json");
+            let record: Vec<(usize, f64)> =
+                serde_json::from_str(&std::fs::read_to_string(&difficulty).with_path(&difficulty)?)
+                    .map_err(|e| RlError::file(&difficulty, e))?;
             sampler.end_phase(&record);
             policy = r.policy.clone();
             previous_cap = phase.max_input_tokens;
@@ -168,7 +159,7 @@ pub fn run(
         let retrospective_tasks = extra.len();
         chosen.extend(extra);
         if chosen.is_empty() {
-            return Err(TrainError::Invalid(format!(
+            return Err(RlError::Invalid(format!(
                 "phase {}: no task fits {} input tokens",
                 k + 1,
                 phase.max_input_tokens
@@ -214,4 +205,94 @@ pub fn run(
         results.push(result);
     }
     Ok(results)
+}
+
+/// The `[reward]` table of a QwenLong-L1 recipe.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RewardSettings {
+    /// `docqa` (default), `docmath`, `choice` or `em`.
+    pub kind: Option<String>,
+    /// An OpenAI-compatible server for the LLM judge, asked when the rule reward is below 1.
+    pub judge_url: Option<String>,
+    pub judge_model: Option<String>,
+}
+
+/// A QwenLong-L1 recipe: its task files, the reward settings and the run's settings.
+pub struct Recipe {
+    pub task_files: Vec<PathBuf>,
+    pub reward: RewardSettings,
+    pub config: QwenLongL1Config,
+}
+
+impl Recipe {
+    /// Reads the recipe (TOML) and applies `--set` overrides to the run's settings.
+    pub fn load(path: &std::path::Path, overrides: &[String]) -> Result<Self> {
+        use qforge_util::settings::{read_toml, table_into, take_paths, take_table, with_sets};
+        let mut table: toml::Table = read_toml(path)?;
+        let task_files = take_paths(&mut table, "tasks", "task files")?;
+        let reward: RewardSettings = take_table(&mut table, "reward")?;
+        let recipe = Self {
+            task_files,
+            config: with_sets(table_into(table, path)?, overrides)?,
+            reward,
+        };
+        recipe.rule()?;
+        Ok(recipe)
+    }
+
+    /// The rule reward the recipe names.
+    pub fn rule(&self) -> Result<Arc<dyn RewardFn>> {
+        use crate::reward::{ChoiceMatch, DocMath, ExactMatch, Extraction, SubEm};
+        Ok(match self.reward.kind.as_deref().unwrap_or("docqa") {
+            "docqa" => Arc::new(SubEm(Extraction::TheAnswerIs)),
+            "docmath" => Arc::new(DocMath),
+            "choice" => Arc::new(ChoiceMatch),
+            "em" => Arc::new(ExactMatch(Extraction::TheAnswerIs)),
+            other => {
+                return Err(RlError::Invalid(format!(
+                    "[reward] kind `{other}`: docqa, docmath, choice or em"
+                )));
+            }
+        })
+    }
+
+    /// The paper's hybrid reward: the rule, or the judge where the rule gives less than 1
+    /// (the rule alone without a `judge_url`).
+    pub fn reward(&self) -> Result<Arc<dyn RewardFn>> {
+        let rule = self.rule()?;
+        let Some(url) = &self.reward.judge_url else {
+            return Ok(rule);
+        };
+        let remote = qforge_engine::RemoteBackend::new(qforge_engine::RemoteConfig::new(
+            url.clone(),
+            self.reward.judge_model.clone().unwrap_or_default(),
+        ))
+        .map_err(|source| RlError::Backend {
+            context: "[reward] judge_url",
+            source,
+        })?;
+        Ok(Arc::new(crate::judge::HybridReward {
+            rule,
+            judge: Arc::new(
+                crate::judge::JudgeReward::new(
+                    Arc::new(remote),
+                    crate::reward::extract_the_answer_is,
+                )
+                .map_err(|source| RlError::Runtime {
+                    what: "the judge's runtime",
+                    source,
+                })?,
+            ),
+        }))
+    }
+
+    /// The tasks of every task file.
+    pub fn tasks(&self) -> Result<Vec<Task>> {
+        let mut tasks = Vec::new();
+        for f in &self.task_files {
+            tasks.extend(crate::tasks::load_tasks(f)?);
+        }
+        Ok(tasks)
+    }
 }

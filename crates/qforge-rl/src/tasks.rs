@@ -6,7 +6,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use qforge_train::data::SplitMix;
+use qforge_util::{SplitMix, WithPath};
 use serde_json::{Value, json};
 
 use crate::reward::Task;
@@ -109,7 +109,10 @@ pub fn greedy_score(
         .collect::<crate::Result<Vec<_>>>()?;
     let outs = engine
         .generate(requests, |_| {})
-        .map_err(|e| qforge_train::TrainError::Invalid(format!("generation: {e}")))?;
+        .map_err(|source| crate::RlError::Engine {
+            context: "generation",
+            source,
+        })?;
     let items: Vec<(&Task, &str)> = tasks
         .iter()
         .zip(&outs)
@@ -119,25 +122,21 @@ pub fn greedy_score(
 }
 
 fn read_text(path: &Path) -> crate::Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| qforge_train::TrainError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
+    let bytes = std::fs::read(path).with_path(path)?;
     if bytes.starts_with(&[0x1f, 0x8b]) {
         let mut s = String::new();
-        std::io::Read::read_to_string(&mut gunzip(&bytes)?, &mut s)
-            .map_err(|e| qforge_train::TrainError::Invalid(format!("{}: {e}", path.display())))?;
+        std::io::Read::read_to_string(&mut gunzip(path, &bytes)?, &mut s)
+            .map_err(|e| crate::RlError::file(path, e))?;
         return Ok(s);
     }
-    String::from_utf8(bytes)
-        .map_err(|_| qforge_train::TrainError::Invalid(format!("{}: not UTF-8", path.display())))
+    String::from_utf8(bytes).map_err(|_| crate::RlError::file(path, "not UTF-8"))
 }
 
-fn gunzip(bytes: &[u8]) -> crate::Result<std::io::Cursor<Vec<u8>>> {
+fn gunzip(path: &Path, bytes: &[u8]) -> crate::Result<std::io::Cursor<Vec<u8>>> {
     let mut out = Vec::new();
     flate2::read::GzDecoder::new(bytes)
         .read_to_end(&mut out)
-        .map_err(|e| qforge_train::TrainError::Invalid(format!("gzip: {e}")))?;
+        .map_err(|e| crate::RlError::file(path, format!("gzip: {e}")))?;
     Ok(std::io::Cursor::new(out))
 }
 
@@ -151,8 +150,10 @@ pub fn load_tasks(path: &Path) -> crate::Result<Vec<Task>> {
         if line.trim().is_empty() {
             continue;
         }
-        let bad = |m: &str| {
-            qforge_train::TrainError::Invalid(format!("{}:{}: {m}", path.display(), i + 1))
+        let bad = |m: &str| crate::RlError::Data {
+            path: path.to_path_buf(),
+            line: i + 1,
+            message: m.to_string(),
         };
         let v: Value = serde_json::from_str(line).map_err(|e| bad(&e.to_string()))?;
         if let Some(records) = v.get("ordered_kv_records").and_then(Value::as_array) {

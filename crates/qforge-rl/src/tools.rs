@@ -1,4 +1,4 @@
-//! Multi-turn tool rollouts (specs/websailor_writingrl.md §1.1 and §1.4, verl's multi-turn
+//! Multi-turn tool rollouts (WebSailor, arXiv 2507.02592, verl's multi-turn
 //! rollout): the policy writes a turn, an environment answers it, the answer goes back into the
 //! context as a user turn in `<tool_response>` tags, and the policy goes on, until the
 //! environment ends the episode or a budget runs out. Only the policy's own tokens are learned;
@@ -55,9 +55,10 @@ pub fn observation_text(observation: &str, turn_closed: bool) -> String {
     )
 }
 
-/// A tool call as the model wrote it.
+/// A tool call as the model wrote it (arguments as JSON values; the OpenAI wire type with
+/// arguments as text is `qforge_engine::chat::ToolCall`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct ToolCall {
+pub struct ToolInvocation {
     pub name: String,
     pub arguments: Value,
 }
@@ -65,24 +66,18 @@ pub struct ToolCall {
 /// The first `<tool_call>…</tool_call>` of a turn (only the first counts, as in WebSailor's
 /// loop). `None`: the turn has no tool call; `Some(Err)`: it has one that is not JSON with a
 /// string `name` (the message says what is wrong, for the tool response).
-pub fn first_tool_call(turn: &str) -> Option<std::result::Result<ToolCall, String>> {
+pub fn first_tool_call(turn: &str) -> Option<std::result::Result<ToolInvocation, String>> {
     let start = turn.find("<tool_call>")? + "<tool_call>".len();
     let body = match turn[start..].find("</tool_call>") {
         Some(end) => &turn[start..start + end],
         None => &turn[start..],
     };
-    let parsed = serde_json::from_str::<Value>(body.trim())
-        .map_err(|e| format!("the tool call is not valid JSON ({e}); give `name` and `arguments`"))
-        .and_then(|v| {
-            let name = v
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or("the tool call has no string `name`")?
-                .to_string();
-            let arguments = v.get("arguments").cloned().unwrap_or(Value::Null);
-            Ok(ToolCall { name, arguments })
-        });
-    Some(parsed)
+    Some(
+        qforge_engine::chat::parse_tool_call_body(body).map(|(name, arguments)| ToolInvocation {
+            name,
+            arguments: arguments.unwrap_or(Value::Null),
+        }),
+    )
 }
 
 #[cfg(test)]
@@ -95,7 +90,7 @@ mod tests {
         let turn = r#"<think>look up</think><tool_call>{"name": "lookup", "arguments": {"key": "7"}}</tool_call><tool_call>{"name": "other"}</tool_call>"#;
         assert_eq!(
             first_tool_call(turn).unwrap().unwrap(),
-            ToolCall {
+            ToolInvocation {
                 name: "lookup".into(),
                 arguments: json!({"key": "7"})
             }

@@ -37,8 +37,8 @@ use serde_json::{Value, json};
 pub mod admission;
 pub mod compress;
 pub mod guard;
+pub mod pooling;
 pub mod proxy;
-pub mod reward;
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -75,7 +75,7 @@ pub struct AppState {
     http_status: Arc<Mutex<BTreeMap<u16, u64>>>,
     admission: admission::Admission,
     moderation: Option<guard::ModerationState>,
-    reward: Option<reward::RewardState>,
+    reward: Option<pooling::RewardState>,
     compressor: Option<compress::CompressState>,
 }
 
@@ -122,7 +122,7 @@ impl AppState {
 
     /// Adds `POST /pooling` (vLLM's reward-model API), answered by a Bradley-Terry reward model;
     /// with weight reload on, `/update_weights_from_disk` given a reward checkpoint replaces it.
-    pub fn with_reward_model(mut self, reward: reward::RewardState) -> Self {
+    pub fn with_reward_model(mut self, reward: pooling::RewardState) -> Self {
         self.reward = Some(reward);
         self
     }
@@ -291,9 +291,9 @@ async fn update_weights_from_disk(
         );
     };
     if let Some(r) = &state.reward
-        && reward::is_reward_checkpoint(&path)
+        && pooling::is_reward_checkpoint(&path)
     {
-        return reward::reload(r, path).await;
+        return pooling::reload(r, path).await;
     }
     let model = state.backend.scheduler().engine().model().clone();
     let shown = path.display().to_string();
@@ -342,7 +342,7 @@ async fn released_compress_route(
 
 async fn pooling(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
     match &state.reward {
-        Some(r) => reward::pooling(&state.config, &state.admission, r, body).await,
+        Some(r) => pooling::pooling(&state.config, &state.admission, r, body).await,
         None => api_error(
             StatusCode::NOT_FOUND,
             "this server has no reward model (start it with --reward-model)",

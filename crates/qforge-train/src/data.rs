@@ -12,6 +12,8 @@
 //! fills the budget is dropped (counted). A malformed line is an error naming file and line, or
 //! skipped and counted with `skip_malformed`.
 
+use qforge_util::SplitMix;
+use qforge_util::WithPath;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
@@ -47,7 +49,7 @@ impl Default for DataOptions {
 
 /// A tokenised training sequence: prompt then completion.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Sequence {
+pub struct TokenSequence {
     pub ids: Vec<u32>,
     /// Tokens from here on are learned, except those in `unlearned`.
     pub prompt_len: usize,
@@ -56,7 +58,7 @@ pub struct Sequence {
     pub unlearned: Vec<std::ops::Range<usize>>,
 }
 
-impl Sequence {
+impl TokenSequence {
     pub fn new(ids: Vec<u32>, prompt_len: usize) -> Self {
         Self {
             ids,
@@ -80,13 +82,13 @@ impl Sequence {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Example {
-    Sft(Sequence),
+    Sft(TokenSequence),
     Preference {
-        chosen: Sequence,
-        rejected: Sequence,
+        chosen: TokenSequence,
+        rejected: TokenSequence,
         /// The chosen completion after a long-context variant of the prompt (`prompt_long`),
         /// for short-to-long objectives (SoLoPO). Not truncated to `max_length`.
-        long_chosen: Option<Sequence>,
+        long_chosen: Option<TokenSequence>,
     },
     /// Prompt ids plus the original messages (RL rollouts re-render them as needed).
     Prompt {
@@ -181,7 +183,7 @@ fn prompt_completion(
     prompt: &Value,
     completion: &Value,
     field: &str,
-) -> std::result::Result<Sequence, String> {
+) -> std::result::Result<TokenSequence, String> {
     match (prompt, completion) {
         (Value::String(p), Value::String(c)) => {
             if c.is_empty() {
@@ -191,7 +193,7 @@ fn prompt_completion(
             let prompt_len = ids.len();
             ids.extend(tok.encode(c, false).map_err(|e| e.to_string())?);
             ids.extend(tok.eos_token_id());
-            Ok(Sequence::new(ids, prompt_len))
+            Ok(TokenSequence::new(ids, prompt_len))
         }
         (Value::Array(p), Value::Array(c)) => {
             if c.is_empty() {
@@ -205,7 +207,7 @@ fn prompt_completion(
                     "the chat template does not render the prompt as a prefix of prompt + `{field}`"
                 ));
             }
-            Ok(Sequence::new(ids, prompt_ids.len()))
+            Ok(TokenSequence::new(ids, prompt_ids.len()))
         }
         _ => Err(format!(
             "`prompt` and `{field}` must both be strings or both be message lists"
@@ -222,7 +224,7 @@ fn prompt_completion(
 fn conversation_sequence(
     tok: &Tokenizer,
     messages: &[Value],
-) -> std::result::Result<Sequence, String> {
+) -> std::result::Result<TokenSequence, String> {
     let is_assistant = |m: &Value| m.get("role").and_then(Value::as_str) == Some("assistant");
     if !messages.last().is_some_and(is_assistant) {
         return Err("the last message must be an assistant turn to learn".into());
@@ -260,14 +262,14 @@ fn conversation_sequence(
         .map(|w| w[0].end..w[1].start)
         .filter(|r| !r.is_empty())
         .collect();
-    Ok(Sequence {
+    Ok(TokenSequence {
         ids,
         prompt_len,
         unlearned,
     })
 }
 
-fn sft_example(tok: &Tokenizer, v: &Value) -> std::result::Result<Sequence, String> {
+fn sft_example(tok: &Tokenizer, v: &Value) -> std::result::Result<TokenSequence, String> {
     if v.get("messages").is_some() {
         return conversation_sequence(tok, &messages_of(v, "messages")?);
     }
@@ -309,7 +311,7 @@ fn prompt_example(
 }
 
 /// Truncates (keeping the start) and reports whether the example survives.
-fn fit(seq: &mut Sequence, max_length: usize, stats: &mut LoadStats) -> bool {
+fn fit(seq: &mut TokenSequence, max_length: usize, stats: &mut LoadStats) -> bool {
     if seq.prompt_len >= max_length {
         return false;
     }
@@ -327,10 +329,7 @@ impl Dataset {
         tok: &Tokenizer,
         options: &DataOptions,
     ) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
+        let text = std::fs::read_to_string(path).with_path(path)?;
         let mut stats = LoadStats::default();
         let mut examples = Vec::new();
         for (i, line) in text.lines().enumerate() {
@@ -420,41 +419,6 @@ impl Dataset {
     }
 }
 
-/// A small seeded generator (splitmix64) for data order.
-pub struct SplitMix(pub u64);
-
-impl SplitMix {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// A draw from N(0, std²) (Box-Muller).
-    pub fn normal(&mut self, std: f64) -> f64 {
-        let (u1, u2) = (self.unit(), self.unit());
-        std * (-2.0 * (u1 + 1e-300).ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
-
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-
-    pub fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = self.below(i + 1);
-            items.swap(i, j);
-        }
-    }
-}
-
 /// Right-padded sequences with their completion mask, ready for the model.
 pub struct TrainBatch {
     pub batch: Batch,
@@ -465,7 +429,7 @@ pub struct TrainBatch {
 }
 
 impl TrainBatch {
-    pub fn new(seqs: &[&Sequence], pad_id: u32, device: &Device) -> Result<Self> {
+    pub fn new(seqs: &[&TokenSequence], pad_id: u32, device: &Device) -> Result<Self> {
         let masks: Vec<Vec<bool>> = seqs
             .iter()
             .map(|s| (0..s.ids.len()).map(|j| s.learned(j)).collect())

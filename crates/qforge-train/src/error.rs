@@ -10,12 +10,11 @@ pub enum TrainError {
         message: String,
     },
 
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] qforge_util::IoError),
+
+    #[error(transparent)]
+    Settings(#[from] qforge_util::settings::SettingsError),
 
     #[error("the gradient norm is not finite ({0}); the step was not applied")]
     NonFiniteGradient(f64),
@@ -25,6 +24,10 @@ pub enum TrainError {
 
     #[error(transparent)]
     Model(#[from] qforge_model::ModelError),
+
+    /// An error of a recipe's own objective (e.g. SoLoPO's settings), kept as the source.
+    #[error(transparent)]
+    Objective(Box<dyn std::error::Error + Send + Sync>),
 }
 
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;

@@ -10,14 +10,15 @@
 //! by `tests/parity.rs`.
 
 pub mod answers;
+pub mod copy_task;
 pub mod data;
 pub mod error;
 pub mod losses;
 pub mod optim;
 pub mod pairwise;
+pub mod plot;
 pub mod policy;
-pub mod reward;
-pub mod synthetic;
+pub mod recipe;
 pub mod trainer;
 
 pub use error::{Result, TrainError};

@@ -4,6 +4,7 @@
 
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
+use qforge_util::WithPath;
 use rayon::prelude::*;
 
 use crate::error::{Result, TrainError};
@@ -88,7 +89,7 @@ impl AdamW {
                 continue;
             };
             if slot.master.is_none() && slot.var.device().is_cpu() {
-                // f32 on CPU: three passes over memory, no temporaries (specs/train_perf.md).
+                // f32 on CPU: three passes over memory, no temporaries (measured with `qforge bench train`).
                 let (m, v, p) = (slot.m.as_tensor(), slot.v.as_tensor(), slot.var.as_tensor());
                 // Weight gradients of `x @ Wᵀ` come back transposed.
                 let g = &g.contiguous()?;
@@ -154,10 +155,7 @@ impl AdamW {
         let map: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
         let tmp = path.with_extension("safetensors.tmp");
         candle_core::safetensors::save(&map, &tmp)?;
-        std::fs::rename(&tmp, path).map_err(|e| TrainError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })
+        Ok(std::fs::rename(&tmp, path).with_path(path)?)
     }
 
     /// Restores what [`Self::save_state`] wrote; every variable must be present.

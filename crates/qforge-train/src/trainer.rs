@@ -8,16 +8,18 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
-use qforge_model::weights::{save_safetensors, write_json_atomic};
+use qforge_model::weights::save_safetensors;
 use qforge_model::{Model, ModelConfig, Tokenizer};
+use qforge_util::{WithPath, list_checkpoints, prune_checkpoints, write_json_atomic};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::data::{DataOptions, Dataset, DatasetKind, Example, Sequence, SplitMix, TrainBatch};
+use crate::data::{DataOptions, Dataset, DatasetKind, Example, TokenSequence, TrainBatch};
 use crate::error::{Result, TrainError};
 use crate::losses::{self, DpoKind};
 use crate::optim::{AdamW, AdamWConfig, GradAccumulator, Schedule, clip_grad_norm};
 use crate::pairwise::{DpoObjective, PairLogps, PairObjective, SeqLogps};
+use qforge_util::SplitMix;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -154,7 +156,7 @@ impl TrainConfig {
     }
 
     fn compute_dtype(&self) -> Result<DType> {
-        qforge_model::parse_dtype(&self.dtype).ok_or_else(|| {
+        qforge_util::parse_dtype(&self.dtype).ok_or_else(|| {
             TrainError::Invalid(format!("dtype `{}`: use f32, bf16 or f16", self.dtype))
         })
     }
@@ -247,9 +249,9 @@ fn pair_seqs<'a>(
     examples: &'a [Example],
     idx: &[usize],
 ) -> Result<(
-    Vec<&'a Sequence>,
-    Vec<&'a Sequence>,
-    Vec<Option<&'a Sequence>>,
+    Vec<&'a TokenSequence>,
+    Vec<&'a TokenSequence>,
+    Vec<Option<&'a TokenSequence>>,
 )> {
     let mut chosen = Vec::new();
     let mut rejected = Vec::new();
@@ -272,7 +274,10 @@ fn pair_seqs<'a>(
 }
 
 /// The long-context chosen sequences of a batch, all present, or a clear error.
-fn all_long<'a>(long: Vec<Option<&'a Sequence>>, idx: &[usize]) -> Result<Vec<&'a Sequence>> {
+fn all_long<'a>(
+    long: Vec<Option<&'a TokenSequence>>,
+    idx: &[usize],
+) -> Result<Vec<&'a TokenSequence>> {
     long.into_iter()
         .zip(idx)
         .map(|(l, i)| {
@@ -323,7 +328,7 @@ impl Trainer {
     ) -> Result<Self> {
         config.validate()?;
         config.check_objective(objective)?;
-        let device = qforge_model::parse_device(&config.device)?;
+        let device = qforge_util::parse_device(&config.device)?;
         let dtype = config.compute_dtype()?;
         if dtype != DType::F32 && device.is_cpu() {
             tracing::warn!("training in {dtype:?} on CPU: expect it to be much slower than f32");
@@ -500,7 +505,7 @@ impl Trainer {
     /// The padded batch of a micro-step: SFT rows, or `[chosen; rejected]` for pairs.
     fn micro_batch(&self, data: &Dataset, idx: &[usize]) -> Result<MicroBatch> {
         let mut long = None;
-        let seqs: Vec<&Sequence> = match self.objective {
+        let seqs: Vec<&TokenSequence> = match self.objective {
             Objective::Sft => idx
                 .iter()
                 .map(|&i| match &data.examples[i] {
@@ -520,7 +525,7 @@ impl Trainer {
                 chosen.into_iter().chain(rejected).collect()
             }
         };
-        let lens = |seqs: &[&Sequence]| seqs.iter().map(|s| s.completion_len()).collect();
+        let lens = |seqs: &[&TokenSequence]| seqs.iter().map(|s| s.completion_len()).collect();
         Ok(MicroBatch {
             main: TrainBatch::new(&seqs, self.pad_id(), &self.device)?,
             completion_lens: lens(&seqs),
@@ -712,7 +717,7 @@ impl Trainer {
     }
 
     /// Reward-model scores `[N]` read at each sequence's last token (last-non-pad pooling).
-    pub fn rewards(&self, seqs: &[&Sequence]) -> Result<Tensor> {
+    pub fn rewards(&self, seqs: &[&TokenSequence]) -> Result<Tensor> {
         let tb = TrainBatch::new(seqs, self.pad_id(), &self.device)?;
         self.rewards_from_hidden(&self.model.forward(&tb.batch, None)?, &tb.lengths)
     }
@@ -722,7 +727,11 @@ impl Trainer {
             .score
             .as_ref()
             .ok_or_else(|| TrainError::Invalid("not a reward model".into()))?;
-        crate::reward::last_token_rewards(hidden, lengths, score.as_tensor())
+        Ok(qforge_model::reward_model::last_token_rewards(
+            hidden,
+            lengths,
+            score.as_tensor(),
+        )?)
     }
 
     /// Runs to the end, calling `on_step` after every optimiser step and `on_eval` after each
@@ -832,13 +841,6 @@ impl Trainer {
         Ok(reports)
     }
 
-    fn io_err(&self, path: &Path, source: std::io::Error) -> TrainError {
-        TrainError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
-    }
-
     /// Mean loss (and pairwise accuracy) over the evaluation set, without gradients.
     pub fn evaluate(&self) -> Result<EvalReport> {
         let data = self
@@ -872,7 +874,7 @@ impl Trainer {
 
     /// Writes the current model (HF layout, tokenizer files included) to `dir`.
     pub fn save_model(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| self.io_err(dir, e))?;
+        std::fs::create_dir_all(dir).with_path(dir)?;
         if let Some(lora) = self.config.lora() {
             qforge_model::save_adapter(
                 &self.model,
@@ -937,26 +939,19 @@ pub struct MetricsLog {
 impl MetricsLog {
     /// Creates `dir` if needed and opens `dir/metrics.jsonl`.
     pub fn open(dir: &Path) -> Result<Self> {
-        let io = |path: &Path, source| TrainError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        std::fs::create_dir_all(dir).with_path(dir)?;
         let path = dir.join("metrics.jsonl");
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
-            .map_err(|e| io(&path, e))?;
+            .with_path(&path)?;
         Ok(Self { path, file })
     }
 
     pub fn append(&mut self, value: &impl Serialize) -> Result<()> {
         let line = serde_json::to_string(value).expect("serialisable");
-        writeln!(self.file, "{line}").map_err(|source| TrainError::Io {
-            path: self.path.clone(),
-            source,
-        })
+        Ok(writeln!(self.file, "{line}").with_path(&self.path)?)
     }
 }
 
@@ -969,7 +964,7 @@ pub fn step_due(step: u64, total: u64, every: u64) -> bool {
 /// Writes `out/checkpoint-STEP` (the model by `write_model`, the optimiser state, then
 /// `trainer_state.json`, which marks it complete) into a temporary directory that is then
 /// renamed, so a crash never leaves a half checkpoint; keeps the newest `keep`.
-pub fn write_checkpoint<E: From<TrainError>>(
+pub fn write_checkpoint<E: From<TrainError> + From<qforge_util::IoError>>(
     out: &Path,
     step: u64,
     keep: usize,
@@ -977,62 +972,28 @@ pub fn write_checkpoint<E: From<TrainError>>(
     state: &Value,
     write_model: impl FnOnce(&Path) -> std::result::Result<(), E>,
 ) -> std::result::Result<PathBuf, E> {
-    let io = |path: &Path, source| TrainError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
     let final_dir = out.join(format!("checkpoint-{step}"));
-    let tmp = out.join(format!(".checkpoint-{step}.tmp"));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
-    }
-    write_model(&tmp)?;
-    optimizer.save_state(&tmp.join("optimizer.safetensors"))?;
-    write_json_atomic(&tmp.join("trainer_state.json"), state).map_err(TrainError::from)?;
-    if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir).map_err(|e| io(&final_dir, e))?;
-    }
-    std::fs::rename(&tmp, &final_dir).map_err(|e| io(&final_dir, e))?;
-    let mut all = checkpoints(out)?;
-    while all.len() > keep.max(1) {
-        let (_, oldest) = all.remove(0);
-        std::fs::remove_dir_all(&oldest).map_err(|e| io(&oldest, e))?;
-    }
+    qforge_util::write_dir_atomic(&final_dir, |tmp| {
+        write_model(tmp)?;
+        optimizer.save_state(&tmp.join("optimizer.safetensors"))?;
+        write_json_atomic(&tmp.join(TRAINER_STATE), state)?;
+        Ok::<_, E>(())
+    })?;
+    prune_checkpoints(out, TRAINER_STATE, keep)?;
     Ok(final_dir)
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| TrainError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
+    let text = std::fs::read_to_string(path).with_path(path)?;
     serde_json::from_str(&text).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))
 }
 
 /// Completed checkpoints in `dir`, oldest first.
-fn checkpoints(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
-    checkpoints_with(dir, "trainer_state.json")
-}
-
-/// `dir/checkpoint-STEP` directories holding `marker` (a complete checkpoint), oldest first.
-pub fn checkpoints_with(dir: &Path, marker: &str) -> Result<Vec<(u64, PathBuf)>> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(Vec::new());
-    };
-    let mut out: Vec<(u64, PathBuf)> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let step = name.strip_prefix("checkpoint-")?.parse().ok()?;
-            e.path().join(marker).is_file().then(|| (step, e.path()))
-        })
-        .collect();
-    out.sort();
-    Ok(out)
-}
+/// The file a complete SFT/DPO/RM checkpoint ends with.
+pub const TRAINER_STATE: &str = "trainer_state.json";
 
 pub fn latest_checkpoint(dir: &Path) -> Result<Option<PathBuf>> {
-    Ok(checkpoints(dir)?.pop().map(|(_, p)| p))
+    Ok(list_checkpoints(dir, TRAINER_STATE).pop().map(|(_, p)| p))
 }
 
 /// The `score` head `[1, hidden]` in the model's dtype: from the checkpoint, else freshly drawn.
@@ -1070,7 +1031,7 @@ pub fn reference_logps(
     pad_id: u32,
     device: &Device,
 ) -> Result<Vec<RefLogps>> {
-    let sums = |seqs: &[&Sequence]| -> Result<Vec<f32>> {
+    let sums = |seqs: &[&TokenSequence]| -> Result<Vec<f32>> {
         let tb = TrainBatch::new(seqs, pad_id, device)?;
         let logits = model.logits(&model.forward(&tb.batch, None)?)?;
         Ok(
@@ -1083,9 +1044,9 @@ pub fn reference_logps(
     let mut out = Vec::with_capacity(idx.len());
     for chunk in idx.chunks(8) {
         let (chosen, rejected, long) = pair_seqs(&data.examples, chunk)?;
-        let all: Vec<&Sequence> = chosen.iter().chain(rejected.iter()).copied().collect();
+        let all: Vec<&TokenSequence> = chosen.iter().chain(rejected.iter()).copied().collect();
         let pair = sums(&all)?;
-        let present: Vec<&Sequence> = long.iter().flatten().copied().collect();
+        let present: Vec<&TokenSequence> = long.iter().flatten().copied().collect();
         let mut long_sums = if present.is_empty() {
             Vec::new()
         } else {
@@ -1104,20 +1065,7 @@ pub fn reference_logps(
     Ok(out)
 }
 
-/// Parses `key=value` overrides onto a JSON view of the config (values parsed as JSON, else
-/// taken as strings).
+/// `config` with `key=value` overrides (values parsed as JSON, else taken as strings).
 pub fn apply_overrides(config: &TrainConfig, overrides: &[String]) -> Result<TrainConfig> {
-    let mut v = serde_json::to_value(config).expect("serialisable");
-    for o in overrides {
-        let (key, value) = o
-            .split_once('=')
-            .ok_or_else(|| TrainError::Invalid(format!("--set `{o}`: expected key=value")))?;
-        if v.get(key).is_none() {
-            return Err(TrainError::Invalid(format!(
-                "--set `{key}`: unknown setting"
-            )));
-        }
-        v[key] = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
-    }
-    serde_json::from_value(v).map_err(|e| TrainError::Invalid(format!("--set: {e}")))
+    Ok(qforge_util::settings::with_sets(config.clone(), overrides)?)
 }

@@ -10,7 +10,7 @@ use serde_json::Value;
 /// Sets thread defaults before candle starts its pools.
 pub fn init_runtime() {
     // candle's element-wise pool spins beside rayon's gemm pool; on small machines two
-    // pools oversubscribe the cores (specs/train_perf.md). Users can still override it.
+    // pools oversubscribe the cores (measured with `qforge bench train`). Users can still override it.
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         // SAFETY: called first thing in main, before any other thread exists.
         unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
@@ -135,13 +135,13 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn dtype(&self) -> Result<DType> {
-        qforge_model::parse_dtype(&self.dtype)
+        qforge_util::parse_dtype(&self.dtype)
             .with_context(|| format!("unknown --dtype `{}` (use f32, f16 or bf16)", self.dtype))
     }
 
     pub fn load(&self) -> Result<Checkpoint> {
         let dir = self.dir()?;
-        let device = qforge_model::parse_device(&self.device)
+        let device = qforge_util::parse_device(&self.device)
             .with_context(|| format!("--device `{}`", self.device))?;
         let mut ck = Checkpoint::load_dir(&dir, self.dtype()?, &device)
             .with_context(|| format!("loading model from {}", dir.display()))?;

@@ -109,9 +109,9 @@ impl OptionArgs {
     }
 
     fn load(&self, dir: &std::path::Path) -> Result<Compressor> {
-        let device = qforge_model::parse_device(&self.device)
+        let device = qforge_util::parse_device(&self.device)
             .with_context(|| format!("--device `{}`", self.device))?;
-        let dtype = qforge_model::parse_dtype(&self.dtype)
+        let dtype = qforge_util::parse_dtype(&self.dtype)
             .with_context(|| format!("unknown --dtype `{}` (use f32, f16 or bf16)", self.dtype))?;
         Compressor::load(dir, dtype, &device)
             .with_context(|| format!("loading the compressor in {}", dir.display()))
@@ -190,18 +190,15 @@ impl SynthArgs {
     fn samples(
         &self,
         tok: &qforge_model::Tokenizer,
-    ) -> Result<Vec<qforge_compress::synth::Sample>> {
-        use qforge_compress::synth::{Haystack, Task, generate};
-        let tasks = Task::parse_all(&self.tasks)?;
-        let haystack = Haystack::named(&self.haystack)?;
-        let mut rng = qforge_train::data::SplitMix(self.seed);
-        let mut out = Vec::new();
-        for task in tasks {
-            for _ in 0..self.samples {
-                out.push(generate(task, &haystack, tok, self.tokens, &mut rng));
-            }
-        }
-        Ok(out)
+    ) -> Result<Vec<qforge_compress::synthetic::Sample>> {
+        let spec = qforge_compress::synthetic::SampleSpec {
+            tasks: self.tasks.clone(),
+            samples: self.samples,
+            tokens: self.tokens,
+            haystack: self.haystack.clone(),
+            seed: self.seed,
+        };
+        Ok(spec.generate(tok)?)
     }
 }
 
@@ -262,44 +259,31 @@ fn reader(args: &EvalArgs) -> Result<Option<Arc<dyn qforge_engine::ChatBackend>>
 }
 
 fn eval(args: EvalArgs) -> Result<()> {
-    use qforge_compress::eval::{ReaderScore, ReaderSummary, Summary, downstream, score_sample};
+    use qforge_compress::eval::Reader;
     let compressor = args.options.load(&args.model)?;
     let options = args.options.options();
     let samples = args.synth.samples(&compressor.tokenizer)?;
     let reader = reader(&args)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     let bar = ProgressBar::new(samples.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("  eval [{bar:30}] {pos}/{len} {msg} ETA {eta}")
             .expect("valid template")
             .progress_chars("=> "),
     );
-    let mut scores = Vec::new();
-    let mut reads: Vec<ReaderScore> = Vec::new();
-    for sample in &samples {
-        let (score, kept) = score_sample(&compressor, sample, &options)
-            .with_context(|| format!("compressing a {} sample", sample.task))?;
-        if let Some(r) = &reader {
-            reads.push(
-                runtime
-                    .block_on(downstream(
-                        r.as_ref(),
-                        sample,
-                        &kept,
-                        args.reader_max_tokens,
-                    ))
-                    .context("asking the reader")?,
-            );
-        }
-        bar.set_message(format!("{} recall {:.2}", score.task, score.fact_recall));
-        bar.inc(1);
-        scores.push(score);
-    }
+    let report = qforge_compress::eval::run(
+        &compressor,
+        &samples,
+        &options,
+        reader.as_deref().map(|backend| Reader {
+            backend,
+            max_tokens: args.reader_max_tokens,
+        }),
+        |score| {
+            bar.set_message(format!("{} recall {:.2}", score.task, score.fact_recall));
+            bar.inc(1);
+        },
+    )?;
     bar.finish_and_clear();
-    let mut tasks: Vec<String> = scores.iter().map(|s| s.task.clone()).collect();
-    tasks.dedup();
     println!(
         "{:<14} {:>7} {:>11} {:>13} {:>9} {:>13}{}",
         "task",
@@ -314,23 +298,7 @@ fn eval(args: EvalArgs) -> Result<()> {
             ""
         }
     );
-    let mut report = serde_json::Map::new();
-    let mut rows: Vec<(String, Summary, Option<ReaderSummary>)> = tasks
-        .iter()
-        .map(|t| {
-            (
-                t.clone(),
-                Summary::of(scores.iter().filter(|x| &x.task == t)),
-                ReaderSummary::of(reads.iter().filter(|x| &x.task == t)),
-            )
-        })
-        .collect();
-    rows.push((
-        "all".into(),
-        Summary::of(&scores),
-        ReaderSummary::of(&reads),
-    ));
-    for (task, s, read) in &rows {
+    for (task, s, read) in &report.rows() {
         println!(
             "{:<14} {:>7} {:>11.3} {:>13.3} {:>9} {:>13.0}{}",
             task,
@@ -344,15 +312,9 @@ fn eval(args: EvalArgs) -> Result<()> {
                 r.compressed, r.full
             ))
         );
-        report.insert(
-            task.clone(),
-            serde_json::json!({"summary": s, "reader": read}),
-        );
     }
     if let Some(path) = &args.out {
-        let value = serde_json::json!({"tasks": report, "samples": scores, "reader": reads});
-        std::fs::write(path, serde_json::to_string_pretty(&value)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        qforge_util::write_json_atomic(path, &report.to_json())?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
@@ -383,7 +345,7 @@ fn data(args: DataArgs) -> Result<()> {
         text.push_str(&serde_json::to_string(s)?);
         text.push('\n');
     }
-    qforge_model::weights::write_atomic(&args.out, text.as_bytes())?;
+    qforge_util::write_atomic(&args.out, text.as_bytes())?;
     eprintln!("wrote {} samples to {}", samples.len(), args.out.display());
     Ok(())
 }
@@ -469,7 +431,7 @@ fn proxy(args: ProxyArgs) -> Result<()> {
                 instruction: args
                     .instruction
                     .clone()
-                    .unwrap_or_else(|| qforge_compress::synth::QA_INSTRUCTION.into()),
+                    .unwrap_or_else(|| qforge_compress::synthetic::QA_INSTRUCTION.into()),
                 min_tokens: args.min_tokens,
                 options: args.options.options(),
             },

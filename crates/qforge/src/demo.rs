@@ -46,7 +46,7 @@ pub fn demo_model_dir() -> Result<PathBuf> {
     for (name, bytes) in FILES {
         let path = dir.join(name);
         if std::fs::read(&path).ok().as_deref() != Some(bytes) {
-            qforge_model::weights::write_atomic(&path, bytes)?;
+            qforge_util::write_atomic(&path, bytes)?;
         }
     }
     Ok(dir)

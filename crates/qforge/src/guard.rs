@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use qforge_guard::datasets;
-use qforge_guard::eval::{EvalReport, Guard, evaluate};
+use qforge_guard::eval::{Guard, ModerationReport, evaluate};
 use qforge_guard::proxy::{GuardedBackend, PromptAction, ProxyConfig};
 use qforge_guard::{Debounce, GenGuard, Mode, Policy, StreamGuard};
 use qforge_serve::proxy::ProxyState;
@@ -98,8 +98,7 @@ fn require_model(model: &ModelArgs) -> Result<PathBuf> {
 }
 
 fn device(model: &ModelArgs) -> Result<candle_core::Device> {
-    qforge_model::parse_device(&model.device)
-        .with_context(|| format!("--device `{}`", model.device))
+    qforge_util::parse_device(&model.device).with_context(|| format!("--device `{}`", model.device))
 }
 
 fn moderate(args: ModerateArgs) -> Result<()> {
@@ -348,7 +347,7 @@ fn eval(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-fn chart(report: &EvalReport, path: &std::path::Path) -> Result<()> {
+fn chart(report: &ModerationReport, path: &std::path::Path) -> Result<()> {
     let mut bars = vec![
         ("P strict".to_string(), report.strict.precision),
         ("R strict".to_string(), report.strict.recall),
@@ -364,10 +363,14 @@ fn chart(report: &EvalReport, path: &std::path::Path) -> Result<()> {
             (b.label().to_string(), count as f64 / n)
         }));
     }
-    crate::plot::bar_chart(path, "Qwen3Guard evaluation", &bars)
+    Ok(qforge_train::plot::bar_chart(
+        path,
+        "Qwen3Guard evaluation",
+        &bars,
+    )?)
 }
 
-fn print_report(r: &EvalReport) {
+fn print_report(r: &ModerationReport) {
     println!(
         "{} guard, {:?} task, {} examples{}",
         r.guard,
@@ -465,9 +468,9 @@ fn load_dir(model: &str) -> Result<PathBuf> {
 }
 
 fn proxy(args: ProxyArgs) -> Result<()> {
-    let dtype = qforge_model::parse_dtype(&args.dtype)
+    let dtype = qforge_util::parse_dtype(&args.dtype)
         .with_context(|| format!("unknown --dtype `{}`", args.dtype))?;
-    let dev = qforge_model::parse_device(&args.device)?;
+    let dev = qforge_util::parse_device(&args.device)?;
     let stream_guard = Arc::new(StreamGuard::load(
         &load_dir(&args.stream_model)?,
         dtype,

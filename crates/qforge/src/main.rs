@@ -5,14 +5,6 @@ use mimalloc::MiMalloc;
 
 mod agent;
 mod bench;
-mod bench_agent;
-mod bench_compress;
-mod bench_guard;
-mod bench_rl;
-mod bench_search;
-mod bench_serve;
-mod bench_solopo;
-mod bench_train;
 mod common;
 mod compress;
 mod convert;
@@ -20,7 +12,6 @@ mod demo;
 mod generate;
 mod guard;
 mod logprobs;
-mod plot;
 mod pref;
 mod quickstart;
 mod serve;
@@ -28,7 +19,7 @@ mod template;
 mod train;
 
 // glibc hands large temporaries fresh mmaps and zeroes them on every use; mimalloc reuses
-// them (specs/train_perf.md: +25-60% on training steps).
+// them (measured with `qforge bench train`: +25-60% on training steps).
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 

@@ -11,8 +11,9 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use qforge_engine::Engine;
 use qforge_model::{Checkpoint, Model, ModelConfig};
-use qforge_train::synthetic::{copy_eval, copy_sft, near_miss_preferences, write_jsonl};
+use qforge_train::copy_task::{copy_eval, copy_sft, near_miss_preferences};
 use qforge_train::trainer::{Objective, TrainConfig, Trainer};
+use qforge_util::write_jsonl_atomic;
 use serde_json::json;
 
 use crate::train::{plot_run, run_with_progress};
@@ -172,8 +173,8 @@ pub fn run(args: Args) -> Result<()> {
     };
     let data = out.join("data");
     std::fs::create_dir_all(&data)?;
-    write_jsonl(&data.join("sft_train.jsonl"), &copy_sft(2048, args.seed))?;
-    write_jsonl(&data.join("sft_eval.jsonl"), &copy_sft(64, args.seed + 1))?;
+    write_jsonl_atomic(&data.join("sft_train.jsonl"), &copy_sft(2048, args.seed))?;
+    write_jsonl_atomic(&data.join("sft_eval.jsonl"), &copy_sft(64, args.seed + 1))?;
     let eval = copy_eval(256, args.seed + 4);
     let prompts: Vec<String> = eval.iter().map(|(p, _)| p.clone()).collect();
     let plain: Vec<String> = eval.iter().map(|(_, e)| e.clone()).collect();
@@ -226,8 +227,8 @@ pub fn run(args: Args) -> Result<()> {
         after_sft[0]
     );
     let (pairs, own) = own_mistake_pairs(&sft_engine, 1024, args.seed + 2)?;
-    write_jsonl(&data.join("dpo_train.jsonl"), &pairs)?;
-    write_jsonl(
+    write_jsonl_atomic(&data.join("dpo_train.jsonl"), &pairs)?;
+    write_jsonl_atomic(
         &data.join("dpo_eval.jsonl"),
         &own_mistake_pairs(&sft_engine, 64, args.seed + 3)?.0,
     )?;
@@ -283,7 +284,7 @@ pub fn run(args: Args) -> Result<()> {
         100.0 * em_dpo,
         100.0 * em_sft
     );
-    qforge_model::weights::write_json_atomic(
+    qforge_util::write_json_atomic(
         &out.join("summary.json"),
         &json!({
             "seed": args.seed, "sft_steps": args.sft_steps, "dpo_steps": args.dpo_steps,

@@ -148,7 +148,7 @@ pub fn run(args: Args) -> Result<()> {
         let guard = qforge_guard::GenGuard::load(
             &dir,
             guard_args.dtype()?,
-            &qforge_model::parse_device(&guard_args.device)?,
+            &qforge_util::parse_device(&guard_args.device)?,
         )
         .with_context(|| format!("loading the guard model from {}", dir.display()))?;
         state = state.with_moderation(qforge_serve::guard::ModerationState {
@@ -161,7 +161,7 @@ pub fn run(args: Args) -> Result<()> {
         let compressor = qforge_compress::model::Compressor::load(
             dir,
             args.model.dtype()?,
-            &qforge_model::parse_device(&args.model.device)?,
+            &qforge_util::parse_device(&args.model.device)?,
         )
         .with_context(|| format!("loading the compressor from {}", dir.display()))?;
         state = state.with_compressor(qforge_serve::compress::CompressState::new(
@@ -171,7 +171,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     if let Some(dir) = &args.reward_model {
         let name = dir.display().to_string();
-        let reward = qforge_serve::reward::RewardState::load(name, dir)
+        let reward = qforge_serve::pooling::RewardState::load(name, dir)
             .with_context(|| format!("loading the reward model from {}", dir.display()))?;
         state = state.with_reward_model(reward);
     }

@@ -6,11 +6,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use qforge_train::trainer::{
-    EvalReport, Objective, StepReport, TrainConfig, Trainer, apply_overrides,
-};
+use qforge_train::trainer::{EvalReport, Objective, StepReport, Trainer};
 
-use crate::plot::{Series, line_chart};
+use qforge_train::plot::{Series, line_chart};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum TrainCommand {
@@ -97,79 +95,6 @@ pub struct Args {
     overrides: Vec<String>,
 }
 
-/// A recipe file parsed as `T` (a TOML table, or a trainer's settings), errors naming the file.
-fn read_recipe<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("{}: invalid recipe", path.display()))
-}
-
-/// Takes the `[key]` table out of a recipe (its default when absent), errors naming it.
-fn take_table<T: serde::de::DeserializeOwned + Default>(
-    recipe: &mut toml::Table,
-    key: &str,
-) -> Result<T> {
-    match recipe.remove(key) {
-        Some(v) => v.try_into().with_context(|| format!("invalid [{key}]")),
-        None => Ok(T::default()),
-    }
-}
-
-/// Takes the required list of paths `key` out of a recipe; `what` says what they hold.
-fn take_paths(recipe: &mut toml::Table, key: &str, what: &str) -> Result<Vec<PathBuf>> {
-    match recipe.remove(key) {
-        Some(v) => v
-            .try_into()
-            .with_context(|| format!("`{key}` must be a list of paths")),
-        None => anyhow::bail!("the recipe needs `{key}` (a list of {what})"),
-    }
-}
-
-pub fn load_config(path: Option<&Path>, overrides: &[String]) -> Result<TrainConfig> {
-    Ok(load_recipe(path, overrides, None)?.0)
-}
-
-/// The recipe's training settings and, if `table` is given, that recipe table (e.g. `solopo`)
-/// as JSON. `--set TABLE.KEY=VALUE` overrides go to the table, the rest to the settings.
-fn load_recipe(
-    path: Option<&Path>,
-    overrides: &[String],
-    table: Option<&str>,
-) -> Result<(TrainConfig, serde_json::Value)> {
-    let mut recipe: toml::Table = match path {
-        Some(p) => read_recipe(p)?,
-        None => toml::Table::new(),
-    };
-    let mut extra = match table.and_then(|t| recipe.remove(t)) {
-        Some(v) => serde_json::to_value(v)?,
-        None => serde_json::json!({}),
-    };
-    let mut train_overrides = Vec::new();
-    for o in overrides {
-        match table.and_then(|t| o.strip_prefix(&format!("{t}."))) {
-            Some(kv) => {
-                let (k, v) = kv
-                    .split_once('=')
-                    .with_context(|| format!("--set `{o}`: expected key=value"))?;
-                extra[k] = serde_json::from_str(v)
-                    .unwrap_or_else(|_| serde_json::Value::String(v.to_string()));
-            }
-            None => train_overrides.push(o.clone()),
-        }
-    }
-    let base: TrainConfig = recipe.try_into().with_context(|| {
-        format!(
-            "{}: invalid recipe",
-            path.map_or("--set".into(), |p| p.display().to_string())
-        )
-    })?;
-    let config = apply_overrides(&base, &train_overrides)?;
-    if config.model.as_os_str().is_empty() || config.data.as_os_str().is_empty() {
-        anyhow::bail!("the recipe needs `model` and `data` (in --config or via --set)");
-    }
-    Ok((config, extra))
-}
-
 pub fn run(cmd: TrainCommand) -> Result<()> {
     let (args, objective) = match cmd {
         TrainCommand::Sft(a) => (a, Objective::Sft),
@@ -181,125 +106,32 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
         TrainCommand::Websailor(a) => return websailor(a),
         TrainCommand::Cprs(a) => return cprs(a),
     };
-    let config = load_config(args.config.as_deref(), &args.overrides)?;
+    let config = qforge_train::recipe::load(args.config.as_deref(), &args.overrides)?;
     let trainer = Trainer::new(config, objective)?;
     finish(trainer, &format!("{objective:?}").to_lowercase())
 }
 
-fn solopo_recipe(
-    path: Option<&Path>,
-    overrides: &[String],
-) -> Result<(TrainConfig, qforge_pref::SoloSettings)> {
-    let (config, table) = load_recipe(path, overrides, Some("solopo"))?;
-    let settings: qforge_pref::SoloSettings =
-        serde_json::from_value(table).context("invalid [solopo] table")?;
-    Ok((config, settings))
-}
-
 fn solopo(args: Args) -> Result<()> {
-    let (config, settings) = solopo_recipe(args.config.as_deref(), &args.overrides)?;
+    let (config, settings) =
+        qforge_pref::SoloSettings::from_recipe(args.config.as_deref(), &args.overrides)?;
     let objective = settings.objective()?;
     eprintln!("SoLoPO: {objective:?}");
     let trainer = Trainer::new_pairwise(config, std::sync::Arc::new(objective))?;
     finish(trainer, "solopo")
 }
 
-/// Applies `--set a.b=value` overrides (values parsed as JSON, else strings) to any settings.
-fn set_nested<T: serde::Serialize + serde::de::DeserializeOwned>(
-    value: T,
-    overrides: &[String],
-) -> Result<T> {
-    let mut v = serde_json::to_value(value)?;
-    for o in overrides {
-        let (key, raw) = o
-            .split_once('=')
-            .with_context(|| format!("--set `{o}`: expected key=value"))?;
-        let mut slot = &mut v;
-        for part in key.split('.') {
-            slot = slot
-                .get_mut(part)
-                .with_context(|| format!("--set `{key}`: unknown setting"))?;
-        }
-        *slot = serde_json::from_str(raw).unwrap_or_else(|_| serde_json::Value::String(raw.into()));
-    }
-    Ok(serde_json::from_value(v)?)
-}
-
-#[derive(serde::Deserialize, Default)]
-#[serde(default, deny_unknown_fields)]
-struct RewardSettings {
-    kind: Option<String>,
-    judge_url: Option<String>,
-    judge_model: Option<String>,
-}
-
-/// A QwenLong-L1 recipe: its task files, its rule reward (unjudged), the judge settings and
-/// the run's settings.
-struct QwenLongL1Recipe {
-    task_files: Vec<PathBuf>,
-    rule: std::sync::Arc<dyn qforge_rl::reward::RewardFn>,
-    reward: RewardSettings,
-    config: qforge_rl::qwenlong_l1::QwenLongL1Config,
-}
-
-fn qwenlong_l1_recipe(path: &Path, overrides: &[String]) -> Result<QwenLongL1Recipe> {
-    use qforge_rl::reward::{ChoiceMatch, DocMath, ExactMatch, Extraction, RewardFn, SubEm};
-    let mut table: toml::Table = read_recipe(path)?;
-    let task_files = take_paths(&mut table, "tasks", "task files")?;
-    let reward: RewardSettings = take_table(&mut table, "reward")?;
-    let rule: std::sync::Arc<dyn RewardFn> = match reward.kind.as_deref().unwrap_or("docqa") {
-        "docqa" => std::sync::Arc::new(SubEm(Extraction::TheAnswerIs)),
-        "docmath" => std::sync::Arc::new(DocMath),
-        "choice" => std::sync::Arc::new(ChoiceMatch),
-        "em" => std::sync::Arc::new(ExactMatch(Extraction::TheAnswerIs)),
-        other => anyhow::bail!("[reward] kind `{other}`: docqa, docmath, choice or em"),
-    };
-    let config: qforge_rl::qwenlong_l1::QwenLongL1Config = table
-        .try_into()
-        .with_context(|| format!("{}: invalid recipe", path.display()))?;
-    Ok(QwenLongL1Recipe {
-        task_files,
-        rule,
-        reward,
-        config: set_nested(config, overrides)?,
-    })
-}
-
 fn qwenlong_l1(args: Args) -> Result<()> {
-    use qforge_rl::reward::{RewardFn, extract_the_answer_is};
     let path = args
         .config
         .as_deref()
         .context("qwenlong-l1 needs --config recipe.toml")?;
-    let QwenLongL1Recipe {
-        task_files,
-        rule,
-        reward: reward_settings,
-        config,
-    } = qwenlong_l1_recipe(path, &args.overrides)?;
-    let mut tasks = Vec::new();
-    for f in &task_files {
-        tasks.extend(qforge_rl::tasks::load_tasks(f)?);
-    }
-    let reward: std::sync::Arc<dyn RewardFn> = match &reward_settings.judge_url {
-        Some(url) => {
-            let remote = qforge_engine::RemoteBackend::new(qforge_engine::RemoteConfig::new(
-                url.clone(),
-                reward_settings.judge_model.clone().unwrap_or_default(),
-            ))?;
-            std::sync::Arc::new(qforge_rl::judge::HybridReward {
-                rule,
-                judge: std::sync::Arc::new(qforge_rl::judge::JudgeReward::new(
-                    std::sync::Arc::new(remote),
-                    extract_the_answer_is,
-                )?),
-            })
-        }
-        None => rule,
-    };
+    let recipe = qforge_rl::qwenlong_l1::Recipe::load(path, &args.overrides)?;
+    let tasks = recipe.tasks()?;
+    let reward = recipe.reward()?;
+    let (config, task_files) = (&recipe.config, &recipe.task_files);
     eprintln!("{} tasks from {} files", tasks.len(), task_files.len());
     let started = Instant::now();
-    let results = qforge_rl::qwenlong_l1::run(&config, &tasks, reward, |phase, r| {
+    let results = qforge_rl::qwenlong_l1::run(config, &tasks, reward, |phase, r| {
         eprintln!(
             "[{:>6.0}s] phase {phase} step {}: reward {:.3} acc {:.2} kept {:.2} loss {:.4} (judge failures {})",
             started.elapsed().as_secs_f64(),
@@ -326,67 +158,23 @@ fn qwenlong_l1(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// A WebSailor RL recipe: question files, the agent's tools, the judge, the rollout limits and
-/// the GRPO settings (the paper's defaults under the recipe's own).
-struct WebsailorRecipe {
-    question_files: Vec<PathBuf>,
-    agent: crate::agent::ToolArgs,
-    judge: crate::agent::JudgeArgs,
-    rollout: qforge_rl::tools::ToolConfig,
-    config: qforge_rl::grpo::GrpoConfig,
-}
-
-fn websailor_recipe(path: &Path, overrides: &[String]) -> Result<WebsailorRecipe> {
-    use qforge_agent::websailor::rl::CORRECT_THRESHOLD;
-    use qforge_rl::grpo::{GroupFilter, GrpoConfig};
-    let mut table: toml::Table = read_recipe(path)?;
-    let question_files = take_paths(&mut table, "questions", "JSONL files")?;
-    let agent: crate::agent::ToolArgs = take_table(&mut table, "agent")?;
-    let judge: crate::agent::JudgeArgs = take_table(&mut table, "judge")?;
-    let rollout: qforge_rl::tools::ToolConfig = take_table(&mut table, "rollout")?;
-    // The paper's settings (specs/websailor_writingrl.md §1.4) under the recipe's own.
-    let defaults = GrpoConfig {
-        group_size: 8,
-        temperature: 1.0,
-        top_p: 1.0,
-        lr: 1e-6,
-        clip_low: 0.2,
-        clip_high: 0.28,
-        kl_coef: 0.0,
-        filter: GroupFilter::Dupo,
-        correct_threshold: CORRECT_THRESHOLD,
-        ..GrpoConfig::default()
-    };
-    let mut merged = toml::Table::try_from(&defaults)?;
-    merged.extend(table);
-    let config: GrpoConfig = merged
-        .try_into()
-        .with_context(|| format!("{}: invalid recipe", path.display()))?;
-    Ok(WebsailorRecipe {
-        question_files,
-        agent,
-        judge,
-        rollout,
-        config: set_nested(config, overrides)?,
-    })
-}
-
 fn websailor(args: Args) -> Result<()> {
     use qforge_agent::websailor::agent::AgentConfig;
     use qforge_agent::websailor::rl::{WebSailorEnv, WebSailorReward, tasks};
+    use qforge_agent::websailor::settings::RlRecipe;
     use qforge_rl::grpo::GrpoTrainer;
     let path = args
         .config
         .as_deref()
         .context("websailor needs --config recipe.toml")?;
-    let WebsailorRecipe {
+    let RlRecipe {
         question_files,
         agent,
         judge,
         rollout,
         config,
-    } = websailor_recipe(path, &args.overrides)?;
-    let tools = agent.tools()?;
+    } = RlRecipe::load(path, &args.overrides)?;
+    let tools = agent.tools(&crate::agent::default_corpus())?;
     let mut questions = Vec::new();
     for f in &question_files {
         questions.extend(qforge_agent::websailor::eval::load_eval_set(f)?);
@@ -414,24 +202,12 @@ fn websailor(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn cprs_recipe(
-    path: Option<&Path>,
-    overrides: &[String],
-) -> Result<qforge_compress::train::CprsTrainConfig> {
-    let config: qforge_compress::train::CprsTrainConfig = match path {
-        Some(path) => read_recipe(path)?,
-        None => Default::default(),
-    };
-    let config = set_nested(config, overrides)?;
-    if config.model.as_os_str().is_empty() {
-        anyhow::bail!("the recipe needs `model` (in --config or via --set model=DIR)");
-    }
-    Ok(config)
-}
-
 fn cprs(args: Args) -> Result<()> {
     use qforge_compress::train::CprsTrainer;
-    let config = cprs_recipe(args.config.as_deref(), &args.overrides)?;
+    let config = qforge_compress::train::CprsTrainConfig::from_recipe(
+        args.config.as_deref(),
+        &args.overrides,
+    )?;
     let out = config.output_dir.clone();
     let mut trainer = CprsTrainer::new(config)?;
     eprintln!("{} training windows", trainer.windows());
@@ -473,19 +249,13 @@ fn cprs(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn mutual_taught_recipe(
-    path: &Path,
-    overrides: &[String],
-) -> Result<qforge_pref::mutual_taught::MutualTaughtConfig> {
-    set_nested(read_recipe(path)?, overrides)
-}
-
 fn mutual_taught(args: Args) -> Result<()> {
     let path = args
         .config
         .as_deref()
         .context("mutual-taught needs --config recipe.toml")?;
-    let config = mutual_taught_recipe(path, &args.overrides)?;
+    let config =
+        qforge_pref::mutual_taught::MutualTaughtConfig::from_recipe(path, &args.overrides)?;
     let started = Instant::now();
     let results = qforge_pref::mutual_taught::run(&config, |t, stage| {
         eprintln!(
@@ -604,18 +374,17 @@ pub fn plot_run(
             points: evals.iter().map(|e| (e.step as f64, e.loss)).collect(),
         });
     }
-    line_chart(path, title, "step", &series)
+    Ok(line_chart(path, title, "step", &series)?)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
 
     /// Every recipe in examples/recipes/ parses into its trainer's settings: the command named
     /// on its first line (`# qforge train KIND --config ...`) picks the trainer.
     #[test]
     fn every_example_recipe_loads() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/recipes");
+        let dir = qforge_testkit::recipes_dir();
         let mut kinds = std::collections::BTreeSet::new();
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
@@ -629,14 +398,26 @@ mod tests {
                 .to_string();
             let p = path.as_path();
             let loaded = match kind.as_str() {
-                "sft" | "dpo" | "rm" => load_config(Some(p), &[]).map(drop),
-                "solopo" => {
-                    solopo_recipe(Some(p), &[]).and_then(|(_, s)| Ok(s.objective().map(drop)?))
+                "sft" | "dpo" | "rm" => qforge_train::recipe::load(Some(p), &[])
+                    .map(drop)
+                    .map_err(anyhow::Error::from),
+                "solopo" => qforge_pref::SoloSettings::from_recipe(Some(p), &[])
+                    .and_then(|(_, s)| s.objective().map(drop))
+                    .map_err(anyhow::Error::from),
+                "mutual-taught" => {
+                    qforge_pref::mutual_taught::MutualTaughtConfig::from_recipe(p, &[])
+                        .map(drop)
+                        .map_err(anyhow::Error::from)
                 }
-                "mutual-taught" => mutual_taught_recipe(p, &[]).map(drop),
-                "qwenlong-l1" => qwenlong_l1_recipe(p, &[]).map(drop),
-                "websailor" => websailor_recipe(p, &[]).map(drop),
-                "cprs" => cprs_recipe(Some(p), &[]).map(drop),
+                "qwenlong-l1" => qforge_rl::qwenlong_l1::Recipe::load(p, &[])
+                    .map(drop)
+                    .map_err(anyhow::Error::from),
+                "websailor" => qforge_agent::websailor::settings::RlRecipe::load(p, &[])
+                    .map(drop)
+                    .map_err(anyhow::Error::from),
+                "cprs" => qforge_compress::train::CprsTrainConfig::from_recipe(Some(p), &[])
+                    .map(drop)
+                    .map_err(anyhow::Error::from),
                 other => panic!("{}: unknown trainer `{other}`", path.display()),
             };
             if let Err(e) = loaded {

@@ -1,5 +1,5 @@
 //! The phone behind a `Device` trait, and its adb implementation with the released command
-//! lines (specs/museg_mobileagent.md §2.4, `MobileAgent/controller.py`). Commands are built as
+//! lines (Mobile-Agent-v2, arXiv 2406.01014, `MobileAgent/controller.py`). Commands are built as
 //! argv vectors ([`AdbCommands`], pinned by golden tests) and run without a local shell, so what
 //! the released code quoted for the phone's shell is quoted here as part of the argument.
 

@@ -1,4 +1,4 @@
-//! Mobile-Agent-v2's loop (specs/museg_mobileagent.md §2.1–2.3): per step, perception, the
+//! Mobile-Agent-v2's loop (Mobile-Agent-v2, arXiv 2406.01014): per step, perception, the
 //! decision agent (thought / action / operation), the memory unit (a follow-up turn in the same
 //! decision chat), the operation on the device, perception again, the reflection agent (A: go on
 //! and let the planning agent rewrite the task progress; B: wrong page, press Back; C: nothing

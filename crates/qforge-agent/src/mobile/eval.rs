@@ -1,4 +1,4 @@
-//! Evaluation on the simulated phone (specs/museg_mobileagent.md §2.6): task suites whose
+//! Evaluation on the simulated phone (Mobile-Agent-v2, arXiv 2406.01014): task suites whose
 //! success is checked on the phone's state, and the paper's metrics against the simulator's
 //! truth. Each run is replayed on a fresh copy of the phone to label every step:
 //! - the truth of a step is A when it changed the state on the task's path, B when it left the

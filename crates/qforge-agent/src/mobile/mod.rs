@@ -1,5 +1,5 @@
 //! Mobile-Agent-v2 (arXiv 2406.01014): planning, decision and reflection agents with memory,
-//! driving an Android phone over adb (specs/museg_mobileagent.md §2).
+//! driving an Android phone over adb (Mobile-Agent-v2, arXiv 2406.01014).
 //!
 //! - [`agent`]: the multi-agent loop (decision, memory, reflection A/B/C, planning) with a step
 //!   limit, a time budget and step logs with screenshots.

@@ -1,5 +1,5 @@
 //! Mobile-Agent-v2's operation space and how the decision agent's `### Action ###` is read
-//! (specs/museg_mobileagent.md §2.4): substring tests in the order Open app, Tap, Swipe, Type,
+//! (Mobile-Agent-v2, arXiv 2406.01014): substring tests in the order Open app, Tap, Swipe, Type,
 //! Back, Home, Stop; arguments from the last parentheses. Where the released parser crashes (a
 //! float coordinate, a malformed pair) this one rounds the float or returns a typed error the
 //! loop logs and shows the model.

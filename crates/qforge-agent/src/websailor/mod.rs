@@ -27,6 +27,7 @@ pub mod index;
 pub mod rft;
 pub mod rl;
 pub mod runner;
+pub mod sailorfog;
 pub mod search;
-pub mod synth;
+pub mod settings;
 pub mod visit;

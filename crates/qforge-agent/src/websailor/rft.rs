@@ -1,4 +1,4 @@
-//! RFT cold-start data (specs/websailor_writingrl.md §1.3): an expert's trajectories are kept
+//! RFT cold-start data (WebSailor, arXiv 2507.02592): an expert's trajectories are kept
 //! when the answer is judged right, the whole run fits the token cap (32k) and it made *more
 //! than* the minimum number of tool calls (5); optionally each thought is rewritten short by a
 //! second model from the rebuilt history, the action and its observation (the paper's

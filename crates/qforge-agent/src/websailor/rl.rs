@@ -1,4 +1,4 @@
-//! WebSailor's RL stage on the RL core (specs/websailor_writingrl.md §1.4): GRPO with DUPO's
+//! WebSailor's RL stage on the RL core (WebSailor, arXiv 2507.02592): GRPO with DUPO's
 //! duplicate-filling (`qforge_rl::grpo`, `GroupFilter::Dupo`) over multi-turn rollouts whose
 //! tool turns run the agent's own tools. [`WebSailorEnv`] is the `ToolEnv` (observations come back
 //! as `<tool_response>` user turns, masked out of the loss by the RL core); [`WebSailorReward`] is

@@ -4,6 +4,7 @@
 //! the conversation in the chat format the SFT and RL trainers read (their loaders learn the
 //! assistant turns and leave the `<tool_response>` turns out of the loss) plus the run's record.
 
+use qforge_util::WithPath;
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::agent::{AgentConfig, Tool, Trajectory, run};
-use crate::error::{AgentError, Result, io, read_jsonl};
+use crate::error::{AgentError, Result, read_jsonl};
 
 /// A question with its reference answer, if known.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,12 +81,12 @@ impl TrajectoryLog {
     /// line is an error naming it.
     pub fn open(path: &Path) -> Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(io(dir))?;
+            std::fs::create_dir_all(dir).with_path(dir)?;
         }
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(io(path)(e)),
+            Err(e) => return Err(qforge_util::IoError::new(path, e).into()),
         };
         let complete = match text.rfind('\n') {
             Some(i) => &text[..=i],
@@ -93,7 +94,7 @@ impl TrajectoryLog {
         };
         if complete.len() != text.len() {
             // A torn final write: keep the complete lines only.
-            std::fs::write(path, complete).map_err(io(path))?;
+            std::fs::write(path, complete).with_path(path)?;
         }
         let mut log = Self {
             path: path.to_path_buf(),
@@ -132,9 +133,9 @@ impl TrajectoryLog {
             .create(true)
             .append(true)
             .open(&self.path)
-            .map_err(io(&self.path))?;
-        file.write_all(line.as_bytes()).map_err(io(&self.path))?;
-        file.sync_data().map_err(io(&self.path))?;
+            .with_path(&self.path)?;
+        file.write_all(line.as_bytes()).with_path(&self.path)?;
+        file.sync_data().with_path(&self.path)?;
         self.done.insert((row.id.clone(), row.rollout));
         self.rows.push(row);
         Ok(())

@@ -1,4 +1,4 @@
-//! The `search` tool (specs/websailor_writingrl.md §1.1): `{"query": [q1, q2, …]}`, queries run
+//! The `search` tool (WebSailor, arXiv 2507.02592): `{"query": [q1, q2, …]}`, queries run
 //! in parallel, each answered as a numbered markdown list, the blocks joined by `=======`.
 
 use async_trait::async_trait;

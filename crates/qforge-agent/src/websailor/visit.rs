@@ -1,4 +1,4 @@
-//! The `visit` tool (specs/websailor_writingrl.md §1.1): `{"url": string | [string], "goal":
+//! The `visit` tool (WebSailor, arXiv 2507.02592): `{"url": string | [string], "goal":
 //! string}`. Each page is fetched (a [`PageSource`]: the offline corpus, or HTTP with HTML
 //! turned into text, optionally through a reader service such as Jina's), cut to 150,000
 //! characters, and handed with the goal to a [`Summarizer`] that returns the released JSON

@@ -1,0 +1,7 @@
+//! Every integration test of `qforge-rl` in one binary (one link step instead of one per file).
+
+mod judge;
+mod learning;
+mod qwenlong_l1;
+mod remote;
+mod robustness;
