@@ -321,13 +321,18 @@ async fn compress_route(
     }
 }
 
-fn no_compressor() -> Response {
+/// 404 for a route whose model this server was not started with.
+fn not_loaded(what: &str, flag: &str) -> Response {
     api_error(
         StatusCode::NOT_FOUND,
-        "this server has no compressor (start it with --compressor)",
+        &format!("this server has no {what} (start it with {flag})"),
         None,
         None,
     )
+}
+
+fn no_compressor() -> Response {
+    not_loaded("compressor", "--compressor")
 }
 
 async fn released_compress_route(
@@ -343,22 +348,12 @@ async fn released_compress_route(
 async fn pooling(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
     match &state.reward {
         Some(r) => pooling::pooling(&state.config, &state.admission, r, body).await,
-        None => api_error(
-            StatusCode::NOT_FOUND,
-            "this server has no reward model (start it with --reward-model)",
-            None,
-            None,
-        ),
+        None => not_loaded("reward model", "--reward-model"),
     }
 }
 
 fn no_guard() -> Response {
-    api_error(
-        StatusCode::NOT_FOUND,
-        "this server has no guard model (start it with --guard-model)",
-        None,
-        None,
-    )
+    not_loaded("guard model", "--guard-model")
 }
 
 async fn moderations(

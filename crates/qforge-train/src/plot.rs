@@ -12,6 +12,14 @@ pub struct PlotError {
 }
 
 type Result<T> = std::result::Result<T, PlotError>;
+
+/// Maps a drawing error (or a message) to one naming the chart's file.
+fn failed<E: std::fmt::Display>(path: &Path) -> impl Fn(E) -> PlotError + '_ {
+    move |e| PlotError {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
 use plotters::prelude::*;
 
 const FONT_PATHS: &[&str] = &[
@@ -62,10 +70,7 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, series: &[Series]) ->
         .filter(|(_, y)| y.is_finite())
         .collect();
     if points.is_empty() {
-        return Err(PlotError {
-            path: path.to_path_buf(),
-            message: "nothing to plot".into(),
-        });
+        return Err(failed(path)("nothing to plot"));
     }
     let (x0, x1) = points.iter().fold((f64::MAX, f64::MIN), |(a, b), (x, _)| {
         (a.min(*x), b.max(*x))
@@ -73,10 +78,7 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, series: &[Series]) ->
     let (y_low, y_high) = y_axis(points.iter().map(|(_, y)| *y));
     let labels = register_font();
     let root = BitMapBackend::new(path, (800, 480)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| PlotError {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    root.fill(&WHITE).map_err(failed(path))?;
     let mut builder = ChartBuilder::on(&root);
     builder
         .margin(20)
@@ -87,20 +89,14 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, series: &[Series]) ->
     }
     let mut chart = builder
         .build_cartesian_2d(x0..x1.max(x0 + 1.0), y_low..y_high)
-        .map_err(|e| PlotError {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        .map_err(failed(path))?;
     let mut mesh = chart.configure_mesh();
     if labels {
         mesh.x_desc(x_label);
     } else {
         mesh.x_labels(0).y_labels(0);
     }
-    mesh.draw().map_err(|e| PlotError {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    mesh.draw().map_err(failed(path))?;
     let colors = [BLUE, RED, GREEN, MAGENTA, CYAN];
     for (i, s) in series.iter().enumerate() {
         let color = colors[i % colors.len()];
@@ -109,10 +105,7 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, series: &[Series]) ->
                 s.points.iter().copied().filter(|(_, y)| y.is_finite()),
                 color.stroke_width(2),
             ))
-            .map_err(|e| PlotError {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
+            .map_err(failed(path))?;
         if labels {
             drawn.label(s.name).legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
@@ -121,10 +114,7 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, series: &[Series]) ->
         if s.points.len() < 30 {
             chart
                 .draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled())))
-                .map_err(|e| PlotError {
-                    path: path.to_path_buf(),
-                    message: e.to_string(),
-                })?;
+                .map_err(failed(path))?;
         }
     }
     if labels {
@@ -133,15 +123,9 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, series: &[Series]) ->
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()
-            .map_err(|e| PlotError {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
+            .map_err(failed(path))?;
     }
-    root.present().map_err(|e| PlotError {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    root.present().map_err(failed(path))?;
     Ok(())
 }
 
@@ -149,10 +133,7 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, series: &[Series]) ->
 /// is available.
 pub fn bar_chart(path: &Path, title: &str, bars: &[(String, f64)]) -> Result<()> {
     if bars.is_empty() {
-        return Err(PlotError {
-            path: path.to_path_buf(),
-            message: "nothing to plot".into(),
-        });
+        return Err(failed(path)("nothing to plot"));
     }
     let top = bars
         .iter()
@@ -163,10 +144,7 @@ pub fn bar_chart(path: &Path, title: &str, bars: &[(String, f64)]) -> Result<()>
         * 1.1;
     let labels = register_font();
     let root = BitMapBackend::new(path, (800, 480)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| PlotError {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    root.fill(&WHITE).map_err(failed(path))?;
     let mut builder = ChartBuilder::on(&root);
     builder
         .margin(20)
@@ -178,10 +156,7 @@ pub fn bar_chart(path: &Path, title: &str, bars: &[(String, f64)]) -> Result<()>
     let n = bars.len();
     let mut chart = builder
         .build_cartesian_2d(0f64..n as f64, 0f64..top)
-        .map_err(|e| PlotError {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        .map_err(failed(path))?;
     let mut mesh = chart.configure_mesh();
     mesh.disable_x_mesh();
     if labels {
@@ -200,10 +175,7 @@ pub fn bar_chart(path: &Path, title: &str, bars: &[(String, f64)]) -> Result<()>
     } else {
         mesh.x_labels(0).y_labels(0).draw()
     }
-    .map_err(|e| PlotError {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    .map_err(failed(path))?;
     chart
         .draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
             let x = i as f64;
@@ -212,14 +184,8 @@ pub fn bar_chart(path: &Path, title: &str, bars: &[(String, f64)]) -> Result<()>
                 BLUE.mix(0.7).filled(),
             )
         }))
-        .map_err(|e| PlotError {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-    root.present().map_err(|e| PlotError {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+        .map_err(failed(path))?;
+    root.present().map_err(failed(path))?;
     Ok(())
 }
 

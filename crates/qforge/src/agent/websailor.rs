@@ -447,19 +447,34 @@ pub(super) type JudgedRuns = (
 
 /// Runs the agent on `questions` into `dir/trajectories.jsonl`, then judges every run into
 /// `dir/judgements.jsonl`; both resume. Returns the rows and verdicts of these questions.
+/// What `agent eval` and `agent rft` both run: the policy with its tools and budgets, and the
+/// judge of its answers.
+#[derive(clap::Args, Debug)]
+pub(super) struct JudgedRunArgs {
+    #[command(flatten)]
+    policy: PolicyArgs,
+    #[command(flatten)]
+    tools: ToolArgs,
+    #[command(flatten)]
+    budgets: LoopArgs,
+    #[command(flatten)]
+    judge: JudgeArgs,
+}
+
+/// Runs every question `rollouts` times (resuming the log in `dir`) and judges the answers;
+/// `set` names the question set (it picks the default judge style).
 pub(super) fn run_and_judge(
     questions: &[Question],
     rollouts: usize,
     dir: &Path,
-    policy: &PolicyArgs,
-    tools: &ToolArgs,
-    budgets: &LoopArgs,
-    judge: &Judge,
-) -> Result<JudgedRuns> {
+    args: &JudgedRunArgs,
+    set: &Path,
+) -> Result<(JudgedRuns, Judge)> {
+    let judge = args.judge.judge(set)?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tools = tools.tools()?;
-    let (backend, tokenizer, context) = policy.backend()?;
-    let config = budgets.config(context);
+    let tools = args.tools.tools()?;
+    let (backend, tokenizer, context) = args.policy.backend()?;
+    let config = args.budgets.config(context);
     let count = token_counter(tokenizer);
     check_first_prompt_fits(questions, &tools, &config, &count)?;
     let mut log = TrajectoryLog::open(&dir.join("trajectories.jsonl"))?;
@@ -479,7 +494,7 @@ pub(super) fn run_and_judge(
         &config,
         &count,
         &mut log,
-        budgets.concurrency,
+        args.budgets.concurrency,
         |row| {
             bar.inc(1);
             bar.set_message(format!("{} -> {:?}", row.id, row.trajectory.termination));
@@ -504,15 +519,15 @@ pub(super) fn run_and_judge(
     let bar = progress(rows.len());
     bar.set_message("judging");
     let judgements = runtime.block_on(judge_rows(
-        judge,
+        &judge,
         questions,
         &rows,
         &dir.join("judgements.jsonl"),
-        budgets.concurrency,
+        args.budgets.concurrency,
         |_| bar.inc(1),
     ))?;
     bar.finish_and_clear();
-    Ok((rows, judgements, Box::new(count)))
+    Ok(((rows, judgements, Box::new(count)), judge))
 }
 
 #[derive(clap::Args, Debug)]
@@ -536,13 +551,7 @@ pub struct EvalArgs {
     #[arg(long)]
     out_dir: Option<PathBuf>,
     #[command(flatten)]
-    policy: PolicyArgs,
-    #[command(flatten)]
-    tools: ToolArgs,
-    #[command(flatten)]
-    budgets: LoopArgs,
-    #[command(flatten)]
-    judge: JudgeArgs,
+    runs: JudgedRunArgs,
 }
 
 pub(super) fn eval_cmd(args: EvalArgs) -> Result<()> {
@@ -557,16 +566,8 @@ pub(super) fn eval_cmd(args: EvalArgs) -> Result<()> {
                 .map_or("set".into(), |s| s.to_string_lossy().into_owned()),
         )
     });
-    let judge = args.judge.judge(&args.set)?;
-    let (rows, judgements, _) = run_and_judge(
-        &questions,
-        args.rollouts,
-        &dir,
-        &args.policy,
-        &args.tools,
-        &args.budgets,
-        &judge,
-    )?;
+    let ((rows, judgements, _), judge) =
+        run_and_judge(&questions, args.rollouts, &dir, &args.runs, &args.set)?;
     let report = report(&questions, args.rollouts, &rows, &judgements);
     let json = serde_json::json!({
         "set": args.set,
@@ -609,13 +610,7 @@ pub struct RftArgs {
     #[arg(long, default_value_t = 600)]
     max_thought_chars: usize,
     #[command(flatten)]
-    policy: PolicyArgs,
-    #[command(flatten)]
-    tools: ToolArgs,
-    #[command(flatten)]
-    budgets: LoopArgs,
-    #[command(flatten)]
-    judge: JudgeArgs,
+    runs: JudgedRunArgs,
 }
 
 pub(super) fn rft_cmd(args: RftArgs) -> Result<()> {
@@ -624,16 +619,8 @@ pub(super) fn rft_cmd(args: RftArgs) -> Result<()> {
         .out
         .parent()
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    let judge = args.judge.judge(&args.questions)?;
-    let (rows, judgements, count) = run_and_judge(
-        &questions,
-        args.rollouts,
-        &dir,
-        &args.policy,
-        &args.tools,
-        &args.budgets,
-        &judge,
-    )?;
+    let ((rows, judgements, count), _) =
+        run_and_judge(&questions, args.rollouts, &dir, &args.runs, &args.questions)?;
     let filter = RftFilter {
         min_tool_calls: args.min_tool_calls,
         max_tokens: args.max_run_tokens,
