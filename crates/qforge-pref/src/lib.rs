@@ -11,6 +11,7 @@
 
 pub mod error;
 pub mod mutual_taught;
+pub mod quickstart;
 pub mod solopo;
 pub mod solopo_data;
 pub mod verbose_copy;
