@@ -1,5 +1,3 @@
-use std::path::PathBuf;
-
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -9,12 +7,8 @@ pub enum AgentError {
     #[error(transparent)]
     Settings(#[from] qforge_util::settings::SettingsError),
     /// A data row is unusable; names the file and line.
-    #[error("{path}:{line}: {message}")]
-    Data {
-        path: PathBuf,
-        line: usize,
-        message: String,
-    },
+    #[error(transparent)]
+    Data(#[from] qforge_util::RowError),
     #[error(transparent)]
     Backend(#[from] qforge_engine::BackendError),
     #[error("{0}")]
@@ -27,10 +21,8 @@ pub type Result<T> = std::result::Result<T, AgentError>;
 pub fn read_jsonl(path: &std::path::Path) -> Result<Vec<(usize, serde_json::Value)>> {
     qforge_util::read_jsonl(path).map_err(|e| match e {
         qforge_util::JsonlError::Io(e) => AgentError::Io(e),
-        qforge_util::JsonlError::Line { path, line, source } => AgentError::Data {
-            path,
-            line,
-            message: format!("invalid JSON: {source}"),
-        },
+        qforge_util::JsonlError::Line { path, line, source } => {
+            qforge_util::RowError::new(&path, line, format!("invalid JSON: {source}")).into()
+        }
     })
 }

@@ -1,5 +1,3 @@
-use std::path::PathBuf;
-
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -19,12 +17,8 @@ pub enum PrefError {
     #[error(transparent)]
     Settings(#[from] qforge_util::settings::SettingsError),
     /// A data row is unusable; names the file and line.
-    #[error("{path}:{line}: {message}")]
-    Data {
-        path: PathBuf,
-        line: usize,
-        message: String,
-    },
+    #[error(transparent)]
+    Data(#[from] qforge_util::RowError),
     #[error("invalid setting: {0}")]
     Invalid(String),
 }

@@ -171,11 +171,7 @@ pub fn read_prompts(path: &Path) -> Result<Vec<Vec<Value>>> {
         if line.trim().is_empty() {
             continue;
         }
-        let bad = |m: String| PrefError::Data {
-            path: path.to_path_buf(),
-            line: i + 1,
-            message: m,
-        };
+        let bad = |m: String| PrefError::from(qforge_util::RowError::new(path, i + 1, m));
         let v: Value = serde_json::from_str(line).map_err(|e| bad(format!("invalid JSON: {e}")))?;
         let messages = match (v.get("prompt"), v.get("messages")) {
             (Some(Value::String(s)), _) => vec![json!({"role": "user", "content": s})],

@@ -26,11 +26,7 @@ pub struct QaExample {
 }
 
 fn data_err(path: &Path, line: usize, message: impl Into<String>) -> PrefError {
-    PrefError::Data {
-        path: path.to_path_buf(),
-        line,
-        message: message.into(),
-    }
+    qforge_util::RowError::new(path, line, message).into()
 }
 
 /// Reads QA JSONL: `question`; `answer` (string) or `answers` (list); supporting passages as

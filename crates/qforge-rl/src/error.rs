@@ -33,12 +33,8 @@ pub enum RlError {
     #[error("{}: {message}", path.display())]
     File { path: PathBuf, message: String },
     /// A task row is unusable; names the file and line.
-    #[error("{}:{line}: {message}", path.display())]
-    Data {
-        path: PathBuf,
-        line: usize,
-        message: String,
-    },
+    #[error(transparent)]
+    Data(#[from] qforge_util::RowError),
     /// The async runtime for remote rollouts or a judge could not start.
     #[error("starting {what}: {source}")]
     Runtime {

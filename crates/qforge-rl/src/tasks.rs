@@ -150,11 +150,7 @@ pub fn load_tasks(path: &Path) -> crate::Result<Vec<Task>> {
         if line.trim().is_empty() {
             continue;
         }
-        let bad = |m: &str| crate::RlError::Data {
-            path: path.to_path_buf(),
-            line: i + 1,
-            message: m.to_string(),
-        };
+        let bad = |m: &str| crate::RlError::from(qforge_util::RowError::new(path, i + 1, m));
         let v: Value = serde_json::from_str(line).map_err(|e| bad(&e.to_string()))?;
         if let Some(records) = v.get("ordered_kv_records").and_then(Value::as_array) {
             let doc: Vec<String> = records

@@ -137,11 +137,7 @@ pub struct Dataset {
 }
 
 fn malformed(path: &Path, line: usize, message: impl Into<String>) -> TrainError {
-    TrainError::Data {
-        path: path.to_path_buf(),
-        line,
-        message: message.into(),
-    }
+    qforge_util::RowError::new(path, line, message).into()
 }
 
 /// Renders and tokenises a conversation; returns the ids.

@@ -3,12 +3,8 @@ pub enum TrainError {
     #[error("{0}")]
     Invalid(String),
 
-    #[error("{}:{line}: {message}", path.display())]
-    Data {
-        path: std::path::PathBuf,
-        line: usize,
-        message: String,
-    },
+    #[error(transparent)]
+    Data(#[from] qforge_util::RowError),
 
     #[error(transparent)]
     Io(#[from] qforge_util::IoError),

@@ -17,6 +17,26 @@ pub enum JsonlError {
     },
 }
 
+/// A row of a data file is unusable: names the file and the 1-based line. Every crate's error
+/// enum wraps it (`Data(#[from] RowError)`).
+#[derive(Debug, thiserror::Error)]
+#[error("{}:{line}: {message}", path.display())]
+pub struct RowError {
+    pub path: PathBuf,
+    pub line: usize,
+    pub message: String,
+}
+
+impl RowError {
+    pub fn new(path: &Path, line: usize, message: impl Into<String>) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            line,
+            message: message.into(),
+        }
+    }
+}
+
 /// The values of a JSONL file with their 1-based line numbers (for messages about a row).
 pub fn read_jsonl(path: &Path) -> Result<Vec<(usize, serde_json::Value)>, JsonlError> {
     let text = std::fs::read_to_string(path).with_path(path)?;

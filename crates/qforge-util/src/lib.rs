@@ -10,6 +10,6 @@ pub mod settings;
 
 pub use checkpoint::{list_checkpoints, prune_checkpoints};
 pub use fs::{IoError, WithPath, write_atomic, write_dir_atomic, write_json_atomic};
-pub use jsonl::{JsonlError, read_jsonl, write_jsonl_atomic};
+pub use jsonl::{JsonlError, RowError, read_jsonl, write_jsonl_atomic};
 pub use rng::{SplitMix, XorShift, XorShift64Star};
 pub use settings::{parse_device, parse_dtype};

@@ -20,10 +20,12 @@ pub fn read_corpus(path: &Path) -> Result<Vec<Document>> {
     let docs: Vec<Document> = read_jsonl(path)?
         .into_iter()
         .map(|(line, v)| {
-            serde_json::from_value(v).map_err(|e| AgentError::Data {
-                path: path.to_path_buf(),
-                line,
-                message: format!("not a document ({{\"url\", \"title\", \"text\"}}): {e}"),
+            serde_json::from_value(v).map_err(|e| {
+                AgentError::from(qforge_util::RowError::new(
+                    path,
+                    line,
+                    format!("not a document ({{\"url\", \"title\", \"text\"}}): {e}"),
+                ))
             })
         })
         .collect::<Result<_>>()?;

@@ -61,11 +61,7 @@ pub fn sha256_key(password: &str) -> Vec<u8> {
 }
 
 fn data_error(path: &Path, line: usize, message: impl Into<String>) -> AgentError {
-    AgentError::Data {
-        path: path.to_path_buf(),
-        line,
-        message: message.into(),
-    }
+    qforge_util::RowError::new(path, line, message).into()
 }
 
 /// Rows of a CSV file as header-keyed maps (1-based data line numbers for errors).

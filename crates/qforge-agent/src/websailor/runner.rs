@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::agent::{AgentConfig, Tool, Trajectory, run};
-use crate::error::{AgentError, Result, read_jsonl};
+use crate::error::{Result, read_jsonl};
 
 /// A question with its reference answer, if known.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,11 +43,7 @@ pub fn read_questions(path: &Path) -> Result<Vec<Question>> {
         .map(|(line, v)| {
             let question = first_str(&v, &["question", "Question", "problem", "prompt", "query"])
                 .filter(|q| !q.trim().is_empty())
-                .ok_or_else(|| AgentError::Data {
-                    path: path.to_path_buf(),
-                    line,
-                    message: "no `question` text".into(),
-                })?;
+                .ok_or_else(|| qforge_util::RowError::new(path, line, "no `question` text"))?;
             Ok(Question {
                 id: first_str(&v, &["id", "task_id"]).unwrap_or_else(|| line.to_string()),
                 question,
@@ -105,10 +101,8 @@ impl TrajectoryLog {
             if line.trim().is_empty() {
                 continue;
             }
-            let row: TrajectoryRow = serde_json::from_str(line).map_err(|e| AgentError::Data {
-                path: path.to_path_buf(),
-                line: i + 1,
-                message: format!("not a trajectory row: {e}"),
+            let row: TrajectoryRow = serde_json::from_str(line).map_err(|e| {
+                qforge_util::RowError::new(path, i + 1, format!("not a trajectory row: {e}"))
             })?;
             log.done.insert((row.id.clone(), row.rollout));
             log.rows.push(row);
