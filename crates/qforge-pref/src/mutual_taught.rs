@@ -461,10 +461,13 @@ fn iteration(
         let mut pairs = Vec::new();
         let mut decisions = Vec::new();
         for (i, row) in read_jsonl(&samples_path)?.iter().enumerate() {
+            let bad = |field: &str, e: serde_json::Error| {
+                qforge_util::RowError::new(&samples_path, i + 1, format!("`{field}`: {e}"))
+            };
             let responses: Vec<String> = serde_json::from_value(row["responses"].clone())
-                .map_err(|e| PrefError::Invalid(e.to_string()))?;
-            let scores: Vec<f32> = serde_json::from_value(row["scores"].clone())
-                .map_err(|e| PrefError::Invalid(e.to_string()))?;
+                .map_err(|e| bad("responses", e))?;
+            let scores: Vec<f32> =
+                serde_json::from_value(row["scores"].clone()).map_err(|e| bad("scores", e))?;
             // Length of the visible answer: a think block (even an empty one) does not count.
             let lengths: Vec<usize> = responses
                 .iter()
@@ -477,8 +480,8 @@ fn iteration(
                 e_step_pair(&scores, &lengths).filter(|&(c, r)| responses[c] != responses[r]);
             decisions.push(json!({"prompt_index": i, "pair": pair}));
             if let Some((c, r)) = pair {
-                let prompt: Vec<Value> = serde_json::from_value(row["prompt"].clone())
-                    .map_err(|e| PrefError::Invalid(e.to_string()))?;
+                let prompt: Vec<Value> =
+                    serde_json::from_value(row["prompt"].clone()).map_err(|e| bad("prompt", e))?;
                 pairs.push(pair_row(&prompt, &responses[c], &responses[r]));
             }
         }
