@@ -1260,8 +1260,7 @@ mod tests {
 
     #[test]
     fn logits_at_equals_the_full_logits_gathered() {
-        let dir =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/fixtures/model/qwen3_tied_gqa");
+        let dir = qforge_testkit::tiny_model();
         let model = Model::load(&dir, DType::F32, &Device::Cpu, &[]).unwrap();
         let hidden =
             Tensor::randn(0f32, 1.0, (2, 3, model.config.hidden_size), &Device::Cpu).unwrap();
@@ -1278,8 +1277,7 @@ mod tests {
 
     #[test]
     fn attention_in_query_blocks_equals_attention_at_once() {
-        let dir =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/fixtures/model/qwen3_tied_gqa");
+        let dir = qforge_testkit::tiny_model();
         let model = Model::load(&dir, DType::F32, &Device::Cpu, &[]).unwrap();
         let (nh, nkv, d) = (
             model.config.num_attention_heads,

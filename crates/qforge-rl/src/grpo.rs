@@ -975,8 +975,7 @@ mod tests {
     }
 
     fn trainer(dir: &std::path::Path, tools: ToolConfig) -> GrpoTrainer {
-        let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tools/fixtures/model/qwen3_tied_gqa");
+        let model = qforge_testkit::tiny_model();
         let tasks = vec![Task {
             messages: vec![serde_json::json!({"role": "user", "content": "find it"})],
             answers: vec!["x".into()],
