@@ -299,7 +299,8 @@ fn load_or_init_cls_head(
 impl CprsTrainer {
     /// Loads the starting model and the data; resumes from the newest checkpoint in
     /// `output_dir` when there is one.
-    pub fn new(config: CprsTrainConfig) -> Result<Self> {
+    pub fn new(mut config: CprsTrainConfig) -> Result<Self> {
+        config.model = qforge_model::resolve_model_path(&config.model)?;
         if config.window == 0 || config.batch_size == 0 {
             return Err(CompressError::Invalid(
                 "window and batch_size must be positive".into(),

@@ -28,7 +28,7 @@ pub use model::{
     AttentionKind, Batch, Linear, LoraAdapter, Model, SequenceCache, expected_shapes,
     random_tensors,
 };
-pub use resolve::resolve_model_dir;
+pub use resolve::{resolve_model_dir, resolve_model_path};
 pub use reward_model::RewardModel;
 pub use template::{ChatOptions, ChatTemplate};
 pub use tokenizer::{GenerationConfig, Tokenizer};

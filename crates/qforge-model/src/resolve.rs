@@ -34,6 +34,12 @@ pub fn resolve_model_dir(model: &str) -> Result<PathBuf> {
     Err(ModelError::ModelNotFound(model.to_string()))
 }
 
+/// [`resolve_model_dir`] for a path-typed setting: recipes name their model as a local directory
+/// or as a Hugging Face id in the local cache, exactly as the inference commands do.
+pub fn resolve_model_path(model: &Path) -> Result<PathBuf> {
+    resolve_model_dir(&model.to_string_lossy())
+}
+
 /// `models--ORG--NAME/snapshots/REV/` for `ORG/NAME[@REV]`, where REV is a commit hash or a
 /// ref name under `refs/` (default `main`).
 pub fn find_in_cache(cache: &Path, model: &str) -> Option<PathBuf> {

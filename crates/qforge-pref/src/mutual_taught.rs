@@ -352,6 +352,10 @@ pub fn run(
     cfg: &MutualTaughtConfig,
     mut on_stage: impl FnMut(usize, &str),
 ) -> Result<Vec<IterationResult>> {
+    let mut cfg = cfg.clone();
+    cfg.policy = qforge_model::resolve_model_path(&cfg.policy)?;
+    cfg.reward_model = qforge_model::resolve_model_path(&cfg.reward_model)?;
+    let cfg = &cfg;
     if cfg.policy_prompts.is_empty() || cfg.iterations == 0 || cfg.samples < 2 {
         return Err(PrefError::Invalid(
             "need policy_prompts, iterations >= 1 and samples >= 2".into(),

@@ -245,7 +245,12 @@ struct Remote {
 }
 
 impl GrpoTrainer {
-    pub fn new(config: GrpoConfig, tasks: Vec<Task>, reward: Arc<dyn RewardFn>) -> Result<Self> {
+    pub fn new(
+        mut config: GrpoConfig,
+        tasks: Vec<Task>,
+        reward: Arc<dyn RewardFn>,
+    ) -> Result<Self> {
+        config.model = qforge_model::resolve_model_path(&config.model)?;
         if config.group_size < 2 || config.prompts_per_step == 0 || tasks.is_empty() {
             return Err(RlError::Invalid(
                 "GRPO needs group_size >= 2, prompts_per_step >= 1 and some tasks".into(),

@@ -91,7 +91,7 @@ pub fn run(
     if cfg.phases.is_empty() {
         return Err(RlError::Invalid("no curriculum phases".into()));
     }
-    let mut policy = cfg.model.clone();
+    let mut policy = qforge_model::resolve_model_path(&cfg.model)?;
     if let Some(data) = &cfg.sft_data {
         let out = cfg.output_dir.join("warmup");
         let done = out.join("final");

@@ -322,11 +322,12 @@ impl Trainer {
     }
 
     fn build(
-        config: TrainConfig,
+        mut config: TrainConfig,
         objective: Objective,
         pair_objective: Option<Arc<dyn PairObjective>>,
     ) -> Result<Self> {
         config.validate()?;
+        config.model = qforge_model::resolve_model_path(&config.model)?;
         config.check_objective(objective)?;
         let device = qforge_util::parse_device(&config.device)?;
         let dtype = config.compute_dtype()?;

@@ -307,6 +307,63 @@ fn quickstart_runs_the_whole_pipeline() {
     }
 }
 
+/// Issue 18 item 6: a recipe's `model` may be a Hugging Face id in the local cache, resolved
+/// as the inference commands resolve it; an id that is not there is an error naming it.
+#[test]
+fn a_recipe_names_its_model_by_hugging_face_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let snapshot = tmp
+        .path()
+        .join("hub/models--qforge-test--tiny/snapshots/abc123");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    for f in std::fs::read_dir(model("qwen3_tied_gqa")).unwrap() {
+        let f = f.unwrap().path();
+        if f.is_file() {
+            std::fs::copy(&f, snapshot.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let refs = tmp.path().join("hub/models--qforge-test--tiny/refs");
+    std::fs::create_dir_all(&refs).unwrap();
+    std::fs::write(refs.join("main"), "abc123\n").unwrap();
+    let data = tmp.path().join("sft.jsonl");
+    std::fs::write(
+        &data,
+        (0..8)
+            .map(|i| format!("{{\"prompt\": \"copy: {i}\\n\", \"completion\": \"{i}\"}}\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    let train = |model: &str| {
+        Command::new(env!("CARGO_BIN_EXE_qforge"))
+            .args(["train", "sft", "--set", &format!("model={model}")])
+            .args(["--set", &format!("data={}", data.display())])
+            .args([
+                "--set",
+                &format!("output_dir={}", tmp.path().join("out").display()),
+            ])
+            .args([
+                "--set",
+                "max_steps=2",
+                "--set",
+                "batch_size=4",
+                "--set",
+                "max_length=32",
+            ])
+            .env("QFORGE_HOME", tmp.path().join("home"))
+            .env("HF_HUB_CACHE", tmp.path().join("hub"))
+            .output()
+            .unwrap()
+    };
+    ok(&train("qforge-test/tiny"));
+    assert!(tmp.path().join("out/final/model.safetensors").is_file());
+    let absent = train("qforge-test/absent");
+    let err = String::from_utf8_lossy(&absent.stderr);
+    assert!(
+        !absent.status.success() && err.contains("`qforge-test/absent` not found"),
+        "{err}"
+    );
+}
+
 #[test]
 fn train_cli_runs_a_recipe_with_overrides_and_rejects_bad_ones() {
     let tmp = tempfile::tempdir().unwrap();
