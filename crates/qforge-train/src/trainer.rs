@@ -233,6 +233,8 @@ pub struct Trainer {
     epoch: u64,
     cursor: usize,
     device: Device,
+    /// The directory of `config.model`, which may name a Hugging Face id in the local cache.
+    model_dir: PathBuf,
 }
 
 /// Reference sequence log-prob sums of one preference example.
@@ -322,19 +324,19 @@ impl Trainer {
     }
 
     fn build(
-        mut config: TrainConfig,
+        config: TrainConfig,
         objective: Objective,
         pair_objective: Option<Arc<dyn PairObjective>>,
     ) -> Result<Self> {
         config.validate()?;
-        config.model = qforge_model::resolve_model_path(&config.model)?;
+        let model_dir = qforge_model::resolve_model_path(&config.model)?;
         config.check_objective(objective)?;
         let device = qforge_util::parse_device(&config.device)?;
         let dtype = config.compute_dtype()?;
         if dtype != DType::F32 && device.is_cpu() {
             tracing::warn!("training in {dtype:?} on CPU: expect it to be much slower than f32");
         }
-        let tokenizer = Arc::new(Tokenizer::from_dir(&config.model)?);
+        let tokenizer = Arc::new(Tokenizer::from_dir(&model_dir)?);
         let kind = match objective {
             Objective::Sft => DatasetKind::Sft,
             Objective::Dpo | Objective::Rm => DatasetKind::Preference,
@@ -354,7 +356,7 @@ impl Trainer {
         // LoRA checkpoints hold only the adapter: the base always comes from `model`.
         let weights_dir = match (&resume_from, config.lora_r) {
             (Some(dir), 0) => dir.clone(),
-            _ => config.model.clone(),
+            _ => model_dir.clone(),
         };
         let allowed: &[&str] = if objective == Objective::Rm {
             &["score."]
@@ -432,6 +434,7 @@ impl Trainer {
             cursor: 0,
             device,
             config,
+            model_dir,
         };
         trainer.schedule = trainer.make_schedule()?;
         if trainer
@@ -440,7 +443,7 @@ impl Trainer {
             .is_some_and(|p| p.needs_reference())
         {
             // The reference is always the starting model, also when resuming.
-            let reference = Model::load(&trainer.config.model, dtype, &trainer.device, &[])?;
+            let reference = Model::load(&trainer.model_dir, dtype, &trainer.device, &[])?;
             trainer.reference = Some(reference_logps(
                 &reference,
                 &trainer.train,
@@ -883,7 +886,7 @@ impl Trainer {
                 dir,
                 &self.config.model.to_string_lossy(),
             )?;
-            return Ok(qforge_model::copy_tokenizer_files(&self.config.model, dir)?);
+            return Ok(qforge_model::copy_tokenizer_files(&self.model_dir, dir)?);
         }
         match &self.score {
             None => self.model.save_pretrained(dir, 5 << 30)?,
@@ -904,7 +907,7 @@ impl Trainer {
                 write_json_atomic(&dir.join("config.json"), &config)?;
             }
         }
-        qforge_model::copy_tokenizer_files(&self.config.model, dir)?;
+        qforge_model::copy_tokenizer_files(&self.model_dir, dir)?;
         Ok(())
     }
 

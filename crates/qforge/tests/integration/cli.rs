@@ -333,30 +333,34 @@ fn a_recipe_names_its_model_by_hugging_face_id() {
             .collect::<String>(),
     )
     .unwrap();
-    let train = |model: &str| {
-        Command::new(env!("CARGO_BIN_EXE_qforge"))
+    let train = |model: &str, more: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_qforge"));
+        command
+            .current_dir(tmp.path())
             .args(["train", "sft", "--set", &format!("model={model}")])
             .args(["--set", &format!("data={}", data.display())])
-            .args([
-                "--set",
-                &format!("output_dir={}", tmp.path().join("out").display()),
-            ])
-            .args([
-                "--set",
-                "max_steps=2",
-                "--set",
-                "batch_size=4",
-                "--set",
-                "max_length=32",
-            ])
+            .args(["--set", "output_dir=out"])
+            .args(["--set", "max_steps=2", "--set", "batch_size=4"])
+            .args(["--set", "max_length=32"]);
+        for set in more {
+            command.args(["--set", set]);
+        }
+        command
             .env("QFORGE_HOME", tmp.path().join("home"))
             .env("HF_HUB_CACHE", tmp.path().join("hub"))
             .output()
             .unwrap()
     };
-    ok(&train("qforge-test/tiny"));
+    ok(&train("qforge-test/tiny", &[]));
     assert!(tmp.path().join("out/final/model.safetensors").is_file());
-    let absent = train("qforge-test/absent");
+    // A LoRA adapter names its base as the recipe did (the id), as PEFT expects.
+    ok(&train("qforge-test/tiny", &["lora_r=4", "output_dir=lora"]));
+    let adapter: Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("lora/final/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(adapter["base_model_name_or_path"], "qforge-test/tiny");
+    let absent = train("qforge-test/absent", &[]);
     let err = String::from_utf8_lossy(&absent.stderr);
     assert!(
         !absent.status.success() && err.contains("`qforge-test/absent` not found"),
