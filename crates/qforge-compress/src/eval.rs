@@ -111,16 +111,9 @@ pub fn evaluate(
     compressor: &Compressor,
     samples: &[Sample],
     options: &CompressOptions,
-    mut on_sample: impl FnMut(&SampleScore),
+    on_sample: impl FnMut(&SampleScore),
 ) -> Result<Vec<SampleScore>, CompressError> {
-    samples
-        .iter()
-        .map(|s| {
-            let (score, _) = score_sample(compressor, s, options)?;
-            on_sample(&score);
-            Ok(score)
-        })
-        .collect()
+    Ok(run(compressor, samples, options, None, on_sample)?.scores)
 }
 
 /// A reader's scores on one sample with the compressed and with the full context.
@@ -246,10 +239,17 @@ pub fn run(
     reader: Option<Reader<'_>>,
     mut on_sample: impl FnMut(&SampleScore),
 ) -> Result<Report, CompressError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(CompressError::Runtime)?;
+    // A runtime only to await the reader.
+    let reader = match reader {
+        Some(r) => Some((
+            r,
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(CompressError::Runtime)?,
+        )),
+        None => None,
+    };
     let mut report = Report::default();
     for sample in samples {
         let in_sample = |source| CompressError::Sample {
@@ -257,7 +257,7 @@ pub fn run(
             source: Box::new(source),
         };
         let (score, kept) = score_sample(compressor, sample, options).map_err(in_sample)?;
-        if let Some(r) = &reader {
+        if let Some((r, runtime)) = &reader {
             let read = runtime
                 .block_on(downstream(r.backend, sample, &kept, r.max_tokens))
                 .map_err(|e| in_sample(CompressError::Reader(e)))?;

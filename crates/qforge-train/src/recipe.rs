@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use qforge_util::settings::{apply_sets, parse_set, read_toml, table_into};
+use qforge_util::settings::{parse_set, read_toml, table_into, with_sets};
 use serde_json::Value;
 
 use crate::error::{Result, TrainError};
@@ -42,10 +42,7 @@ pub fn load_with_table(
         }
     }
     let base: TrainConfig = table_into(recipe, path.unwrap_or(Path::new("--set")))?;
-    let mut settings = serde_json::to_value(&base).expect("serialisable");
-    apply_sets(&mut settings, &train_overrides)?;
-    let config: TrainConfig =
-        serde_json::from_value(settings).map_err(|e| TrainError::Invalid(format!("--set: {e}")))?;
+    let config = with_sets(base, &train_overrides)?;
     if config.model.as_os_str().is_empty() || config.data.as_os_str().is_empty() {
         return Err(TrainError::Invalid(
             "the recipe needs `model` and `data` (in --config or via --set)".into(),

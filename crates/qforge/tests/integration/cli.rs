@@ -333,15 +333,25 @@ fn a_recipe_names_its_model_by_hugging_face_id() {
             .collect::<String>(),
     )
     .unwrap();
+    // The id is written in the recipe file, as a user would.
     let train = |model: &str, more: &[&str]| {
+        let recipe = tmp.path().join("recipe.toml");
+        std::fs::write(
+            &recipe,
+            format!(
+                "model = {model:?}\ndata = {:?}\noutput_dir = \"out\"\nmax_steps = 2\n\
+                 batch_size = 4\nmax_length = 32\n",
+                data.to_str().unwrap()
+            ),
+        )
+        .unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_qforge"));
-        command
-            .current_dir(tmp.path())
-            .args(["train", "sft", "--set", &format!("model={model}")])
-            .args(["--set", &format!("data={}", data.display())])
-            .args(["--set", "output_dir=out"])
-            .args(["--set", "max_steps=2", "--set", "batch_size=4"])
-            .args(["--set", "max_length=32"]);
+        command.current_dir(tmp.path()).args([
+            "train",
+            "sft",
+            "--config",
+            recipe.to_str().unwrap(),
+        ]);
         for set in more {
             command.args(["--set", set]);
         }
