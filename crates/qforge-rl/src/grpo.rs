@@ -169,6 +169,51 @@ pub struct GrpoStepReport {
     pub skipped: bool,
 }
 
+/// What one optimisation pass did.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpdateStats {
+    pub loss: f64,
+    pub clip_fraction: f64,
+    pub clip_fraction_lower: f64,
+    /// Mean token entropy on the first mini-batch.
+    pub entropy: f64,
+    pub approx_kl: f64,
+    /// Sequence tokens run through forward + backward.
+    pub train_tokens: usize,
+    /// Optimiser steps taken (0: every mini-batch was skipped as non-finite).
+    pub updates: usize,
+}
+
+impl Default for UpdateStats {
+    fn default() -> Self {
+        Self {
+            loss: f64::NAN,
+            clip_fraction: 0.0,
+            clip_fraction_lower: 0.0,
+            entropy: f64::NAN,
+            approx_kl: 0.0,
+            train_tokens: 0,
+            updates: 0,
+        }
+    }
+}
+
+/// One sampled response: its tokens (with the stop token when generation stopped) and text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub ids: Vec<u32>,
+    pub text: String,
+}
+
+/// A sequence a recipe scored itself, for [`GrpoTrainer::update_scored`]: the policy learns
+/// every response token with this advantage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoredSequence {
+    pub prompt: Vec<u32>,
+    pub response: Vec<u32>,
+    pub advantage: f64,
+}
+
 /// One rollout: the prompt's tokens, the response's (with tool observations between turns),
 /// which response tokens the policy generated, its reward.
 #[derive(Clone)]
@@ -218,6 +263,8 @@ pub struct GrpoTrainer {
     remote: Option<Remote>,
     /// Multi-turn rollouts: the environment that answers turns, and the budgets.
     tools: Option<(Arc<dyn ToolEnv>, ToolConfig)>,
+    /// The checkpoint this run resumed from.
+    resumed_from: Option<PathBuf>,
 }
 
 /// Written last into a checkpoint: its presence marks the checkpoint complete.
@@ -245,17 +292,30 @@ struct Remote {
 }
 
 impl GrpoTrainer {
-    pub fn new(
-        mut config: GrpoConfig,
-        tasks: Vec<Task>,
-        reward: Arc<dyn RewardFn>,
-    ) -> Result<Self> {
-        config.model = qforge_model::resolve_model_path(&config.model)?;
+    pub fn new(config: GrpoConfig, tasks: Vec<Task>, reward: Arc<dyn RewardFn>) -> Result<Self> {
         if config.group_size < 2 || config.prompts_per_step == 0 || tasks.is_empty() {
             return Err(RlError::Invalid(
                 "GRPO needs group_size >= 2, prompts_per_step >= 1 and some tasks".into(),
             ));
         }
+        Self::build(config, tasks, reward)
+    }
+
+    /// A trainer for a recipe that runs its own rollouts and scores them itself (SPELL's
+    /// three roles): it [`sample`](Self::sample)s from the policy, [`update_scored`](Self::update_scored)s
+    /// it, and checkpoints; [`step`](Self::step) is not available.
+    pub fn policy(config: GrpoConfig) -> Result<Self> {
+        struct Unused;
+        impl RewardFn for Unused {
+            fn score(&self, _: &Task, _: &str) -> f64 {
+                0.0
+            }
+        }
+        Self::build(config, Vec::new(), Arc::new(Unused))
+    }
+
+    fn build(mut config: GrpoConfig, tasks: Vec<Task>, reward: Arc<dyn RewardFn>) -> Result<Self> {
+        config.model = qforge_model::resolve_model_path(&config.model)?;
         config.aggregation()?;
         let device = Device::Cpu;
         let start = Model::load(&config.model, DType::F32, &device, &[])?;
@@ -306,6 +366,7 @@ impl GrpoTrainer {
             truncated,
         } = state;
         Ok(Self {
+            resumed_from: resume,
             config,
             model,
             vars,
@@ -361,7 +422,13 @@ impl GrpoTrainer {
 
     /// Remote rollouts: push the policy if the server is behind, then G completions per prompt
     /// (requests in flight together). Returns each rollout's response ids and text.
-    fn remote_generate(&mut self, prompts: &[Vec<u32>], round: usize) -> Result<RemoteGroups> {
+    fn remote_generate(
+        &mut self,
+        prompts: &[Vec<u32>],
+        n: usize,
+        stream: u64,
+        temperature: f32,
+    ) -> Result<RemoteGroups> {
         let push_dir = self.config.output_dir.join("rollout-policy");
         let needs_push = self
             .remote
@@ -391,11 +458,11 @@ impl GrpoTrainer {
             let mut handles = Vec::with_capacity(prompts.len());
             for (i, prompt_ids) in prompts.iter().enumerate() {
                 let sampling = serde_json::json!({
-                    "n": cfg.group_size,
-                    "temperature": cfg.temperature,
+                    "n": n,
+                    "temperature": temperature,
                     "top_p": cfg.top_p,
                     "max_tokens": cfg.max_new_tokens,
-                    "seed": cfg.seed ^ (step << 32) ^ ((round as u64) << 24) ^ ((i as u64) << 8),
+                    "seed": cfg.seed ^ (step << 32) ^ (stream << 24) ^ ((i as u64) << 8),
                 });
                 let sampling = sampling.as_object().expect("object").clone();
                 let (backend, prompt_ids) = (backend.clone(), prompt_ids.clone());
@@ -428,6 +495,143 @@ impl GrpoTrainer {
             r.pushed = Some(self.step);
         }
         Ok(out)
+    }
+
+    pub fn config(&self) -> &GrpoConfig {
+        &self.config
+    }
+
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+
+    /// Steps taken so far (restored on resume).
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    /// The checkpoint this run resumed from, if any.
+    pub fn resumed_from(&self) -> Option<&std::path::Path> {
+        self.resumed_from.as_deref()
+    }
+
+    /// A recipe's step is done: the next samples and checkpoint belong to the next step.
+    pub fn advance_step(&mut self) {
+        self.step += 1;
+    }
+
+    /// The prompt ids of a one-turn conversation with `user` as the user's message, ready for
+    /// the assistant's reply (the model's chat template).
+    pub fn encode_user(&self, user: &str) -> Result<Vec<u32>> {
+        let messages = vec![serde_json::json!({"role": "user", "content": user})];
+        let text = self
+            .tokenizer
+            .apply_chat_template(&messages, &ChatOptions::generation())?;
+        Ok(self.tokenizer.encode(&text, false)?)
+    }
+
+    /// `n` samples per prompt from the current policy (the embedded engine, or the rollout
+    /// server when one is set), at the configured temperature, top-p and `max_new_tokens`.
+    /// `stream` tells calls within one step apart, so each draws its own seeds.
+    pub fn sample(
+        &mut self,
+        prompts: &[Vec<u32>],
+        n: usize,
+        stream: u64,
+    ) -> Result<Vec<Vec<Sample>>> {
+        let temperature = self.config.temperature;
+        self.sample_at(prompts, n, stream, temperature)
+    }
+
+    /// One greedy response per prompt (evaluation).
+    pub fn sample_greedy(&mut self, prompts: &[Vec<u32>]) -> Result<Vec<Sample>> {
+        let groups = self.sample_at(prompts, 1, u64::from(u32::MAX), 0.0)?;
+        Ok(groups.into_iter().filter_map(|mut g| g.pop()).collect())
+    }
+
+    fn sample_at(
+        &mut self,
+        prompts: &[Vec<u32>],
+        n: usize,
+        stream: u64,
+        temperature: f32,
+    ) -> Result<Vec<Vec<Sample>>> {
+        if prompts.is_empty() || n == 0 {
+            return Ok(vec![Vec::new(); prompts.len()]);
+        }
+        if self.remote.is_some() {
+            let groups = self.remote_generate(prompts, n, stream, temperature)?;
+            return Ok(groups
+                .into_iter()
+                .map(|g| {
+                    g.into_iter()
+                        .map(|(ids, text)| Sample { ids, text })
+                        .collect()
+                })
+                .collect());
+        }
+        let mut requests = Vec::with_capacity(prompts.len() * n);
+        for (p, prompt) in prompts.iter().enumerate() {
+            for k in 0..n {
+                let mut request = self
+                    .engine
+                    .request(prompt.clone(), self.config.max_new_tokens);
+                request.sampling = SamplingParams {
+                    temperature,
+                    top_p: self.config.top_p,
+                    seed: Some(
+                        self.config.seed
+                            ^ (self.step << 32)
+                            ^ (stream << 24)
+                            ^ ((p as u64) << 8)
+                            ^ k as u64,
+                    ),
+                    ..SamplingParams::default()
+                };
+                requests.push(request);
+            }
+        }
+        let outputs = self
+            .engine
+            .generate(requests, |_| {})
+            .map_err(|source| RlError::Engine {
+                context: "rollout",
+                source,
+            })?;
+        let mut groups: Vec<Vec<Sample>> = Vec::with_capacity(prompts.len());
+        for (j, out) in outputs.into_iter().enumerate() {
+            if j % n == 0 {
+                groups.push(Vec::with_capacity(n));
+            }
+            groups.last_mut().expect("pushed").push(Sample {
+                ids: out.token_ids(),
+                text: out.text,
+            });
+        }
+        Ok(groups)
+    }
+
+    /// One optimisation pass over sequences the caller scored: each response token is learned
+    /// with its sequence's advantage (the prompt is context only).
+    pub fn update_scored(&mut self, seqs: &[ScoredSequence]) -> Result<UpdateStats> {
+        if seqs.is_empty() {
+            return Ok(UpdateStats::default());
+        }
+        if seqs.iter().any(|s| !s.advantage.is_finite()) {
+            return Err(RlError::Invalid("an advantage is not finite".into()));
+        }
+        let rows: Vec<(Vec<u32>, Vec<bool>)> = seqs
+            .iter()
+            .map(|s| {
+                let ids = s.prompt.iter().chain(&s.response).copied().collect();
+                let learned = std::iter::repeat_n(false, s.prompt.len())
+                    .chain(std::iter::repeat_n(true, s.response.len()))
+                    .collect();
+                (ids, learned)
+            })
+            .collect();
+        let advantages: Vec<f64> = seqs.iter().map(|s| s.advantage).collect();
+        self.update(&rows, &advantages)
     }
 
     /// Mean reward of each task over the groups it had so far (`None`: never sampled).
@@ -618,7 +822,8 @@ impl GrpoTrainer {
                 .apply_chat_template(&self.tasks[t].messages, &ChatOptions::generation())?;
             prompts.push(self.tokenizer.encode(&text, false)?);
         }
-        let responses = self.remote_generate(&prompts, round)?;
+        let temperature = self.config.temperature;
+        let responses = self.remote_generate(&prompts, g, round as u64, temperature)?;
         let mut groups = Vec::with_capacity(tasks.len());
         for ((&t, prompt_ids), group) in tasks.iter().zip(&prompts).zip(responses) {
             if group.len() != g {
@@ -691,6 +896,12 @@ impl GrpoTrainer {
 
     /// One GRPO step.
     pub fn step(&mut self) -> Result<GrpoStepReport> {
+        if self.tasks.is_empty() {
+            return Err(RlError::Invalid(
+                "this trainer was built with `GrpoTrainer::policy`: its recipe runs the steps"
+                    .into(),
+            ));
+        }
         let started = Instant::now();
         let cfg = self.config.clone();
         let (generated, rounds);
@@ -805,6 +1016,27 @@ impl GrpoTrainer {
                 (ids, learned)
             })
             .collect();
+        let stats = self.update(&seqs, &advantages)?;
+        report.loss = stats.loss;
+        report.clip_fraction = stats.clip_fraction;
+        report.clip_fraction_lower = stats.clip_fraction_lower;
+        report.approx_kl = stats.approx_kl;
+        report.entropy = stats.entropy;
+        report.train_tokens = stats.train_tokens;
+        report.skipped = stats.updates == 0;
+        report.train_seconds = train_started.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    /// One optimisation pass (mini_batches × epochs of the clipped surrogate) over whole
+    /// sequences with their loss masks and one advantage each. Old log-probs are recomputed
+    /// first with the weights that generated them.
+    fn update(
+        &mut self,
+        seqs: &[(Vec<u32>, Vec<bool>)],
+        advantages: &[f64],
+    ) -> Result<UpdateStats> {
+        let cfg = self.config.clone();
         let pad = self.tokenizer.pad_token_id();
         let batches: Vec<Vec<usize>> = {
             let idx: Vec<usize> = (0..seqs.len()).collect();
@@ -837,6 +1069,7 @@ impl GrpoTrainer {
         let clip = ClipConfig::verl(cfg.clip_low, cfg.clip_high);
         let agg = cfg.aggregation()?;
         let (mut loss_sum, mut clip_sum, mut kl_sum, mut updates) = (0f64, 0f64, 0f64, 0usize);
+        let mut stats = UpdateStats::default();
         let mut clip_lower_sum = 0f64;
         for _ in 0..cfg.epochs.max(1) {
             for (b, (ids, tb)) in batches.iter().zip(&train_batches).enumerate() {
@@ -867,14 +1100,14 @@ impl GrpoTrainer {
                     Err(e) => return Err(e.into()),
                 }
                 loss_sum += value;
-                report.train_tokens += tb.lengths.iter().sum::<usize>();
+                stats.train_tokens += tb.lengths.iter().sum::<usize>();
                 clip_sum += pl.clip_fraction as f64;
                 clip_lower_sum += pl.clip_fraction_lower as f64;
-                if report.entropy.is_nan() {
+                if stats.entropy.is_nan() {
                     let t = logits.dim(1)?;
                     let e =
                         losses::entropy_from_logits(&logits.narrow(1, 0, t - 1)?.detach(), 1.0)?;
-                    report.entropy =
+                    stats.entropy =
                         aggregate(&e, &mask, Aggregation::TokenMean)?.to_scalar::<f32>()? as f64;
                 }
                 kl_sum += pl.approx_kl as f64;
@@ -882,14 +1115,13 @@ impl GrpoTrainer {
             }
         }
         if updates > 0 {
-            report.loss = loss_sum / updates as f64;
-            report.clip_fraction = clip_sum / updates as f64;
-            report.clip_fraction_lower = clip_lower_sum / updates as f64;
-            report.approx_kl = kl_sum / updates as f64;
-            report.skipped = false;
+            stats.loss = loss_sum / updates as f64;
+            stats.clip_fraction = clip_sum / updates as f64;
+            stats.clip_fraction_lower = clip_lower_sum / updates as f64;
+            stats.approx_kl = kl_sum / updates as f64;
         }
-        report.train_seconds = train_started.elapsed().as_secs_f64();
-        Ok(report)
+        stats.updates = updates;
+        Ok(stats)
     }
 
     /// Runs `max_steps` steps, appending each report to `output_dir/metrics.jsonl` and saving
@@ -920,10 +1152,20 @@ impl GrpoTrainer {
     /// cursor, per-task rewards), written to a temporary directory and renamed; the newest two
     /// are kept. A new trainer on the same `output_dir` resumes from the newest.
     pub fn save_checkpoint(&self) -> Result<PathBuf> {
+        self.save_checkpoint_with(|_| Ok(()))
+    }
+
+    /// [`save_checkpoint`](Self::save_checkpoint) with a recipe's own state: `extra` writes its
+    /// files into the checkpoint directory before the run state that marks it complete.
+    pub fn save_checkpoint_with(
+        &self,
+        extra: impl FnOnce(&std::path::Path) -> Result<()>,
+    ) -> Result<PathBuf> {
         let out = &self.config.output_dir;
         let dir = out.join(format!("checkpoint-{}", self.step));
         qforge_util::write_dir_atomic(&dir, |tmp| {
             self.write_policy(tmp)?;
+            extra(tmp)?;
             self.optimizer
                 .save_state(&tmp.join("optimizer.safetensors"))?;
             let state = RunState {

@@ -24,6 +24,7 @@ pub mod grpo;
 pub mod judge;
 pub mod qwenlong_l1;
 pub mod reward;
+pub mod spell;
 pub mod tasks;
 pub mod tools;
 

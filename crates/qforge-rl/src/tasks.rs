@@ -121,7 +121,7 @@ pub fn greedy_score(
     Ok(reward.score_batch(&items).iter().sum::<f64>() / tasks.len().max(1) as f64)
 }
 
-fn read_text(path: &Path) -> crate::Result<String> {
+pub(crate) fn read_text(path: &Path) -> crate::Result<String> {
     let bytes = std::fs::read(path).with_path(path)?;
     if bytes.starts_with(&[0x1f, 0x8b]) {
         let mut s = String::new();

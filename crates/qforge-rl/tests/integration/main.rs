@@ -5,3 +5,4 @@ mod learning;
 mod qwenlong_l1;
 mod remote;
 mod robustness;
+mod spell;
