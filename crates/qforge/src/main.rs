@@ -46,7 +46,8 @@ enum Command {
     /// Build a tiny model and teach it a synthetic task with SFT then DPO, end to end.
     Quickstart(quickstart::Args),
     /// Train from a recipe: sft, dpo, rm (reward model), solopo, mutual-taught, qwenlong-l1,
-    /// websailor (GRPO with DUPO), cprs (a QwenLong-CPRS compressor).
+    /// websailor (GRPO with DUPO), spell (self-play long-context RL), cprs (a QwenLong-CPRS
+    /// compressor).
     #[command(subcommand)]
     Train(train::TrainCommand),
     /// Serve a model over an OpenAI-compatible HTTP API with continuous batching.

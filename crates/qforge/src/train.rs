@@ -64,6 +64,20 @@ pub enum TrainCommand {
         Runs resume from the newest checkpoint. Example: examples/recipes/websailor_rl.toml"
     )]
     Websailor(Args),
+    /// SPELL: one policy plays questioner, responder and verifier over document clusters
+    /// (history memory as curriculum, self-verification, role rewards) in one GRPO update.
+    #[command(
+        after_help = "The recipe (TOML): model, output_dir, max_steps, save_steps, seed, [[corpora]] (path to\n\
+        JSONL clusters {id, paragraphs}, L-Eval / lost-in-the-middle rows or .txt; tasks among docmath_qa,\n\
+        doc_general_qa, doc_mc; n_docs), [grpo] (group_size, prompts_per_step, max_new_tokens,\n\
+        max_prompt_tokens, temperature, top_p, lr, clip_low/high, ...) and [spell] (gen_batch_size,\n\
+        max_gen_batches, task_weights, questioner_reward = gaussian | reverse | rzero, bad_case_ratio,\n\
+        grounding_filter, memory_size, memory_window, self_verification, verifier_n,\n\
+        verifier_update_ratio, verifier_window, verifier_label = maj_cons | maj, prompts_dir,\n\
+        eval_questions, eval_steps, rollout_url). Defaults are the released 7B script's. Runs resume\n\
+        from the newest checkpoint with their history memory. Example: examples/recipes/spell.toml"
+    )]
+    Spell(Args),
     /// QwenLong-CPRS: trains a compressor (hybrid causal/bidirectional backbone, BIOE head, LM
     /// head as token critic) on JSONL samples or synthetic tasks, windows cut as at inference.
     #[command(
@@ -104,6 +118,7 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
         TrainCommand::MutualTaught(a) => return mutual_taught(a),
         TrainCommand::QwenlongL1(a) => return qwenlong_l1(a),
         TrainCommand::Websailor(a) => return websailor(a),
+        TrainCommand::Spell(a) => return spell(a),
         TrainCommand::Cprs(a) => return cprs(a),
     };
     let config = qforge_train::recipe::load(args.config.as_deref(), &args.overrides)?;
@@ -199,6 +214,80 @@ fn websailor(args: Args) -> Result<()> {
         ));
     })?;
     bar.finish();
+    Ok(())
+}
+
+fn spell(args: Args) -> Result<()> {
+    use qforge_rl::spell::{SpellConfig, SpellTrainer};
+    let path = args
+        .config
+        .as_deref()
+        .context("spell needs --config recipe.toml")?;
+    let config = SpellConfig::from_recipe(path, &args.overrides)?;
+    let (out, steps) = (config.output_dir.clone(), config.max_steps);
+    let mut trainer = SpellTrainer::new(config)?;
+    eprintln!(
+        "{} clusters ({} over the prompt cap left out); starting at step {}",
+        trainer.clusters().len(),
+        trainer.overlong_clusters().len(),
+        trainer.policy().step_count()
+    );
+    let bar = ProgressBar::new(steps);
+    bar.set_style(
+        ProgressStyle::with_template("spell [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_position(trainer.policy().step_count());
+    let reports = trainer.train(|r| {
+        bar.set_position(r.step);
+        bar.set_message(format!(
+            "pass rate {:.2} | Q {} (bad {}) R {} V {} | loss {:.4}",
+            r.pass_rate_mean,
+            r.questioner_samples,
+            r.questioner_bad_trained,
+            r.responder_samples,
+            r.verifier_samples,
+            r.loss
+        ));
+        if let Some(acc) = r.eval_accuracy {
+            bar.println(format!(
+                "  eval @ step {}: held-out accuracy {acc:.3}",
+                r.step
+            ));
+        }
+    })?;
+    bar.finish();
+    if !reports.is_empty() {
+        let series =
+            |name: &'static str, f: fn(&qforge_rl::spell::SpellStepReport) -> f64| Series {
+                name,
+                points: reports
+                    .iter()
+                    .map(|r| (r.step as f64, f(r)))
+                    .filter(|(_, y)| y.is_finite())
+                    .collect(),
+            };
+        line_chart(
+            &out.join("curves.png"),
+            "SPELL training",
+            "step",
+            &[
+                series("responder pass rate", |r| r.pass_rate_mean),
+                series("responder reward", |r| r.responder_reward_mean),
+                series("verifier agreement", |r| r.verifier_agreement_mean),
+                series("bad-format share", |r| {
+                    let all = r.bad_format + r.bad_ground + r.zero_variance + r.good;
+                    r.bad_format as f64 / all.max(1) as f64
+                }),
+                series("held-out accuracy", |r| r.eval_accuracy.unwrap_or(f64::NAN)),
+            ],
+        )?;
+    }
+    eprintln!(
+        "policy in {} (metrics.jsonl, curves.png and checkpoints with the history memory there too)",
+        out.join("policy").display()
+    );
     Ok(())
 }
 
@@ -415,6 +504,9 @@ mod tests {
                 "websailor" => qforge_agent::websailor::settings::RlRecipe::load(p, &[])
                     .map(drop)
                     .map_err(anyhow::Error::from),
+                "spell" => qforge_rl::spell::SpellConfig::from_recipe(p, &[])
+                    .map(drop)
+                    .map_err(anyhow::Error::from),
                 "cprs" => qforge_compress::train::CprsTrainConfig::from_recipe(Some(p), &[])
                     .map(drop)
                     .map_err(anyhow::Error::from),
@@ -433,6 +525,7 @@ mod tests {
             "mutual-taught",
             "qwenlong-l1",
             "websailor",
+            "spell",
             "cprs",
         ] {
             assert!(

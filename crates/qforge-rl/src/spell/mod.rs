@@ -135,6 +135,11 @@ pub struct SpellSettings {
     /// A directory whose `questioner_*.txt`, `responder_*.txt` or `verifier.txt` replace the
     /// released prompts of the same names (see [`prompts::PromptSet`]).
     pub prompts_dir: Option<PathBuf>,
+    /// Sample every role from this OpenAI-compatible server (`qforge serve
+    /// --allow-weight-reload`, SGLang), which loads the policy before each step, instead of
+    /// the embedded engine.
+    pub rollout_url: Option<String>,
+    pub rollout_model: Option<String>,
     /// Held-out questions (JSONL of `task`, `cluster`, `question`, `answer`) scored greedily by
     /// the responder every `eval_steps` steps (0: never).
     pub eval_questions: Option<PathBuf>,
@@ -164,6 +169,8 @@ impl Default for SpellSettings {
             max_answer_tokens: 40,
             balance_mc_letters: false,
             prompts_dir: None,
+            rollout_url: None,
+            rollout_model: None,
             eval_questions: None,
             eval_steps: 0,
         }

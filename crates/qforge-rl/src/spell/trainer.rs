@@ -206,7 +206,18 @@ impl SpellTrainer {
             Some(dir) => PromptSet::from_dir(dir)?,
             None => PromptSet::released(),
         };
-        let policy = GrpoTrainer::policy(config.grpo_config())?;
+        let mut policy = GrpoTrainer::policy(config.grpo_config())?;
+        if let Some(url) = &config.spell.rollout_url {
+            let backend = qforge_engine::RemoteBackend::new(qforge_engine::RemoteConfig::new(
+                url.clone(),
+                config.spell.rollout_model.clone().unwrap_or_default(),
+            ))
+            .map_err(|source| RlError::Backend {
+                context: "[spell] rollout_url",
+                source,
+            })?;
+            policy = policy.with_remote_rollouts(backend)?;
+        }
         let cap = config.grpo.max_prompt_tokens;
         let tokenizer = policy.tokenizer().clone();
         let count = |t: &str| Ok(tokenizer.encode(t, false)?.len());
@@ -306,13 +317,6 @@ impl SpellTrainer {
     pub fn with_source(mut self, source: Box<dyn SampleSource>) -> Self {
         self.source = source;
         self
-    }
-
-    /// Remote rollouts: every role samples from an OpenAI-compatible server that loads the
-    /// policy before each step (see [`GrpoTrainer::with_remote_rollouts`]).
-    pub fn with_remote_rollouts(mut self, backend: qforge_engine::RemoteBackend) -> Result<Self> {
-        self.policy = self.policy.with_remote_rollouts(backend)?;
-        Ok(self)
     }
 
     pub fn policy(&self) -> &GrpoTrainer {

@@ -765,6 +765,107 @@ fn qwenlong_l1_runs_a_tiny_curriculum_from_a_recipe() {
     );
 }
 
+#[test]
+fn spell_trains_from_a_recipe_resumes_and_names_bad_clusters() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clusters = tmp.path().join("clusters.jsonl");
+    let rows: Vec<String> = (0..3)
+        .map(|i| {
+            serde_json::json!({"id": format!("c{i}"), "paragraphs": (0..6).map(|j| format!("k{i}{j} = {}", 100 + j)).collect::<Vec<_>>()})
+                .to_string()
+        })
+        .collect();
+    std::fs::write(&clusters, rows.join("\n")).unwrap();
+    let prompts = tmp.path().join("prompts");
+    std::fs::create_dir_all(&prompts).unwrap();
+    std::fs::write(
+        prompts.join("questioner_doc_general_qa.txt"),
+        "Facts:\n{context}\nAsk.",
+    )
+    .unwrap();
+    std::fs::write(
+        prompts.join("responder_doc_general_qa.txt"),
+        "{content}\nQ: {question}",
+    )
+    .unwrap();
+    let recipe = tmp.path().join("spell.toml");
+    let write_recipe = |corpus: &std::path::Path| {
+        std::fs::write(
+            &recipe,
+            format!(
+                "model = {:?}\noutput_dir = {:?}\nmax_steps = 2\nsave_steps = 1\n\n[[corpora]]\npath = {:?}\ntasks = [\"doc_general_qa\"]\nn_docs = [2]\n\n[grpo]\ngroup_size = 2\nprompts_per_step = 2\nmax_new_tokens = 6\nmax_prompt_tokens = 900\n\n[spell]\ngen_batch_size = 3\nmax_gen_batches = 1\nverifier_n = 2\nprompts_dir = {:?}\n",
+                model("qwen3_tied_gqa"),
+                tmp.path().join("run").to_str().unwrap(),
+                corpus.to_str().unwrap(),
+                prompts.to_str().unwrap(),
+            ),
+        )
+        .unwrap();
+    };
+    write_recipe(&clusters);
+    let out = qforge(
+        &["train", "spell", "--config", recipe.to_str().unwrap()],
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{err}");
+    let metrics = std::fs::read_to_string(tmp.path().join("run/metrics.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        // The random tiny model writes no JSON: every question is a counted case, none panics.
+        let cases = [
+            "bad_format",
+            "invalid",
+            "unfinished",
+            "bad_ground",
+            "zero_variance",
+            "good",
+        ]
+        .iter()
+        .map(|k| r[k].as_u64().unwrap())
+        .sum::<u64>();
+        assert_eq!(cases, 3, "{r}");
+    }
+    assert!(tmp.path().join("run/policy/model.safetensors").is_file());
+    assert!(
+        tmp.path()
+            .join("run/checkpoint-2/spell_state.json")
+            .is_file()
+    );
+    // Started again, the finished run resumes at its last step and has nothing left to do.
+    let out = qforge(
+        &["train", "spell", "--config", recipe.to_str().unwrap()],
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        out.status.success() && err.contains("starting at step 2"),
+        "{err}"
+    );
+    // A cluster row without paragraphs is named by file and line.
+    let bad = tmp.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"id\": \"a\", \"paragraphs\": [\"x\"]}\n{\"id\": \"b\", \"paragraphs\": []}\n",
+    )
+    .unwrap();
+    write_recipe(&bad);
+    std::fs::remove_dir_all(tmp.path().join("run")).unwrap();
+    let out = qforge(
+        &["train", "spell", "--config", recipe.to_str().unwrap()],
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success() && err.contains("bad.jsonl:2") && err.contains("no paragraphs"),
+        "{err}"
+    );
+}
+
 fn cprs(name: &str) -> String {
     fixtures()
         .join("cprs")
