@@ -9,6 +9,7 @@ mod common;
 mod compress;
 mod convert;
 mod demo;
+mod eval;
 mod generate;
 mod guard;
 mod logprobs;
@@ -50,6 +51,9 @@ enum Command {
     /// compressor).
     #[command(subcommand)]
     Train(train::TrainCommand),
+    /// Evaluations: longqa (SPELL's long-document QA: pass@1 and pass@k over k samples).
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
     /// Serve a model over an OpenAI-compatible HTTP API with continuous batching.
     Serve(serve::Args),
     /// Re-save a checkpoint in Hugging Face layout (dtype, sharding).
@@ -83,6 +87,7 @@ fn main() {
         Command::Template(a) => template::run(a),
         Command::Quickstart(a) => quickstart::run(a),
         Command::Train(t) => train::run(t),
+        Command::Eval(e) => eval::run_command(e),
         Command::Serve(a) => serve::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Guard(g) => guard::run(g),

@@ -29,6 +29,7 @@
 pub mod advantage;
 pub mod batch;
 pub mod clusters;
+pub mod eval;
 pub mod memory;
 pub mod prompts;
 pub mod questioner;

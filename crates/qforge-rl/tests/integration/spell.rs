@@ -625,3 +625,184 @@ mod end_to_end {
         assert_eq!(resumed.memory(), straight.memory(), "same history memory");
     }
 }
+
+mod evaluation {
+    use qforge_rl::spell::SpellTask;
+    use qforge_rl::spell::eval::{
+        LongQaSettings, SampleScore, Sampler, best_of_k, judge_verdict, load_items, run, summarize,
+        truncate_middle,
+    };
+    use qforge_rl::spell::prompts::PromptSet;
+    use qforge_util::SplitMix;
+
+    #[test]
+    fn bootstrap_best_of_k_estimates_pass_at_k() {
+        // Drawing k of n scores with replacement, c of them right: 1 − ((n − c)/n)^k.
+        for (n, c, k) in [(8, 1, 2), (8, 2, 4), (8, 4, 8), (8, 0, 8), (8, 8, 3)] {
+            let scores: Vec<f64> = (0..n).map(|i| f64::from(u8::from(i < c))).collect();
+            let got = best_of_k(&scores, k, 4000, &mut SplitMix(42));
+            let want = 1.0 - ((n - c) as f64 / n as f64).powi(k as i32);
+            assert!(
+                (got - want).abs() < 0.03,
+                "n={n} c={c} k={k}: {got} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn pass_at_1_is_the_mean_and_judges_lift_rule_misses() {
+        let items: Vec<_> = ["a", "b"]
+            .iter()
+            .map(|id| qforge_rl::spell::eval::LongQaItem {
+                id: id.to_string(),
+                task: SpellTask::DocGeneralQa,
+                context: String::new(),
+                question: String::new(),
+                answer: String::new(),
+            })
+            .collect();
+        let s = |rule: f64, judge: Option<f64>| SampleScore {
+            pred: None,
+            rule,
+            judge,
+        };
+        let scores = vec![
+            vec![
+                s(1.0, None),
+                s(0.0, Some(1.0)),
+                s(0.0, Some(0.0)),
+                s(0.0, None),
+            ],
+            vec![s(0.0, Some(0.0)); 4],
+        ];
+        let report = summarize(&items, &scores, 4, 100, 0);
+        assert_eq!(report.overall.pass_at_1, 2.0 / 8.0);
+        assert_eq!(report.overall.rule_mean, 1.0 / 8.0);
+        assert_eq!(report.overall.judge_calls, 6);
+        assert_eq!(report.overall.pass_at_k.len(), 3, "pass@2..=4");
+        let p4 = report.overall.pass_at_k[2];
+        assert!((p4 - (1.0 - 0.5f64.powi(4)) / 2.0).abs() < 0.05, "{p4}");
+        assert!(judge_verdict("Explanation: fine.\nDecision: [[YES]]") == 1.0);
+        assert!(judge_verdict("[[YES]] or [[NO]]") == 0.0);
+        assert_eq!(truncate_middle(&[1, 2, 3, 4, 5, 6, 7], 4), vec![1, 2, 6, 7]);
+    }
+
+    #[test]
+    fn long_context_files_load_and_bad_rows_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let leval = dir.path().join("quality.jsonl");
+        std::fs::write(
+            &leval,
+            serde_json::json!({"input": "A story.", "instructions": ["Why?\n (A) x\n (B) y"], "outputs": ["(B) y"], "evaluation": "exam", "source": "quality"}).to_string()
+                + "\n"
+                + &serde_json::json!({"input": "Docs.", "instructions": ["How long?"], "outputs": ["A year."], "evaluation": "f1"}).to_string(),
+        )
+        .unwrap();
+        let items = load_items(&leval).unwrap();
+        assert_eq!(items.len(), 2);
+        assert_eq!(
+            (items[0].task, items[0].answer.as_str()),
+            (SpellTask::DocMc, "B")
+        );
+        assert_eq!(
+            (items[1].task, items[1].answer.as_str()),
+            (SpellTask::DocGeneralQa, "A year.")
+        );
+        let kv = dir.path().join("kv.jsonl");
+        std::fs::write(
+            &kv,
+            r#"{"ordered_kv_records": [["k1", "v1"], ["k2", "v2"]], "key": "k2", "value": "v2"}"#,
+        )
+        .unwrap();
+        let items = load_items(&kv).unwrap();
+        assert!(items[0].context.contains("Key: \"k2\" Value: \"v2\""));
+        let bad = dir.path().join("bad.jsonl");
+        std::fs::write(&bad, "{\"task\": \"doc_mc\", \"context\": \"c\", \"question\": \"q\", \"answer\": \"A\"}\n{\"task\": \"poetry\"}\n").unwrap();
+        let err = load_items(&bad).unwrap_err().to_string();
+        assert!(err.contains("bad.jsonl:2") && err.contains("task"), "{err}");
+        std::fs::write(&bad, "not json\n").unwrap();
+        assert!(
+            load_items(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("bad.jsonl:1")
+        );
+    }
+
+    #[test]
+    fn evaluation_samples_judges_through_a_server_and_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("qa.jsonl");
+        let rows: Vec<String> = (0..3)
+            .map(|i| {
+                serde_json::json!({"id": format!("q{i}"), "task": if i == 2 {"doc_mc"} else {"doc_general_qa"},
+                    "context": "Paris is the capital of France. ".repeat(40), "question": "What is the capital?", "answer": if i == 2 {"A"} else {"Paris"}})
+                    .to_string()
+            })
+            .collect();
+        std::fs::write(&data, rows.join("\n")).unwrap();
+        let items = load_items(&data).unwrap();
+        let ck = qforge_model::Checkpoint::load_dir(
+            &qforge_testkit::tiny_model(),
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let engine = qforge_engine::Engine::from_checkpoint(ck);
+        let tokenizer = engine.tokenizer().clone();
+        let state = qforge_serve::AppState::for_checkpoint(
+            "judge",
+            &qforge_testkit::tiny_model(),
+            qforge_serve::ServerConfig::default(),
+        )
+        .unwrap();
+        let url = qforge_serve::spawn_on_loopback(state).unwrap();
+        let judge: std::sync::Arc<dyn qforge_engine::ChatBackend> = std::sync::Arc::new(
+            qforge_engine::RemoteBackend::new(qforge_engine::RemoteConfig::new(url, "judge"))
+                .unwrap(),
+        );
+        let settings = LongQaSettings {
+            samples: 3,
+            max_new_tokens: 6,
+            max_input_tokens: 200,
+            ..LongQaSettings::default()
+        };
+        let out = dir.path().join("samples.jsonl");
+        let prompts = PromptSet::released();
+        let sampler = Sampler::Embedded(engine);
+        let first = run(
+            &items,
+            &prompts,
+            &tokenizer,
+            &sampler,
+            Some(judge.clone()),
+            &settings,
+            &out,
+            |_, _| {},
+        )
+        .unwrap();
+        let lines = std::fs::read_to_string(&out).unwrap();
+        assert_eq!(lines.lines().count(), 3);
+        assert_eq!(
+            first.truncated_prompts, 3,
+            "the released prompt is longer than 200 tokens"
+        );
+        // The random model never answers: every QA sample asks the judge, multiple choice never.
+        assert_eq!(first.overall.judge_calls, 2 * 3);
+        assert!((0.0..=1.0).contains(&first.overall.pass_at_1));
+        // Rerun: nothing is sampled again.
+        let again = run(
+            &items,
+            &prompts,
+            &tokenizer,
+            &sampler,
+            Some(judge),
+            &settings,
+            &out,
+            |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), lines);
+        assert_eq!(again, first);
+    }
+}

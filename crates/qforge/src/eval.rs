@@ -1,0 +1,167 @@
+//! `qforge eval longqa`: SPELL's long-context QA evaluation (pass@1 over k samples and pass@k
+//! with max(cover-EM, judge) scoring) on long-context files.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use qforge_rl::spell::eval::{LongQaSettings, Sampler, load_items, run};
+use qforge_rl::spell::prompts::PromptSet;
+
+use crate::common::ModelArgs;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum EvalCommand {
+    /// Long-document QA as SPELL evaluates it: k samples per question (temperature 0.7, top-p
+    /// 0.95) with the responder prompts, middle truncation to an input cap, each sample scored
+    /// max(cover-EM / numeric / letter match, LLM judge); prints pass@1 and pass@k per task.
+    #[command(
+        after_help = "Data: JSONL rows {id, task (docmath_qa | doc_general_qa | doc_mc), context or paragraphs,\n\
+        question, answer}, L-Eval files (multidoc_qa, financial_qa, scientific_qa; quality as multiple\n\
+        choice) or lost-in-the-middle files (kv-retrieval, nq-open), gzip allowed.\n\
+        Writes OUT/samples.jsonl (one line per question; a rerun resumes after the last one) and\n\
+        OUT/report.json.\n\nExample:\n  \
+        qforge eval longqa -m Qwen/Qwen2.5-7B-Instruct --data ../shared/data/longctx/multidoc_qa.jsonl \\\n    \
+        --samples 8 --max-input-tokens 16384 --judge-url http://127.0.0.1:8001/v1 --out runs/longqa"
+    )]
+    Longqa(LongQaArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LongQaArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Question files (repeatable).
+    #[arg(long, required = true)]
+    data: Vec<PathBuf>,
+    /// Samples per question (k).
+    #[arg(long, default_value_t = 8)]
+    samples: usize,
+    /// Prompts longer than this many tokens keep their first and last halves.
+    #[arg(long, default_value_t = 16384)]
+    max_input_tokens: usize,
+    #[arg(long, default_value_t = 20000)]
+    max_new_tokens: usize,
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Evaluate at most this many questions (the first ones).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Sample from this OpenAI-compatible server (raw completions of the same prompt ids)
+    /// instead of the embedded engine; -m then only gives the tokenizer.
+    #[arg(long)]
+    url: Option<String>,
+    /// The judge: an OpenAI-compatible server asked where the rule score is below 1.
+    #[arg(long)]
+    judge_url: Option<String>,
+    #[arg(long, default_value = "")]
+    judge_model: String,
+    /// Replacement prompt templates (see `qforge train spell --help`).
+    #[arg(long)]
+    prompts_dir: Option<PathBuf>,
+    /// Output directory.
+    #[arg(long, default_value = "runs/longqa")]
+    out: PathBuf,
+}
+
+pub fn run_command(cmd: EvalCommand) -> Result<()> {
+    match cmd {
+        EvalCommand::Longqa(a) => longqa(a),
+    }
+}
+
+fn longqa(args: LongQaArgs) -> Result<()> {
+    let mut items = Vec::new();
+    for f in &args.data {
+        items.extend(load_items(f)?);
+    }
+    if let Some(n) = args.limit {
+        items.truncate(n);
+    }
+    let prompts = match &args.prompts_dir {
+        Some(d) => PromptSet::from_dir(d)?,
+        None => PromptSet::released(),
+    };
+    let (tokenizer, sampler) = match &args.url {
+        Some(url) => {
+            let dir = args.model.dir()?;
+            let tokenizer = std::sync::Arc::new(qforge_model::Tokenizer::from_dir(&dir)?);
+            let remote = qforge_engine::RemoteBackend::new(qforge_engine::RemoteConfig::new(
+                url.clone(),
+                args.model.model.clone().unwrap_or_default(),
+            ))
+            .context("--url")?;
+            (tokenizer, Sampler::Remote(remote))
+        }
+        None => {
+            let engine = qforge_engine::Engine::from_checkpoint(args.model.load()?);
+            (engine.tokenizer().clone(), Sampler::Embedded(engine))
+        }
+    };
+    let judge = match &args.judge_url {
+        Some(url) => Some(std::sync::Arc::new(
+            qforge_engine::RemoteBackend::new(qforge_engine::RemoteConfig::new(
+                url.clone(),
+                args.judge_model.clone(),
+            ))
+            .context("--judge-url")?,
+        ) as std::sync::Arc<dyn qforge_engine::ChatBackend>),
+        None => None,
+    };
+    let settings = LongQaSettings {
+        samples: args.samples.max(1),
+        temperature: args.temperature,
+        top_p: args.top_p,
+        max_new_tokens: args.max_new_tokens,
+        max_input_tokens: args.max_input_tokens,
+        seed: args.seed,
+    };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let bar = ProgressBar::new(items.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("longqa [{bar:30}] {pos}/{len} questions ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let report = run(
+        &items,
+        &prompts,
+        &tokenizer,
+        &sampler,
+        judge,
+        &settings,
+        &args.out.join("samples.jsonl"),
+        |done, _| bar.set_position(done as u64),
+    )?;
+    bar.finish_and_clear();
+    qforge_util::write_json_atomic(
+        &args.out.join("report.json"),
+        &serde_json::to_value(&report).expect("serialisable"),
+    )?;
+    eprintln!(
+        "{} questions, {} samples each, input cap {} ({} prompts truncated)",
+        report.overall.questions, report.samples, report.max_input_tokens, report.truncated_prompts
+    );
+    for m in report.tasks.iter().chain(std::iter::once(&report.overall)) {
+        let pass_k = m
+            .pass_at_k
+            .last()
+            .map(|p| format!(" pass@{} {:.1}", report.samples, p * 100.0))
+            .unwrap_or_default();
+        eprintln!(
+            "{:>15}: {:>4} questions  pass@1 {:.1}{pass_k}  (rule {:.1}, judge calls {})",
+            m.task,
+            m.questions,
+            m.pass_at_1 * 100.0,
+            m.rule_mean * 100.0,
+            m.judge_calls
+        );
+    }
+    println!("{}", serde_json::to_string(&report).expect("serialisable"));
+    Ok(())
+}
