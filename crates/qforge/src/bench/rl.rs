@@ -1,6 +1,7 @@
 //! `qforge bench rl-step`: one GRPO step on a small random model: rollout tokens/s, train
 //! tokens/s, and the share of time in each; then DUPO against DAPO's dynamic sampling on the
-//! same task, as wall time per useful (informative) group.
+//! same task, as wall time per useful (informative) group. `--recipe spell` splits a SPELL
+//! step into its three roles' rollouts and the update, against a plain GRPO step.
 
 use std::sync::Arc;
 
@@ -26,6 +27,9 @@ pub struct RlStepArgs {
     prompts_per_step: usize,
     #[arg(long, default_value_t = 32)]
     max_new_tokens: usize,
+    /// grpo (the core step, DAPO and DUPO) or spell (the self-play step by role).
+    #[arg(long, default_value = "grpo")]
+    recipe: String,
 }
 
 /// A benchmark stand-in for a verifier: marks a fixed fraction of responses correct by hashing
@@ -71,6 +75,9 @@ fn measure(
 pub fn run(args: RlStepArgs) -> Result<()> {
     let root = std::env::temp_dir().join(format!("qforge-bench-rl-{}", std::process::id()));
     let dir = root.join("policy");
+    if !matches!(args.recipe.as_str(), "grpo" | "spell") {
+        anyhow::bail!("--recipe `{}`: grpo or spell", args.recipe);
+    }
     // A small Qwen3 (8 layers, 256 wide) over the bench tokenizer's vocabulary.
     let config = ModelConfig::from_json(json!({
         "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": 384, "hidden_size": 256,
@@ -89,6 +96,11 @@ pub fn run(args: RlStepArgs) -> Result<()> {
         args.max_new_tokens
     );
     let plain = measure(&dir, &args, GroupFilter::None)?;
+    if args.recipe == "spell" {
+        let result = spell::run(&root, &dir, &args, &plain);
+        let _ = std::fs::remove_dir_all(&root);
+        return result;
+    }
     let sum = |rs: &[GrpoStepReport], f: fn(&GrpoStepReport) -> f64| rs.iter().map(f).sum::<f64>();
     let (rt, tt) = (
         sum(&plain, |r| r.rollout_seconds),
@@ -129,4 +141,197 @@ pub fn run(args: RlStepArgs) -> Result<()> {
     );
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
+}
+
+mod spell {
+    //! A SPELL step by role. The rollouts are the policy's own (real generation, real token
+    //! counts, trained on as generated); only the text the loop reads is replaced by a
+    //! stand-in so that, as with a trained policy, questions parse, answers are right at the
+    //! `--correct-rate` and judgements are YES/NO.
+
+    use std::path::Path;
+
+    use anyhow::Result;
+    use qforge_rl::grpo::{GrpoStepReport, GrpoTrainer, Sample};
+    use qforge_rl::spell::trainer::{Phase, SampleSource};
+    use qforge_rl::spell::{CorpusSettings, SpellConfig, SpellStepReport, SpellTask, SpellTrainer};
+
+    use super::RlStepArgs;
+
+    fn hash(s: &str) -> u64 {
+        s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        })
+    }
+
+    struct FormattedRoles {
+        correct_rate: f64,
+    }
+
+    impl FormattedRoles {
+        fn text(&self, phase: Phase, prompt: &str, generated: &str) -> String {
+            let facts: Vec<(&str, &str)> = prompt
+                .lines()
+                .filter_map(|l| l.trim().split_once(" = "))
+                .filter(|(k, _)| k.starts_with('k'))
+                .collect();
+            let h = hash(generated) ^ hash(prompt);
+            match phase {
+                Phase::Questioner => {
+                    let (k, v) = facts[(h as usize) % facts.len().max(1)];
+                    format!("{{\"question\": \"What is {k}?\", \"answer\": \"{v}\"}}")
+                }
+                Phase::Grounding => "The correct answer is unknown.".into(),
+                Phase::Responder | Phase::Evaluation => {
+                    let q = prompt
+                        .rsplit("What is ")
+                        .next()
+                        .unwrap_or("")
+                        .split('?')
+                        .next()
+                        .unwrap_or("");
+                    let v = facts.iter().find(|(k, _)| *k == q).map_or("0", |(_, v)| v);
+                    let right = ((h >> 11) as f64 / (1u64 << 53) as f64) < self.correct_rate;
+                    format!("The correct answer is {}.", if right { v } else { "0" })
+                }
+                Phase::Verifier => {
+                    let line = |tag: &str| {
+                        prompt
+                            .split(tag)
+                            .nth(1)
+                            .and_then(|r| r.lines().next())
+                            .unwrap_or("")
+                            .trim()
+                            .to_string()
+                    };
+                    let same = line("A1: ") == line("A2: ");
+                    if same != (h % 8 == 0) {
+                        "Decision: [[YES]]"
+                    } else {
+                        "Decision: [[NO]]"
+                    }
+                    .into()
+                }
+            }
+        }
+    }
+
+    impl SampleSource for FormattedRoles {
+        fn sample(
+            &mut self,
+            policy: &mut GrpoTrainer,
+            phase: Phase,
+            prompts: &[Vec<u32>],
+            n: usize,
+            stream: u64,
+        ) -> qforge_rl::Result<Vec<Vec<Sample>>> {
+            let mut groups = policy.sample(prompts, n, stream)?;
+            let tok = policy.tokenizer().clone();
+            for (p, group) in prompts.iter().zip(&mut groups) {
+                let prompt = tok.decode(p, false)?;
+                for s in group {
+                    s.text = self.text(phase, &prompt, &s.text);
+                }
+            }
+            Ok(groups)
+        }
+    }
+
+    pub fn run(
+        root: &Path,
+        model: &Path,
+        args: &RlStepArgs,
+        plain: &[GrpoStepReport],
+    ) -> Result<()> {
+        let prompts = root.join("prompts");
+        std::fs::create_dir_all(&prompts)?;
+        std::fs::write(
+            prompts.join("questioner_doc_general_qa.txt"),
+            "Facts:\n{context}\nAsk one question as JSON.",
+        )?;
+        std::fs::write(
+            prompts.join("questioner_doc_general_qa_history.txt"),
+            "Facts:\n{context}\nAsk a harder one.\nSeen:\n{examples}",
+        )?;
+        std::fs::write(
+            prompts.join("responder_doc_general_qa.txt"),
+            "{content}\nQ: {question}",
+        )?;
+        std::fs::write(
+            prompts.join("verifier.txt"),
+            "P: {problem}\nA1: {answer_1}\nA2: {answer_2}\nSame?",
+        )?;
+        let clusters = root.join("clusters.jsonl");
+        let rows: Vec<String> = (0..32)
+            .map(|i| {
+                let ps: Vec<String> = (0..12)
+                    .map(|j| format!("k{i}x{j} = {}", (i * 31 + j * 7) % 900 + 100))
+                    .collect();
+                serde_json::json!({"id": format!("c{i}"), "paragraphs": ps}).to_string()
+            })
+            .collect();
+        std::fs::write(&clusters, rows.join("\n"))?;
+        let mut config = SpellConfig {
+            model: model.to_path_buf(),
+            output_dir: root.join("spell"),
+            max_steps: args.steps + 1,
+            save_steps: 0,
+            seed: 5,
+            corpora: vec![CorpusSettings {
+                path: clusters,
+                tasks: vec![SpellTask::DocGeneralQa],
+                n_docs: vec![5],
+            }],
+            ..SpellConfig::default()
+        };
+        config.grpo.group_size = args.group_size;
+        config.grpo.prompts_per_step = args.prompts_per_step;
+        config.grpo.max_new_tokens = args.max_new_tokens;
+        config.grpo.temperature = 1.0;
+        config.grpo.lr = 1e-5;
+        config.spell.gen_batch_size = args.prompts_per_step * 2;
+        config.spell.max_gen_batches = 3;
+        config.spell.verifier_n = 4;
+        config.spell.prompts_dir = Some(prompts);
+        let mut trainer =
+            SpellTrainer::new(config)?.with_source(Box::new(FormattedRoles { correct_rate: 0.5 }));
+        trainer.step()?; // warm-up
+        let reports: Vec<SpellStepReport> = (0..args.steps)
+            .map(|_| trainer.step())
+            .collect::<Result<_, _>>()?;
+        let sum = |f: fn(&SpellStepReport) -> f64| reports.iter().map(f).sum::<f64>();
+        let parts = [
+            ("questioner", sum(|r| r.questioner_seconds)),
+            ("grounding", sum(|r| r.grounding_seconds)),
+            ("responder", sum(|r| r.responder_seconds)),
+            ("verifier", sum(|r| r.verifier_seconds)),
+            ("update", sum(|r| r.update_seconds)),
+        ];
+        let total: f64 = parts.iter().map(|(_, s)| s).sum();
+        let n = reports.len() as f64;
+        let shares: Vec<String> = parts
+            .iter()
+            .map(|(name, s)| format!("{name} {:.0}%", 100.0 * s / total))
+            .collect();
+        println!(
+            "spell step: {:.2} s ({}); samples per step: questioner {:.0}, responder {:.0}, verifier {:.0}",
+            total / n,
+            shares.join(", "),
+            sum(|r| r.questioner_samples as f64) / n,
+            sum(|r| r.responder_samples as f64) / n,
+            sum(|r| r.verifier_samples as f64) / n,
+        );
+        let grpo = plain
+            .iter()
+            .map(|r| r.rollout_seconds + r.train_seconds)
+            .sum::<f64>()
+            / plain.len().max(1) as f64;
+        println!(
+            "spell vs a plain GRPO step (kv-retrieval prompts, {} x G={}, same model and lengths): {:.2}x the time",
+            args.prompts_per_step,
+            args.group_size,
+            total / n / grpo
+        );
+        Ok(())
+    }
 }
