@@ -544,6 +544,7 @@ mod end_to_end {
     }
 
     pub fn config(dir: &Path) -> SpellConfig {
+        std::fs::create_dir_all(dir).unwrap();
         let mut c = SpellConfig {
             model: qforge_testkit::tiny_model(),
             output_dir: dir.join("run"),
@@ -564,6 +565,92 @@ mod end_to_end {
         c.spell.verifier_update_ratio = 1.0;
         c.spell.prompts_dir = Some(compact_prompts(dir));
         c
+    }
+
+    #[test]
+    fn every_role_samples_from_a_rollout_server_that_gets_the_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = qforge_serve::AppState::for_checkpoint(
+            "tiny",
+            &qforge_testkit::tiny_model(),
+            qforge_serve::ServerConfig {
+                allow_weight_reload: true,
+                ..qforge_serve::ServerConfig::default()
+            },
+        )
+        .unwrap();
+        let url = qforge_serve::spawn_on_loopback(state).unwrap();
+        let mut c = config(dir.path());
+        c.spell.rollout_url = Some(url);
+        c.spell.rollout_model = Some("tiny".into());
+        c.spell.gen_batch_size = 4;
+        c.spell.max_gen_batches = 1;
+        c.grpo.max_new_tokens = 6;
+        let mut trainer = SpellTrainer::new(c).unwrap();
+        let r = trainer.step().unwrap();
+        // The random model's questions are counted cases whatever they say.
+        assert_eq!(
+            r.bad_format + r.invalid + r.unfinished + r.bad_ground + r.zero_variance + r.good,
+            4,
+            "{r:?}"
+        );
+        assert!(r.questioner_seconds > 0.0);
+        assert!(
+            dir.path()
+                .join("run/rollout-policy/model.safetensors")
+                .is_file(),
+            "the policy was pushed to the server before sampling"
+        );
+    }
+
+    #[test]
+    fn clusters_over_the_prompt_cap_are_left_out_and_bad_inputs_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path());
+        let long = dir.path().join("long.jsonl");
+        let paragraphs: Vec<String> = (0..400).map(|j| format!("k{j} = {j}")).collect();
+        std::fs::write(
+            &long,
+            serde_json::json!({"id": "huge", "paragraphs": paragraphs}).to_string()
+                + "\n"
+                + &serde_json::json!({"id": "small", "paragraphs": ["k1 = 2"]}).to_string(),
+        )
+        .unwrap();
+        c.corpora[0].path = long.clone();
+        let trainer = SpellTrainer::new(c.clone()).unwrap();
+        assert_eq!(trainer.overlong_clusters(), ["huge"]);
+        // A replacement template that drops a placeholder is refused, naming the file.
+        std::fs::write(
+            c.spell.prompts_dir.as_ref().unwrap().join("verifier.txt"),
+            "Compare {answer_1} and {answer_2}",
+        )
+        .unwrap();
+        let err = SpellTrainer::new(c.clone()).err().unwrap().to_string();
+        assert!(
+            err.contains("verifier.txt") && err.contains("{problem}"),
+            "{err}"
+        );
+        // An empty cluster file, and a held-out question about no known cluster.
+        compact_prompts(dir.path());
+        std::fs::write(&long, "\n").unwrap();
+        let err = SpellTrainer::new(c.clone()).err().unwrap().to_string();
+        assert!(
+            err.contains("long.jsonl") && err.contains("no clusters"),
+            "{err}"
+        );
+        let mut c = config(&dir.path().join("fresh"));
+        let held = dir.path().join("held.jsonl");
+        std::fs::write(
+            &held,
+            r#"{"task": "doc_general_qa", "cluster": "nowhere", "question": "q", "answer": "a"}"#,
+        )
+        .unwrap();
+        c.spell.eval_questions = Some(held);
+        let err = SpellTrainer::new(c).err().unwrap().to_string();
+        assert!(
+            err.contains("held.jsonl:1") && err.contains("nowhere"),
+            "{err}"
+        );
     }
 
     #[test]
