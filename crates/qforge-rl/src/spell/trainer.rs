@@ -202,6 +202,17 @@ impl SpellTrainer {
     /// history memory) and the held-out questions.
     pub fn new(config: SpellConfig) -> Result<Self> {
         config.validate()?;
+        let s = &config.spell;
+        let n = s.verifier_n;
+        let reachable = (n.div_ceil(2)..=n)
+            .map(|k| k as f64 / n as f64)
+            .any(|a| s.verifier_window.0 <= a && a <= s.verifier_window.1);
+        if s.self_verification && s.update_verifier && !reachable {
+            tracing::warn!(
+                "no group of {n} judgements has an agreement inside the verifier window {:?}: the verifier role will not train",
+                s.verifier_window
+            );
+        }
         let prompts = match &config.spell.prompts_dir {
             Some(dir) => PromptSet::from_dir(dir)?,
             None => PromptSet::released(),
