@@ -140,29 +140,41 @@ fn gunzip(path: &Path, bytes: &[u8]) -> crate::Result<std::io::Cursor<Vec<u8>>> 
     Ok(std::io::Cursor::new(out))
 }
 
-/// Tasks of a JSONL file (gzip allowed): rows of `prompt`/`messages` with `answer(s)`; L-Eval
-/// (one document per line with `instructions` and `outputs`); or lost-in-the-middle: KV
-/// retrieval (`ordered_kv_records`, `key`, `value`) or QA (`question`, `answers`, `ctxs`).
-pub fn load_tasks(path: &Path) -> crate::Result<Vec<Task>> {
+/// The JSON rows of a JSONL file (gzip allowed) with their 1-based line numbers; a line that
+/// is not JSON is an error naming the file and line.
+pub(crate) fn json_rows(path: &Path) -> crate::Result<Vec<(usize, Value)>> {
     let text = read_text(path)?;
-    let mut out = Vec::new();
+    let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let bad = |m: &str| crate::RlError::from(qforge_util::RowError::new(path, i + 1, m));
-        let v: Value = serde_json::from_str(line).map_err(|e| bad(&e.to_string()))?;
+        let v = serde_json::from_str(line).map_err(|e| {
+            crate::RlError::from(qforge_util::RowError::new(path, i + 1, e.to_string()))
+        })?;
+        rows.push((i + 1, v));
+    }
+    Ok(rows)
+}
+
+/// A lost-in-the-middle key-value record as its paper's prompt writes it.
+pub(crate) fn kv_record_line(record: &Value) -> String {
+    format!(
+        "Key: \"{}\" Value: \"{}\"",
+        record[0].as_str().unwrap_or(""),
+        record[1].as_str().unwrap_or("")
+    )
+}
+
+/// Tasks of a JSONL file (gzip allowed): rows of `prompt`/`messages` with `answer(s)`; L-Eval
+/// (one document per line with `instructions` and `outputs`); or lost-in-the-middle: KV
+/// retrieval (`ordered_kv_records`, `key`, `value`) or QA (`question`, `answers`, `ctxs`).
+pub fn load_tasks(path: &Path) -> crate::Result<Vec<Task>> {
+    let mut out = Vec::new();
+    for (line, v) in json_rows(path)? {
+        let bad = |m: &str| crate::RlError::from(qforge_util::RowError::new(path, line, m));
         if let Some(records) = v.get("ordered_kv_records").and_then(Value::as_array) {
-            let doc: Vec<String> = records
-                .iter()
-                .map(|r| {
-                    format!(
-                        "Key: \"{}\" Value: \"{}\"",
-                        r[0].as_str().unwrap_or(""),
-                        r[1].as_str().unwrap_or("")
-                    )
-                })
-                .collect();
+            let doc: Vec<String> = records.iter().map(kv_record_line).collect();
             let key = v["key"].as_str().ok_or_else(|| bad("no `key`"))?;
             let value = v["value"].as_str().ok_or_else(|| bad("no `value`"))?;
             out.push(task(

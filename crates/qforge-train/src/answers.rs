@@ -104,6 +104,31 @@ pub fn parse_the_answer_is(response: &str) -> Option<String> {
     Some(ans.trim().trim_matches('.').trim().to_string())
 }
 
+/// The length of DocMath's number pattern at the start of `s` (`=?≈?`?%?$?°?£?€?¥?-?[0-9.,]+`:
+/// each symbol at most once, in that order, then digits, dots and commas), `None` without one.
+pub fn docmath_number_len(s: &str) -> Option<usize> {
+    let mut end = 0;
+    let mut chars = s.char_indices().peekable();
+    for symbol in ['=', '≈', '`', '%', '$', '°', '£', '€', '¥', '-'] {
+        if let Some(&(i, c)) = chars.peek()
+            && c == symbol
+        {
+            end = i + c.len_utf8();
+            chars.next();
+        }
+    }
+    let digits_from = end;
+    while let Some(&(i, c)) = chars.peek() {
+        if c.is_ascii_digit() || c == '.' || c == ',' {
+            end = i + 1;
+            chars.next();
+        } else {
+            break;
+        }
+    }
+    (end > digits_from).then_some(end)
+}
+
 /// DocMath's answer: the number after the first (case-insensitive) "the answer is" that is
 /// followed by one, with the optional symbols QwenLong-L1's regex allows before it
 /// (`=≈`%$°£€¥`, in that order) and an optional minus; commas removed, trailing periods
@@ -116,26 +141,7 @@ pub fn parse_docmath_answer(response: &str) -> Option<String> {
     while at + phrase.len() <= bytes.len() {
         if bytes[at..at + phrase.len()].eq_ignore_ascii_case(phrase) {
             let rest = &text[at + phrase.len()..];
-            let mut chars = rest.char_indices().peekable();
-            let mut end = 0;
-            for symbol in ['=', '≈', '`', '%', '$', '°', '£', '€', '¥', '-'] {
-                if let Some(&(i, c)) = chars.peek()
-                    && c == symbol
-                {
-                    end = i + c.len_utf8();
-                    chars.next();
-                }
-            }
-            let start_digits = end;
-            while let Some(&(i, c)) = chars.peek() {
-                if c.is_ascii_digit() || c == '.' || c == ',' {
-                    end = i + 1;
-                    chars.next();
-                } else {
-                    break;
-                }
-            }
-            if end > start_digits {
+            if let Some(end) = docmath_number_len(rest) {
                 let found = rest[..end].replace(',', "");
                 return Some(found.trim_end_matches('.').to_string());
             }

@@ -106,7 +106,6 @@ pub fn split_paragraphs(text: &str) -> Vec<String> {
 /// `ordered_kv_records`), or a `.txt` file (one cluster of its paragraphs). A row without
 /// paragraphs is an error naming its line.
 pub fn load_clusters(path: &Path) -> Result<Vec<DocumentCluster>> {
-    let text = crate::tasks::read_text(path)?;
     let stem = path
         .file_stem()
         .and_then(|s| s.to_str())
@@ -114,7 +113,7 @@ pub fn load_clusters(path: &Path) -> Result<Vec<DocumentCluster>> {
         .trim_end_matches(".jsonl")
         .to_string();
     if path.extension().and_then(|e| e.to_str()) == Some("txt") {
-        let paragraphs = split_paragraphs(&text);
+        let paragraphs = split_paragraphs(&crate::tasks::read_text(path)?);
         if paragraphs.is_empty() {
             return Err(RlError::file(path, "no paragraphs"));
         }
@@ -125,17 +124,13 @@ pub fn load_clusters(path: &Path) -> Result<Vec<DocumentCluster>> {
         }]);
     }
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let bad = |m: &str| RlError::from(RowError::new(path, i + 1, m));
-        let v: Value = serde_json::from_str(line).map_err(|e| bad(&e.to_string()))?;
+    for (line, v) in crate::tasks::json_rows(path)? {
+        let bad = |m: &str| RlError::from(RowError::new(path, line, m));
         let id = v
             .get("id")
             .or_else(|| v.get("question_id"))
             .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
-            .unwrap_or_else(|| format!("{stem}-{}", i + 1));
+            .unwrap_or_else(|| format!("{stem}-{line}"));
         let source = v
             .get("source")
             .or_else(|| v.get("data_source"))
@@ -166,16 +161,7 @@ pub fn load_clusters(path: &Path) -> Result<Vec<DocumentCluster>> {
                 })
                 .collect()
         } else if let Some(records) = v.get("ordered_kv_records").and_then(Value::as_array) {
-            records
-                .iter()
-                .map(|r| {
-                    format!(
-                        "Key: \"{}\" Value: \"{}\"",
-                        r[0].as_str().unwrap_or(""),
-                        r[1].as_str().unwrap_or("")
-                    )
-                })
-                .collect()
+            records.iter().map(crate::tasks::kv_record_line).collect()
         } else {
             return Err(bad(
                 "no `paragraphs`, `input`, `ctxs` or `ordered_kv_records`",

@@ -43,7 +43,6 @@ fn leading_letter(s: &str) -> Option<String> {
 /// answer}`; L-Eval documents (`input`, `instructions`, `outputs`; `exam` rows are multiple
 /// choice); lost-in-the-middle key-value records or NQ passages. Names the row it cannot use.
 pub fn load_items(path: &Path) -> Result<Vec<LongQaItem>> {
-    let text = crate::tasks::read_text(path)?;
     let stem = path
         .file_name()
         .and_then(|s| s.to_str())
@@ -53,12 +52,8 @@ pub fn load_items(path: &Path) -> Result<Vec<LongQaItem>> {
         .unwrap_or("data")
         .to_string();
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let bad = |m: &str| RlError::from(RowError::new(path, i + 1, m));
-        let v: Value = serde_json::from_str(line).map_err(|e| bad(&e.to_string()))?;
+    for (line, v) in crate::tasks::json_rows(path)? {
+        let bad = |m: &str| RlError::from(RowError::new(path, line, m));
         let str_of = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
         if let (Some(input), Some(qs), Some(answers)) = (
             str_of("input"),
@@ -76,7 +71,7 @@ pub fn load_items(path: &Path) -> Result<Vec<LongQaItem>> {
                     (SpellTask::DocGeneralQa, a.to_string())
                 };
                 out.push(LongQaItem {
-                    id: format!("{stem}-{}-{j}", i + 1),
+                    id: format!("{stem}-{line}-{j}"),
                     task,
                     context: input.clone(),
                     question: q.to_string(),
@@ -86,19 +81,10 @@ pub fn load_items(path: &Path) -> Result<Vec<LongQaItem>> {
             continue;
         }
         if let Some(records) = v.get("ordered_kv_records").and_then(Value::as_array) {
-            let context: Vec<String> = records
-                .iter()
-                .map(|r| {
-                    format!(
-                        "Key: \"{}\" Value: \"{}\"",
-                        r[0].as_str().unwrap_or(""),
-                        r[1].as_str().unwrap_or("")
-                    )
-                })
-                .collect();
+            let context: Vec<String> = records.iter().map(crate::tasks::kv_record_line).collect();
             let key = str_of("key").ok_or_else(|| bad("no `key`"))?;
             out.push(LongQaItem {
-                id: format!("{stem}-{}", i + 1),
+                id: format!("{stem}-{line}"),
                 task: SpellTask::DocGeneralQa,
                 context: context.join("\n"),
                 question: format!("What is the value of key \"{key}\"?"),
@@ -123,7 +109,7 @@ pub fn load_items(path: &Path) -> Result<Vec<LongQaItem>> {
                 .and_then(Value::as_str)
                 .ok_or_else(|| bad("no `answers`"))?;
             out.push(LongQaItem {
-                id: format!("{stem}-{}", i + 1),
+                id: format!("{stem}-{line}"),
                 task: SpellTask::DocGeneralQa,
                 context: context.join("\n"),
                 question: str_of("question").ok_or_else(|| bad("no `question`"))?,
@@ -154,7 +140,7 @@ pub fn load_items(path: &Path) -> Result<Vec<LongQaItem>> {
             _ => return Err(bad("no `answer`")),
         };
         out.push(LongQaItem {
-            id: str_of("id").unwrap_or_else(|| format!("{stem}-{}", i + 1)),
+            id: str_of("id").unwrap_or_else(|| format!("{stem}-{line}")),
             task,
             context,
             question: str_of("question").ok_or_else(|| bad("no `question`"))?,

@@ -5,7 +5,7 @@
 //! scale rule is the ×100/×1e3/×1e6/×1e9 list. Pinned by `tests/integration/spell.rs` against
 //! fixtures made by calling those files (`tools/fixtures/gen_spell.py`).
 
-use qforge_train::answers::normalize_answer;
+use qforge_train::answers::{docmath_number_len, normalize_answer};
 
 use super::SpellTask;
 
@@ -198,31 +198,6 @@ fn last_boxed_content(s: &str) -> Option<&str> {
         }
     }
     None
-}
-
-/// DocMath's number pattern after "answer is ": the optional symbols `=≈`%$°£€¥` (each at
-/// most once, in that order), an optional minus, then `[0-9.,]+`. Returns the matched length.
-fn docmath_number_len(s: &str) -> Option<usize> {
-    let mut end = 0;
-    let mut chars = s.char_indices().peekable();
-    for symbol in ['=', '≈', '`', '%', '$', '°', '£', '€', '¥', '-'] {
-        if let Some(&(i, c)) = chars.peek()
-            && c == symbol
-        {
-            end = i + c.len_utf8();
-            chars.next();
-        }
-    }
-    let digits_from = end;
-    while let Some(&(i, c)) = chars.peek() {
-        if c.is_ascii_digit() || c == '.' || c == ',' {
-            end = i + 1;
-            chars.next();
-        } else {
-            break;
-        }
-    }
-    (end > digits_from).then_some(end)
 }
 
 /// `docmath.parse_model_answer`: the last `\boxed{}` content if there is a `\boxed{`, else the
