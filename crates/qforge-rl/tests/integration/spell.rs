@@ -361,6 +361,40 @@ fn prompts_are_filled_as_the_released_code_fills_them() {
     assert!(v.contains("- Problem: P {answer_1}\n- Answer 1: x\n- Answer 2: y"));
 }
 
+#[test]
+fn flat_corpora_group_into_clusters_by_source_or_size() {
+    use qforge_rl::spell::clusters::{Grouping, Paragraph, group_paragraphs, split_paragraphs};
+    let p = |text: &str, source: Option<&str>| Paragraph {
+        text: text.into(),
+        source: source.map(str::to_string),
+    };
+    let flat = [
+        p("a1", Some("A")),
+        p("b1", Some("B")),
+        p("a2", Some("A")),
+        p("  ", Some("A")),
+        p("b2", Some("B")),
+    ];
+    let by_source = group_paragraphs(&flat, Grouping::BySource);
+    assert_eq!(by_source.len(), 2);
+    assert_eq!(
+        (by_source[0].id.as_str(), by_source[0].paragraphs.clone()),
+        ("A-0", vec!["a1".to_string(), "a2".into()])
+    );
+    assert_eq!(by_source[1].paragraphs, ["b1", "b2"]);
+    let by_size = group_paragraphs(&flat, Grouping::BySize(3));
+    assert_eq!(
+        by_size
+            .iter()
+            .map(|c| c.paragraphs.len())
+            .collect::<Vec<_>>(),
+        [3, 1],
+        "blank paragraphs dropped"
+    );
+    assert_eq!(split_paragraphs("one\ntwo\n\nthree"), ["one\ntwo", "three"]);
+    assert_eq!(split_paragraphs("one\ntwo\n"), ["one", "two"]);
+}
+
 mod end_to_end {
     //! The loop on the tiny model. `ScriptedRoles` is a simulator of a policy that has learnt
     //! the three roles (a random tiny model writes no JSON): it answers each phase's prompts by
