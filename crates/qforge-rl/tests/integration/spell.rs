@@ -3,7 +3,7 @@
 
 use qforge_rl::spell::SpellTask;
 use qforge_rl::spell::advantage::{
-    CaseType, QuestionerReward, Role, RoleSample, questioner_mapping, spell_advantages,
+    QuestionerReward, RoleSample, questioner_mapping, spell_advantages,
 };
 use qforge_rl::spell::batch::{sample_bad_cases, sample_verifier_groups};
 use qforge_rl::spell::memory::{HistoryEntry, HistoryMemory, examples_text};
@@ -837,6 +837,14 @@ mod evaluation {
         .unwrap();
         let items = load_items(&kv).unwrap();
         assert!(items[0].context.contains("Key: \"k2\" Value: \"v2\""));
+        let nq = dir.path().join("nq-open-oracle.jsonl");
+        std::fs::write(&nq, r#"{"question": "who wrote it", "answers": ["Ada", "A. L."], "ctxs": [{"title": "Ada", "text": "Ada wrote it."}]}"#).unwrap();
+        let items = load_items(&nq).unwrap();
+        assert_eq!(
+            (items[0].question.as_str(), items[0].answer.as_str()),
+            ("who wrote it", "Ada")
+        );
+        assert_eq!(items[0].context, "Ada\nAda wrote it.");
         let bad = dir.path().join("bad.jsonl");
         std::fs::write(&bad, "{\"task\": \"doc_mc\", \"context\": \"c\", \"question\": \"q\", \"answer\": \"A\"}\n{\"task\": \"poetry\"}\n").unwrap();
         let err = load_items(&bad).unwrap_err().to_string();

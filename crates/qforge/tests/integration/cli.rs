@@ -866,6 +866,59 @@ fn spell_trains_from_a_recipe_resumes_and_names_bad_clusters() {
     );
 }
 
+#[test]
+fn eval_longqa_writes_a_report_and_resumes_from_its_samples() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("qa.jsonl");
+    std::fs::write(
+        &data,
+        [
+            r#"{"id": "a", "task": "doc_general_qa", "context": "Paris is in France.", "question": "Where is Paris?", "answer": "France"}"#,
+            r#"{"id": "b", "task": "doc_mc", "context": "Two plus two is four.", "question": "2+2? (A) 3 (B) 4 (C) 5 (D) 6", "answer": "B"}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let out_dir = tmp.path().join("out");
+    let args = [
+        "eval",
+        "longqa",
+        "-m",
+        &model("qwen3_tied_gqa"),
+        "--data",
+        data.to_str().unwrap(),
+        "--samples",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--max-input-tokens",
+        "64",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ];
+    let first = ok(&qforge(&args, None));
+    let report: serde_json::Value = serde_json::from_str(first.trim()).unwrap();
+    assert_eq!(report["overall"]["questions"], 2);
+    assert_eq!(
+        report["truncated_prompts"], 2,
+        "both templated prompts exceed 64 tokens"
+    );
+    assert_eq!(report["tasks"].as_array().unwrap().len(), 2);
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved, report);
+    let samples = std::fs::read_to_string(out_dir.join("samples.jsonl")).unwrap();
+    assert_eq!(samples.lines().count(), 2);
+    // Again: the samples file is complete, so nothing is generated and the report is the same.
+    let again = ok(&qforge(&args, None));
+    assert_eq!(again, first);
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("samples.jsonl")).unwrap(),
+        samples
+    );
+}
+
 fn cprs(name: &str) -> String {
     fixtures()
         .join("cprs")
