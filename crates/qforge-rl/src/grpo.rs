@@ -523,10 +523,14 @@ impl GrpoTrainer {
     /// The prompt ids of a one-turn conversation with `user` as the user's message, ready for
     /// the assistant's reply (the model's chat template).
     pub fn encode_user(&self, user: &str) -> Result<Vec<u32>> {
-        let messages = vec![serde_json::json!({"role": "user", "content": user})];
+        self.encode_prompt(&[serde_json::json!({"role": "user", "content": user})])
+    }
+
+    /// The prompt ids of a conversation, ready for the assistant's reply.
+    fn encode_prompt(&self, messages: &[serde_json::Value]) -> Result<Vec<u32>> {
         let text = self
             .tokenizer
-            .apply_chat_template(&messages, &ChatOptions::generation())?;
+            .apply_chat_template(messages, &ChatOptions::generation())?;
         Ok(self.tokenizer.encode(&text, false)?)
     }
 
@@ -675,10 +679,7 @@ impl GrpoTrainer {
         let g = self.config.group_size;
         let mut episodes = Vec::with_capacity(tasks.len() * g);
         for &t in tasks {
-            let text = self
-                .tokenizer
-                .apply_chat_template(&self.tasks[t].messages, &ChatOptions::generation())?;
-            let mut ids = self.tokenizer.encode(&text, false)?;
+            let mut ids = self.encode_prompt(&self.tasks[t].messages)?;
             if self.config.max_prompt_tokens > 0 && ids.len() > self.config.max_prompt_tokens {
                 ids = crate::curriculum::middle_truncate(&ids, self.config.max_prompt_tokens);
                 self.truncated += 1;
@@ -817,10 +818,7 @@ impl GrpoTrainer {
         let g = self.config.group_size;
         let mut prompts = Vec::with_capacity(tasks.len());
         for &t in tasks {
-            let text = self
-                .tokenizer
-                .apply_chat_template(&self.tasks[t].messages, &ChatOptions::generation())?;
-            prompts.push(self.tokenizer.encode(&text, false)?);
+            prompts.push(self.encode_prompt(&self.tasks[t].messages)?);
         }
         let temperature = self.config.temperature;
         let responses = self.remote_generate(&prompts, g, round as u64, temperature)?;

@@ -247,8 +247,15 @@ impl SpellConfig {
         for c in &mut config.corpora {
             near(&mut c.path);
         }
-        config.spell.prompts_dir.as_mut().map(near);
-        config.spell.eval_questions.as_mut().map(near);
+        for path in [
+            &mut config.spell.prompts_dir,
+            &mut config.spell.eval_questions,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            near(path);
+        }
         config.validate()?;
         Ok(config)
     }

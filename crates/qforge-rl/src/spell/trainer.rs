@@ -380,17 +380,24 @@ impl SpellTrainer {
             counts[p] += 1;
             left -= 1;
         }
+        let seed = self.config.seed;
+        let shuffled = |pool: &TaskPool, p: usize, epoch: u64| {
+            let mut order = pool.clusters.clone();
+            SplitMix(seed ^ (epoch << 16) ^ (p as u64) << 40).shuffle(&mut order);
+            order
+        };
         let mut draws = Vec::with_capacity(n);
         for (p, &count) in counts.iter().enumerate() {
+            let pool = &self.pools[p];
+            let (epoch, cursor) = &mut self.state.cursors[p];
+            // One shuffle per pool and epoch, not per draw.
+            let mut order = shuffled(pool, p, *epoch);
             for _ in 0..count {
-                let pool = &self.pools[p];
-                let (epoch, cursor) = &mut self.state.cursors[p];
                 if *cursor == pool.clusters.len() {
                     *epoch += 1;
                     *cursor = 0;
+                    order = shuffled(pool, p, *epoch);
                 }
-                let mut order = pool.clusters.clone();
-                SplitMix(self.config.seed ^ (*epoch << 16) ^ (p as u64) << 40).shuffle(&mut order);
                 draws.push((p, order[*cursor]));
                 *cursor += 1;
             }
@@ -457,6 +464,8 @@ impl SpellTrainer {
             let t = Instant::now();
             let outs = self.sample(Phase::Questioner, &prompts, 1, stream)?;
             report.questioner_seconds += t.elapsed().as_secs_f64();
+            let tokenizer = self.policy.tokenizer().clone();
+            let count = |t: &str| tokenizer.encode(t, false).map_or(usize::MAX, |v| v.len());
             let mut questions: Vec<Question> = Vec::new();
             for (((&(p, c), evidence), prompt), mut out) in
                 draws.iter().zip(views).zip(prompts).zip(outs)
@@ -465,9 +474,6 @@ impl SpellTrainer {
                 let sample = out.pop().expect("one sample");
                 let uid = self.state.next_uid;
                 self.state.next_uid += 1;
-                let tokenizer = self.policy.tokenizer().clone();
-                let count =
-                    move |t: &str| tokenizer.encode(t, false).map_or(usize::MAX, |v| v.len());
                 let parsed =
                     parse_questioner_output(task, &sample.text, &count, s.max_answer_tokens);
                 let record = QuestionerRecord {
