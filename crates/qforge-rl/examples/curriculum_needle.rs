@@ -18,7 +18,6 @@ use qforge_train::plot;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::{DType, Device};
 use qforge_model::ChatOptions;
 use qforge_rl::curriculum::{Phase, RetrospectiveConfig};
 use qforge_rl::grpo::{GroupFilter, GrpoConfig};
@@ -28,26 +27,6 @@ use qforge_rl::tasks::{greedy_score, needle_compact};
 use qforge_train::trainer::{Objective, TrainConfig, Trainer};
 use qforge_util::write_jsonl_atomic;
 use serde_json::json;
-
-/// A random 0.8M-parameter Qwen3 (the quickstart's shape; the 48-wide test fixture cannot learn
-/// retrieval) with the fixture's tokenizer and chat template.
-fn base_model(dir: &Path, seed: u64) -> PathBuf {
-    if !dir.join("config.json").is_file() {
-        let config = qforge_model::ModelConfig::from_json(json!({
-            "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": 384,
-            "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 4,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32,
-            "max_position_embeddings": 1024, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
-            "tie_word_embeddings": true, "hidden_act": "silu", "attention_bias": false
-        }))
-        .unwrap();
-        let model = qforge_model::Model::random(config, DType::F32, &Device::Cpu, seed).unwrap();
-        model.save_pretrained(dir, usize::MAX).unwrap();
-        let fixture = qforge_testkit::tiny_model();
-        qforge_model::copy_tokenizer_files(&fixture, dir).unwrap();
-    }
-    dir.to_path_buf()
-}
 
 /// Greedy exact match of `dir`'s policy on `tasks`.
 fn accuracy(dir: &Path, tasks: &[Task]) -> f64 {
@@ -76,7 +55,7 @@ fn main() {
         write_jsonl_atomic(&out.join("sft.jsonl"), &rows).unwrap();
         let mut t = Trainer::new(
             TrainConfig {
-                model: base_model(&out.join("base"), seed),
+                model: qforge_testkit::retrieval_model(&out.join("base"), seed),
                 data: out.join("sft.jsonl"),
                 output_dir: out.join("sft"),
                 max_length: 128,

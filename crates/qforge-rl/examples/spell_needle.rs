@@ -19,7 +19,6 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device};
 use qforge_rl::spell::{CorpusSettings, SpellConfig, SpellStepReport, SpellTask, SpellTrainer};
 use qforge_train::trainer::{Objective, TrainConfig, Trainer};
 use qforge_util::{SplitMix, write_jsonl_atomic};
@@ -100,34 +99,13 @@ fn warmup_rows(n: usize, seed: u64) -> Vec<serde_json::Value> {
     rows
 }
 
-/// A random 0.8M-parameter Qwen3 with the fixture's tokenizer (the 48-wide fixture cannot learn
-/// retrieval).
-fn base_model(dir: &Path, seed: u64) -> PathBuf {
-    if !dir.join("config.json").is_file() {
-        let config = qforge_model::ModelConfig::from_json(json!({
-            "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": 384,
-            "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 4,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32,
-            "max_position_embeddings": 1024, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
-            "tie_word_embeddings": true, "hidden_act": "silu", "attention_bias": false
-        }))
-        .unwrap();
-        qforge_model::Model::random(config, DType::F32, &Device::Cpu, seed)
-            .unwrap()
-            .save_pretrained(dir, usize::MAX)
-            .unwrap();
-        qforge_model::copy_tokenizer_files(&qforge_testkit::tiny_model(), dir).unwrap();
-    }
-    dir.to_path_buf()
-}
-
 fn warm_up(out: &Path, sft_steps: u64) -> PathBuf {
     let warm = out.join("warmup");
     if !warm.join("config.json").is_file() {
         write_jsonl_atomic(&out.join("sft.jsonl"), &warmup_rows(4096, 11)).unwrap();
         let mut t = Trainer::new(
             TrainConfig {
-                model: base_model(&out.join("base"), 1),
+                model: qforge_testkit::retrieval_model(&out.join("base"), 1),
                 data: out.join("sft.jsonl"),
                 output_dir: out.join("sft"),
                 max_length: 128,
