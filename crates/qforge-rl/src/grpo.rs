@@ -32,6 +32,12 @@ use crate::groups::{DynamicSampler, dupo_fill, informative};
 use crate::reward::{RewardFn, Task};
 use crate::tools::{ToolConfig, ToolEnv};
 
+/// verl's constant schedule with warm-up over `ratio × total` steps (truncated, as verl's `int`).
+pub fn warmup_factor(step: u64, ratio: f64, total: u64) -> f64 {
+    let warmup = (ratio * total as f64) as u64;
+    qforge_train::optim::Schedule::ConstantWithWarmup { warmup }.factor(step)
+}
+
 /// Which groups a step trains on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -57,6 +63,9 @@ pub struct GrpoConfig {
     pub temperature: f32,
     pub top_p: f32,
     pub lr: f64,
+    /// Linear warm-up over this share of `max_steps` from 0, then constant (verl's
+    /// `lr_warmup_steps_ratio`; 0: no warm-up).
+    pub lr_warmup_ratio: f64,
     pub max_steps: u64,
     /// Optimiser updates per step = mini_batches × epochs (1 × 1: pure on-policy).
     pub mini_batches: usize,
@@ -97,6 +106,7 @@ impl Default for GrpoConfig {
             temperature: 1.0,
             top_p: 1.0,
             lr: 1e-6,
+            lr_warmup_ratio: 0.0,
             max_steps: 100,
             mini_batches: 1,
             epochs: 1,
@@ -212,6 +222,16 @@ pub struct ScoredSequence {
     pub prompt: Vec<u32>,
     pub response: Vec<u32>,
     pub advantage: f64,
+}
+
+/// A sequence with one advantage per response token (PPO's GAE advantages), for
+/// [`GrpoTrainer::update_token_scored`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenScoredSequence {
+    pub prompt: Vec<u32>,
+    pub response: Vec<u32>,
+    /// One per response token.
+    pub advantages: Vec<f64>,
 }
 
 /// One rollout: the prompt's tokens, the response's (with tool observations between turns),
@@ -634,8 +654,96 @@ impl GrpoTrainer {
                 (ids, learned)
             })
             .collect();
-        let advantages: Vec<f64> = seqs.iter().map(|s| s.advantage).collect();
+        let advantages: Vec<Vec<f64>> = rows
+            .iter()
+            .zip(seqs)
+            .map(|((ids, _), s)| vec![s.advantage; ids.len()])
+            .collect();
         self.update(&rows, &advantages)
+    }
+
+    /// One optimisation pass where each response token has its own advantage (PPO).
+    pub fn update_token_scored(&mut self, seqs: &[TokenScoredSequence]) -> Result<UpdateStats> {
+        if seqs.is_empty() {
+            return Ok(UpdateStats::default());
+        }
+        if let Some(i) = seqs
+            .iter()
+            .position(|s| s.advantages.len() != s.response.len())
+        {
+            return Err(RlError::Invalid(format!(
+                "sequence {i}: {} advantages for {} response tokens",
+                seqs[i].advantages.len(),
+                seqs[i].response.len()
+            )));
+        }
+        if seqs
+            .iter()
+            .flat_map(|s| &s.advantages)
+            .any(|a| !a.is_finite())
+        {
+            return Err(RlError::Invalid("an advantage is not finite".into()));
+        }
+        let rows: Vec<(Vec<u32>, Vec<bool>)> = seqs
+            .iter()
+            .map(|s| {
+                let ids = s.prompt.iter().chain(&s.response).copied().collect();
+                let learned = std::iter::repeat_n(false, s.prompt.len())
+                    .chain(std::iter::repeat_n(true, s.response.len()))
+                    .collect();
+                (ids, learned)
+            })
+            .collect();
+        let advantages: Vec<Vec<f64>> = seqs
+            .iter()
+            .map(|s| {
+                std::iter::repeat_n(0.0, s.prompt.len())
+                    .chain(s.advantages.iter().copied())
+                    .collect()
+            })
+            .collect();
+        self.update(&rows, &advantages)
+    }
+
+    /// Per response token, its log-probability under `model` (the policy when `None`) at the
+    /// rollout temperature, for (prompt, response) pairs: PPO's old and reference log-probs.
+    pub fn response_logps(
+        &self,
+        model: Option<&Model>,
+        pairs: &[(Vec<u32>, Vec<u32>)],
+    ) -> Result<Vec<Vec<f64>>> {
+        let model = model.unwrap_or(&self.model);
+        let pad = self.tokenizer.pad_token_id();
+        let device = self.model.device().clone();
+        let mut out = Vec::with_capacity(pairs.len());
+        for chunk in pairs.chunks(self.config.prompts_per_step.max(1)) {
+            let seqs: Vec<(Vec<u32>, Vec<bool>)> = chunk
+                .iter()
+                .map(|(p, r)| {
+                    let ids = p.iter().chain(r).copied().collect();
+                    let learned = std::iter::repeat_n(false, p.len())
+                        .chain(std::iter::repeat_n(true, r.len()))
+                        .collect();
+                    (ids, learned)
+                })
+                .collect();
+            let rows: Vec<(&[u32], &[bool])> = seqs
+                .iter()
+                .map(|(i, l)| (i.as_slice(), l.as_slice()))
+                .collect();
+            let tb = TrainBatch::with_loss_masks(&rows, pad, &device)?;
+            let lp: Vec<Vec<f32>> = self.logps(model, &tb)?.0.detach().to_vec2()?;
+            for ((p, r), row) in chunk.iter().zip(lp) {
+                // Index j scores token j + 1.
+                out.push(
+                    row[p.len() - 1..p.len() - 1 + r.len()]
+                        .iter()
+                        .map(|&x| x as f64)
+                        .collect(),
+                );
+            }
+        }
+        Ok(out)
     }
 
     /// Mean reward of each task over the groups it had so far (`None`: never sampled).
@@ -1002,6 +1110,11 @@ impl GrpoTrainer {
         }
         let rewards: Vec<f64> = selected.iter().flatten().map(|r| r.reward).collect();
         let advantages = group_advantages(&rewards, g, AdvantageNorm::GroupStd { eps: 1e-6 })?;
+        let rollouts = selected.iter().flatten();
+        let advantages: Vec<Vec<f64>> = rollouts
+            .zip(&advantages)
+            .map(|(r, &a)| vec![a; r.prompt.len() + r.response.len()])
+            .collect();
         // Whole sequences with their loss masks: prompt and observations are context only.
         let seqs: Vec<(Vec<u32>, Vec<bool>)> = selected
             .iter()
@@ -1027,12 +1140,13 @@ impl GrpoTrainer {
     }
 
     /// One optimisation pass (mini_batches × epochs of the clipped surrogate) over whole
-    /// sequences with their loss masks and one advantage each. Old log-probs are recomputed
-    /// first with the weights that generated them.
+    /// sequences with their loss masks and an advantage per token (aligned with the ids; only
+    /// learned tokens' count). Old log-probs are recomputed first with the weights that
+    /// generated them.
     fn update(
         &mut self,
         seqs: &[(Vec<u32>, Vec<bool>)],
-        advantages: &[f64],
+        advantages: &[Vec<f64>],
     ) -> Result<UpdateStats> {
         let cfg = self.config.clone();
         let pad = self.tokenizer.pad_token_id();
@@ -1066,15 +1180,23 @@ impl GrpoTrainer {
         let vars: Vec<&Var> = self.vars.iter().map(|(_, v)| v).collect();
         let clip = ClipConfig::verl(cfg.clip_low, cfg.clip_high);
         let agg = cfg.aggregation()?;
+        let lr = cfg.lr * warmup_factor(self.step, cfg.lr_warmup_ratio, cfg.max_steps);
         let (mut loss_sum, mut clip_sum, mut kl_sum, mut updates) = (0f64, 0f64, 0f64, 0usize);
         let mut stats = UpdateStats::default();
         let mut clip_lower_sum = 0f64;
         for _ in 0..cfg.epochs.max(1) {
             for (b, (ids, tb)) in batches.iter().zip(&train_batches).enumerate() {
                 let (logp, mask, logits) = self.logps(&self.model, tb)?;
-                let adv: Vec<f32> = ids.iter().map(|&i| advantages[i] as f32).collect();
-                let adv =
-                    Tensor::from_vec(adv, (ids.len(), 1), &device)?.broadcast_as(logp.shape())?;
+                // logp index j scores token j + 1.
+                let width = logp.dim(1)?;
+                let adv: Vec<f32> = ids
+                    .iter()
+                    .flat_map(|&i| {
+                        (1..=width)
+                            .map(move |j| advantages[i].get(j).copied().unwrap_or(0.0) as f32)
+                    })
+                    .collect();
+                let adv = Tensor::from_vec(adv, (ids.len(), width), &device)?;
                 let pl = clipped_policy_loss(&logp, &old[b], &adv, &mask, clip)?;
                 let mut loss = aggregate(&pl.per_token, &mask, agg)?;
                 if let Some(r) = &refs[b] {
@@ -1093,7 +1215,7 @@ impl GrpoTrainer {
                 }
                 let mut grads = loss.backward()?;
                 match clip_grad_norm(&mut grads, &vars, cfg.max_grad_norm) {
-                    Ok(_) => self.optimizer.step(&grads, cfg.lr)?,
+                    Ok(_) => self.optimizer.step(&grads, lr)?,
                     Err(TrainError::NonFiniteGradient(_)) => continue,
                     Err(e) => return Err(e.into()),
                 }

@@ -22,10 +22,12 @@ pub mod error;
 pub mod groups;
 pub mod grpo;
 pub mod judge;
+pub mod ppo;
 pub mod qwenlong_l1;
 pub mod reward;
 pub mod spell;
 pub mod tasks;
 pub mod tools;
+pub mod writing_rl;
 
 pub use error::{Result, RlError};

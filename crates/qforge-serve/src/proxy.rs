@@ -110,3 +110,24 @@ async fn proxy_chat(
     }
     response
 }
+
+/// Any [`qforge_engine::ChatBackend`] served as is (a judge or simulator over HTTP).
+pub struct ChatProxy(pub Arc<dyn qforge_engine::ChatBackend>);
+
+#[async_trait]
+impl ProxyBackend for ChatProxy {
+    fn model_name(&self) -> &str {
+        self.0.model_name()
+    }
+
+    fn owned_by(&self) -> &str {
+        "qforge"
+    }
+
+    async fn proxy(
+        &self,
+        request: ChatRequest,
+    ) -> Result<(ChatStream, Vec<(&'static str, String)>), BackendError> {
+        Ok((self.0.chat_stream(request).await?, Vec::new()))
+    }
+}

@@ -341,6 +341,10 @@ impl GradAccumulator {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Schedule {
     Constant,
+    /// Linear warm-up from 0, then constant (verl's `warmup_style: constant`).
+    ConstantWithWarmup {
+        warmup: u64,
+    },
     /// Linear warm-up, then linear decay to 0 at `total` steps.
     Linear {
         warmup: u64,
@@ -373,6 +377,7 @@ impl Schedule {
         let warm = |warmup: u64| (step < warmup).then(|| step as f64 / warmup.max(1) as f64);
         match *self {
             Schedule::Constant => 1.0,
+            Schedule::ConstantWithWarmup { warmup } => warm(warmup).unwrap_or(1.0),
             Schedule::Linear { warmup, total } => warm(warmup).unwrap_or_else(|| {
                 ((total as f64 - step as f64) / (total.saturating_sub(warmup)).max(1) as f64)
                     .max(0.0)

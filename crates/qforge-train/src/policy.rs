@@ -239,3 +239,107 @@ pub fn kl_penalty(logp: &Tensor, ref_logp: &Tensor, kind: KlEstimator) -> Result
         }
     })
 }
+
+/// Generalised advantage estimation over a batch of responses (verl `compute_gae_advantage_return`):
+/// per response token, `δ_t = r_t + γ·V_{t+1} − V_t` (`V` past the end is 0) and
+/// `A_t = δ_t + γλ·A_{t+1}`; returns are `A + V` before whitening; the advantages are then
+/// whitened over every token of the batch (mean 0, unbiased variance 1, verl's
+/// `masked_whiten`). Rows are the responses' real tokens (no padding), `rewards` and `values`
+/// of equal shape.
+pub fn gae_advantages(
+    rewards: &[Vec<f64>],
+    values: &[Vec<f64>],
+    gamma: f64,
+    lam: f64,
+) -> Result<(Vec<Vec<f64>>, Vec<Vec<f64>>)> {
+    if rewards.len() != values.len() || rewards.iter().zip(values).any(|(r, v)| r.len() != v.len())
+    {
+        return Err(TrainError::Invalid(
+            "GAE needs one value per reward token".into(),
+        ));
+    }
+    if let Some(i) = rewards
+        .iter()
+        .zip(values)
+        .position(|(r, v)| r.iter().chain(v).any(|x| !x.is_finite()))
+    {
+        return Err(TrainError::Invalid(format!(
+            "row {i}: a reward or value is not finite"
+        )));
+    }
+    let mut advantages = Vec::with_capacity(rewards.len());
+    let mut returns = Vec::with_capacity(rewards.len());
+    for (r, v) in rewards.iter().zip(values) {
+        let mut adv = vec![0.0; r.len()];
+        let mut last = 0.0;
+        for t in (0..r.len()).rev() {
+            let next = v.get(t + 1).copied().unwrap_or(0.0);
+            last = r[t] + gamma * next - v[t] + gamma * lam * last;
+            adv[t] = last;
+        }
+        returns.push(adv.iter().zip(v).map(|(a, v)| a + v).collect());
+        advantages.push(adv);
+    }
+    Ok((whiten(&advantages)?, returns))
+}
+
+/// verl's `masked_whiten` over every element: `(x − mean)·rsqrt(var + 1e-8)` with the unbiased
+/// (Bessel-corrected) variance, which needs at least two elements.
+pub fn whiten(rows: &[Vec<f64>]) -> Result<Vec<Vec<f64>>> {
+    let n = rows.iter().map(Vec::len).sum::<usize>();
+    if n < 2 {
+        return Err(TrainError::Invalid(format!(
+            "whitening needs at least two tokens, the batch has {n}"
+        )));
+    }
+    // verl's masked_mean divides by (count + 1e-8).
+    let count = n as f64 + 1e-8;
+    let mean = rows.iter().flatten().sum::<f64>() / count;
+    let var = rows
+        .iter()
+        .flatten()
+        .map(|x| (x - mean).powi(2))
+        .sum::<f64>()
+        / count
+        * (n as f64 / (n as f64 - 1.0));
+    let scale = 1.0 / (var + 1e-8).sqrt();
+    Ok(rows
+        .iter()
+        .map(|r| r.iter().map(|x| (x - mean) * scale).collect())
+        .collect())
+}
+
+#[derive(Debug, Clone)]
+pub struct ValueLoss {
+    /// The scalar loss.
+    pub loss: Tensor,
+    /// Fraction of masked tokens where the clipped prediction's error was the larger.
+    pub clip_fraction: f32,
+}
+
+/// PPO's clipped value loss (verl `compute_value_loss`): `½ · masked_mean(max((V − R)²,
+/// (clip(V, V_old − c, V_old + c) − R)²))` over `[B, T]` predictions `V`, old values, returns
+/// and a 0/1 mask; the mean divides by `Σ mask + 1e-8` as verl does.
+pub fn clipped_value_loss(
+    values: &Tensor,
+    old_values: &Tensor,
+    returns: &Tensor,
+    mask: &Tensor,
+    clip: f64,
+) -> Result<ValueLoss> {
+    let clipped = values
+        .minimum(&(old_values + clip)?)?
+        .maximum(&(old_values - clip)?)?;
+    let unclipped_err = (values - returns)?.sqr()?;
+    let clipped_err = (clipped - returns)?.sqr()?;
+    let count = (mask.sum_all()? + 1e-8)?;
+    let worse = unclipped_err.maximum(&clipped_err)?;
+    let loss = (((worse * mask)?.sum_all()? / &count)? * 0.5)?;
+    let clip_fraction =
+        ((clipped_err.gt(&unclipped_err)?.to_dtype(mask.dtype())? * mask)?.sum_all()? / &count)?
+            .to_scalar::<f32>()?;
+    Ok(ValueLoss {
+        loss,
+        clip_fraction,
+    })
+}

@@ -6,3 +6,4 @@ mod qwenlong_l1;
 mod remote;
 mod robustness;
 mod spell;
+mod writing_rl;
