@@ -103,3 +103,37 @@ pub fn select_by_margin(mut scored: Vec<MarginScore>, share: f64) -> Vec<MarginS
     scored.truncate(quota);
     scored
 }
+
+/// Topics for [`length_following_prompts`].
+pub const TOPICS: [&str; 24] = [
+    "rain", "snow", "wind", "sun", "moon", "stars", "river", "ocean", "forest", "desert",
+    "mountain", "city", "village", "garden", "bread", "music", "winter", "summer", "spring",
+    "autumn", "trains", "ships", "birds", "bees",
+];
+
+const LADDER_WORDS: [&str; 16] = [
+    "the", "quiet", "light", "falls", "over", "open", "fields", "and", "every", "small", "thing",
+    "wakes", "as", "morning", "comes", "home",
+];
+
+/// A synthetic length-following task (for the rubric judge): "Write about TOPIC in `target`
+/// words." with references of `ladder` distinct words each (weakest first; at most 16).
+pub fn length_following_prompts(
+    topics: &[&str],
+    target: usize,
+    ladder: &[usize],
+) -> Vec<WritingPrompt> {
+    topics
+        .iter()
+        .enumerate()
+        .map(|(i, t)| WritingPrompt {
+            id: format!("{t}-{i}"),
+            prompt: format!("Write about {t} in {target} words."),
+            references: ladder
+                .iter()
+                .map(|&n| LADDER_WORDS[..n.min(LADDER_WORDS.len())].join(" "))
+                .collect(),
+            criteria: None,
+        })
+        .collect()
+}

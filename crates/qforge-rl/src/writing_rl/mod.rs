@@ -25,6 +25,7 @@
 //! dropped), and the configured share of prompts with the largest positive margins is kept.
 
 pub mod data;
+pub mod eval;
 pub mod judge;
 pub mod ladder;
 pub mod rubric;
@@ -194,14 +195,16 @@ impl WritingRlConfig {
         Ok(())
     }
 
-    /// The actor's settings with this recipe's model, output, steps and seed.
+    /// The actor's settings with this recipe's model, output, steps and seed. The seed is
+    /// hashed first: the rollout engine XORs it with small sample indices, so nearby seeds
+    /// (1 and 2, say) would otherwise draw the same samples in a different order.
     pub fn actor_config(&self) -> GrpoConfig {
         GrpoConfig {
             model: self.model.clone(),
             output_dir: self.output_dir.clone(),
             max_steps: self.max_steps,
             save_steps: self.save_steps,
-            seed: self.seed,
+            seed: qforge_util::SplitMix(self.seed).next_u64(),
             ..self.grpo.clone()
         }
     }

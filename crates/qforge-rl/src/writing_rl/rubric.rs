@@ -2,8 +2,8 @@
 //! judge would (an explanation, then `[[A]]`, `[[B]]` or `[[C]]`), for runs without a judge
 //! model: tests, the embedded default, and smoke runs. It reads the question and the two
 //! answers out of the released template and scores each answer on
-//! - length following: LongBench-Write's S_l against the word count the question asks for
-//!   ("in 40 words", "about 40 words"; no target: full marks),
+//! - length following: LongBench-Write's S_l (words counted as LongWriter counts them) against
+//!   the word count the question asks for ("in 40 words", "a 40-word"; no target: full marks),
 //! - terms: the share of the words listed after `Use the words:` (up to the line's end or a
 //!   period) that the answer contains,
 //! - repetition: distinct bigrams over bigrams (the judge template's "severe repetition loses"),
@@ -14,18 +14,7 @@ use async_trait::async_trait;
 use qforge_engine::chat::{ChatDelta, ChatEvent, ChatRequest};
 use qforge_engine::{BackendError, ChatBackend, ChatStream};
 
-/// LongBench-Write's length score S_l (0–100) of an output of `y` units for a required `x`.
-pub fn length_score(required: usize, produced: usize) -> f64 {
-    let (x, y) = (required as f64, produced as f64);
-    if y == 0.0 {
-        return 0.0;
-    }
-    if y > x {
-        100.0 * (1.0 - (y / x - 1.0) / 3.0).max(0.0)
-    } else {
-        100.0 * (1.0 - (x / y - 1.0) / 2.0).max(0.0)
-    }
-}
+use super::eval::{count_words, length_score};
 
 /// The word count a writing prompt asks for: the number before "words" (`40 words`,
 /// `40-word`).
@@ -70,7 +59,7 @@ pub fn distinct_bigrams(text: &str) -> f64 {
 
 /// The rubric's score of one answer to a question, in [0, 1].
 pub fn rubric_score(question: &str, answer: &str) -> f64 {
-    let words = answer.split_whitespace().count();
+    let words = count_words(answer);
     let length = required_words(question).map_or(1.0, |x| length_score(x, words) / 100.0);
     let terms = required_terms(question);
     let coverage = if terms.is_empty() {

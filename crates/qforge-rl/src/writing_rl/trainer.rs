@@ -61,6 +61,15 @@ pub struct WritingRlStepReport {
     pub train_seconds: f64,
 }
 
+/// A held-out check's result ([`WritingRlTrainer::evaluate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct HeldOut {
+    pub win_rate: f64,
+    pub score_mean: f64,
+    /// Mean S_l (0–100) over responses to prompts that name a word count.
+    pub length_score_mean: f64,
+}
+
 /// Written into each checkpoint.
 const STATE_FILE: &str = "writing_rl_state.json";
 const LADDER_FILE: &str = "ladder.json";
@@ -460,6 +469,48 @@ impl WritingRlTrainer {
         report.train_seconds = train_started.elapsed().as_secs_f64();
         self.policy.advance_step();
         Ok(report)
+    }
+
+    /// Held-out check: `samples` policy responses per prompt (seeded, at the rollout
+    /// temperature), judged against each prompt's reference on rung `rung` (clamped): the win
+    /// rate, mean score and mean LongBench-Write length score where the prompt names a length.
+    pub fn evaluate(
+        &mut self,
+        prompts: &[WritingPrompt],
+        samples: usize,
+        rung: usize,
+    ) -> Result<HeldOut> {
+        let ids: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| self.policy.encode_user(&p.prompt))
+            .collect::<Result<_>>()?;
+        let drawn = self.policy.sample(&ids, samples, 1 << 30)?;
+        let mut items = Vec::new();
+        let mut lengths = Vec::new();
+        for (p, group) in prompts.iter().zip(&drawn) {
+            for sample in group {
+                let response = extract_passage(&sample.text);
+                if let Some(x) = super::rubric::required_words(&p.prompt) {
+                    lengths.push(super::eval::length_score(
+                        x,
+                        super::eval::count_words(&response),
+                    ));
+                }
+                items.push(Comparison {
+                    prompt: p.prompt.clone(),
+                    response,
+                    reference: p.references[rung.min(p.references.len() - 1)].clone(),
+                    criteria: p.criteria.clone(),
+                });
+            }
+        }
+        let judged = self.judge_batch(&items)?;
+        Ok(HeldOut {
+            win_rate: judged.iter().filter(|j| j.outcome == Outcome::Win).count() as f64
+                / judged.len().max(1) as f64,
+            score_mean: mean(&judged.iter().map(|j| j.score).collect::<Vec<_>>()),
+            length_score_mean: mean(&lengths),
+        })
     }
 
     /// Runs to `max_steps` (selection first), appending reports to `output_dir/metrics.jsonl`,
