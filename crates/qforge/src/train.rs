@@ -78,6 +78,22 @@ pub enum TrainCommand {
         from the newest checkpoint with their history memory. Example: examples/recipes/spell.toml"
     )]
     Spell(Args),
+    /// Writing-RL: long-form writing RL against a pairwise judge and a per-prompt ladder of
+    /// references (margin-aware selection, dynamic reference scheduling, PPO with a critic).
+    #[command(
+        name = "writing-rl",
+        after_help = "The recipe (TOML): model, prompts (JSONL {id, prompt, references: [weakest .. strongest],\n\
+        criteria?}), output_dir, max_steps, save_steps, seed, [grpo] (the actor: prompts_per_step,\n\
+        max_new_tokens, max_prompt_tokens, temperature, lr, lr_warmup_ratio, mini_batches, clip_low/high,\n\
+        entropy_coef, group_size for GRPO), [critic] (model, lr, lr_warmup_ratio, clip_value, mini_batches),\n\
+        [judge] (url, model, api_key_env, temperature, max_tokens, concurrency, retries, position =\n\
+        position-disadvantage | position-advantage | both, values = {win, tie, loss}, timeout_s; without a\n\
+        url, the built-in rubric judge) and [writing_rl] (algorithm = ppo | grpo, gamma, lam, kl_in_reward,\n\
+        kl_coef, select, select_share, selection_samples). Defaults are the released run's. Selection\n\
+        writes output_dir/selection/ and resumes; training resumes from the newest checkpoint with its\n\
+        critic and ladder. Example: examples/recipes/writing_rl.toml"
+    )]
+    WritingRl(Args),
     /// QwenLong-CPRS: trains a compressor (hybrid causal/bidirectional backbone, BIOE head, LM
     /// head as token critic) on JSONL samples or synthetic tasks, windows cut as at inference.
     #[command(
@@ -119,6 +135,7 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
         TrainCommand::QwenlongL1(a) => return qwenlong_l1(a),
         TrainCommand::Websailor(a) => return websailor(a),
         TrainCommand::Spell(a) => return spell(a),
+        TrainCommand::WritingRl(a) => return writing_rl(a),
         TrainCommand::Cprs(a) => return cprs(a),
     };
     let config = qforge_train::recipe::load(args.config.as_deref(), &args.overrides)?;
@@ -286,6 +303,91 @@ fn spell(args: Args) -> Result<()> {
     }
     eprintln!(
         "policy in {} (metrics.jsonl, curves.png and checkpoints with the history memory there too)",
+        out.join("policy").display()
+    );
+    Ok(())
+}
+
+fn writing_rl(args: Args) -> Result<()> {
+    use qforge_rl::writing_rl::trainer::judge_for;
+    use qforge_rl::writing_rl::{
+        WritingRlConfig, WritingRlStepReport, WritingRlTrainer, load_prompts,
+    };
+    let path = args
+        .config
+        .as_deref()
+        .context("writing-rl needs --config recipe.toml")?;
+    let config = WritingRlConfig::from_recipe(path, &args.overrides)?;
+    let (out, steps) = (config.output_dir.clone(), config.max_steps);
+    let prompts = load_prompts(&config.prompts)?;
+    let judge = judge_for(&config.judge)?;
+    let judge_name = if config.judge.url.is_empty() {
+        "the built-in rubric judge".to_string()
+    } else {
+        format!("{} at {}", config.judge.model, config.judge.url)
+    };
+    let mut trainer = WritingRlTrainer::new(config, prompts, judge)?;
+    eprintln!(
+        "{} prompts, judged by {judge_name}; starting at step {}",
+        trainer.prompts().len(),
+        trainer.policy().step_count()
+    );
+    let style = |what: &str| {
+        ProgressStyle::with_template(&format!(
+            "{what} [{{bar:30}}] {{pos}}/{{len}} {{msg}} ETA {{eta}}"
+        ))
+        .expect("valid template")
+        .progress_chars("=> ")
+    };
+    if trainer.selected().is_empty() {
+        let bar = ProgressBar::new(trainer.prompts().len() as u64);
+        bar.set_style(style("margin selection"));
+        let kept = trainer.select(|done, _| bar.set_position(done as u64))?;
+        bar.finish_and_clear();
+        if !kept.is_empty() {
+            eprintln!(
+                "kept {} of {} prompts (margins {:.3} .. {:.3}; output_dir/selection/)",
+                kept.len(),
+                trainer.prompts().len(),
+                kept.last().map_or(0.0, |m| m.margin),
+                kept[0].margin
+            );
+        }
+    }
+    let bar = ProgressBar::new(steps);
+    bar.set_style(style("writing-rl"));
+    bar.set_position(trainer.policy().step_count());
+    let reports = trainer.train(|r| {
+        bar.set_position(r.step);
+        bar.set_message(format!(
+            "reward {:.3} | win {:.2} tie {:.2} | rung {:.2} | value loss {:.4}",
+            r.reward_mean, r.win_rate, r.tie_rate, r.ladder_rung_mean, r.value_loss
+        ));
+    })?;
+    bar.finish();
+    if !reports.is_empty() {
+        let series = |name: &'static str, f: fn(&WritingRlStepReport) -> f64| Series {
+            name,
+            points: reports
+                .iter()
+                .map(|r| (r.step as f64, f(r)))
+                .filter(|(_, y)| y.is_finite())
+                .collect(),
+        };
+        line_chart(
+            &out.join("curves.png"),
+            "Writing-RL training",
+            "step",
+            &[
+                series("reward", |r| r.reward_mean),
+                series("win rate", |r| r.win_rate),
+                series("mean ladder rung", |r| r.ladder_rung_mean),
+                series("value loss", |r| r.value_loss),
+            ],
+        )?;
+    }
+    eprintln!(
+        "policy in {} (critic, metrics.jsonl, curves.png and checkpoints with the ladder there too)",
         out.join("policy").display()
     );
     Ok(())
@@ -507,6 +609,9 @@ mod tests {
                 "spell" => qforge_rl::spell::SpellConfig::from_recipe(p, &[])
                     .map(drop)
                     .map_err(anyhow::Error::from),
+                "writing-rl" => qforge_rl::writing_rl::WritingRlConfig::from_recipe(p, &[])
+                    .map(drop)
+                    .map_err(anyhow::Error::from),
                 "cprs" => qforge_compress::train::CprsTrainConfig::from_recipe(Some(p), &[])
                     .map(drop)
                     .map_err(anyhow::Error::from),
@@ -526,6 +631,7 @@ mod tests {
             "qwenlong-l1",
             "websailor",
             "spell",
+            "writing-rl",
             "cprs",
         ] {
             assert!(

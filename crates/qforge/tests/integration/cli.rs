@@ -867,6 +867,76 @@ fn spell_trains_from_a_recipe_resumes_and_names_bad_clusters() {
 }
 
 #[test]
+fn writing_rl_trains_from_a_recipe_with_the_rubric_judge_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prompts = tmp.path().join("prompts.jsonl");
+    let rows: Vec<String> = (0..3)
+        .map(|i| {
+            serde_json::json!({"id": i, "prompt": format!("Write about rain in {} words.", 5 + i),
+                "references": ["rain", "rain falls", "rain falls on the roof"]})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&prompts, rows.join("\n")).unwrap();
+    let recipe = tmp.path().join("writing_rl.toml");
+    let write_recipe = |prompts: &std::path::Path| {
+        std::fs::write(
+            &recipe,
+            format!(
+                "model = {:?}\nprompts = {:?}\noutput_dir = {:?}\nmax_steps = 2\nsave_steps = 1\n\n[grpo]\nprompts_per_step = 2\nmax_new_tokens = 6\nmax_prompt_tokens = 0\nlr = 1e-3\n\n[writing_rl]\nselect_share = 1.0\n",
+                model("qwen3_tied_gqa"),
+                prompts.to_str().unwrap(),
+                tmp.path().join("run").to_str().unwrap(),
+            ),
+        )
+        .unwrap();
+    };
+    write_recipe(&prompts);
+    let run = |args: &[&str]| {
+        let out = qforge(args, None);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let train = ["train", "writing-rl", "--config", recipe.to_str().unwrap()];
+    let (ok, err) = run(&train);
+    assert!(ok, "{err}");
+    assert!(err.contains("built-in rubric judge"), "{err}");
+    let metrics = std::fs::read_to_string(tmp.path().join("run/metrics.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    assert!(
+        rows.iter()
+            .all(|r| r["value_loss"].as_f64().unwrap().is_finite())
+    );
+    for file in [
+        "policy/model.safetensors",
+        "critic/config.json",
+        "curves.png",
+        "selection/margins.jsonl",
+        "checkpoint-2/ladder.json",
+    ] {
+        assert!(tmp.path().join("run").join(file).is_file(), "{file}");
+    }
+    // Started again, the finished run resumes at its last step and has nothing left to do.
+    let (ok, err) = run(&train);
+    assert!(ok && err.contains("starting at step 2"), "{err}");
+    // A prompt without references is named by file, line and id.
+    let bad = tmp.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"id\": \"a\", \"prompt\": \"Write.\", \"references\": [\"r\"]}\n{\"id\": \"b\", \"prompt\": \"Write.\"}\n").unwrap();
+    write_recipe(&bad);
+    let (ok, err) = run(&train);
+    assert!(
+        !ok && err.contains("bad.jsonl:2") && err.contains("`b`"),
+        "{err}"
+    );
+}
+
+#[test]
 fn eval_longqa_writes_a_report_and_resumes_from_its_samples() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("qa.jsonl");
