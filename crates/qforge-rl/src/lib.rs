@@ -25,6 +25,7 @@ pub mod judge;
 pub mod ppo;
 pub mod qwenlong_l1;
 pub mod reward;
+pub mod sampler;
 pub mod spell;
 pub mod tasks;
 pub mod tools;

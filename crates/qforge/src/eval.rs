@@ -1,5 +1,6 @@
 //! `qforge eval longqa`: SPELL's long-context QA evaluation (pass@1 over k samples and pass@k
-//! with max(cover-EM, judge) scoring) on long-context files.
+//! with max(cover-EM, judge) scoring) on long-context files; `qforge eval writing`: Writing-RL's
+//! writing evaluation (LongBench-Write's length score, a pairwise judge against a baseline).
 
 use std::path::PathBuf;
 
@@ -25,6 +26,62 @@ pub enum EvalCommand {
         --samples 8 --max-input-tokens 16384 --judge-url http://127.0.0.1:8001/v1 --out runs/longqa"
     )]
     Longqa(LongQaArgs),
+    /// Long-form writing as Writing-RL evaluates it: one response per prompt on LongBench-Write
+    /// and WritingBench files, LongBench-Write's length score S_l, and a pairwise judge of each
+    /// response against a baseline model's (both orders by default); report JSON + PNG.
+    #[command(
+        after_help = "Data: LongBench-Write rows {prompt, type, length} (S_l needs `length`) or WritingBench rows\n\
+        {index, domain1, query, checklist} (the checklist becomes the judge's criteria).\n\
+        Writes OUT/samples.jsonl (one line per prompt; a rerun resumes after the last one),\n\
+        OUT/report.json and OUT/report.png. The judge runs only with --baseline (or --baseline-url);\n\
+        without --judge-url it is the built-in rubric judge (length, required words, repetition).\n\nExample:\n  \
+        qforge eval writing -m runs/writing_rl/policy --baseline Qwen/Qwen2.5-7B-Instruct \\\n    \
+        --data ../shared/data/writing/longbench_write_en.jsonl --judge-url http://127.0.0.1:8001/v1 \\\n    \
+        --judge-model judge --out runs/eval_writing"
+    )]
+    Writing(WritingArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct WritingArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt files (repeatable).
+    #[arg(long, required = true)]
+    data: Vec<PathBuf>,
+    /// The baseline model the judge compares against (a local directory or cached HF id).
+    #[arg(long)]
+    baseline: Option<String>,
+    /// Sample the baseline from this OpenAI-compatible server instead (raw completions of the
+    /// same prompt ids; the model's tokenizer is used); --baseline-model names it there.
+    #[arg(long)]
+    baseline_url: Option<String>,
+    #[arg(long, default_value = "")]
+    baseline_model: String,
+    /// The judge: an OpenAI-compatible server (default: the built-in rubric judge).
+    #[arg(long)]
+    judge_url: Option<String>,
+    #[arg(long, default_value = "judge")]
+    judge_model: String,
+    /// Which slot the evaluated response takes: both (default; bias-controlled),
+    /// position-advantage (first) or position-disadvantage (second).
+    #[arg(long, default_value = "both")]
+    judge_position: String,
+    #[arg(long, default_value_t = 32768)]
+    max_new_tokens: usize,
+    /// Prompts longer than this many tokens keep their first and last halves (0: no cap).
+    #[arg(long, default_value_t = 0)]
+    max_input_tokens: usize,
+    #[arg(long, default_value_t = 0.5)]
+    temperature: f32,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Evaluate at most this many prompts (the first ones).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Output directory.
+    #[arg(long, default_value = "runs/eval_writing")]
+    out: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -71,6 +128,7 @@ pub struct LongQaArgs {
 pub fn run_command(cmd: EvalCommand) -> Result<()> {
     match cmd {
         EvalCommand::Longqa(a) => longqa(a),
+        EvalCommand::Writing(a) => writing(a),
     }
 }
 
@@ -160,6 +218,119 @@ fn longqa(args: LongQaArgs) -> Result<()> {
             m.pass_at_1 * 100.0,
             m.rule_mean * 100.0,
             m.judge_calls
+        );
+    }
+    println!("{}", serde_json::to_string(&report).expect("serialisable"));
+    Ok(())
+}
+
+fn writing(args: WritingArgs) -> Result<()> {
+    use qforge_rl::sampler::Sampler;
+    use qforge_rl::writing_rl::eval::{WritingEvalSettings, load_items, run};
+    use qforge_rl::writing_rl::judge::{JudgeSettings, Position};
+    let mut items = Vec::new();
+    for f in &args.data {
+        items.extend(load_items(f)?);
+    }
+    if let Some(n) = args.limit {
+        items.truncate(n);
+    }
+    let engine = qforge_engine::Engine::from_checkpoint(args.model.load()?);
+    let tokenizer = engine.tokenizer().clone();
+    let sampler = Sampler::Embedded(engine);
+    let baseline = match (&args.baseline, &args.baseline_url) {
+        (Some(_), Some(_)) => anyhow::bail!("give --baseline or --baseline-url, not both"),
+        (Some(model), None) => {
+            let baseline_args = ModelArgs {
+                model: Some(model.clone()),
+                dtype: args.model.dtype.clone(),
+                adapter: None,
+                device: args.model.device.clone(),
+            };
+            Some(Sampler::Embedded(qforge_engine::Engine::from_checkpoint(
+                baseline_args.load().context("--baseline")?,
+            )))
+        }
+        (None, Some(url)) => Some(Sampler::Remote(
+            qforge_engine::RemoteBackend::new(qforge_engine::RemoteConfig::new(
+                url.clone(),
+                args.baseline_model.clone(),
+            ))
+            .context("--baseline-url")?,
+        )),
+        (None, None) => None,
+    };
+    let position: Position = serde_json::from_value(serde_json::json!(args.judge_position))
+        .with_context(|| {
+            format!(
+                "--judge-position `{}`: both, position-advantage or position-disadvantage",
+                args.judge_position
+            )
+        })?;
+    let judge = match &baseline {
+        Some(_) => Some(qforge_rl::writing_rl::trainer::judge_for(&JudgeSettings {
+            url: args.judge_url.clone().unwrap_or_default(),
+            model: args.judge_model.clone(),
+            position,
+            ..JudgeSettings::default()
+        })?),
+        None => None,
+    };
+    let settings = WritingEvalSettings {
+        temperature: args.temperature,
+        max_new_tokens: args.max_new_tokens,
+        max_input_tokens: args.max_input_tokens,
+        seed: args.seed,
+        ..WritingEvalSettings::default()
+    };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let bar = ProgressBar::new(items.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("writing [{bar:30}] {pos}/{len} prompts ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let report = run(
+        &items,
+        &tokenizer,
+        &sampler,
+        baseline.as_ref(),
+        judge.as_ref(),
+        &settings,
+        &args.out.join("samples.jsonl"),
+        |done, _| bar.set_position(done as u64),
+    )?;
+    bar.finish_and_clear();
+    qforge_util::write_json_atomic(
+        &args.out.join("report.json"),
+        &serde_json::to_value(&report).expect("serialisable"),
+    )?;
+    let bars: Vec<(String, f64)> = report
+        .kinds
+        .iter()
+        .chain(std::iter::once(&report.overall))
+        .filter_map(|k| match (k.win_rate, k.length_score) {
+            (Some(w), _) => Some((format!("{} (win %)", k.kind), w * 100.0)),
+            (None, Some(l)) => Some((format!("{} (S_l)", k.kind), l)),
+            _ => None,
+        })
+        .collect();
+    if !bars.is_empty() {
+        qforge_train::plot::bar_chart(&args.out.join("report.png"), "Writing evaluation", &bars)?;
+    }
+    let pct = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{:.1}", v * 100.0));
+    for k in report.kinds.iter().chain(std::iter::once(&report.overall)) {
+        eprintln!(
+            "{:>32}: {:>4} prompts  S_l {}  win {} tie {} loss {} (judged {})",
+            k.kind,
+            k.items,
+            k.length_score
+                .map_or("-".to_string(), |l| format!("{l:.1}")),
+            pct(k.win_rate),
+            pct(k.tie_rate),
+            pct(k.loss_rate),
+            k.judged
         );
     }
     println!("{}", serde_json::to_string(&report).expect("serialisable"));

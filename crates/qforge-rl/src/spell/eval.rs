@@ -354,12 +354,7 @@ impl Default for LongQaSettings {
     }
 }
 
-/// Where samples come from: the embedded engine or an OpenAI-compatible server's raw
-/// completions of the same prompt ids.
-pub enum Sampler {
-    Embedded(qforge_engine::Engine),
-    Remote(qforge_engine::RemoteBackend),
-}
+pub use crate::sampler::Sampler;
 
 /// One question's samples as written to the samples file (one line per question, so an
 /// interrupted run resumes after the last question written).
@@ -396,14 +391,7 @@ pub fn run(
             done.insert(q.id.clone(), q);
         }
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|source| RlError::Runtime {
-            what: "the evaluation client's runtime",
-            source,
-        })?;
+    let runtime = crate::sampler::client_runtime()?;
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -421,50 +409,17 @@ pub fn run(
         let ids = tokenizer.encode(&text, false)?;
         let truncated = settings.max_input_tokens > 0 && ids.len() > settings.max_input_tokens;
         let ids = truncate_middle(&ids, settings.max_input_tokens);
-        let responses: Vec<String> = match sampler {
-            Sampler::Embedded(engine) => {
-                let requests = (0..settings.samples)
-                    .map(|k| {
-                        let mut r = engine.request(ids.clone(), settings.max_new_tokens);
-                        r.sampling = qforge_engine::SamplingParams {
-                            temperature: settings.temperature,
-                            top_p: settings.top_p,
-                            seed: Some(settings.seed ^ ((n as u64) << 16) ^ k as u64),
-                            ..Default::default()
-                        };
-                        r
-                    })
-                    .collect();
-                engine
-                    .generate(requests, |_| {})
-                    .map_err(|source| RlError::Engine {
-                        context: "evaluation",
-                        source,
-                    })?
-                    .into_iter()
-                    .map(|o| o.text)
-                    .collect()
-            }
-            Sampler::Remote(backend) => {
-                let sampling = serde_json::json!({
-                    "n": settings.samples,
-                    "temperature": settings.temperature,
-                    "top_p": settings.top_p,
-                    "max_tokens": settings.max_new_tokens,
-                    "seed": settings.seed ^ ((n as u64) << 16),
-                });
-                let sampling = sampling.as_object().expect("object").clone();
-                runtime
-                    .block_on(backend.complete_ids(&ids, &sampling))
-                    .map_err(|source| RlError::Backend {
-                        context: "evaluation",
-                        source,
-                    })?
-                    .into_iter()
-                    .map(|(text, _)| text)
-                    .collect()
-            }
-        };
+        let responses = sampler.sample(
+            &runtime,
+            &ids,
+            crate::sampler::SampleParams {
+                n: settings.samples,
+                temperature: settings.temperature,
+                top_p: settings.top_p,
+                max_new_tokens: settings.max_new_tokens,
+                seed: settings.seed ^ ((n as u64) << 16),
+            },
+        )?;
         let mut scores: Vec<SampleScore> =
             responses.iter().map(|r| score_response(item, r)).collect();
         if let Some(judge) = &judge {

@@ -120,3 +120,213 @@ pub fn load_items(path: &Path) -> Result<Vec<WritingItem>> {
         })
         .collect()
 }
+
+/// Generation settings (LongWriter's `pred.py`: temperature 0.5, up to 32768 new tokens).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WritingEvalSettings {
+    pub temperature: f32,
+    pub top_p: f32,
+    pub max_new_tokens: usize,
+    /// Prompts longer than this many tokens keep their first and last halves (0: no cap).
+    pub max_input_tokens: usize,
+    pub seed: u64,
+}
+
+impl Default for WritingEvalSettings {
+    fn default() -> Self {
+        Self {
+            temperature: 0.5,
+            top_p: 1.0,
+            max_new_tokens: 32768,
+            max_input_tokens: 0,
+            seed: 42,
+        }
+    }
+}
+
+/// One item's result, as written to the samples file (one line per item, so a rerun resumes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WritingSample {
+    pub id: String,
+    pub kind: String,
+    pub response: String,
+    /// LongWriter's count of the response.
+    pub words: usize,
+    pub required_length: Option<usize>,
+    /// S_l (0–100) where the item names a length.
+    pub length_score: Option<f64>,
+    pub baseline: Option<String>,
+    /// The judge's comparison of the response (as "response") with the baseline's.
+    pub judgement: Option<super::judge::Judgement>,
+}
+
+/// Means over a set of items.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct WritingSummary {
+    pub kind: String,
+    pub items: usize,
+    /// Mean S_l over the items that name a length (None: none does).
+    pub length_score: Option<f64>,
+    pub judged: usize,
+    pub win_rate: Option<f64>,
+    pub tie_rate: Option<f64>,
+    pub loss_rate: Option<f64>,
+    /// Mean judge score against the baseline (the judge's win/tie/loss values).
+    pub judge_score: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WritingReport {
+    pub overall: WritingSummary,
+    /// Per genre / domain, in first-seen order.
+    pub kinds: Vec<WritingSummary>,
+}
+
+pub fn summarize(kind: &str, samples: &[&WritingSample]) -> WritingSummary {
+    let lengths: Vec<f64> = samples.iter().filter_map(|s| s.length_score).collect();
+    let judged: Vec<&super::judge::Judgement> = samples
+        .iter()
+        .filter_map(|s| s.judgement.as_ref())
+        .collect();
+    let share = |o: super::judge::Outcome| {
+        (!judged.is_empty())
+            .then(|| judged.iter().filter(|j| j.outcome == o).count() as f64 / judged.len() as f64)
+    };
+    let mean = |xs: &[f64]| (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64);
+    WritingSummary {
+        kind: kind.to_string(),
+        items: samples.len(),
+        length_score: mean(&lengths),
+        judged: judged.len(),
+        win_rate: share(super::judge::Outcome::Win),
+        tie_rate: share(super::judge::Outcome::Tie),
+        loss_rate: share(super::judge::Outcome::Loss),
+        judge_score: mean(&judged.iter().map(|j| j.score).collect::<Vec<_>>()),
+    }
+}
+
+/// Runs the evaluation: for every item not yet in `samples_file`, the model's response (and
+/// the baseline's, when given, each prompted through its own chat template), the length score, and the judge's comparison with the
+/// baseline (when both are given); appends each item's line; summarises all of them.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    items: &[WritingItem],
+    tokenizer: &qforge_model::Tokenizer,
+    sampler: &crate::sampler::Sampler,
+    baseline: Option<&crate::sampler::Sampler>,
+    judge: Option<&super::judge::PairwiseJudge>,
+    settings: &WritingEvalSettings,
+    samples_file: &Path,
+    mut on_item: impl FnMut(usize, usize),
+) -> Result<WritingReport> {
+    use std::io::Write;
+    let mut done: std::collections::HashMap<String, WritingSample> = Default::default();
+    if samples_file.exists() {
+        for (line, v) in
+            qforge_util::read_jsonl(samples_file).map_err(|e| RlError::file(samples_file, e))?
+        {
+            let s: WritingSample = serde_json::from_value(v)
+                .map_err(|e| RlError::from(RowError::new(samples_file, line, e.to_string())))?;
+            done.insert(s.id.clone(), s);
+        }
+    }
+    let runtime = crate::sampler::client_runtime()?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(samples_file)
+        .map_err(|e| RlError::file(samples_file, e))?;
+    for (n, item) in items.iter().enumerate() {
+        if done.contains_key(&item.id) {
+            on_item(n + 1, items.len());
+            continue;
+        }
+        let prompt_ids = |tokenizer: &qforge_model::Tokenizer| -> Result<Vec<u32>> {
+            let messages = vec![serde_json::json!({"role": "user", "content": item.prompt})];
+            let text = tokenizer
+                .apply_chat_template(&messages, &qforge_model::ChatOptions::generation())?;
+            let ids = tokenizer.encode(&text, false)?;
+            Ok(
+                if settings.max_input_tokens > 0 && ids.len() > settings.max_input_tokens {
+                    crate::curriculum::middle_truncate(&ids, settings.max_input_tokens)
+                } else {
+                    ids
+                },
+            )
+        };
+        let ids = prompt_ids(tokenizer)?;
+        let params = crate::sampler::SampleParams {
+            n: 1,
+            temperature: settings.temperature,
+            top_p: settings.top_p,
+            max_new_tokens: settings.max_new_tokens,
+            seed: settings.seed ^ ((n as u64) << 16),
+        };
+        let response =
+            super::judge::extract_passage(&sampler.sample(&runtime, &ids, params)?.remove(0));
+        let baseline_response = match baseline {
+            Some(b) => {
+                // The baseline reads the prompt with its own tokenizer (a server: the model's).
+                let ids = match b.tokenizer() {
+                    Some(t) => prompt_ids(t)?,
+                    None => ids.clone(),
+                };
+                Some(super::judge::extract_passage(
+                    &b.sample(&runtime, &ids, params)?.remove(0),
+                ))
+            }
+            None => None,
+        };
+        let judgement = match (judge, &baseline_response) {
+            (Some(judge), Some(base)) => Some(
+                judge
+                    .judge(&[super::judge::Comparison {
+                        prompt: item.prompt.clone(),
+                        response: response.clone(),
+                        reference: base.clone(),
+                        criteria: item.criteria.clone(),
+                    }])?
+                    .remove(0),
+            ),
+            _ => None,
+        };
+        let words = count_words(&response);
+        let sample = WritingSample {
+            id: item.id.clone(),
+            kind: item.kind.clone(),
+            length_score: item.required_length.map(|x| length_score(x, words)),
+            words,
+            required_length: item.required_length,
+            response,
+            baseline: baseline_response,
+            judgement,
+        };
+        writeln!(
+            file,
+            "{}",
+            serde_json::to_string(&sample).expect("serialisable")
+        )
+        .and_then(|()| file.flush())
+        .map_err(|e| RlError::file(samples_file, e))?;
+        done.insert(sample.id.clone(), sample);
+        on_item(n + 1, items.len());
+    }
+    let ordered: Vec<&WritingSample> = items.iter().filter_map(|i| done.get(&i.id)).collect();
+    let mut kinds: Vec<String> = Vec::new();
+    for s in &ordered {
+        if !kinds.contains(&s.kind) {
+            kinds.push(s.kind.clone());
+        }
+    }
+    Ok(WritingReport {
+        overall: summarize("overall", &ordered),
+        kinds: kinds
+            .iter()
+            .map(|k| {
+                let of_kind: Vec<&WritingSample> =
+                    ordered.iter().copied().filter(|s| &s.kind == k).collect();
+                summarize(k, &of_kind)
+            })
+            .collect(),
+    })
+}

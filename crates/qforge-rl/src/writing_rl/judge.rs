@@ -217,7 +217,7 @@ pub struct Comparison {
 }
 
 /// What the judge decided about one comparison.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Judgement {
     pub outcome: Outcome,
     pub score: f64,

@@ -766,3 +766,25 @@ fn ppo_raises_the_held_out_win_rate_climbs_the_ladder_and_lowers_the_value_loss(
         assert!(last <= 0.8 * first, "seed {seed}");
     }
 }
+
+#[test]
+fn longbench_write_word_count_and_length_score_match_longwriter() {
+    let f = fixture("length.json");
+    for case in f["count_words"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(
+            count_words(text) as u64,
+            case["count"].as_u64().unwrap(),
+            "{text:?}"
+        );
+    }
+    for case in f["score"].as_array().unwrap() {
+        let got = length_score(
+            case["required"].as_u64().unwrap() as usize,
+            case["produced"].as_u64().unwrap() as usize,
+        );
+        assert!(close(got, case["score"].as_f64().unwrap(), 1e-12), "{case}");
+    }
+    // Where LongWriter divides by zero (no words), the score is 0.
+    assert_eq!(length_score(100, 0), 0.0);
+}

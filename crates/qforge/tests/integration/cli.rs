@@ -937,6 +937,69 @@ fn writing_rl_trains_from_a_recipe_with_the_rubric_judge_and_resumes() {
 }
 
 #[test]
+fn eval_writing_scores_length_judges_a_baseline_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("longbench_write.jsonl");
+    std::fs::write(
+        &data,
+        [
+            r#"{"prompt": "Write a 5-word note about rain.", "type": "Community Forum", "length": 5}"#,
+            r#"{"prompt": "写一段100字的介绍。", "type": "Functional Writing", "length": 100}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let out_dir = tmp.path().join("eval");
+    let (policy, baseline) = (model("qwen3_tied_gqa"), model("qwen3_untied_mqa_yarn"));
+    let args = [
+        "eval",
+        "writing",
+        "-m",
+        policy.as_str(),
+        "--baseline",
+        baseline.as_str(),
+        "--data",
+        data.to_str().unwrap(),
+        "--max-new-tokens",
+        "8",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ];
+    let out = qforge(&args, None);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{err}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["overall"]["items"], 2);
+    assert_eq!(report["overall"]["judged"], 2, "{report}");
+    let s_l = report["overall"]["length_score"].as_f64().unwrap();
+    assert!((0.0..=100.0).contains(&s_l));
+    assert_eq!(report["kinds"].as_array().unwrap().len(), 2);
+    assert!(out_dir.join("report.png").is_file());
+    let samples = std::fs::read_to_string(out_dir.join("samples.jsonl")).unwrap();
+    assert_eq!(samples.lines().count(), 2);
+    // Again: every prompt is already in samples.jsonl, nothing is regenerated.
+    let out = qforge(&args, None);
+    assert!(out.status.success());
+    let again = std::fs::read_to_string(out_dir.join("samples.jsonl")).unwrap();
+    assert_eq!(again, samples);
+    // A row that is neither format is named by file and line.
+    std::fs::write(
+        &data,
+        "{\"prompt\": \"x\", \"length\": 5}\n{\"text\": \"y\"}\n",
+    )
+    .unwrap();
+    std::fs::remove_dir_all(&out_dir).unwrap();
+    let out = qforge(&args, None);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success() && err.contains("longbench_write.jsonl:2"),
+        "{err}"
+    );
+}
+
+#[test]
 fn eval_longqa_writes_a_report_and_resumes_from_its_samples() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("qa.jsonl");
