@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod compress;
 pub mod guard;
+pub mod judge;
 pub mod rl;
 pub mod search;
 pub mod serve;
@@ -41,6 +42,9 @@ pub enum BenchCommand {
     /// One GRPO step: rollout and train tokens/s and their time shares; DUPO against DAPO's
     /// dynamic sampling per useful group.
     RlStep(crate::bench::rl::RlStepArgs),
+    /// Writing-RL's pairwise judge client against a loopback `qforge serve`: judge calls/s at
+    /// several concurrency limits, against the first.
+    Judge(crate::bench::judge::JudgeArgs),
     /// The offline search backend (BM25 index) on a 10k-document corpus: build time,
     /// queries/s and p99 latency, against a linear scan.
     Search(crate::bench::search::SearchArgs),
@@ -300,6 +304,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Search(a) => return crate::bench::search::run(a),
         BenchCommand::Agent(a) => return crate::bench::agent::run_bench(a),
         BenchCommand::Compress(a) => return crate::bench::compress::run(a),
+        BenchCommand::Judge(a) => return crate::bench::judge::run(a),
     };
     if args.steps < 2 || args.repeats == 0 || args.prompt_len == 0 || args.batch.contains(&0) {
         bail!("--steps must be >= 2, --repeats and --prompt-len >= 1, batch sizes >= 1");

@@ -27,9 +27,14 @@ pub struct RlStepArgs {
     prompts_per_step: usize,
     #[arg(long, default_value_t = 32)]
     max_new_tokens: usize,
-    /// grpo (the core step, DAPO and DUPO) or spell (the self-play step by role).
+    /// grpo (the core step, DAPO and DUPO), spell (the self-play step by role) or writing-rl
+    /// (a PPO step with its critic against a GRPO step on the same number of sequences).
     #[arg(long, default_value = "grpo")]
     recipe: String,
+    /// Run one variant in this process and print its JSON (each variant runs in its own
+    /// process so peak memory is its own).
+    #[arg(long, hide = true)]
+    only: Option<String>,
 }
 
 /// A benchmark stand-in for a verifier: marks a fixed fraction of responses correct by hashing
@@ -75,8 +80,8 @@ fn measure(
 pub fn run(args: RlStepArgs) -> Result<()> {
     let root = std::env::temp_dir().join(format!("qforge-bench-rl-{}", std::process::id()));
     let dir = root.join("policy");
-    if !matches!(args.recipe.as_str(), "grpo" | "spell") {
-        anyhow::bail!("--recipe `{}`: grpo or spell", args.recipe);
+    if !matches!(args.recipe.as_str(), "grpo" | "spell" | "writing-rl") {
+        anyhow::bail!("--recipe `{}`: grpo, spell or writing-rl", args.recipe);
     }
     // A small Qwen3 (8 layers, 256 wide) over the bench tokenizer's vocabulary.
     let config = ModelConfig::from_json(json!({
@@ -88,6 +93,11 @@ pub fn run(args: RlStepArgs) -> Result<()> {
     let params = config.num_parameters();
     Model::random(config, DType::F32, &Device::Cpu, 9)?.save_pretrained(&dir, usize::MAX)?;
     qforge_model::copy_tokenizer_files(&crate::demo::demo_model_dir()?, &dir)?;
+    if args.recipe == "writing-rl" {
+        let result = writing::run(&root, &dir, &args, params);
+        let _ = std::fs::remove_dir_all(&root);
+        return result;
+    }
     eprintln!(
         "[rl-step] {:.1}M parameters, {} prompts x G={} per step, <= {} new tokens",
         params as f64 / 1e6,
@@ -331,6 +341,151 @@ mod spell {
             args.prompts_per_step,
             args.group_size,
             total / n / grpo
+        );
+        Ok(())
+    }
+}
+
+mod writing {
+    //! A Writing-RL PPO step (rollouts, the rubric judge, the critic's values and update, GAE,
+    //! the actor's update) against a GRPO step over the same number of sequences (P·G prompts
+    //! with one rollout each, against P prompts with G each), same model and lengths; each
+    //! variant in its own process so its peak RSS is its own.
+
+    use std::path::Path;
+
+    use anyhow::Result;
+    use qforge_rl::writing_rl::data::{TOPICS, length_following_prompts};
+    use qforge_rl::writing_rl::{Algorithm, WritingRlConfig, WritingRlTrainer, trainer::judge_for};
+
+    use super::RlStepArgs;
+
+    /// Mean seconds per step of the timed steps (after one warm-up) and the step's shares.
+    fn measure(
+        root: &Path,
+        model: &Path,
+        args: &RlStepArgs,
+        algorithm: Algorithm,
+    ) -> Result<serde_json::Value> {
+        crate::bench::train::peak_rss_mib(true);
+        let ppo = algorithm == Algorithm::Ppo;
+        let prompts_per_step = if ppo {
+            args.prompts_per_step * args.group_size
+        } else {
+            args.prompts_per_step
+        };
+        let topics: Vec<&str> = (0..prompts_per_step)
+            .map(|i| TOPICS[i % TOPICS.len()])
+            .collect();
+        let mut prompts = length_following_prompts(&topics, 12, &[3, 6, 9, 11]);
+        for (i, p) in prompts.iter_mut().enumerate() {
+            p.id = format!("{i}");
+        }
+        let mut config = WritingRlConfig {
+            model: model.to_path_buf(),
+            prompts: root.join("unused.jsonl"),
+            output_dir: root.join(format!("{algorithm:?}")),
+            max_steps: args.steps + 1,
+            save_steps: 0,
+            seed: 5,
+            ..WritingRlConfig::default()
+        };
+        config.grpo.prompts_per_step = prompts_per_step;
+        config.grpo.group_size = args.group_size;
+        config.grpo.max_new_tokens = args.max_new_tokens;
+        config.grpo.mini_batches = 1;
+        config.grpo.lr_warmup_ratio = 0.0;
+        config.writing_rl.algorithm = algorithm;
+        config.writing_rl.select = false;
+        let judge = judge_for(&config.judge)?;
+        let mut trainer = WritingRlTrainer::new(config, prompts, judge)?;
+        trainer.step()?; // warm-up
+        let reports: Vec<_> = (0..args.steps)
+            .map(|_| trainer.step())
+            .collect::<Result<_, _>>()?;
+        let n = reports.len() as f64;
+        let sum = |f: fn(&qforge_rl::writing_rl::WritingRlStepReport) -> f64| {
+            reports.iter().map(f).sum::<f64>() / n
+        };
+        Ok(serde_json::json!({
+            "rollout": sum(|r| r.rollout_seconds),
+            "judge": sum(|r| r.judge_seconds),
+            "train": sum(|r| r.train_seconds),
+            "tokens": sum(|r| r.response_tokens_mean),
+            "peak_mib": crate::bench::train::peak_rss_mib(false),
+        }))
+    }
+
+    pub fn run(root: &Path, model: &Path, args: &RlStepArgs, params: usize) -> Result<()> {
+        if let Some(which) = &args.only {
+            let algorithm = match which.as_str() {
+                "ppo" => Algorithm::Ppo,
+                "grpo" => Algorithm::Grpo,
+                other => anyhow::bail!("unknown variant `{other}`"),
+            };
+            println!("{}", measure(root, model, args, algorithm)?);
+            return Ok(());
+        }
+        let child = |which: &str| -> Result<serde_json::Value> {
+            let out = std::process::Command::new(std::env::current_exe()?)
+                .args([
+                    "bench",
+                    "rl-step",
+                    "--recipe",
+                    "writing-rl",
+                    "--only",
+                    which,
+                ])
+                .args(["--steps", &args.steps.to_string()])
+                .args(["--group-size", &args.group_size.to_string()])
+                .args(["--prompts-per-step", &args.prompts_per_step.to_string()])
+                .args(["--max-new-tokens", &args.max_new_tokens.to_string()])
+                .output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "{which} variant failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let text = String::from_utf8_lossy(&out.stdout);
+            Ok(serde_json::from_str(
+                text.lines().last().unwrap_or_default().trim(),
+            )?)
+        };
+        let (ppo, grpo) = (child("ppo")?, child("grpo")?);
+        let step = |v: &serde_json::Value| {
+            ["rollout", "judge", "train"]
+                .iter()
+                .map(|k| v[k].as_f64().unwrap_or(f64::NAN))
+                .sum::<f64>()
+        };
+        let line = |name: &str, v: &serde_json::Value| {
+            format!(
+                "{name} {:.2} s/step (rollout {:.2}, judge {:.3}, update {:.2}; peak RSS {})",
+                step(v),
+                v["rollout"].as_f64().unwrap_or(f64::NAN),
+                v["judge"].as_f64().unwrap_or(f64::NAN),
+                v["train"].as_f64().unwrap_or(f64::NAN),
+                v["peak_mib"]
+                    .as_f64()
+                    .map_or("n/a".into(), |m| format!("{m:.0} MiB"))
+            )
+        };
+        println!(
+            "writing-rl ({:.1}M parameters, {} sequences a step, <= {} new tokens): {} | {}",
+            params as f64 / 1e6,
+            args.prompts_per_step * args.group_size,
+            args.max_new_tokens,
+            line("PPO + critic", &ppo),
+            line("GRPO", &grpo)
+        );
+        println!(
+            "PPO vs GRPO on the same number of sequences: {:.2}x the step time, {:.2}x the update time, {} the peak memory",
+            step(&ppo) / step(&grpo),
+            ppo["train"].as_f64().unwrap_or(f64::NAN) / grpo["train"].as_f64().unwrap_or(f64::NAN),
+            match (ppo["peak_mib"].as_f64(), grpo["peak_mib"].as_f64()) {
+                (Some(a), Some(b)) => format!("{:.2}x", a / b),
+                _ => "n/a".into(),
+            }
         );
         Ok(())
     }
