@@ -10,6 +10,23 @@ use serde_json::Value;
 
 use crate::{Batch, ChatOptions, Model, Result, Tokenizer, WeightStore, error::ModelError};
 
+/// `config.json` for a checkpoint with a one-label `score` head: `task` is transformers'
+/// head name (`SequenceClassification` for a reward model, `TokenClassification` for a PPO
+/// critic), so `AutoModelFor{task}` loads it.
+pub fn one_label_head_config(config: &crate::ModelConfig, task: &str) -> Value {
+    let mut json = config.to_json();
+    let family = if config.model_type() == "qwen2" {
+        "Qwen2"
+    } else {
+        "Qwen3"
+    };
+    json["architectures"] = serde_json::json!([format!("{family}For{task}")]);
+    json["num_labels"] = serde_json::json!(1);
+    json["id2label"] = serde_json::json!({"0": "LABEL_0"});
+    json["label2id"] = serde_json::json!({"LABEL_0": 0});
+    json
+}
+
 /// Rewards `[N]` (f32) of a batch's final hidden states at each row's last valid position.
 pub fn last_token_rewards(hidden: &Tensor, lengths: &[usize], score: &Tensor) -> Result<Tensor> {
     let last: Vec<Tensor> = lengths

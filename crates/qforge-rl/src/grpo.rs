@@ -32,6 +32,33 @@ use crate::groups::{DynamicSampler, dupo_fill, informative};
 use crate::reward::{RewardFn, Task};
 use crate::tools::{ToolConfig, ToolEnv};
 
+/// A prompt and its response as one row of ids with its loss mask: the response learned, the
+/// prompt context only.
+pub(crate) fn prompt_response_row(prompt: &[u32], response: &[u32]) -> (Vec<u32>, Vec<bool>) {
+    let ids = prompt.iter().chain(response).copied().collect();
+    let learned = std::iter::repeat_n(false, prompt.len())
+        .chain(std::iter::repeat_n(true, response.len()))
+        .collect();
+    (ids, learned)
+}
+
+/// A training batch of (prompt, response) pairs, each response learned.
+pub(crate) fn pairs_batch(
+    pairs: &[(Vec<u32>, Vec<u32>)],
+    pad: u32,
+    device: &Device,
+) -> Result<TrainBatch> {
+    let seqs: Vec<(Vec<u32>, Vec<bool>)> = pairs
+        .iter()
+        .map(|(p, r)| prompt_response_row(p, r))
+        .collect();
+    let rows: Vec<(&[u32], &[bool])> = seqs
+        .iter()
+        .map(|(i, l)| (i.as_slice(), l.as_slice()))
+        .collect();
+    Ok(TrainBatch::with_loss_masks(&rows, pad, device)?)
+}
+
 /// verl's constant schedule with warm-up over `ratio × total` steps (truncated, as verl's `int`).
 pub fn warmup_factor(step: u64, ratio: f64, total: u64) -> f64 {
     let warmup = (ratio * total as f64) as u64;
@@ -646,13 +673,7 @@ impl GrpoTrainer {
         }
         let rows: Vec<(Vec<u32>, Vec<bool>)> = seqs
             .iter()
-            .map(|s| {
-                let ids = s.prompt.iter().chain(&s.response).copied().collect();
-                let learned = std::iter::repeat_n(false, s.prompt.len())
-                    .chain(std::iter::repeat_n(true, s.response.len()))
-                    .collect();
-                (ids, learned)
-            })
+            .map(|s| prompt_response_row(&s.prompt, &s.response))
             .collect();
         let advantages: Vec<Vec<f64>> = rows
             .iter()
@@ -686,13 +707,7 @@ impl GrpoTrainer {
         }
         let rows: Vec<(Vec<u32>, Vec<bool>)> = seqs
             .iter()
-            .map(|s| {
-                let ids = s.prompt.iter().chain(&s.response).copied().collect();
-                let learned = std::iter::repeat_n(false, s.prompt.len())
-                    .chain(std::iter::repeat_n(true, s.response.len()))
-                    .collect();
-                (ids, learned)
-            })
+            .map(|s| prompt_response_row(&s.prompt, &s.response))
             .collect();
         let advantages: Vec<Vec<f64>> = seqs
             .iter()
@@ -717,21 +732,7 @@ impl GrpoTrainer {
         let device = self.model.device().clone();
         let mut out = Vec::with_capacity(pairs.len());
         for chunk in pairs.chunks(self.config.prompts_per_step.max(1)) {
-            let seqs: Vec<(Vec<u32>, Vec<bool>)> = chunk
-                .iter()
-                .map(|(p, r)| {
-                    let ids = p.iter().chain(r).copied().collect();
-                    let learned = std::iter::repeat_n(false, p.len())
-                        .chain(std::iter::repeat_n(true, r.len()))
-                        .collect();
-                    (ids, learned)
-                })
-                .collect();
-            let rows: Vec<(&[u32], &[bool])> = seqs
-                .iter()
-                .map(|(i, l)| (i.as_slice(), l.as_slice()))
-                .collect();
-            let tb = TrainBatch::with_loss_masks(&rows, pad, &device)?;
+            let tb = pairs_batch(chunk, pad, &device)?;
             let lp: Vec<Vec<f32>> = self.logps(model, &tb)?.0.detach().to_vec2()?;
             for ((p, r), row) in chunk.iter().zip(lp) {
                 // Index j scores token j + 1.

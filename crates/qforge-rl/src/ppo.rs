@@ -142,21 +142,7 @@ impl Critic {
     }
 
     fn batch(&self, pairs: &[(Vec<u32>, Vec<u32>)]) -> Result<TrainBatch> {
-        let seqs: Vec<(Vec<u32>, Vec<bool>)> = pairs
-            .iter()
-            .map(|(p, r)| {
-                let ids: Vec<u32> = p.iter().chain(r).copied().collect();
-                let learned = std::iter::repeat_n(false, p.len())
-                    .chain(std::iter::repeat_n(true, r.len()))
-                    .collect();
-                (ids, learned)
-            })
-            .collect();
-        let rows: Vec<(&[u32], &[bool])> = seqs
-            .iter()
-            .map(|(i, l)| (i.as_slice(), l.as_slice()))
-            .collect();
-        Ok(TrainBatch::with_loss_masks(&rows, self.pad, &Device::Cpu)?)
+        crate::grpo::pairs_batch(pairs, self.pad, &Device::Cpu)
     }
 
     /// Per-position values `[B, T]` of a batch.
@@ -271,16 +257,10 @@ impl Critic {
         tensors.push(("score.weight".into(), self.score_weight.as_tensor().clone()));
         tensors.push(("score.bias".into(), self.score_bias.as_tensor().clone()));
         qforge_model::save_safetensors(dir, &tensors, 5 << 30)?;
-        let mut config = self.model.config().to_json();
-        let arch = if self.model.config().model_type() == "qwen2" {
-            "Qwen2ForTokenClassification"
-        } else {
-            "Qwen3ForTokenClassification"
-        };
-        config["architectures"] = json!([arch]);
-        config["num_labels"] = json!(1);
-        config["id2label"] = json!({"0": "LABEL_0"});
-        config["label2id"] = json!({"LABEL_0": 0});
+        let mut config = qforge_model::reward_model::one_label_head_config(
+            self.model.config(),
+            "TokenClassification",
+        );
         config["classifier_dropout"] = json!(0.0);
         config["torch_dtype"] = json!("float32");
         qforge_util::write_json_atomic(&dir.join("config.json"), &config)?;

@@ -94,3 +94,55 @@ pub fn client_runtime() -> Result<tokio::runtime::Runtime> {
             source,
         })
 }
+
+/// An evaluation's samples file: one JSON line per item, appended and flushed as each item is
+/// done, so an interrupted run resumes after the last line written. Rows are keyed by `id`.
+pub struct SamplesLog<T> {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+    done: std::collections::HashMap<String, T>,
+}
+
+impl<T: serde::Serialize + serde::de::DeserializeOwned> SamplesLog<T> {
+    /// Opens (or creates) the file; `id` names a row. A line that is not a row is an error
+    /// naming the file and line.
+    pub fn open(path: &std::path::Path, id: fn(&T) -> &str) -> Result<Self> {
+        let mut done = std::collections::HashMap::new();
+        if path.exists() {
+            for (line, v) in qforge_util::read_jsonl(path).map_err(|e| RlError::file(path, e))? {
+                let row: T = serde_json::from_value(v).map_err(|e| {
+                    RlError::from(qforge_util::RowError::new(path, line, e.to_string()))
+                })?;
+                done.insert(id(&row).to_string(), row);
+            }
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| RlError::file(path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            done,
+        })
+    }
+
+    pub fn get(&self, id: &str) -> Option<&T> {
+        self.done.get(id)
+    }
+
+    /// Writes `row` as the next line (flushed) and keeps it under `id`.
+    pub fn append(&mut self, id: &str, row: T) -> Result<()> {
+        use std::io::Write;
+        writeln!(
+            self.file,
+            "{}",
+            serde_json::to_string(&row).expect("serialisable")
+        )
+        .and_then(|()| self.file.flush())
+        .map_err(|e| RlError::file(&self.path, e))?;
+        self.done.insert(id.to_string(), row);
+        Ok(())
+    }
+}

@@ -894,16 +894,10 @@ impl Trainer {
                 let mut tensors = self.model.named_tensors();
                 tensors.push(("score.weight".into(), score.as_tensor().clone()));
                 save_safetensors(dir, &tensors, 5 << 30)?;
-                let mut config = self.model.config().to_json();
-                let arch = if self.model.config().model_type() == "qwen2" {
-                    "Qwen2ForSequenceClassification"
-                } else {
-                    "Qwen3ForSequenceClassification"
-                };
-                config["architectures"] = json!([arch]);
-                config["num_labels"] = json!(1);
-                config["id2label"] = json!({"0": "LABEL_0"});
-                config["label2id"] = json!({"LABEL_0": 0});
+                let config = qforge_model::reward_model::one_label_head_config(
+                    self.model.config(),
+                    "SequenceClassification",
+                );
                 write_json_atomic(&dir.join("config.json"), &config)?;
             }
         }

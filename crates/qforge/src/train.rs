@@ -276,15 +276,7 @@ fn spell(args: Args) -> Result<()> {
     })?;
     bar.finish();
     if !reports.is_empty() {
-        let series =
-            |name: &'static str, f: fn(&qforge_rl::spell::SpellStepReport) -> f64| Series {
-                name,
-                points: reports
-                    .iter()
-                    .map(|r| (r.step as f64, f(r)))
-                    .filter(|(_, y)| y.is_finite())
-                    .collect(),
-            };
+        let series = |name, f| step_series(&reports, |r| r.step, name, f);
         line_chart(
             &out.join("curves.png"),
             "SPELL training",
@@ -308,11 +300,26 @@ fn spell(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// One curve of a training run's per-step reports (non-finite points left out).
+fn step_series<R>(
+    reports: &[R],
+    step: fn(&R) -> u64,
+    name: &'static str,
+    value: fn(&R) -> f64,
+) -> Series<'static> {
+    Series {
+        name,
+        points: reports
+            .iter()
+            .map(|r| (step(r) as f64, value(r)))
+            .filter(|(_, y)| y.is_finite())
+            .collect(),
+    }
+}
+
 fn writing_rl(args: Args) -> Result<()> {
     use qforge_rl::writing_rl::trainer::judge_for;
-    use qforge_rl::writing_rl::{
-        WritingRlConfig, WritingRlStepReport, WritingRlTrainer, load_prompts,
-    };
+    use qforge_rl::writing_rl::{WritingRlConfig, WritingRlTrainer, load_prompts};
     let path = args
         .config
         .as_deref()
@@ -366,14 +373,7 @@ fn writing_rl(args: Args) -> Result<()> {
     })?;
     bar.finish();
     if !reports.is_empty() {
-        let series = |name: &'static str, f: fn(&WritingRlStepReport) -> f64| Series {
-            name,
-            points: reports
-                .iter()
-                .map(|r| (r.step as f64, f(r)))
-                .filter(|(_, y)| y.is_finite())
-                .collect(),
-        };
+        let series = |name, f| step_series(&reports, |r| r.step, name, f);
         line_chart(
             &out.join("curves.png"),
             "Writing-RL training",

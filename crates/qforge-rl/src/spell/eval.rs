@@ -380,25 +380,10 @@ pub fn run(
     samples_file: &Path,
     mut on_question: impl FnMut(usize, usize),
 ) -> Result<LongQaReport> {
-    use std::io::Write;
-    let mut done: std::collections::BTreeMap<String, QuestionSamples> = Default::default();
-    if samples_file.exists() {
-        for (line, v) in
-            qforge_util::read_jsonl(samples_file).map_err(|e| RlError::file(samples_file, e))?
-        {
-            let q: QuestionSamples = serde_json::from_value(v)
-                .map_err(|e| RlError::from(RowError::new(samples_file, line, e.to_string())))?;
-            done.insert(q.id.clone(), q);
-        }
-    }
+    let mut done = crate::sampler::SamplesLog::open(samples_file, |q: &QuestionSamples| &q.id)?;
     let runtime = crate::sampler::client_runtime()?;
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(samples_file)
-        .map_err(|e| RlError::file(samples_file, e))?;
     for (n, item) in items.iter().enumerate() {
-        if done.contains_key(&item.id) {
+        if done.get(&item.id).is_some() {
             on_question(n + 1, items.len());
             continue;
         }
@@ -460,18 +445,12 @@ pub fn run(
             responses,
             scores,
         };
-        writeln!(
-            file,
-            "{}",
-            serde_json::to_string(&line).expect("serialisable")
-        )
-        .and_then(|_| file.flush())
-        .map_err(|e| RlError::file(samples_file, e))?;
-        done.insert(item.id.clone(), line);
+        done.append(&item.id, line)?;
         on_question(n + 1, items.len());
     }
-    let scores: Vec<Vec<SampleScore>> = items.iter().map(|i| done[&i.id].scores.clone()).collect();
-    let truncated = items.iter().filter(|i| done[&i.id].truncated).count();
+    let row = |i: &LongQaItem| done.get(&i.id).expect("every item was sampled");
+    let scores: Vec<Vec<SampleScore>> = items.iter().map(|i| row(i).scores.clone()).collect();
+    let truncated = items.iter().filter(|i| row(i).truncated).count();
     Ok(summarize(
         items,
         &scores,

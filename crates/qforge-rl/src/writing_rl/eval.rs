@@ -219,25 +219,10 @@ pub fn run(
     samples_file: &Path,
     mut on_item: impl FnMut(usize, usize),
 ) -> Result<WritingReport> {
-    use std::io::Write;
-    let mut done: std::collections::HashMap<String, WritingSample> = Default::default();
-    if samples_file.exists() {
-        for (line, v) in
-            qforge_util::read_jsonl(samples_file).map_err(|e| RlError::file(samples_file, e))?
-        {
-            let s: WritingSample = serde_json::from_value(v)
-                .map_err(|e| RlError::from(RowError::new(samples_file, line, e.to_string())))?;
-            done.insert(s.id.clone(), s);
-        }
-    }
+    let mut done = crate::sampler::SamplesLog::open(samples_file, |s: &WritingSample| &s.id)?;
     let runtime = crate::sampler::client_runtime()?;
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(samples_file)
-        .map_err(|e| RlError::file(samples_file, e))?;
     for (n, item) in items.iter().enumerate() {
-        if done.contains_key(&item.id) {
+        if done.get(&item.id).is_some() {
             on_item(n + 1, items.len());
             continue;
         }
@@ -301,14 +286,7 @@ pub fn run(
             baseline: baseline_response,
             judgement,
         };
-        writeln!(
-            file,
-            "{}",
-            serde_json::to_string(&sample).expect("serialisable")
-        )
-        .and_then(|()| file.flush())
-        .map_err(|e| RlError::file(samples_file, e))?;
-        done.insert(sample.id.clone(), sample);
+        done.append(&item.id, sample)?;
         on_item(n + 1, items.len());
     }
     let ordered: Vec<&WritingSample> = items.iter().filter_map(|i| done.get(&i.id)).collect();
