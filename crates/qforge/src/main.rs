@@ -47,11 +47,12 @@ enum Command {
     /// Build a tiny model and teach it a synthetic task with SFT then DPO, end to end.
     Quickstart(quickstart::Args),
     /// Train from a recipe: sft, dpo, rm (reward model), solopo, mutual-taught, qwenlong-l1,
-    /// websailor (GRPO with DUPO), spell (self-play long-context RL), cprs (a QwenLong-CPRS
-    /// compressor).
+    /// websailor (GRPO with DUPO), spell (self-play long-context RL), writing-rl (PPO against a
+    /// pairwise judge and reference ladders), cprs (a QwenLong-CPRS compressor).
     #[command(subcommand)]
     Train(train::TrainCommand),
-    /// Evaluations: longqa (SPELL's long-document QA: pass@1 and pass@k over k samples).
+    /// Evaluations: longqa (SPELL's long-document QA: pass@1 and pass@k over k samples), writing
+    /// (LongBench-Write length score and a pairwise judge against a baseline).
     #[command(subcommand)]
     Eval(eval::EvalCommand),
     /// Serve a model over an OpenAI-compatible HTTP API with continuous batching.
@@ -73,7 +74,7 @@ enum Command {
     #[command(subcommand)]
     Agent(Box<agent::AgentCommand>),
     /// Benchmarks with ratios against baselines measured in the same run: decode, prefill,
-    /// serve, train, guard-stream, solopo, rl-step, search, agent, compress.
+    /// serve, train, guard-stream, solopo, rl-step, judge, search, agent, compress.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
 }
