@@ -705,9 +705,9 @@ fn critic_values_are_the_same_in_a_batch_and_alone_and_survive_save_and_load() {
 }
 
 /// Learning, over seeds 4, 5 and 6 with thresholds written down before the run: a tiny random
-/// Qwen3 asked for 10-word texts, judged by the rubric judge against ladders of 2-, 4-, 6- and
-/// 8-word references, trained 100 PPO steps (16 prompts a step, one rollout each, lr 1e-3 for
-/// policy and critic). Per seed: the held-out win rate against the fixed 4-word reference
+/// Qwen3 asked for 10-word texts, judged by the rubric judge (served over HTTP) against ladders
+/// of 2-, 4-, 6- and 8-word references, trained 100 PPO steps (16 prompts a step, one rollout
+/// each, lr 1e-3 for policy and critic). Per seed: the held-out win rate against the fixed 4-word reference
 /// (8 unseen topics × 8 samples) rises by at least 0.15, the held-out length score S_l by at
 /// least 10 points, the training prompts end on rung 2 or higher on average, and the critic's
 /// value loss over the last 10 steps is at most 0.8 of the first 10 steps'.
@@ -721,6 +721,8 @@ fn critic_values_are_the_same_in_a_batch_and_alone_and_survive_save_and_load() {
 fn ppo_raises_the_held_out_win_rate_climbs_the_ladder_and_lowers_the_value_loss() {
     use qforge_rl::writing_rl::data::{TOPICS, length_following_prompts};
     let ladder = [2, 4, 6, 8];
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = serve_rubric(&rt);
     for seed in [4, 5, 6] {
         let dir = tempfile::tempdir().unwrap();
         let mut config = WritingRlConfig {
@@ -740,6 +742,8 @@ fn ppo_raises_the_held_out_win_rate_climbs_the_ladder_and_lowers_the_value_loss(
         config.critic.lr = 1e-3;
         config.critic.lr_warmup_ratio = 0.0;
         config.writing_rl.select = false;
+        config.judge.url = url.clone();
+        config.judge.model = "writing-rubric-judge".into();
         let judge = qforge_rl::writing_rl::trainer::judge_for(&config.judge).unwrap();
         let train = length_following_prompts(&TOPICS[..16], 10, &ladder);
         let held = length_following_prompts(&TOPICS[16..], 10, &ladder);
