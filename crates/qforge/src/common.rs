@@ -336,3 +336,16 @@ impl TemplateArgs {
         Ok(options)
     }
 }
+
+/// A progress bar `LABEL [=====>    ] pos/len MSG ETA` for long work.
+pub fn progress_bar(len: u64, label: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{label} [{{bar:30}}] {{pos}}/{{len}} {{msg}} ETA {{eta}}"
+        ))
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar
+}

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use qforge_compress::model::Compressor;
 use qforge_compress::pipeline::{CompressOptions, compress};
 use qforge_compress::postprocess::Repair;
@@ -264,12 +263,7 @@ fn eval(args: EvalArgs) -> Result<()> {
     let options = args.options.options();
     let samples = args.synth.samples(&compressor.tokenizer)?;
     let reader = reader(&args)?;
-    let bar = ProgressBar::new(samples.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("  eval [{bar:30}] {pos}/{len} {msg} ETA {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    let bar = crate::common::progress_bar(samples.len() as u64, "  eval");
     let report = qforge_compress::eval::run(
         &compressor,
         &samples,

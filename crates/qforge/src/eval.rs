@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use qforge_rl::spell::eval::{LongQaSettings, Sampler, load_items, run};
 use qforge_rl::spell::prompts::PromptSet;
 
@@ -180,12 +179,7 @@ fn longqa(args: LongQaArgs) -> Result<()> {
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let bar = ProgressBar::new(items.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("longqa [{bar:30}] {pos}/{len} questions ETA {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    let bar = crate::common::progress_bar(items.len() as u64, "longqa");
     let report = run(
         &items,
         &prompts,
@@ -285,12 +279,7 @@ fn writing(args: WritingArgs) -> Result<()> {
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let bar = ProgressBar::new(items.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("writing [{bar:30}] {pos}/{len} prompts ETA {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    let bar = crate::common::progress_bar(items.len() as u64, "writing");
     let report = run(
         &items,
         &tokenizer,

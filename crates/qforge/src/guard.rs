@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use indicatif::{ProgressBar, ProgressStyle};
 use qforge_guard::datasets;
 use qforge_guard::eval::{Guard, ModerationReport, evaluate};
 use qforge_guard::proxy::{GuardedBackend, PromptAction, ProxyConfig};
@@ -313,13 +312,7 @@ fn eval(args: EvalArgs) -> Result<()> {
             GuardKind::Gen => Guard::Gen(Box::new(GenGuard::load(&dir, dtype, &dev)?)),
             GuardKind::Stream => Guard::Stream(Arc::new(StreamGuard::load(&dir, dtype, &dev)?)),
         };
-        let bar = ProgressBar::new(examples.len() as u64);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} [{elapsed_precise} < {eta_precise}]",
-            )
-            .expect("valid template"),
-        );
+        let bar = crate::common::progress_bar(examples.len() as u64, "guard eval");
         let report = evaluate(
             &guard,
             &examples,

@@ -4,7 +4,6 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use indicatif::{ProgressBar, ProgressStyle};
 use qforge_engine::Engine;
 use qforge_pref::solopo_data::{
     ContextOptions, SampleOptions, build_contexts, read_qa, sample_pairs,
@@ -73,11 +72,7 @@ fn solopo_data(args: SolopoDataArgs) -> Result<()> {
     } else {
         None
     };
-    let bar = ProgressBar::new(examples.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} [{elapsed_precise} < {eta_precise}]")
-            .expect("valid template"),
-    );
+    let bar = crate::common::progress_bar(examples.len() as u64, "pairs");
     let (rows, stats) = sample_pairs(
         engine.as_ref(),
         &examples,

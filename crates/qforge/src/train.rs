@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use qforge_train::trainer::{EvalReport, Objective, StepReport, Trainer};
 
 use qforge_train::plot::{Series, line_chart};
@@ -216,13 +215,7 @@ fn websailor(args: Args) -> Result<()> {
     let steps = config.max_steps;
     let mut trainer = GrpoTrainer::new(config, tasks, reward)?
         .with_tools(std::sync::Arc::new(WebSailorEnv::new(tools)?), rollout);
-    let bar = ProgressBar::new(steps);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:40} step {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
-        )
-        .expect("valid template"),
-    );
+    let bar = crate::common::progress_bar(steps, "websailor");
     trainer.train(|r| {
         bar.set_position(r.step);
         bar.set_message(format!(
@@ -249,12 +242,7 @@ fn spell(args: Args) -> Result<()> {
         trainer.overlong_clusters().len(),
         trainer.policy().step_count()
     );
-    let bar = ProgressBar::new(steps);
-    bar.set_style(
-        ProgressStyle::with_template("spell [{bar:30}] {pos}/{len} {msg} ETA {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    let bar = crate::common::progress_bar(steps, "spell");
     bar.set_position(trainer.policy().step_count());
     let reports = trainer.train(|r| {
         bar.set_position(r.step);
@@ -339,16 +327,8 @@ fn writing_rl(args: Args) -> Result<()> {
         trainer.prompts().len(),
         trainer.policy().step_count()
     );
-    let style = |what: &str| {
-        ProgressStyle::with_template(&format!(
-            "{what} [{{bar:30}}] {{pos}}/{{len}} {{msg}} ETA {{eta}}"
-        ))
-        .expect("valid template")
-        .progress_chars("=> ")
-    };
     if trainer.selected().is_empty() {
-        let bar = ProgressBar::new(trainer.prompts().len() as u64);
-        bar.set_style(style("margin selection"));
+        let bar = crate::common::progress_bar(trainer.prompts().len() as u64, "margin selection");
         let kept = trainer.select(|done, _| bar.set_position(done as u64))?;
         bar.finish_and_clear();
         if !kept.is_empty() {
@@ -361,8 +341,7 @@ fn writing_rl(args: Args) -> Result<()> {
             );
         }
     }
-    let bar = ProgressBar::new(steps);
-    bar.set_style(style("writing-rl"));
+    let bar = crate::common::progress_bar(steps, "writing-rl");
     bar.set_position(trainer.policy().step_count());
     let reports = trainer.train(|r| {
         bar.set_position(r.step);
@@ -402,12 +381,7 @@ fn cprs(args: Args) -> Result<()> {
     let out = config.output_dir.clone();
     let mut trainer = CprsTrainer::new(config)?;
     eprintln!("{} training windows", trainer.windows());
-    let bar = ProgressBar::new(trainer.total_steps());
-    bar.set_style(
-        ProgressStyle::with_template("  cprs [{bar:30}] {pos}/{len} {msg} ETA {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    let bar = crate::common::progress_bar(trainer.total_steps(), "  cprs");
     bar.set_position(trainer.step());
     let mut steps = Vec::new();
     trainer.train(None, |r, _| {
@@ -505,13 +479,7 @@ pub fn run_with_progress(
     label: &str,
 ) -> Result<(Vec<StepReport>, Vec<EvalReport>)> {
     let total = trainer.total_steps();
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template("{prefix:>6} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(label.to_string());
+    let bar = crate::common::progress_bar(total, &format!("{label:>6}"));
     bar.set_position(trainer.step());
     let started = Instant::now();
     let mut evals = Vec::new();

@@ -792,3 +792,37 @@ fn longbench_write_word_count_and_length_score_match_longwriter() {
     // Where LongWriter divides by zero (no words), the score is 0.
     assert_eq!(length_score(100, 0), 0.0);
 }
+
+#[test]
+fn an_interrupted_selection_reuses_the_margins_already_written_and_ppo_takes_a_loss_kl() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = serve_rubric(&rt);
+    let mut config = recipe(dir.path(), &url, Algorithm::Ppo);
+    config.writing_rl.select = true;
+    config.writing_rl.kl_in_reward = false;
+    config.grpo.kl_coef = 0.05; // KL to the starting policy in the loss instead of the reward
+    config.max_steps = 1;
+    // A selection that stopped after its first prompt: that margin is kept, not measured again.
+    let selection = dir.path().join("run/selection");
+    std::fs::create_dir_all(&selection).unwrap();
+    let first = json!({"id": "0", "margin": 0.7, "scores": [-0.2]});
+    std::fs::write(selection.join("margins.jsonl"), format!("{first}\n")).unwrap();
+    let mut t = trainer(&config);
+    let kept = t.select(|_, _| {}).unwrap();
+    assert_eq!(
+        (kept[0].id.as_str(), kept[0].margin),
+        ("0", 0.7),
+        "{kept:?}"
+    );
+    let rows = qforge_util::read_jsonl(&selection.join("margins.jsonl")).unwrap();
+    assert_eq!(rows.len(), 4);
+    assert_eq!(rows[0].1, first);
+    assert!(selection.join("selected.jsonl").is_file());
+    let r = t.step().unwrap();
+    assert!(
+        r.policy_loss.is_finite() && r.value_loss.is_finite(),
+        "{r:?}"
+    );
+    assert_eq!(r.reward_kl, 0.0, "no KL in the reward");
+}

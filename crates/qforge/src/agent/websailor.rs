@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use qforge_agent::websailor::agent::{AgentConfig, ContextCounter, Tool, opening_messages};
 use qforge_agent::websailor::corpus::{
     WIKI_FILE, WIKI_PACKAGE, read_corpus, wiki_summaries, write_corpus,
@@ -349,14 +349,7 @@ pub(super) fn check_first_prompt_fits(
 }
 
 pub(super) fn progress(total: usize) -> ProgressBar {
-    let bar = ProgressBar::new(total as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} runs [{elapsed_precise} < {eta_precise}] {msg}",
-        )
-        .expect("valid template"),
-    );
-    bar
+    crate::common::progress_bar(total as u64, "runs")
 }
 
 pub(super) fn run_cmd(args: RunArgs) -> Result<()> {
