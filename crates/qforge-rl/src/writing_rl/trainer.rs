@@ -113,6 +113,20 @@ impl WritingRlTrainer {
                 config.prompts.display()
             )));
         }
+        let mut ids = std::collections::HashSet::new();
+        for p in &prompts {
+            if p.references.is_empty() || !ids.insert(p.id.as_str()) {
+                return Err(RlError::Invalid(format!(
+                    "prompt `{}`: {}",
+                    p.id,
+                    if p.references.is_empty() {
+                        "no references"
+                    } else {
+                        "the id appears twice"
+                    }
+                )));
+            }
+        }
         let ppo = config.writing_rl.algorithm == Algorithm::Ppo;
         let policy = GrpoTrainer::policy(config.actor_config())?;
         let model_dir = policy.config().model.clone();

@@ -825,4 +825,24 @@ fn an_interrupted_selection_reuses_the_margins_already_written_and_ppo_takes_a_l
         "{r:?}"
     );
     assert_eq!(r.reward_kl, 0.0, "no KL in the reward");
+    // Prompts built in code get the checks a prompt file gets.
+    let judge = || qforge_rl::writing_rl::trainer::judge_for(&config.judge).unwrap();
+    let mut prompts = load_prompts(&config.prompts).unwrap();
+    prompts[1].references.clear();
+    let err = WritingRlTrainer::new(config.clone(), prompts, judge())
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("prompt `1`: no references"),
+        "{err}"
+    );
+    let mut prompts = load_prompts(&config.prompts).unwrap();
+    prompts[2].id = "0".into();
+    let err = WritingRlTrainer::new(config.clone(), prompts, judge())
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("`0`: the id appears twice"),
+        "{err}"
+    );
 }
