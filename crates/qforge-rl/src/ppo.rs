@@ -155,8 +155,9 @@ impl Critic {
         Ok(values)
     }
 
-    /// `[B, L]` tensor of `rows` (one value per response token, zero-padded) aligned as the
-    /// response tokens' positions minus one, and its mask, for a batch of `pairs`.
+    /// A `[B, width]` tensor holding `rows` (one value per response token) at the response
+    /// tokens' positions minus one, zero elsewhere; without `rows`, the 0/1 mask of those
+    /// positions.
     fn response_grid(
         pairs: &[(Vec<u32>, Vec<u32>)],
         width: usize,

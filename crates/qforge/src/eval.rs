@@ -124,6 +124,12 @@ pub struct LongQaArgs {
     out: PathBuf,
 }
 
+/// A client for the OpenAI-compatible server a flag names.
+fn remote(url: &str, model: &str, flag: &str) -> Result<qforge_engine::RemoteBackend> {
+    qforge_engine::RemoteBackend::new(qforge_engine::RemoteConfig::new(url, model))
+        .with_context(|| flag.to_string())
+}
+
 pub fn run_command(cmd: EvalCommand) -> Result<()> {
     match cmd {
         EvalCommand::Longqa(a) => longqa(a),
@@ -147,11 +153,7 @@ fn longqa(args: LongQaArgs) -> Result<()> {
         Some(url) => {
             let dir = args.model.dir()?;
             let tokenizer = std::sync::Arc::new(qforge_model::Tokenizer::from_dir(&dir)?);
-            let remote = qforge_engine::RemoteBackend::new(qforge_engine::RemoteConfig::new(
-                url.clone(),
-                args.model.model.clone().unwrap_or_default(),
-            ))
-            .context("--url")?;
+            let remote = remote(url, &args.model.model.clone().unwrap_or_default(), "--url")?;
             (tokenizer, Sampler::Remote(remote))
         }
         None => {
@@ -160,13 +162,10 @@ fn longqa(args: LongQaArgs) -> Result<()> {
         }
     };
     let judge = match &args.judge_url {
-        Some(url) => Some(std::sync::Arc::new(
-            qforge_engine::RemoteBackend::new(qforge_engine::RemoteConfig::new(
-                url.clone(),
-                args.judge_model.clone(),
-            ))
-            .context("--judge-url")?,
-        ) as std::sync::Arc<dyn qforge_engine::ChatBackend>),
+        Some(url) => Some(
+            std::sync::Arc::new(remote(url, &args.judge_model, "--judge-url")?)
+                as std::sync::Arc<dyn qforge_engine::ChatBackend>,
+        ),
         None => None,
     };
     let settings = LongQaSettings {
@@ -245,13 +244,11 @@ fn writing(args: WritingArgs) -> Result<()> {
                 baseline_args.load().context("--baseline")?,
             )))
         }
-        (None, Some(url)) => Some(Sampler::Remote(
-            qforge_engine::RemoteBackend::new(qforge_engine::RemoteConfig::new(
-                url.clone(),
-                args.baseline_model.clone(),
-            ))
-            .context("--baseline-url")?,
-        )),
+        (None, Some(url)) => Some(Sampler::Remote(remote(
+            url,
+            &args.baseline_model,
+            "--baseline-url",
+        )?)),
         (None, None) => None,
     };
     let position: Position = serde_json::from_value(serde_json::json!(args.judge_position))

@@ -329,38 +329,47 @@ impl PairwiseJudge {
             .iter()
             .flat_map(|c| orders.iter().map(move |&a| (c.clone(), a)))
             .collect();
-        let mut verdicts: HashMap<CacheKey, Option<Verdict>> = HashMap::new();
-        let mut missing = Vec::new();
+        // Per key, its verdict from the cache, or the index of its request (a key that appears
+        // twice in the batch is asked once).
+        let mut resolved: Vec<Option<Verdict>> = vec![None; keys.len()];
+        let mut missing: Vec<CacheKey> = Vec::new();
+        let mut waiting: Vec<(usize, usize)> = Vec::new();
         {
             let cache = self.cache.lock().expect("judge cache");
-            for key in &keys {
-                match cache.get(key) {
-                    Some(v) => {
-                        self.cache_hits.fetch_add(1, Ordering::Relaxed);
-                        verdicts.insert(key.clone(), *v);
-                    }
-                    None if !missing.contains(key) => missing.push(key.clone()),
-                    None => {}
+            let mut asked: HashMap<&CacheKey, usize> = HashMap::new();
+            for (k, key) in keys.iter().enumerate() {
+                if let Some(v) = cache.get(key) {
+                    self.cache_hits.fetch_add(1, Ordering::Relaxed);
+                    resolved[k] = *v;
+                    continue;
                 }
+                let m = *asked.entry(key).or_insert_with(|| {
+                    missing.push(key.clone());
+                    missing.len() - 1
+                });
+                waiting.push((k, m));
             }
         }
         let fetched = self.runtime.block_on(self.fetch(missing))?;
+        for (k, m) in waiting {
+            resolved[k] = fetched[m].1;
+        }
         {
             let mut cache = self.cache.lock().expect("judge cache");
             for (key, verdict) in fetched {
                 if verdict.is_none() {
                     self.no_verdicts.fetch_add(1, Ordering::Relaxed);
                 }
-                cache.insert(key.clone(), verdict);
-                verdicts.insert(key, verdict);
+                cache.insert(key, verdict);
             }
         }
-        Ok(items
-            .iter()
-            .map(|c| {
-                let outcomes: Vec<Outcome> = orders
+        Ok(resolved
+            .chunks(orders.len())
+            .map(|verdicts| {
+                let outcomes: Vec<Outcome> = verdicts
                     .iter()
-                    .map(|&a| order_outcome(verdicts[&(c.clone(), a)], a))
+                    .zip(orders)
+                    .map(|(&v, &a)| order_outcome(v, a))
                     .collect();
                 combine(&outcomes, self.settings.values)
             })

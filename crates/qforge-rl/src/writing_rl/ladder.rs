@@ -36,11 +36,13 @@ impl ReferenceLadder {
     }
 
     /// One step's strict winners: each id advances once, however many of its rollouts won.
-    pub fn advance<'a>(&mut self, winners: impl IntoIterator<Item = &'a str>) {
+    /// Returns how many ids advanced.
+    pub fn advance<'a>(&mut self, winners: impl IntoIterator<Item = &'a str>) -> usize {
         let once: BTreeSet<&str> = winners.into_iter().collect();
-        for id in once {
+        for &id in &once {
             *self.wins.entry(id.to_string()).or_default() += 1;
         }
+        once.len()
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {

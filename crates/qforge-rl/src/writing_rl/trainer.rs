@@ -21,7 +21,7 @@ use qforge_util::{SplitMix, WithPath};
 use serde::{Deserialize, Serialize};
 
 use super::data::{MarginScore, WritingPrompt, margin, select_by_margin};
-use super::judge::{Comparison, Judgement, Outcome, PairwiseJudge, extract_passage};
+use super::judge::{Comparison, Outcome, PairwiseJudge, extract_passage};
 use super::ladder::ReferenceLadder;
 use super::{Algorithm, WritingRlConfig};
 use crate::error::{Result, RlError};
@@ -198,10 +198,6 @@ impl WritingRlTrainer {
         &self.order
     }
 
-    fn judge_batch(&self, items: &[Comparison]) -> Result<Vec<Judgement>> {
-        self.judge.judge(items)
-    }
-
     /// Margin-aware selection (or every prompt when `select` is off). Margins already in
     /// `selection/margins.jsonl` are reused, so an interrupted selection continues;
     /// `on_progress(done, total)` follows it. Fails when no prompt has a positive margin.
@@ -258,7 +254,7 @@ impl WritingRlTrainer {
                     })
                 })
                 .collect();
-            let judged = self.judge_batch(&items)?;
+            let judged = self.judge.judge(&items)?;
             for (k, &i) in chunk.iter().enumerate() {
                 let n = s.selection_samples;
                 let scores: Vec<f64> = judged[k * n..(k + 1) * n].iter().map(|j| j.score).collect();
@@ -268,11 +264,7 @@ impl WritingRlTrainer {
                     scores,
                 });
             }
-            let rows: Vec<serde_json::Value> = scored
-                .iter()
-                .map(|m| serde_json::to_value(m).expect("serialisable"))
-                .collect();
-            qforge_util::write_jsonl_atomic(&path, &rows)?;
+            write_margins(&path, &scored)?;
             on_progress(scored.len(), total);
         }
         let kept = select_by_margin(scored, s.select_share);
@@ -283,11 +275,7 @@ impl WritingRlTrainer {
                 path.display()
             )));
         }
-        let rows: Vec<serde_json::Value> = kept
-            .iter()
-            .map(|m| serde_json::to_value(m).expect("serialisable"))
-            .collect();
-        qforge_util::write_jsonl_atomic(&dir.join("selected.jsonl"), &rows)?;
+        write_margins(&dir.join("selected.jsonl"), &kept)?;
         let index: std::collections::HashMap<&str, usize> = self
             .prompts
             .iter()
@@ -352,7 +340,7 @@ impl WritingRlTrainer {
                 })
             })
             .collect();
-        let judged = self.judge_batch(&items)?;
+        let judged = self.judge.judge(&items)?;
         let judge_seconds = judge_started.elapsed().as_secs_f64();
         let train_started = Instant::now();
         let pairs: Vec<(Vec<u32>, Vec<u32>)> = prompt_ids
@@ -391,8 +379,7 @@ impl WritingRlTrainer {
         report.win_rate = rate(Outcome::Win);
         report.tie_rate = rate(Outcome::Tie);
         report.loss_rate = rate(Outcome::Loss);
-        if ppo {
-            let old = self.policy.response_logps(None, &pairs)?;
+        let stats = if ppo {
             let mut token_rewards: Vec<Vec<f64>> = pairs
                 .iter()
                 .zip(&scores)
@@ -403,6 +390,7 @@ impl WritingRlTrainer {
                 })
                 .collect();
             if let Some(reference) = &self.reference {
+                let old = self.policy.response_logps(None, &pairs)?;
                 let refs = self.policy.response_logps(Some(reference), &pairs)?;
                 let beta = self.config.writing_rl.kl_coef;
                 let mut kl_sum = 0.0;
@@ -433,11 +421,7 @@ impl WritingRlTrainer {
                     advantages,
                 })
                 .collect();
-            let stats = self.policy.update_token_scored(&seqs)?;
-            report.policy_loss = stats.loss;
-            report.clip_fraction = stats.clip_fraction;
-            report.approx_kl = stats.approx_kl;
-            report.entropy = stats.entropy;
+            self.policy.update_token_scored(&seqs)?
         } else {
             let advantages = group_advantages(&scores, n, AdvantageNorm::GroupStd { eps: 1e-6 })?;
             let seqs: Vec<ScoredSequence> = pairs
@@ -450,23 +434,20 @@ impl WritingRlTrainer {
                     advantage,
                 })
                 .collect();
-            let stats = self.policy.update_scored(&seqs)?;
-            report.policy_loss = stats.loss;
-            report.clip_fraction = stats.clip_fraction;
-            report.approx_kl = stats.approx_kl;
-            report.entropy = stats.entropy;
-        }
+            self.policy.update_scored(&seqs)?
+        };
+        report.policy_loss = stats.loss;
+        report.clip_fraction = stats.clip_fraction;
+        report.approx_kl = stats.approx_kl;
+        report.entropy = stats.entropy;
         // Each prompt with a strict win climbs one rung, however many of its rollouts won.
-        let winners: Vec<&str> = batch
+        let winners: Vec<String> = batch
             .iter()
             .enumerate()
             .filter(|&(k, _)| judged[k * n..(k + 1) * n].iter().any(|j| j.strict_win))
-            .map(|(_, &i)| self.prompts[i].id.as_str())
+            .map(|(_, &i)| self.prompts[i].id.clone())
             .collect();
-        let advanced: std::collections::BTreeSet<&str> = winners.iter().copied().collect();
-        report.advanced = advanced.len();
-        let winners: Vec<String> = winners.into_iter().map(str::to_string).collect();
-        self.ladder.advance(winners.iter().map(String::as_str));
+        report.advanced = self.ladder.advance(winners.iter().map(String::as_str));
         let (rung_sum, top) = self.order.iter().fold((0.0, 0usize), |(sum, top), &i| {
             let p = &self.prompts[i];
             let rung = self.ladder.rung(&p.id, p.references.len());
@@ -518,7 +499,7 @@ impl WritingRlTrainer {
                 });
             }
         }
-        let judged = self.judge_batch(&items)?;
+        let judged = self.judge.judge(&items)?;
         Ok(HeldOut {
             win_rate: judged.iter().filter(|j| j.outcome == Outcome::Win).count() as f64
                 / judged.len().max(1) as f64,
@@ -578,6 +559,14 @@ impl WritingRlTrainer {
             Ok(())
         })
     }
+}
+
+fn write_margins(path: &Path, margins: &[MarginScore]) -> Result<()> {
+    let rows: Vec<serde_json::Value> = margins
+        .iter()
+        .map(|m| serde_json::to_value(m).expect("serialisable"))
+        .collect();
+    Ok(qforge_util::write_jsonl_atomic(path, &rows)?)
 }
 
 fn mean(xs: &[f64]) -> f64 {

@@ -999,6 +999,63 @@ fn eval_writing_scores_length_judges_a_baseline_and_resumes() {
     );
 }
 
+/// The two Writing-RL benchmarks the README lists run and print their ratios (tiny sizes; the
+/// figures themselves are not asserted).
+#[test]
+fn writing_rl_benchmarks_print_their_ratios() {
+    let out = qforge(
+        &[
+            "bench",
+            "judge",
+            "--concurrency",
+            "1,4",
+            "--calls",
+            "4",
+            "--max-tokens",
+            "2",
+        ],
+        None,
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with("machine: "), "{text}");
+    assert!(
+        text.contains("concurrency   4:") && text.contains("x concurrency 1"),
+        "{text}"
+    );
+    let out = qforge(
+        &[
+            "bench",
+            "rl-step",
+            "--recipe",
+            "writing-rl",
+            "--steps",
+            "1",
+            "--prompts-per-step",
+            "1",
+            "--group-size",
+            "2",
+            "--max-new-tokens",
+            "4",
+        ],
+        None,
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("PPO vs GRPO on the same number of sequences"),
+        "{text}"
+    );
+}
+
 #[test]
 fn eval_longqa_writes_a_report_and_resumes_from_its_samples() {
     let tmp = tempfile::tempdir().unwrap();
