@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
@@ -315,7 +315,11 @@ struct Running {
 /// A handle to the scheduler thread; cheap to clone.
 #[derive(Clone)]
 pub struct Scheduler {
-    tx: SyncSender<Job>,
+    tx: Sender<Job>,
+    /// Requests submitted and not yet admitted (or cancelled): the queue `max_queue` bounds.
+    /// Counted here, not by the channel, because the scheduler thread drains the channel into
+    /// its own waiting list at every step.
+    waiting: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
     config: SchedulerConfig,
     kv_bytes_per_token: usize,
@@ -324,7 +328,8 @@ pub struct Scheduler {
 
 impl Scheduler {
     pub fn spawn(engine: Engine, config: SchedulerConfig, metrics: Arc<Metrics>) -> Self {
-        let (tx, rx) = std::sync::mpsc::sync_channel(config.max_queue.max(1));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiting = Arc::new(AtomicUsize::new(0));
         let c = engine.model().config();
         let kv_bytes_per_token = 2
             * c.num_hidden_layers
@@ -334,13 +339,15 @@ impl Scheduler {
         {
             // The thread ends once every handle (and so the sender) is gone and its work is done.
             let (engine, config, metrics) = (engine.clone(), config.clone(), metrics.clone());
+            let waiting = waiting.clone();
             std::thread::Builder::new()
                 .name("qforge-scheduler".into())
-                .spawn(move || run(engine, config, metrics, rx))
+                .spawn(move || run(engine, config, metrics, waiting, rx))
                 .expect("spawning the scheduler thread");
         }
         Self {
             tx,
+            waiting,
             metrics,
             config,
             kv_bytes_per_token,
@@ -366,11 +373,14 @@ impl Scheduler {
         let max_ctx = self.engine.model().config().max_position_embeddings;
         let tokens = (request.prompt_ids.len() + request.stop.max_new_tokens).min(max_ctx);
         let reserved = tokens * self.kv_bytes_per_token;
-        if reserved > self.config.max_kv_bytes {
+        let reject = |error| {
             self.metrics
                 .requests_rejected
                 .fetch_add(1, Ordering::Relaxed);
-            return Err(SubmitError::TooLarge {
+            Err(error)
+        };
+        if reserved > self.config.max_kv_bytes {
+            return reject(SubmitError::TooLarge {
                 needed: reserved,
                 allowed: self.config.max_kv_bytes,
             });
@@ -382,24 +392,35 @@ impl Scheduler {
             arrived: Instant::now(),
             reserved,
         };
+        let max_queue = self.config.max_queue.max(1);
+        if self
+            .waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max_queue).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return reject(SubmitError::QueueFull(self.config.max_queue));
+        }
         self.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
-        match self.tx.try_send(job) {
+        match self.tx.send(job) {
             Ok(()) => Ok(rx),
-            Err(e) => {
+            Err(_) => {
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
                 self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
-                self.metrics
-                    .requests_rejected
-                    .fetch_add(1, Ordering::Relaxed);
-                Err(match e {
-                    TrySendError::Full(_) => SubmitError::QueueFull(self.config.max_queue),
-                    TrySendError::Disconnected(_) => SubmitError::Closed,
-                })
+                reject(SubmitError::Closed)
             }
         }
     }
 }
 
-fn run(engine: Engine, config: SchedulerConfig, metrics: Arc<Metrics>, rx: Receiver<Job>) {
+fn run(
+    engine: Engine,
+    config: SchedulerConfig,
+    metrics: Arc<Metrics>,
+    queued: Arc<AtomicUsize>,
+    rx: Receiver<Job>,
+) {
     let mut waiting: VecDeque<Job> = VecDeque::new();
     let mut running: Vec<Running> = Vec::new();
     let mut reserved = 0usize;
@@ -439,6 +460,7 @@ fn run(engine: Engine, config: SchedulerConfig, metrics: Arc<Metrics>, rx: Recei
         waiting.retain(|j| {
             let gone = j.events.is_closed();
             if gone {
+                queued.fetch_sub(1, Ordering::AcqRel);
                 metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
                 metrics.requests_cancelled.fetch_add(1, Ordering::Relaxed);
             }
@@ -450,6 +472,7 @@ fn run(engine: Engine, config: SchedulerConfig, metrics: Arc<Metrics>, rx: Recei
                 break;
             }
             let job = waiting.pop_front().expect("front exists");
+            queued.fetch_sub(1, Ordering::AcqRel);
             metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
             metrics
                 .queue_time

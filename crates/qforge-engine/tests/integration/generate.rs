@@ -352,3 +352,67 @@ fn prefix_cached_prompts_generate_what_uncached_ones_do() {
         assert!(metrics.render().contains("qforge_prefix_cache_hit_rate 0."));
     }
 }
+
+/// The scheduler thread drains its channel into its own waiting list at every step, so a
+/// queue bounded by the channel alone let every request in (CI saw eight 200s where
+/// `max_queue = 1` allows two).
+#[test]
+fn a_full_queue_refuses_even_after_the_scheduler_drained_it() {
+    use qforge_engine::scheduler::SeqEvent;
+    use qforge_engine::scheduler::SubmitError;
+    use qforge_engine::{Scheduler, SchedulerConfig};
+    use std::sync::atomic::Ordering::Relaxed;
+    let e = engine("qwen3_tied_gqa"); // 1024 positions
+    let metrics = Arc::new(qforge_engine::Metrics::default());
+    let scheduler = Scheduler::spawn(
+        e,
+        SchedulerConfig {
+            max_seqs: 1,
+            max_queue: 1,
+            ..Default::default()
+        },
+        metrics.clone(),
+    );
+    // Without stop tokens the first request decodes until the context is full: it holds the
+    // only running slot while the rest is submitted.
+    let mut running = scheduler.submit(greedy(&[5], 1020)).unwrap();
+    assert!(matches!(running.blocking_recv(), Some(SeqEvent::Started)));
+    let waiting = scheduler.submit(greedy(&[6], 4)).unwrap();
+    // Let the scheduler take the waiting request off its channel (it does at every step).
+    let submitted_at = metrics.steps.load(Relaxed);
+    while metrics.steps.load(Relaxed) < submitted_at + 2 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let refused = scheduler.submit(greedy(&[7], 4));
+    assert!(
+        matches!(refused, Err(SubmitError::QueueFull(1))),
+        "{refused:?}"
+    );
+    assert_eq!(metrics.requests_rejected.load(Relaxed), 1);
+    // The first request was still running: the refusal was the queue's, not a race.
+    assert_eq!(metrics.requests_finished.load(Relaxed), 0);
+    // Once the waiting request leaves, its place is free again.
+    drop(waiting);
+    drop(running);
+    let mut admitted = None;
+    for _ in 0..2000 {
+        match scheduler.submit(greedy(&[8], 2)) {
+            Ok(rx) => {
+                admitted = Some(rx);
+                break;
+            }
+            Err(SubmitError::QueueFull(_)) => {
+                std::thread::sleep(std::time::Duration::from_millis(1))
+            }
+            Err(other) => panic!("{other}"),
+        }
+    }
+    let mut rx = admitted.expect("a cancelled request frees its queue place");
+    let mut tokens = 0;
+    while let Some(event) = rx.blocking_recv() {
+        if let SeqEvent::Token(_) = event {
+            tokens += 1;
+        }
+    }
+    assert_eq!(tokens, 2);
+}

@@ -430,6 +430,9 @@ async fn api_key_is_required_when_set() {
     server.shutdown().await;
 }
 
+/// With one running slot and one queue place, a third request is refused with 429 while the
+/// first runs and the second waits. (Eight requests fired at once used to decide this by timing,
+/// and the scheduler's drained channel let all eight in.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_answers_429() {
     let server = Server::start(
@@ -441,32 +444,48 @@ async fn a_full_queue_answers_429() {
         },
     )
     .await;
-    let body = json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 200, "temperature": 0}).to_string();
-    let requests: Vec<_> = (0..8)
-        .map(|_| {
-            let (url, body) = (server.url.clone(), body.clone());
-            tokio::spawn(async move {
-                reqwest::Client::new()
-                    .post(format!("{url}/v1/chat/completions"))
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            })
+    // Holds the only running slot: greedy decoding of this prompt meets no stop token.
+    let long = 900;
+    let mut running = server
+        .remote()
+        .chat_stream(greedy("long answer please", long))
+        .await
+        .unwrap();
+    assert!(matches!(
+        running.recv().await.unwrap().unwrap(),
+        ChatEvent::Delta(_)
+    ));
+    let waiting = {
+        let (url, body) = (server.url.clone(), greedy_body("wait"));
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(format!("{url}/v1/chat/completions"))
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
         })
-        .collect();
-    let mut statuses = Vec::new();
-    for r in requests {
-        statuses.push(r.await.unwrap());
+    };
+    while server.metric("qforge_queue_depth").await < 1.0 {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
-    assert!(statuses.contains(&429), "{statuses:?}");
-    assert!(statuses.contains(&200), "{statuses:?}");
-    assert!(
-        statuses.iter().all(|s| *s == 200 || *s == 429),
-        "{statuses:?}"
-    );
+    let (status, v) = server
+        .post("/v1/chat/completions", greedy_body("refused"))
+        .await;
+    assert_eq!(status, 429, "{v}");
+    assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
+    // The first request was still decoding when the third was refused, and both admitted ones
+    // complete.
+    let mut usage = None;
+    while let Some(event) = running.recv().await {
+        if let ChatEvent::Usage(u) = event.unwrap() {
+            usage = Some(u);
+        }
+    }
+    assert_eq!(usage.unwrap().completion_tokens, long);
+    assert_eq!(waiting.await.unwrap(), 200);
     server.shutdown().await;
 }
 
