@@ -53,6 +53,9 @@ pub struct ModelConfig {
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
     pub rope_scaling: RopeScaling,
+    /// Multimodal RoPE (Qwen2.5-VL): how many of the head_dim/2 frequencies take their
+    /// position from the temporal, height and width axis, in that order.
+    pub mrope_section: Option<Vec<usize>>,
     pub tie_word_embeddings: bool,
     /// Bias on q/k/v projections (always on for Qwen2).
     pub qkv_bias: bool,
@@ -80,12 +83,23 @@ impl ModelConfig {
                 message: "must be a JSON object".into(),
             });
         };
-        let fields = Fields(&raw);
-        let model_type = fields.string("model_type")?;
+        let model_type = Fields(&raw).string("model_type")?;
         let architecture = match model_type.as_str() {
-            "qwen2" => Architecture::Qwen2,
+            "qwen2" | "qwen2_5_vl" => Architecture::Qwen2,
             "qwen3" => Architecture::Qwen3,
             other => return Err(ModelError::UnknownModelType(other.to_string())),
+        };
+        // Vision-language configs keep the decoder's fields at the top level (released
+        // Qwen2.5-VL) or in `text_config` (what transformers >= 4.52 saves).
+        let fields = match raw.get("text_config") {
+            Some(Value::Object(text)) => Fields(text),
+            Some(Value::Null) | None => Fields(&raw),
+            Some(_) => {
+                return Err(ModelError::InvalidField {
+                    field: "text_config".into(),
+                    message: "must be an object".into(),
+                });
+            }
         };
         let hidden_size = fields.usize("hidden_size")?;
         let num_attention_heads = fields.usize("num_attention_heads")?;
@@ -122,7 +136,16 @@ impl ModelConfig {
             });
         }
         let max_position_embeddings = fields.usize("max_position_embeddings")?;
-        let (rope_theta, rope_scaling) = parse_rope(&fields, max_position_embeddings)?;
+        let (rope_theta, rope_scaling, mrope_section) =
+            parse_rope(&fields, max_position_embeddings)?;
+        if let Some(section) = &mrope_section
+            && 2 * section.iter().sum::<usize>() != head_dim
+        {
+            return Err(ModelError::InvalidField {
+                field: "rope_scaling.mrope_section".into(),
+                message: format!("= {section:?} must sum to head_dim / 2 = {}", head_dim / 2),
+            });
+        }
         let attention_bias = fields.opt_bool("attention_bias")?.unwrap_or(false);
         let (qkv_bias, o_bias) = match architecture {
             Architecture::Qwen2 => (true, false),
@@ -150,6 +173,7 @@ impl ModelConfig {
             rms_norm_eps: fields.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
             rope_theta,
             rope_scaling,
+            mrope_section,
             tie_word_embeddings: fields.opt_bool("tie_word_embeddings")?.unwrap_or(false),
             qkv_bias,
             o_bias,
@@ -179,11 +203,19 @@ impl ModelConfig {
     }
 
     /// The `model_type` string as written in config.json.
-    pub fn model_type(&self) -> &'static str {
-        match self.architecture {
-            Architecture::Qwen2 => "qwen2",
-            Architecture::Qwen3 => "qwen3",
+    pub fn model_type(&self) -> &str {
+        match self.raw.get("model_type").and_then(Value::as_str) {
+            Some(t) => t,
+            None => match self.architecture {
+                Architecture::Qwen2 => "qwen2",
+                Architecture::Qwen3 => "qwen3",
+            },
         }
+    }
+
+    /// A vision-language checkpoint (its config has a `vision_config`).
+    pub fn is_vision_language(&self) -> bool {
+        self.raw.get("vision_config").is_some_and(Value::is_object)
     }
 
     /// Reads a field kept in [`Self::raw`] (for heads and recipes with their own config).
@@ -275,8 +307,12 @@ impl ModelConfig {
     }
 }
 
-/// Reads `rope_parameters` (transformers >= 5) or the older `rope_theta` + `rope_scaling`.
-fn parse_rope(fields: &Fields, max_position_embeddings: usize) -> Result<(f64, RopeScaling)> {
+/// Reads `rope_parameters` (transformers >= 5) or the older `rope_theta` + `rope_scaling`,
+/// with the M-RoPE section where there is one.
+fn parse_rope(
+    fields: &Fields,
+    max_position_embeddings: usize,
+) -> Result<(f64, RopeScaling, Option<Vec<usize>>)> {
     let (params, prefix) = match fields.0.get("rope_parameters") {
         Some(Value::Object(m)) => (Some(m), "rope_parameters"),
         Some(Value::Null) | None => match fields.0.get("rope_scaling") {
@@ -298,7 +334,7 @@ fn parse_rope(fields: &Fields, max_position_embeddings: usize) -> Result<(f64, R
     };
     let top_theta = fields.opt_f64("rope_theta")?;
     let Some(params) = params else {
-        return Ok((top_theta.unwrap_or(10_000.0), RopeScaling::Default));
+        return Ok((top_theta.unwrap_or(10_000.0), RopeScaling::Default, None));
     };
     let p = Fields(params);
     let named = |f: &str| format!("{prefix}.{f}");
@@ -324,8 +360,30 @@ fn parse_rope(fields: &Fields, max_position_embeddings: usize) -> Result<(f64, R
             f => Ok(f),
         }
     };
+    let mrope_section = match params.get("mrope_section") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(items)) => Some(
+            items
+                .iter()
+                .map(|v| v.as_u64().map(|x| x as usize))
+                .collect::<Option<Vec<_>>>()
+                .filter(|s| s.len() == 3)
+                .ok_or_else(|| ModelError::InvalidField {
+                    field: named("mrope_section"),
+                    message: "must be three non-negative integers".into(),
+                })?,
+        ),
+        Some(other) => {
+            return Err(Fields::wrong(
+                &named("mrope_section"),
+                "a list of three integers",
+                other,
+            ));
+        }
+    };
     let scaling = match kind.as_str() {
-        "default" => RopeScaling::Default,
+        // Qwen2.5-VL's `mrope` is default RoPE per axis (transformers rewrites it to `default`).
+        "default" | "mrope" => RopeScaling::Default,
         "linear" => RopeScaling::Linear {
             factor: factor(true)?.unwrap_or(1.0),
         },
@@ -356,7 +414,7 @@ fn parse_rope(fields: &Fields, max_position_embeddings: usize) -> Result<(f64, R
         }
         other => return Err(ModelError::UnsupportedRopeScaling(other.to_string())),
     };
-    Ok((theta, scaling))
+    Ok((theta, scaling, mrope_section))
 }
 
 /// transformers writes `beta_fast or 32`: a zero means "use the default".

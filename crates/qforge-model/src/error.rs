@@ -21,8 +21,21 @@ pub enum ModelError {
     #[error("config: field `{field}` {message}")]
     InvalidField { field: String, message: String },
 
-    #[error("config: unknown model_type `{0}` (supported: qwen2, qwen3)")]
+    #[error("config: unknown model_type `{0}` (supported: qwen2, qwen3, qwen2_5_vl)")]
     UnknownModelType(String),
+
+    #[error("image `{name}`: {message}")]
+    BadImage { name: String, message: String },
+
+    #[error("image of {height} x {width} pixels: both sides must be at least {factor}")]
+    ImageTooSmall {
+        height: usize,
+        width: usize,
+        factor: usize,
+    },
+
+    #[error("image aspect ratio {ratio:.1} is over 200")]
+    ImageAspectRatio { ratio: f64 },
 
     #[error("config: unsupported rope_scaling type `{0}` (supported: default, linear, yarn)")]
     UnsupportedRopeScaling(String),

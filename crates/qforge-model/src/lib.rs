@@ -5,6 +5,7 @@
 //! - [`Model`] is the decoder: one forward for training and inference, with caller-owned
 //!   per-sequence KV caches ([`SequenceCache`]) and per-layer causal/bidirectional attention.
 //! - [`Tokenizer`] and [`ChatTemplate`] render prompts exactly as transformers does.
+//! - [`vl`]: vision-language models (Qwen2.5-VL): image/video processor, vision tower, M-RoPE.
 //!
 //! This crate does no network I/O and knows nothing of HTTP, recipes or datasets.
 
@@ -19,13 +20,14 @@ pub mod reward_model;
 pub mod skinny;
 pub mod template;
 pub mod tokenizer;
+pub mod vl;
 pub mod weights;
 
 pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use error::{ModelError, Result};
 pub use lora::{LoraConfig, add_lora, load_adapter, merge_lora, save_adapter};
 pub use model::{
-    AttentionKind, Batch, Linear, LoraAdapter, Model, SequenceCache, expected_shapes,
+    AttentionKind, Batch, Linear, LoraAdapter, Model, SequenceCache, VisualEmbeds, expected_shapes,
     random_tensors,
 };
 pub use resolve::{resolve_model_dir, resolve_model_path};

@@ -54,6 +54,19 @@ pub struct Batch {
     pub positions: Vec<Vec<u32>>,
     /// `[B, T]`, false for padding. `None` means no padding.
     pub valid: Option<Vec<Vec<bool>>>,
+    /// Multimodal rotary positions `[3][B][T]` (temporal, height, width axis) for models with
+    /// an `mrope_section`; `None` means every axis is `positions` (plain text).
+    pub mrope: Option<[Vec<Vec<u32>>; 3]>,
+    /// Embeddings that replace the token embeddings at some positions (image and video
+    /// placeholders).
+    pub visual: Option<VisualEmbeds>,
+}
+
+/// Rows `embeds` `[N, hidden]` placed at flat batch positions `at` (`b * T + t`), in order.
+#[derive(Debug, Clone)]
+pub struct VisualEmbeds {
+    pub embeds: Tensor,
+    pub at: Vec<usize>,
 }
 
 impl Batch {
@@ -124,6 +137,8 @@ impl Batch {
             input_ids: Tensor::from_vec(ids, (b, t), device)?,
             positions,
             valid: any_pad.then_some(valid),
+            mrope: None,
+            visual: None,
         })
     }
 
@@ -764,11 +779,26 @@ impl Model {
     fn rotary(&self, batch: &Batch) -> Result<Rotary> {
         let (b, t) = batch.dims()?;
         let half = self.inv_freq.len();
+        // Which position axis each frequency reads (transformers' chunked M-RoPE layout).
+        let axis: Vec<usize> = match &self.config.mrope_section {
+            Some(s) => (0..half)
+                .map(|j| match j {
+                    j if j < s[0] => 0,
+                    j if j < s[0] + s[1] => 1,
+                    _ => 2,
+                })
+                .collect(),
+            None => vec![0; half],
+        };
         let mut cos = Vec::with_capacity(b * t * half);
         let mut sin = Vec::with_capacity(b * t * half);
-        for row in &batch.positions {
-            for &p in row {
-                for &f in &self.inv_freq {
+        for row in 0..b {
+            for i in 0..t {
+                for (j, &f) in self.inv_freq.iter().enumerate() {
+                    let p = match &batch.mrope {
+                        Some(m) => m[axis[j]][row][i],
+                        None => batch.positions[row][i],
+                    };
                     // transformers: (inv_freq @ position) in f32, then cos/sin, then scale.
                     let angle = f * p as f32;
                     cos.push(angle.cos() * self.rope_attention_factor);
@@ -817,8 +847,26 @@ impl Model {
                 "positions must be [B, T] like input_ids".into(),
             ));
         }
+        if let Some(m) = &batch.mrope {
+            if self.config.mrope_section.is_none() {
+                return Err(ModelError::InvalidInput(
+                    "multimodal positions for a model without mrope_section".into(),
+                ));
+            }
+            if m.iter()
+                .any(|axis| axis.len() != b || axis.iter().any(|r| r.len() != t))
+            {
+                return Err(ModelError::InvalidInput(
+                    "multimodal positions must be [3, B, T] like input_ids".into(),
+                ));
+            }
+        }
         let max_pos = self.config.max_position_embeddings;
-        if let Some(p) = batch.positions.iter().flatten().copied().max()
+        let all_positions = batch
+            .positions
+            .iter()
+            .chain(batch.mrope.iter().flat_map(|m| m.iter().flatten()));
+        if let Some(p) = all_positions.flatten().copied().max()
             && p as usize >= max_pos
         {
             return Err(ModelError::ContextOverflow {
@@ -835,10 +883,34 @@ impl Model {
     fn embed(&self, batch: &Batch) -> Result<Tensor> {
         let (b, t) = batch.dims()?;
         let ids = batch.input_ids.flatten_all()?;
-        Ok(self
-            .embed_tokens
-            .index_select(&ids, 0)?
-            .reshape((b, t, self.config.hidden_size))?)
+        let tokens = self.embed_tokens.index_select(&ids, 0)?;
+        let flat = match &batch.visual {
+            None => tokens,
+            Some(visual) => {
+                let n = visual.at.len();
+                if visual.embeds.dims() != [n, self.config.hidden_size] {
+                    return Err(ModelError::InvalidInput(format!(
+                        "{n} visual positions but embeddings of shape {:?} (hidden size {})",
+                        visual.embeds.dims(),
+                        self.config.hidden_size
+                    )));
+                }
+                // One gather over [tokens; visual] keeps both differentiable.
+                let mut index: Vec<u32> = (0..(b * t) as u32).collect();
+                for (k, &at) in visual.at.iter().enumerate() {
+                    if at >= b * t {
+                        return Err(ModelError::InvalidInput(format!(
+                            "visual position {at} outside the batch of {b} x {t}"
+                        )));
+                    }
+                    index[at] = (b * t + k) as u32;
+                }
+                let index = Tensor::from_vec(index, b * t, &self.device)?;
+                let embeds = visual.embeds.to_dtype(tokens.dtype())?;
+                Tensor::cat(&[&tokens, &embeds], 0)?.index_select(&index, 0)?
+            }
+        };
+        Ok(flat.reshape((b, t, self.config.hidden_size))?)
     }
 
     fn final_norm(&self, x: &Tensor) -> Result<Tensor> {

@@ -102,7 +102,7 @@ impl RewardModel {
                 let text = self
                     .tokenizer
                     .apply_chat_template(c, &ChatOptions::default())?;
-                Ok(self.tokenizer.encode(&text, false)?)
+                self.tokenizer.encode(&text, false)
             })
             .collect::<Result<Vec<_>>>()?;
         self.score_ids(&seqs, batch)

@@ -4,3 +4,5 @@ mod checkpoints;
 mod lora;
 mod parity;
 mod text;
+mod util;
+mod vlm;

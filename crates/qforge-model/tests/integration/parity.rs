@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use qforge_model::{Batch, Model};
 
+use crate::util::{assert_close, max_abs, max_abs_diff};
+
 const VARIANTS: [&str; 3] = [
     "qwen3_tied_gqa",
     "qwen3_untied_mqa_yarn",
@@ -29,36 +31,6 @@ fn load(name: &str) -> Model {
 fn reference(name: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture(name).join("reference.safetensors"), &Device::Cpu)
         .unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
-
-fn max_abs(a: &Tensor) -> f32 {
-    a.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
-
-fn assert_close(actual: &Tensor, expected: &Tensor, atol: f32, what: &str) {
-    let d = max_abs_diff(actual, expected);
-    assert!(d <= atol, "{what}: max |diff| {d} > {atol}");
 }
 
 #[test]
