@@ -228,6 +228,7 @@ impl EmbeddedBackend {
                 },
                 top_logprobs,
                 skip_special_tokens: true,
+                visual: None,
             })
             .collect())
     }

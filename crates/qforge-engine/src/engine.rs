@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use candle_core::IndexOp;
+use qforge_model::vl::{Vision, VisualInputs, mrope_positions, vl_batch};
 use qforge_model::{Batch, Model, SequenceCache, Tokenizer};
 use serde::Serialize;
 
@@ -32,6 +33,8 @@ pub struct GenerationRequest {
     pub top_logprobs: usize,
     /// Drop special tokens from the text (the ids are kept).
     pub skip_special_tokens: bool,
+    /// Images and videos whose placeholders the prompt holds (vision-language models).
+    pub visual: Option<Arc<VisualInputs>>,
 }
 
 impl GenerationRequest {
@@ -45,6 +48,7 @@ impl GenerationRequest {
             },
             top_logprobs: 0,
             skip_special_tokens: true,
+            visual: None,
         }
     }
 }
@@ -117,9 +121,20 @@ pub struct Sequence {
     next_logits: Option<Vec<f32>>,
     generated: Vec<GeneratedToken>,
     finish: Option<FinishReason>,
+    /// Visual inputs, until the prompt has been prefilled.
+    visual: Option<Arc<VisualInputs>>,
+    /// Rotary position of token `i` is `i + position_offset` after the prompt (M-RoPE's
+    /// `rope_delta`: a video's tokens take fewer positions than tokens); 0 for text.
+    position_offset: i64,
 }
 
 impl Sequence {
+    /// Whether the prompt holds images or video (its keys and values depend on pixels, not
+    /// only on token ids, so prefix caching must not share them).
+    pub fn has_visual(&self) -> bool {
+        self.visual.is_some() || self.position_offset != 0
+    }
+
     pub fn is_finished(&self) -> bool {
         self.finish.is_some()
     }
@@ -194,6 +209,8 @@ impl Sequence {
 #[derive(Debug, Clone)]
 pub struct Engine {
     model: Model,
+    /// Present for vision-language models.
+    vision: Option<Arc<Vision>>,
     tokenizer: Arc<Tokenizer>,
     pad_id: u32,
     /// What [`Engine::request`] stops at: the model's end-of-turn tokens.
@@ -206,17 +223,33 @@ impl Engine {
         let stop_token_ids = tokenizer.eos_token_id().into_iter().collect();
         Self {
             model,
+            vision: None,
             tokenizer,
             pad_id,
             stop_token_ids,
         }
     }
 
+    /// The engine of a vision-language model: prompts may carry images and video.
+    pub fn with_vision(mut self, vision: Vision) -> Self {
+        self.vision = Some(Arc::new(vision));
+        self
+    }
+
+    /// The vision side, for vision-language models.
+    pub fn vision(&self) -> Option<&Vision> {
+        self.vision.as_deref()
+    }
+
     /// The engine of a loaded checkpoint, stopping at its end-of-turn tokens
     /// (`Checkpoint::stop_token_ids`: generation_config.json's and the tokenizer's EOS).
     pub fn from_checkpoint(ck: qforge_model::Checkpoint) -> Self {
         let stop = ck.stop_token_ids();
-        Self::new(ck.model, Arc::new(ck.tokenizer)).with_stop_token_ids(stop)
+        let engine = Self::new(ck.model, Arc::new(ck.tokenizer)).with_stop_token_ids(stop);
+        match ck.vision {
+            Some(vision) => engine.with_vision(vision),
+            None => engine,
+        }
     }
 
     /// Replaces the tokenizer's EOS as the end of a reply (e.g. with `Checkpoint::stop_token_ids`,
@@ -268,6 +301,33 @@ impl Engine {
                 format!("request {index}: token id {bad} is outside the vocabulary of {vocab}"),
             )));
         }
+        let position_offset = match &request.visual {
+            None => 0,
+            Some(visual) => {
+                let vision = self.vision.as_ref().ok_or_else(|| {
+                    EngineError::Model(qforge_model::ModelError::InvalidInput(format!(
+                        "request {index}: the model is text-only and cannot take images or video"
+                    )))
+                })?;
+                // Checked now so a bad request fails before it is batched.
+                let positions = mrope_positions(
+                    &[&request.prompt_ids],
+                    vision.tokens.rope_ids(),
+                    &visual.grids(),
+                    vision.tower.config().spatial_merge_size,
+                    vision.tower.config().tokens_per_second,
+                )?;
+                let next = i64::from(positions[0].next);
+                if next >= max as i64 {
+                    return Err(EngineError::PromptTooLong {
+                        index,
+                        len: next as usize,
+                        max,
+                    });
+                }
+                next - len as i64
+            }
+        };
         // Allocated once at the longest the sequence can get (what the scheduler reserves).
         let mut cache = self.model.new_cache();
         cache.reserve((len + request.stop.max_new_tokens).min(max));
@@ -285,6 +345,8 @@ impl Engine {
             next_logits: None,
             generated: Vec::new(),
             finish: None,
+            visual: request.visual.filter(|v| !v.is_empty()),
+            position_offset,
         })
     }
 
@@ -295,8 +357,39 @@ impl Engine {
             return Ok(());
         }
         let pending: Vec<&[u32]> = seqs.iter().map(|s| &s.tokens[s.cache.len()..]).collect();
-        let starts: Vec<usize> = seqs.iter().map(|s| s.cache.len()).collect();
-        let batch = Batch::left_padded(&pending, &starts, self.pad_id, self.model.device())?;
+        let batch = match &self.vision {
+            Some(vision) if seqs.iter().any(|s| s.visual.is_some()) => {
+                // Prefills with pixels: rows with and without visual inputs share the batch.
+                if seqs.iter().any(|s| !s.cache.is_empty()) {
+                    return Err(EngineError::InvalidParameter(
+                        "a prompt with images is prefilled whole, never after a cached prefix"
+                            .into(),
+                    ));
+                }
+                let mut visual = VisualInputs::default();
+                for v in seqs.iter().filter_map(|s| s.visual.as_ref()) {
+                    visual.images.extend(v.images.iter().cloned());
+                    visual.videos.extend(v.videos.iter().cloned());
+                }
+                vl_batch(
+                    &self.model,
+                    &vision.tower,
+                    vision.tokens,
+                    &pending,
+                    &visual,
+                    self.pad_id,
+                    true,
+                )?
+                .batch
+            }
+            _ => {
+                let starts: Vec<usize> = seqs
+                    .iter()
+                    .map(|s| (s.cache.len() as i64 + s.position_offset) as usize)
+                    .collect();
+                Batch::left_padded(&pending, &starts, self.pad_id, self.model.device())?
+            }
+        };
         let hidden = {
             let mut caches: Vec<&mut SequenceCache> =
                 seqs.iter_mut().map(|s| &mut s.cache).collect();
@@ -305,6 +398,8 @@ impl Engine {
         let logits = self.model.last_logits(&hidden)?;
         for (i, seq) in seqs.iter_mut().enumerate() {
             seq.next_logits = Some(logits.i(i)?.to_vec1::<f32>()?);
+            // The pixels are in the cache now.
+            seq.visual = None;
         }
         Ok(())
     }

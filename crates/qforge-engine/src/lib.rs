@@ -15,6 +15,7 @@ pub mod prefix_cache;
 pub mod remote;
 pub mod sampling;
 pub mod scheduler;
+pub mod vision;
 
 pub use backend::{BackendError, ChatBackend, ChatStream};
 pub use chat::{ChatEvent, ChatRequest, ChatResponse};

@@ -478,7 +478,7 @@ fn run(
                 .queue_time
                 .observe(job.arrived.elapsed().as_secs_f64());
             let started = engine.start(0, job.request).and_then(|mut seq| {
-                if prefixes.is_enabled() {
+                if prefixes.is_enabled() && !seq.has_visual() {
                     let version = engine.model().weights_version();
                     metrics
                         .prefix_cache_queries
@@ -575,7 +575,10 @@ fn run(
         // The prompts prefilled by this step go into the prefix cache. A failure to copy only
         // loses the reuse.
         let version = engine.model().weights_version();
-        for r in running.iter_mut().filter(|r| !r.prefix_stored) {
+        for r in running
+            .iter_mut()
+            .filter(|r| !r.prefix_stored && !r.seq.has_visual())
+        {
             r.prefix_stored = true;
             if r.seq.cache().len() >= r.seq.prompt_len() {
                 let _ = prefixes.insert(r.seq.prompt(), r.seq.cache(), version);

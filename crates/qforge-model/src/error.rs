@@ -125,6 +125,9 @@ impl ModelError {
                 | Self::Template(_)
                 | Self::InvalidInput(_)
                 | Self::ContextOverflow { .. }
+                | Self::BadImage { .. }
+                | Self::ImageTooSmall { .. }
+                | Self::ImageAspectRatio { .. }
         )
     }
 

@@ -46,6 +46,8 @@ pub struct Checkpoint {
     pub model: Model,
     pub tokenizer: Tokenizer,
     pub generation: GenerationConfig,
+    /// The vision tower and processor of a vision-language checkpoint.
+    pub vision: Option<vl::Vision>,
 }
 
 impl Checkpoint {
@@ -56,7 +58,21 @@ impl Checkpoint {
     }
 
     pub fn load_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let model = Model::load(dir, dtype, device, &[])?;
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let (model, vision) = if config.is_vision_language() {
+            let store = WeightStore::open_dir(dir)?;
+            let vl = vl::VlModel::from_store(config, &store, dtype, device)?;
+            let processor = vl::ProcessorConfig::from_dir(dir)?;
+            let vision = vl::Vision {
+                tower: vl.vision,
+                tokens: vl.tokens,
+                processor,
+            };
+            (vl.text, Some(vision))
+        } else {
+            let store = WeightStore::open_dir(dir)?;
+            (Model::from_store(config, &store, dtype, device, &[])?, None)
+        };
         let tokenizer = Tokenizer::from_dir(dir)?;
         let generation = GenerationConfig::from_dir(dir)?;
         Ok(Self {
@@ -64,6 +80,7 @@ impl Checkpoint {
             model,
             tokenizer,
             generation,
+            vision,
         })
     }
 

@@ -4,9 +4,13 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use qforge_engine::vision::{ImageSources, has_visual_parts, visual_chat_prompt};
 use qforge_engine::{Engine, GenerationRequest, SamplingFields, SamplingParams};
 use qforge_model::GenerationConfig;
+use qforge_model::vl::{RgbImage, Vision, VisualInputs, processor};
 use serde_json::{Value, json};
 
 use crate::common::{ModelArgs, TemplateArgs, read_conversation};
@@ -16,7 +20,11 @@ use crate::common::{ModelArgs, TemplateArgs, read_conversation};
     qforge generate --prompt 'Name three primes.'\n  \
     qforge generate -m Qwen/Qwen3-0.6B --prompt 'Hi' --enable-thinking false\n  \
     qforge generate -m ./ckpt --messages chat.json --temperature 0.7 --seed 1\n  \
-    qforge generate -m ./ckpt --raw --prompt 'Once upon a time' --prompt 'The answer is' --json")]
+    qforge generate -m ./ckpt --raw --prompt 'Once upon a time' --prompt 'The answer is' --json\n  \
+    qforge generate -m ./qwen2.5-vl --image shot.png --prompt 'What is on the screen?'\n  \
+    qforge generate -m ./qwen2.5-vl --video frames/ --fps 2 --prompt 'When does the door open?'\n\n\
+    Vision-language checkpoints (Qwen2.5-VL) also read images named in --messages image parts\n\
+    (a data URL, or a path relative to the messages file).")]
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
@@ -36,8 +44,23 @@ pub struct Args {
     system: Option<String>,
 
     /// Feed --prompt to the model as-is, without the chat template.
-    #[arg(long, requires = "prompt")]
+    #[arg(long, requires = "prompt", conflicts_with_all = ["image", "video"])]
     raw: bool,
+
+    /// An image (PNG or JPEG) shown with each --prompt, before its text (vision-language
+    /// models; repeatable).
+    #[arg(long, requires = "prompt")]
+    image: Vec<PathBuf>,
+
+    /// A video as a directory of frame images, in file-name order, shown with each --prompt
+    /// after the images (repeatable).
+    #[arg(long, requires = "prompt")]
+    video: Vec<PathBuf>,
+
+    /// Frames per second the --video frames were sampled at (the model's clock: a temporal
+    /// patch of 2 frames lasts 2 / fps seconds).
+    #[arg(long, default_value_t = 2.0)]
+    fps: f32,
 
     #[command(flatten)]
     template: TemplateArgs,
@@ -100,17 +123,91 @@ fn sampling(args: &Args, generation: &GenerationConfig) -> SamplingParams {
     fields.resolve(generation, 0.0)
 }
 
+/// `--image` and `--video` inputs, processed once for every prompt.
+fn cli_visual_inputs(args: &Args, vision: &Vision) -> Result<VisualInputs> {
+    if !(args.fps > 0.0) {
+        bail!("--fps must be positive, got {}", args.fps);
+    }
+    let images = args
+        .image
+        .iter()
+        .map(|p| {
+            let image = RgbImage::open(p)?;
+            Ok(vision.process_image(&image)?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let spg = vision.processor.temporal_patch_size as f32 / args.fps;
+    let videos = args
+        .video
+        .iter()
+        .map(|dir| {
+            let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+                .with_context(|| format!("--video {}", dir.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file())
+                .collect();
+            paths.sort();
+            if paths.is_empty() {
+                bail!(
+                    "--video {}: no frame images in the directory",
+                    dir.display()
+                );
+            }
+            let frames = paths
+                .iter()
+                .map(|p| RgbImage::open(p))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            Ok((processor::process_video(&vision.processor, &frames)?, spg))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(VisualInputs { images, videos })
+}
+
 pub fn run(args: Args) -> Result<()> {
     if args.prompt.is_empty() && args.messages.is_none() {
         bail!("give --prompt TEXT or --messages FILE");
     }
     let ck = args.model.load()?;
+    let vision = ck.vision.clone();
     let tokenizer = Arc::new(ck.tokenizer);
     let mut prompts: Vec<Vec<u32>> = Vec::new();
+    let mut visuals: Vec<Option<Arc<VisualInputs>>> = Vec::new();
+    let shown = !args.image.is_empty() || !args.video.is_empty();
+    let cli_visual = match (&vision, shown) {
+        (Some(v), true) => Some(Arc::new(cli_visual_inputs(&args, v)?)),
+        (None, true) => bail!(
+            "--image and --video need a vision-language model; {} is text-only",
+            ck.dir.display()
+        ),
+        (_, false) => None,
+    };
     if let Some(path) = &args.messages {
         let (messages, tools) = read_conversation(path)?;
-        let text = tokenizer.apply_chat_template(&messages, &args.template.options(tools)?)?;
-        prompts.push(tokenizer.encode(&text, false)?);
+        let options = args.template.options(tools)?;
+        match (&vision, has_visual_parts(&messages)) {
+            (Some(vision), true) => {
+                let root = Path::new(path)
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                let sources = ImageSources {
+                    local_root: Some(root.to_path_buf()),
+                };
+                let (ids, inputs) =
+                    visual_chat_prompt(&tokenizer, vision, &messages, &options, &sources)
+                        .with_context(|| path.clone())?;
+                prompts.push(ids);
+                visuals.push(Some(Arc::new(inputs)));
+            }
+            (None, true) => {
+                bail!("{path}: the conversation has images, but the model is text-only")
+            }
+            (_, false) => {
+                let text = tokenizer.apply_chat_template(&messages, &options)?;
+                prompts.push(tokenizer.encode(&text, false)?);
+                visuals.push(None);
+            }
+        }
     }
     for p in &args.prompt {
         if p.is_empty() {
@@ -123,10 +220,28 @@ pub fn run(args: Args) -> Result<()> {
             if let Some(s) = &args.system {
                 messages.push(json!({"role": "system", "content": s}));
             }
-            messages.push(json!({"role": "user", "content": p}));
+            let content = if shown {
+                // Images, then videos, then the text: the layout of Qwen's own examples.
+                let mut parts: Vec<Value> = args
+                    .image
+                    .iter()
+                    .map(|_| json!({"type": "image"}))
+                    .collect();
+                parts.extend(args.video.iter().map(|_| json!({"type": "video"})));
+                parts.push(json!({"type": "text", "text": p}));
+                Value::Array(parts)
+            } else {
+                json!(p)
+            };
+            messages.push(json!({"role": "user", "content": content}));
             tokenizer.apply_chat_template(&messages, &args.template.options(None)?)?
         };
-        prompts.push(tokenizer.encode(&text, false)?);
+        let ids = tokenizer.encode(&text, false)?;
+        match (&vision, &cli_visual) {
+            (Some(vision), Some(inputs)) => prompts.push(vision.expand(&ids, inputs)?),
+            _ => prompts.push(ids),
+        }
+        visuals.push(cli_visual.clone());
     }
     let base = sampling(&args, &ck.generation);
     let stop_ids = ck.generation.stop_token_ids(&tokenizer);
@@ -142,10 +257,15 @@ pub fn run(args: Args) -> Result<()> {
             r.stop.stop_token_ids = stop_ids.clone();
             r.stop.stop_strings = args.stop.clone();
             r.top_logprobs = args.top_logprobs;
+            r.visual = visuals[i].clone();
             r
         })
         .collect();
     let engine = Engine::new(ck.model, tokenizer.clone());
+    let engine = match vision {
+        Some(v) => engine.with_vision(v),
+        None => engine,
+    };
     let stream = prompts.len() == 1 && !args.json;
     let started = Instant::now();
     let mut stdout = std::io::stdout().lock();

@@ -1,30 +1,49 @@
 //! `qforge logprobs`: per-token log-probabilities of a text (perplexity scoring).
 
+use std::path::{Path, PathBuf};
+
 use anyhow::{Context, Result, bail};
 use candle_core::IndexOp;
-use qforge_model::Batch;
+use qforge_engine::vision::{ImageSources, has_visual_parts, visual_chat_prompt};
+use qforge_model::vl::vl_batch;
+use qforge_model::{Batch, ChatOptions};
 use serde_json::json;
 
-use crate::common::ModelArgs;
+use crate::common::{ModelArgs, read_conversation};
 
 #[derive(clap::Args, Debug)]
 #[command(
     after_help = "The first token has no log-probability (nothing precedes it).\n\
-    Perplexity is exp(-mean log-probability) over the scored tokens.\n\nExamples:\n  \
+    Perplexity is exp(-mean log-probability) over the scored tokens.\n\n\
+    --messages renders a conversation with the chat template (no generation prompt: the\n\
+    conversation is scored as written). For vision-language models, OpenAI image parts\n\
+    ({\"type\": \"image_url\", \"image_url\": {\"url\": ...}}) may name a data URL or a path\n\
+    relative to the messages file; each placeholder is expanded as transformers' processor\n\
+    expands it, and every token of the rendered sequence is printed.\n\nExamples:\n  \
     qforge logprobs --text 'The capital of France is Paris.'\n  \
-    qforge logprobs -m ./ckpt --ids 17,250,99,3 --json"
+    qforge logprobs -m ./ckpt --ids 17,250,99,3 --json\n  \
+    qforge logprobs -m ./qwen2.5-vl --messages chat.json --json"
 )]
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
 
     /// Text to score (tokenized as is, no chat template).
-    #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
+    #[arg(
+        long,
+        conflicts_with_all = ["ids", "messages"],
+        required_unless_present_any = ["ids", "messages"]
+    )]
     text: Option<String>,
 
     /// Token ids to score, comma-separated.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', conflicts_with = "messages")]
     ids: Option<Vec<u32>>,
+
+    /// A conversation file (JSON array of messages, or {"messages": [...], "tools": [...]}),
+    /// rendered with the chat template; image parts for vision-language models.
+    #[arg(long)]
+    messages: Option<PathBuf>,
 
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -33,10 +52,45 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let ck = args.model.load()?;
-    let ids = match (&args.text, &args.ids) {
-        (Some(t), _) => ck.tokenizer.encode(t, true)?,
-        (None, Some(ids)) => ids.clone(),
-        (None, None) => bail!("give --text or --ids"),
+    let mut visual = None;
+    let ids = match (&args.text, &args.ids, &args.messages) {
+        (Some(t), _, _) => ck.tokenizer.encode(t, true)?,
+        (None, Some(ids), _) => ids.clone(),
+        (None, None, Some(path)) => {
+            let (messages, tools) = read_conversation(&path.display().to_string())?;
+            let options = ChatOptions {
+                add_generation_prompt: false,
+                tools,
+                ..ChatOptions::default()
+            };
+            match (&ck.vision, has_visual_parts(&messages)) {
+                (Some(vision), true) => {
+                    // Image paths are relative to the messages file.
+                    let root = path
+                        .parent()
+                        .filter(|p| !p.as_os_str().is_empty())
+                        .unwrap_or(Path::new("."));
+                    let sources = ImageSources {
+                        local_root: Some(root.to_path_buf()),
+                    };
+                    let (ids, inputs) =
+                        visual_chat_prompt(&ck.tokenizer, vision, &messages, &options, &sources)
+                            .with_context(|| format!("{}", path.display()))?;
+                    visual = Some((vision, inputs));
+                    ids
+                }
+                (None, true) => bail!(
+                    "{}: the conversation has images, but {} is a text-only model",
+                    path.display(),
+                    ck.dir.display()
+                ),
+                (_, false) => {
+                    let text = ck.tokenizer.apply_chat_template(&messages, &options)?;
+                    ck.tokenizer.encode(&text, false)?
+                }
+            }
+        }
+        (None, None, None) => bail!("give --text, --ids or --messages"),
     };
     if ids.len() < 2 {
         bail!("need at least two tokens to score, got {}", ids.len());
@@ -45,7 +99,21 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
         bail!("token id {bad} is outside the vocabulary of {vocab}");
     }
-    let batch = Batch::left_padded(&[&ids], &[0], 0, ck.model.device())?;
+    let batch = match &visual {
+        Some((vision, inputs)) => {
+            vl_batch(
+                &ck.model,
+                &vision.tower,
+                vision.tokens,
+                &[&ids],
+                inputs,
+                0,
+                true,
+            )?
+            .batch
+        }
+        None => Batch::left_padded(&[&ids], &[0], 0, ck.model.device())?,
+    };
     let logprobs = ck
         .model
         .next_token_logprobs(&batch)

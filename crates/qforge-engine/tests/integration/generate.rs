@@ -416,3 +416,103 @@ fn a_full_queue_refuses_even_after_the_scheduler_drained_it() {
     }
     assert_eq!(tokens, 2);
 }
+
+/// A vision-language engine: greedy generation after an image equals recomputing the full
+/// forward (with M-RoPE positions) at every step, and rows with images, video and text alone
+/// share a batch without changing each other's output.
+#[test]
+fn vision_language_generation_equals_the_full_forward_and_mixes_with_text_rows() {
+    use qforge_model::vl::{RgbImage, VisualInputs, processor, vl_batch};
+    let dir = qforge_testkit::fixture("vlm/qwen2_5_vl_tied");
+    let ck = qforge_model::Checkpoint::load_dir(&dir, DType::F32, &Device::Cpu).unwrap();
+    let model = ck.model.clone();
+    let vision = ck.vision.clone().expect("a vision-language checkpoint");
+    let engine = Engine::from_checkpoint(ck);
+    let image = |name: &str| {
+        let img = RgbImage::open(&qforge_testkit::fixture("vlm").join(name)).unwrap();
+        vision.process_image(&img).unwrap()
+    };
+    let frames: Vec<RgbImage> = (0..3)
+        .map(|_| RgbImage::open(&qforge_testkit::fixture("vlm/image_b.png")).unwrap())
+        .collect();
+    let video = processor::process_video(&vision.processor, &frames).unwrap();
+    let (vs, ve, img, vid) = (58, 59, vision.tokens.image, vision.tokens.video);
+    let with_image = VisualInputs {
+        images: vec![image("image_b.png")],
+        videos: vec![],
+    };
+    let with_both = VisualInputs {
+        images: vec![image("image_a.png")],
+        videos: vec![(video, 0.5)],
+    };
+    let prompts = [
+        (vec![8, vs, img, ve, 9, 10], Some(with_image)),
+        (vec![11, 12, 13], None),
+        (vec![1, vs, img, ve, 2, vs, vid, ve, 3], Some(with_both)),
+    ];
+    let requests: Vec<GenerationRequest> = prompts
+        .iter()
+        .map(|(ids, visual)| {
+            let ids = match visual {
+                Some(v) => vision.expand(ids, v).unwrap(),
+                None => ids.clone(),
+            };
+            let mut r = greedy(&ids, 6);
+            r.visual = visual.clone().map(Arc::new);
+            r
+        })
+        .collect();
+    let together = engine.generate(requests.clone(), |_| {}).unwrap();
+    for (i, request) in requests.iter().enumerate() {
+        let alone = engine
+            .generate(vec![request.clone()], |_| {})
+            .unwrap()
+            .remove(0);
+        assert_eq!(together[i].token_ids(), alone.token_ids(), "row {i}");
+        // Recompute every step from scratch: the full forward's argmax is the token chosen.
+        let visual = request.visual.as_deref().cloned().unwrap_or_default();
+        for k in 0..alone.tokens.len() {
+            let ids: Vec<u32> = request
+                .prompt_ids
+                .iter()
+                .copied()
+                .chain(alone.token_ids()[..k].iter().copied())
+                .collect();
+            let batch = vl_batch(
+                &model,
+                &vision.tower,
+                vision.tokens,
+                &[&ids],
+                &visual,
+                62,
+                true,
+            )
+            .unwrap()
+            .batch;
+            let logits = model
+                .last_logits(&model.forward(&batch, None).unwrap())
+                .unwrap()
+                .i(0)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let argmax = logits
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .unwrap()
+                .0 as u32;
+            assert_eq!(alone.token_ids()[k], argmax, "row {i} step {k}");
+        }
+    }
+    // A text-only engine refuses pixels with a typed error.
+    let text_only = engine_for_text();
+    let err = text_only
+        .generate(vec![requests[0].clone()], |_| {})
+        .unwrap_err();
+    assert!(err.to_string().contains("text-only"), "{err}");
+}
+
+fn engine_for_text() -> Engine {
+    engine("qwen3_tied_gqa")
+}

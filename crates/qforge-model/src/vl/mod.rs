@@ -25,6 +25,31 @@ pub use processor::{Patches, ProcessorConfig, RgbImage};
 pub use rope_index::{RowPositions, VisionTokenIds, VisualGrids, mrope_positions};
 pub use vision::{VisionConfig, VisionTower};
 
+/// The vision side of a loaded vision-language checkpoint: what a text engine adds to see.
+#[derive(Debug, Clone)]
+pub struct Vision {
+    pub tower: VisionTower,
+    pub tokens: VlTokens,
+    pub processor: ProcessorConfig,
+}
+
+impl Vision {
+    /// An image's placeholder count and patches.
+    pub fn process_image(&self, image: &RgbImage) -> Result<Patches> {
+        processor::process_image(&self.processor, image)
+    }
+
+    /// Replaces each rendered placeholder with one per merged token (see [`expand_placeholders`]).
+    pub fn expand(&self, ids: &[u32], visual: &VisualInputs) -> Result<Vec<u32>> {
+        expand_placeholders(
+            ids,
+            self.tokens,
+            visual,
+            self.tower.config().spatial_merge_size,
+        )
+    }
+}
+
 /// A prompt batch's visual inputs, each in prompt order across the rows.
 #[derive(Debug, Clone, Default)]
 pub struct VisualInputs {
@@ -198,31 +223,10 @@ impl VlModel {
 
     /// The tower's embeddings of `patches`, encoded together `[sum of merged tokens, hidden]`.
     pub fn encode(&self, patches: &[&Patches]) -> Result<Option<Tensor>> {
-        if patches.is_empty() {
-            return Ok(None);
-        }
-        let c = self.vision.config();
-        let len = c.patch_len();
-        let mut values = Vec::with_capacity(patches.iter().map(|p| p.pixel_values.len()).sum());
-        for (i, p) in patches.iter().enumerate() {
-            if p.pixel_values.len() != p.rows() * len {
-                return Err(ModelError::InvalidInput(format!(
-                    "visual input {i}: {} values for grid {:?} (rows of {len})",
-                    p.pixel_values.len(),
-                    p.grid_thw
-                )));
-            }
-            values.extend_from_slice(&p.pixel_values);
-        }
-        let rows = values.len() / len;
-        let pixels = Tensor::from_vec(values, (rows, len), self.text.device())?;
-        let grids: Vec<[usize; 3]> = patches.iter().map(|p| p.grid_thw).collect();
-        Ok(Some(self.vision.forward(&pixels, &grids)?))
+        encode(&self.vision, self.text.device(), patches)
     }
 
-    /// A batch of prompts (token ids with each image and video already expanded to its
-    /// placeholders), padded on the left or right with `pad_id`: M-RoPE positions as the
-    /// reference computes them (padding at 1), and the tower's embeddings at the placeholders.
+    /// A batch of prompts with their visual inputs: see [`vl_batch`].
     pub fn batch(
         &self,
         rows: &[&[u32]],
@@ -230,80 +234,174 @@ impl VlModel {
         pad_id: u32,
         left_padded: bool,
     ) -> Result<VlBatch> {
-        let device = self.text.device();
-        let mut batch = if left_padded {
-            Batch::left_padded(rows, &vec![0; rows.len()], pad_id, device)?
-        } else {
-            Batch::right_padded(rows, pad_id, device)?
-        };
-        let merge = self.vision.config().spatial_merge_size;
-        let positions = mrope_positions(
+        vl_batch(
+            &self.text,
+            &self.vision,
+            self.tokens,
             rows,
-            self.tokens.rope_ids(),
-            &visual.grids(),
-            merge,
-            self.vision.config().tokens_per_second,
-        )?;
-        let (_, t) = batch.dims()?;
-        let mut axes: [Vec<Vec<u32>>; 3] = Default::default();
-        for (row, p) in rows.iter().zip(&positions) {
-            let pad = t - row.len();
-            for (axis, ids) in axes.iter_mut().zip(&p.axes) {
-                let mut full = Vec::with_capacity(t);
-                if left_padded {
-                    full.extend(std::iter::repeat_n(1, pad));
-                }
-                full.extend_from_slice(ids);
-                if !left_padded {
-                    full.extend(std::iter::repeat_n(1, pad));
-                }
-                axis.push(full);
-            }
-        }
-        batch.positions = axes[0].clone();
-        batch.mrope = Some(axes);
-        // Placeholders in row-major order, images and videos each in prompt order.
-        let (mut image_at, mut video_at) = (Vec::new(), Vec::new());
-        let offset = |b: usize| if left_padded { t - rows[b].len() } else { 0 };
-        for (b, row) in rows.iter().enumerate() {
-            for (i, id) in row.iter().enumerate() {
-                if *id == self.tokens.image {
-                    image_at.push(b * t + offset(b) + i);
-                } else if *id == self.tokens.video {
-                    video_at.push(b * t + offset(b) + i);
-                }
-            }
-        }
-        let images: Vec<&Patches> = visual.images.iter().collect();
-        let videos: Vec<&Patches> = visual.videos.iter().map(|(p, _)| p).collect();
-        let mut embeds = Vec::new();
-        for (what, patches, at) in [("image", &images, &image_at), ("video", &videos, &video_at)] {
-            let expected: usize = patches.iter().map(|p| p.merged_tokens(merge)).sum();
-            if expected != at.len() {
-                return Err(ModelError::InvalidInput(format!(
-                    "the prompts have {} {what} placeholder tokens, the {what} inputs give {expected}",
-                    at.len()
-                )));
-            }
-            if let Some(e) = self.encode(patches)? {
-                embeds.push(e);
-            }
-        }
-        if !embeds.is_empty() {
-            batch.visual = Some(VisualEmbeds {
-                embeds: Tensor::cat(&embeds, 0)?,
-                at: image_at.into_iter().chain(video_at).collect(),
-            });
-        }
-        let next_positions: Vec<u32> = positions.iter().map(|p| p.next).collect();
-        let rope_deltas = next_positions
-            .iter()
-            .map(|n| i64::from(*n) - t as i64)
-            .collect();
-        Ok(VlBatch {
-            batch,
-            next_positions,
-            rope_deltas,
-        })
+            visual,
+            pad_id,
+            left_padded,
+        )
     }
+}
+
+/// The tower's embeddings of `patches`, encoded together `[sum of merged tokens, hidden]`.
+pub fn encode(
+    vision: &VisionTower,
+    device: &Device,
+    patches: &[&Patches],
+) -> Result<Option<Tensor>> {
+    if patches.is_empty() {
+        return Ok(None);
+    }
+    let len = vision.config().patch_len();
+    let mut values = Vec::with_capacity(patches.iter().map(|p| p.pixel_values.len()).sum());
+    for (i, p) in patches.iter().enumerate() {
+        if p.pixel_values.len() != p.rows() * len {
+            return Err(ModelError::InvalidInput(format!(
+                "visual input {i}: {} values for grid {:?} (rows of {len})",
+                p.pixel_values.len(),
+                p.grid_thw
+            )));
+        }
+        values.extend_from_slice(&p.pixel_values);
+    }
+    let rows = values.len() / len;
+    let pixels = Tensor::from_vec(values, (rows, len), device)?;
+    let grids: Vec<[usize; 3]> = patches.iter().map(|p| p.grid_thw).collect();
+    Ok(Some(vision.forward(&pixels, &grids)?))
+}
+
+/// A batch of prompts (token ids with each image and video already expanded to its
+/// placeholders, see [`expand_placeholders`]), padded on the left or right with `pad_id`:
+/// M-RoPE positions as the reference computes them (padding at 1), and the tower's embeddings
+/// at the placeholders. Rows with and without visual inputs mix freely.
+pub fn vl_batch(
+    text: &Model,
+    vision: &VisionTower,
+    tokens: VlTokens,
+    rows: &[&[u32]],
+    visual: &VisualInputs,
+    pad_id: u32,
+    left_padded: bool,
+) -> Result<VlBatch> {
+    let device = text.device();
+    let mut batch = if left_padded {
+        Batch::left_padded(rows, &vec![0; rows.len()], pad_id, device)?
+    } else {
+        Batch::right_padded(rows, pad_id, device)?
+    };
+    let merge = vision.config().spatial_merge_size;
+    let positions = mrope_positions(
+        rows,
+        tokens.rope_ids(),
+        &visual.grids(),
+        merge,
+        vision.config().tokens_per_second,
+    )?;
+    let (_, t) = batch.dims()?;
+    let mut axes: [Vec<Vec<u32>>; 3] = Default::default();
+    for (row, p) in rows.iter().zip(&positions) {
+        let pad = t - row.len();
+        for (axis, ids) in axes.iter_mut().zip(&p.axes) {
+            let mut full = Vec::with_capacity(t);
+            if left_padded {
+                full.extend(std::iter::repeat_n(1, pad));
+            }
+            full.extend_from_slice(ids);
+            if !left_padded {
+                full.extend(std::iter::repeat_n(1, pad));
+            }
+            axis.push(full);
+        }
+    }
+    batch.positions = axes[0].clone();
+    batch.mrope = Some(axes);
+    // Placeholders in row-major order, images and videos each in prompt order.
+    let (mut image_at, mut video_at) = (Vec::new(), Vec::new());
+    let offset = |b: usize| if left_padded { t - rows[b].len() } else { 0 };
+    for (b, row) in rows.iter().enumerate() {
+        for (i, id) in row.iter().enumerate() {
+            if *id == tokens.image {
+                image_at.push(b * t + offset(b) + i);
+            } else if *id == tokens.video {
+                video_at.push(b * t + offset(b) + i);
+            }
+        }
+    }
+    let images: Vec<&Patches> = visual.images.iter().collect();
+    let videos: Vec<&Patches> = visual.videos.iter().map(|(p, _)| p).collect();
+    let mut embeds = Vec::new();
+    for (what, patches, at) in [("image", &images, &image_at), ("video", &videos, &video_at)] {
+        let expected: usize = patches.iter().map(|p| p.merged_tokens(merge)).sum();
+        if expected != at.len() {
+            return Err(ModelError::InvalidInput(format!(
+                "the prompts have {} {what} placeholder tokens, the {what} inputs give {expected}",
+                at.len()
+            )));
+        }
+        if let Some(e) = encode(vision, device, patches)? {
+            embeds.push(e);
+        }
+    }
+    if !embeds.is_empty() {
+        batch.visual = Some(VisualEmbeds {
+            embeds: Tensor::cat(&embeds, 0)?,
+            at: image_at.into_iter().chain(video_at).collect(),
+        });
+    }
+    let next_positions: Vec<u32> = positions.iter().map(|p| p.next).collect();
+    let rope_deltas = next_positions
+        .iter()
+        .map(|n| i64::from(*n) - t as i64)
+        .collect();
+    Ok(VlBatch {
+        batch,
+        next_positions,
+        rope_deltas,
+    })
+}
+
+/// Replaces each image and video placeholder that follows a vision start (the single
+/// `<|image_pad|>` / `<|video_pad|>` a chat template renders) with one copy per merged token
+/// of its input, as the released processor does, in prompt order.
+pub fn expand_placeholders(
+    ids: &[u32],
+    tokens: VlTokens,
+    visual: &VisualInputs,
+    merge_size: usize,
+) -> Result<Vec<u32>> {
+    let (mut images, mut videos) = (visual.images.iter(), visual.videos.iter());
+    let mut out = Vec::with_capacity(ids.len());
+    for (i, &id) in ids.iter().enumerate() {
+        let after_start = i > 0 && ids[i - 1] == tokens.vision_start;
+        let n = if after_start && id == tokens.image {
+            let p = images.next().ok_or_else(|| {
+                ModelError::InvalidInput(format!(
+                    "the prompt has more images than the {} given",
+                    visual.images.len()
+                ))
+            })?;
+            p.merged_tokens(merge_size)
+        } else if after_start && id == tokens.video {
+            let (p, _) = videos.next().ok_or_else(|| {
+                ModelError::InvalidInput(format!(
+                    "the prompt has more videos than the {} given",
+                    visual.videos.len()
+                ))
+            })?;
+            p.merged_tokens(merge_size)
+        } else {
+            1
+        };
+        out.extend(std::iter::repeat_n(id, n));
+    }
+    let (left_images, left_videos) = (images.count(), videos.count());
+    if left_images + left_videos > 0 {
+        return Err(ModelError::InvalidInput(format!(
+            "{left_images} images and {left_videos} videos were given beyond the prompt's placeholders"
+        )));
+    }
+    Ok(out)
 }

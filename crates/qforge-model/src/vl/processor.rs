@@ -58,6 +58,17 @@ impl ProcessorConfig {
         Self::from_json(&value)
     }
 
+    /// `preprocessor_config.json` of a checkpoint directory, or the released defaults when the
+    /// file is absent.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("preprocessor_config.json");
+        if path.is_file() {
+            Self::from_file(&path)
+        } else {
+            Ok(Self::default())
+        }
+    }
+
     pub fn from_json(value: &Value) -> Result<Self> {
         let mut c = Self::default();
         let field = |name: &str| value.get(name).filter(|v| !v.is_null());

@@ -137,6 +137,7 @@ pub fn run(args: GuardStreamArgs) -> Result<()> {
         model: gen_model,
         tokenizer: crate::bench::bench_tokenizer()?,
         generation: GenerationConfig::default(),
+        vision: None,
     })?;
     let words: Vec<String> = (0..args.gen_prompt_tokens / 2)
         .map(|i| format!("w{i}"))

@@ -127,6 +127,73 @@ fn logprobs_match_transformers() {
     assert!((v["perplexity"].as_f64().unwrap() - (-mean).exp()).abs() < 1e-3);
 }
 
+/// The parity check from outside the code: a chat with an OpenAI image part, rendered,
+/// expanded and scored as transformers' Qwen2.5-VL processor and model do.
+#[test]
+fn logprobs_of_a_chat_with_an_image_match_transformers_token_for_token() {
+    let dir = fixtures().join("vlm/qwen2_5_vl_tied");
+    let reference = candle_core::safetensors::load(
+        dir.join("reference.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let ids: Vec<i32> = reference["chat.ids"].to_vec1().unwrap();
+    let expected: Vec<f32> = reference["chat.logprobs"].to_vec1().unwrap();
+    let dir_s = dir.to_string_lossy().into_owned();
+    let chat = dir.join("chat.json").to_string_lossy().into_owned();
+    let out = ok(&qforge(
+        &["logprobs", "-m", &dir_s, "--messages", &chat, "--json"],
+        None,
+    ));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let tokens = v["tokens"].as_array().unwrap();
+    let got: Vec<i64> = tokens.iter().map(|t| t["id"].as_i64().unwrap()).collect();
+    assert_eq!(got, ids.iter().map(|&i| i64::from(i)).collect::<Vec<_>>());
+    for (i, (t, e)) in tokens[1..].iter().zip(&expected).enumerate() {
+        let d = (t["logprob"].as_f64().unwrap() as f32 - e).abs();
+        assert!(d < 1e-4, "token {}: |diff| {d}", i + 1);
+    }
+    // A data URL names the same image.
+    let tmp = tempfile::tempdir().unwrap();
+    let png = std::fs::read(dir.join("image_a.png")).unwrap();
+    let url = format!(
+        "data:image/png;base64,{}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, png)
+    );
+    let mut messages: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("chat.json")).unwrap()).unwrap();
+    messages[0]["content"][0]["image_url"]["url"] = Value::String(url);
+    let inline = tmp.path().join("inline.json");
+    std::fs::write(&inline, messages.to_string()).unwrap();
+    let out = ok(&qforge(
+        &[
+            "logprobs",
+            "-m",
+            &dir_s,
+            "--messages",
+            inline.to_str().unwrap(),
+            "--json",
+        ],
+        None,
+    ));
+    let again: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(again["tokens"], v["tokens"]);
+    // A text-only model refuses the image, naming why.
+    let out = qforge(
+        &[
+            "logprobs",
+            "-m",
+            &model("qwen3_tied_gqa"),
+            "--messages",
+            &chat,
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("text-only"), "{err}");
+}
+
 #[test]
 fn generate_streams_the_same_text_as_json_mode() {
     let m = model("qwen2_bias_linear");
