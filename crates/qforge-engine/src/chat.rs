@@ -277,22 +277,43 @@ impl ChatRequest {
                     format!("messages[{i}] has no string `role`"),
                 ));
             }
-            if let Some(Value::Array(parts)) = m.get("content")
-                && parts
-                    .iter()
-                    .any(|p| p.get("type").and_then(Value::as_str) != Some("text"))
-            {
-                return Err(field_err(
-                    "messages",
-                    format!("messages[{i}]: only text content parts are supported"),
-                ));
+            if let Some(Value::Array(parts)) = m.get("content") {
+                for (j, p) in parts.iter().enumerate() {
+                    match p.get("type").and_then(Value::as_str) {
+                        Some("text") | Some("image_url") | Some("image") => {}
+                        Some(kind @ ("video_url" | "video")) => {
+                            return Err(field_err(
+                                "messages",
+                                format!(
+                                    "messages[{i}].content[{j}]: `{kind}` parts are not supported \
+                                     (decoding video files is not built in); send frames as images"
+                                ),
+                            ));
+                        }
+                        other => {
+                            return Err(field_err(
+                                "messages",
+                                format!(
+                                    "messages[{i}].content[{j}]: content parts of type {} are not \
+                                     supported (text and image_url are)",
+                                    other.map_or("<none>".into(), |t| format!("`{t}`"))
+                                ),
+                            ));
+                        }
+                    }
+                }
             }
         }
-        // Text content parts are joined, as vLLM does for text-only models.
+        // Text-only content parts are joined, as vLLM does for text-only models; parts with
+        // images stay a list for the vision-language chat template.
         let messages = messages
             .into_iter()
             .map(|mut m| {
-                if let Some(Value::Array(parts)) = m.get("content") {
+                if let Some(Value::Array(parts)) = m.get("content")
+                    && parts
+                        .iter()
+                        .all(|p| p.get("type").and_then(Value::as_str) == Some("text"))
+                {
                     let text: String = parts
                         .iter()
                         .filter_map(|p| p.get("text").and_then(Value::as_str))

@@ -15,6 +15,8 @@ use crate::chat::{
 use crate::engine::{GeneratedToken, GenerationRequest, StopConditions};
 use crate::sampling::{SamplingFields, SamplingParams};
 use crate::scheduler::{Scheduler, SeqEvent, SubmitError};
+use crate::vision::{ImageSources, has_visual_parts, visual_chat_prompt};
+use qforge_model::vl::VisualInputs;
 
 #[derive(Clone)]
 pub struct EmbeddedBackend {
@@ -26,6 +28,8 @@ pub struct EmbeddedBackend {
     /// Split reasoning into `reasoning_content` (vLLM's qwen3 reasoning parser) for replies
     /// that open in a think block ([`thinking_expected`]).
     pub parse_reasoning: bool,
+    /// Where image parts may name local files (vision-language models).
+    image_sources: ImageSources,
 }
 
 impl From<&ChatRequest> for SamplingFields {
@@ -57,6 +61,14 @@ fn submit_error(e: SubmitError) -> BackendError {
             param: None,
         },
     }
+}
+
+/// A chat request rendered for the engine.
+struct RenderedPrompt {
+    ids: Vec<u32>,
+    /// The reply opens inside a think block.
+    thinking: bool,
+    visual: Option<Arc<VisualInputs>>,
 }
 
 /// One streamed sequence's settings for [`EmbeddedBackend::stream`].
@@ -124,6 +136,7 @@ impl EmbeddedBackend {
             generation,
             stop_token_ids,
             parse_reasoning: true,
+            image_sources: ImageSources::default(),
         }
     }
 
@@ -143,13 +156,19 @@ impl EmbeddedBackend {
             .max_position_embeddings
     }
 
-    /// The prompt ids the chat template renders for a request.
-    pub fn chat_prompt(&self, request: &ChatRequest) -> Result<Vec<u32>, BackendError> {
-        self.rendered_prompt(request).map(|(ids, _)| ids)
+    /// Where images named by local path may be read from (none by default: data URLs only).
+    pub fn with_image_sources(mut self, sources: ImageSources) -> Self {
+        self.image_sources = sources;
+        self
     }
 
-    /// The prompt ids, and whether the reply opens inside a think block.
-    fn rendered_prompt(&self, request: &ChatRequest) -> Result<(Vec<u32>, bool), BackendError> {
+    /// The prompt ids the chat template renders for a request (placeholders expanded).
+    pub fn chat_prompt(&self, request: &ChatRequest) -> Result<Vec<u32>, BackendError> {
+        self.rendered_prompt(request).map(|p| p.ids)
+    }
+
+    /// The prompt ids, whether the reply opens inside a think block, and the images.
+    fn rendered_prompt(&self, request: &ChatRequest) -> Result<RenderedPrompt, BackendError> {
         let options = ChatOptions {
             add_generation_prompt: true,
             tools: request.tools.clone(),
@@ -159,6 +178,16 @@ impl EmbeddedBackend {
             message: e.to_string(),
             param: Some("messages".into()),
         };
+        let visual_parts = has_visual_parts(&request.messages);
+        if visual_parts && self.scheduler.engine().vision().is_none() {
+            return Err(BackendError::InvalidRequest {
+                message: format!(
+                    "the model `{}` is text-only: image content parts are not accepted",
+                    self.name
+                ),
+                param: Some("messages".into()),
+            });
+        }
         let template = self.tokenizer.chat_template().map_err(invalid)?;
         let text = self
             .tokenizer
@@ -169,10 +198,27 @@ impl EmbeddedBackend {
             template.has_thinking_switch(),
             &request.chat_template_kwargs,
         );
-        Ok((
-            self.tokenizer.encode(&text, false).map_err(invalid)?,
+        if !visual_parts {
+            return Ok(RenderedPrompt {
+                ids: self.tokenizer.encode(&text, false).map_err(invalid)?,
+                thinking,
+                visual: None,
+            });
+        }
+        let vision = self.scheduler.engine().vision().expect("checked above");
+        let (ids, visual) = visual_chat_prompt(
+            &self.tokenizer,
+            vision,
+            &request.messages,
+            &options,
+            &self.image_sources,
+        )
+        .map_err(invalid)?;
+        Ok(RenderedPrompt {
+            ids,
             thinking,
-        ))
+            visual: Some(Arc::new(visual)),
+        })
     }
 
     /// Request fields, else generation_config.json's defaults, else OpenAI's (temperature 1);
@@ -380,13 +426,17 @@ impl ChatBackend for EmbeddedBackend {
 
     async fn chat_stream(&self, request: ChatRequest) -> Result<ChatStream, BackendError> {
         check_supported(&request)?;
-        let (prompt, thinking) = self.rendered_prompt(&request)?;
+        let RenderedPrompt {
+            ids: prompt,
+            thinking,
+            visual,
+        } = self.rendered_prompt(&request)?;
         let top = if request.logprobs {
             request.top_logprobs
         } else {
             0
         };
-        let requests = self.generation_requests(
+        let mut requests = self.generation_requests(
             prompt,
             &SamplingFields::from(&request),
             request.max_tokens,
@@ -394,6 +444,9 @@ impl ChatBackend for EmbeddedBackend {
             request.n,
             top,
         )?;
+        for r in &mut requests {
+            r.visual = visual.clone();
+        }
         self.stream(
             requests,
             StreamOptions {

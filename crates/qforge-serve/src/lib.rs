@@ -105,8 +105,12 @@ impl AppState {
             candle_core::DType::F32,
             &candle_core::Device::Cpu,
         )?;
+        let mut engine = qforge_engine::Engine::new(ck.model, Arc::new(ck.tokenizer));
+        if let Some(vision) = ck.vision {
+            engine = engine.with_vision(vision);
+        }
         let scheduler = qforge_engine::Scheduler::spawn(
-            qforge_engine::Engine::new(ck.model, Arc::new(ck.tokenizer)),
+            engine,
             qforge_engine::SchedulerConfig::default(),
             Arc::new(Metrics::default()),
         );

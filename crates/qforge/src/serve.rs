@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use qforge_engine::vision::ImageSources;
 use qforge_engine::{EmbeddedBackend, Engine, Metrics, Scheduler, SchedulerConfig};
 use qforge_serve::{AppState, ServerConfig};
 
@@ -99,6 +100,11 @@ pub struct Args {
     #[arg(long)]
     compressor: Option<std::path::PathBuf>,
 
+    /// Vision-language models: image parts may name files under this directory (a path
+    /// relative to it, or file://). Without it only data URLs are read; remote URLs never are.
+    #[arg(long)]
+    allowed_local_media_path: Option<std::path::PathBuf>,
+
     /// How the moderation endpoints read Controversial: strict (unsafe) or loose (safe).
     #[arg(long, value_enum, default_value = "strict")]
     guard_policy: crate::guard::PolicyArg,
@@ -111,7 +117,10 @@ pub fn run(args: Args) -> Result<()> {
         .clone()
         .or_else(|| args.model.model.clone())
         .unwrap_or_else(|| "qforge-demo".to_string());
-    let engine = Engine::new(ck.model, Arc::new(ck.tokenizer));
+    let mut engine = Engine::new(ck.model, Arc::new(ck.tokenizer));
+    if let Some(vision) = ck.vision {
+        engine = engine.with_vision(vision);
+    }
     let scheduler = Scheduler::spawn(
         engine,
         SchedulerConfig {
@@ -122,7 +131,10 @@ pub fn run(args: Args) -> Result<()> {
         },
         Arc::new(Metrics::default()),
     );
-    let mut backend = EmbeddedBackend::new(name.clone(), scheduler, ck.generation);
+    let mut backend = EmbeddedBackend::new(name.clone(), scheduler, ck.generation)
+        .with_image_sources(ImageSources {
+            local_root: args.allowed_local_media_path.clone(),
+        });
     backend.parse_reasoning = !args.no_reasoning_parser;
     let mut state = AppState::new(
         backend,

@@ -234,3 +234,74 @@ fn official_openai_client_through_both_proxies() {
         }
     }
 }
+
+#[test]
+fn official_openai_client_sends_images_to_a_vision_language_model() {
+    let Some(python) = python_with_openai() else {
+        return;
+    };
+    let dir = fixtures().join("vlm/qwen2_5_vl_tied");
+    let (model, image) = (
+        dir.to_str().unwrap(),
+        dir.join("image_a.png").to_string_lossy().into_owned(),
+    );
+    let prompt = "What is in the picture?";
+    let generated = qforge(&[
+        "generate",
+        "--model",
+        model,
+        "--image",
+        &image,
+        "--prompt",
+        prompt,
+        "--max-new-tokens",
+        "8",
+        "--greedy",
+        "--json",
+    ]);
+    let generated: serde_json::Value = serde_json::from_str(generated.trim()).unwrap();
+    let (_server, base_url) = start(
+        &[
+            "serve",
+            "--model",
+            model,
+            "--port",
+            "0",
+            "--served-model-name",
+            "vl",
+            "--allowed-local-media-path",
+            dir.to_str().unwrap(),
+        ],
+        "serving",
+    );
+    let text_model = fixtures().join("model/qwen3_tied_gqa");
+    let (_text_server, text_url) = start(
+        &[
+            "serve",
+            "--model",
+            text_model.to_str().unwrap(),
+            "--port",
+            "0",
+            "--served-model-name",
+            "text",
+        ],
+        "serving",
+    );
+    run_python_client(
+        &python,
+        "vision_client.py",
+        &[
+            ("QFORGE_BASE_URL", &base_url),
+            ("QFORGE_MODEL", "vl"),
+            ("QFORGE_PROMPT", prompt),
+            ("QFORGE_IMAGE", &image),
+            ("QFORGE_IMAGE_NAME", "image_a.png"),
+            ("QFORGE_EXPECTED", generated["text"].as_str().unwrap()),
+            (
+                "QFORGE_PROMPT_TOKENS",
+                &generated["prompt_tokens"].to_string(),
+            ),
+            ("QFORGE_TEXT_ONLY_URL", &text_url),
+        ],
+    );
+}
