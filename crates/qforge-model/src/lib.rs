@@ -25,7 +25,7 @@ pub mod weights;
 
 pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use error::{ModelError, Result};
-pub use lora::{LoraConfig, add_lora, load_adapter, merge_lora, save_adapter};
+pub use lora::{Adaptable, LoraConfig, add_lora, load_adapter, merge_lora, save_adapter};
 pub use model::{
     AttentionKind, Batch, Linear, LoraAdapter, Model, SequenceCache, VisualEmbeds, expected_shapes,
     random_tensors,

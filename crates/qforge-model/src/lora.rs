@@ -8,14 +8,16 @@ use candle_core::{DType, Tensor, Var};
 use serde_json::{Value, json};
 
 use crate::error::{ModelError, Result};
-use crate::model::{LoraAdapter, Model};
+use crate::model::{Linear, LoraAdapter, Model};
 use crate::weights::WeightStore;
 use qforge_util::write_json_atomic;
 
 const PREFIX: &str = "base_model.model.";
 pub const CONFIG_FILE: &str = "adapter_config.json";
-/// The projections of a Qwen layer that can carry an adapter.
-pub const PROJECTIONS: [&str; 7] = [
+/// The projections that can carry an adapter: a Qwen layer's, and a Qwen2.5-VL vision block's
+/// attention (`qkv`, `proj`; its MLP shares the decoder's names, so PEFT's usual targets adapt
+/// both, as PEFT's suffix match does).
+pub const PROJECTIONS: [&str; 9] = [
     "q_proj",
     "k_proj",
     "v_proj",
@@ -23,7 +25,60 @@ pub const PROJECTIONS: [&str; 7] = [
     "gate_proj",
     "up_proj",
     "down_proj",
+    "qkv",
+    "proj",
 ];
+
+/// A model whose linear projections can carry LoRA adapters: the decoder, or a
+/// vision-language model (decoder and vision tower).
+pub trait Adaptable {
+    /// Every projection by module path (`model.layers.0.self_attn.q_proj`).
+    fn linears(&self) -> Vec<(String, &Linear)>;
+    fn linears_mut(&mut self) -> Vec<(String, &mut Linear)>;
+    fn set_differentiable(&mut self, differentiable: bool);
+    fn dtype(&self) -> DType;
+    fn device(&self) -> &candle_core::Device;
+}
+
+impl Adaptable for Model {
+    fn linears(&self) -> Vec<(String, &Linear)> {
+        Model::linears(self)
+    }
+    fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        Model::linears_mut(self)
+    }
+    fn set_differentiable(&mut self, differentiable: bool) {
+        Model::set_differentiable(self, differentiable)
+    }
+    fn dtype(&self) -> DType {
+        Model::dtype(self)
+    }
+    fn device(&self) -> &candle_core::Device {
+        Model::device(self)
+    }
+}
+
+impl Adaptable for crate::vl::VlModel {
+    fn linears(&self) -> Vec<(String, &Linear)> {
+        let mut out = self.text.linears();
+        out.extend(self.vision.linears());
+        out
+    }
+    fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = self.text.linears_mut();
+        out.extend(self.vision.linears_mut());
+        out
+    }
+    fn set_differentiable(&mut self, differentiable: bool) {
+        crate::vl::VlModel::set_differentiable(self, differentiable)
+    }
+    fn dtype(&self) -> DType {
+        self.text.dtype()
+    }
+    fn device(&self) -> &candle_core::Device {
+        self.text.device()
+    }
+}
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
 
 #[derive(Debug, Clone, PartialEq)]
@@ -75,7 +130,11 @@ fn keys(module: &str) -> (String, String) {
 /// Adds fresh adapters (A ~ U(±1/√in) as PEFT's Kaiming init, B = 0, so the model is unchanged)
 /// and returns them as trainable variables under their PEFT names. The base weights stay plain
 /// tensors (frozen); the model switches to its differentiable ops.
-pub fn add_lora(model: &mut Model, config: &LoraConfig, seed: u64) -> Result<Vec<(String, Var)>> {
+pub fn add_lora(
+    model: &mut impl Adaptable,
+    config: &LoraConfig,
+    seed: u64,
+) -> Result<Vec<(String, Var)>> {
     config.validate()?;
     let device = model.device().clone();
     let mut rng = qforge_util::XorShift::new(seed);
@@ -102,16 +161,17 @@ pub fn add_lora(model: &mut Model, config: &LoraConfig, seed: u64) -> Result<Vec
         vars.push((kb, b));
     }
     if vars.is_empty() {
-        return Err(ModelError::InvalidInput(
-            "no projection matched the LoRA target modules".into(),
-        ));
+        return Err(ModelError::InvalidInput(format!(
+            "no projection of this model matched the LoRA target modules {:?}",
+            config.target_modules
+        )));
     }
     model.set_differentiable(true);
     Ok(vars)
 }
 
 /// The adapter tensors under their PEFT names.
-pub fn lora_tensors(model: &Model) -> Vec<(String, Tensor)> {
+pub fn lora_tensors(model: &impl Adaptable) -> Vec<(String, Tensor)> {
     let mut out = Vec::new();
     for (module, linear) in model.linears() {
         if let Some(l) = &linear.lora {
@@ -125,7 +185,7 @@ pub fn lora_tensors(model: &Model) -> Vec<(String, Tensor)> {
 
 /// Writes `adapter_config.json` and `adapter_model.safetensors` into `dir`.
 pub fn save_adapter(
-    model: &Model,
+    model: &impl Adaptable,
     config: &LoraConfig,
     dir: &Path,
     base_model: &str,
@@ -154,7 +214,7 @@ pub fn save_adapter(
 }
 
 /// Attaches the adapter saved in `dir` (PEFT layout) to `model`.
-pub fn load_adapter(model: &mut Model, dir: &Path) -> Result<LoraConfig> {
+pub fn load_adapter(model: &mut impl Adaptable, dir: &Path) -> Result<LoraConfig> {
     let path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
     let v: Value = serde_json::from_str(&text).map_err(|source| ModelError::Json {
@@ -227,7 +287,7 @@ pub fn load_adapter(model: &mut Model, dir: &Path) -> Result<LoraConfig> {
 }
 
 /// Folds every adapter into its base weight (`W += scale · B·A`) and removes it.
-pub fn merge_lora(model: &mut Model) -> Result<()> {
+pub fn merge_lora(model: &mut impl Adaptable) -> Result<()> {
     for (_, linear) in model.linears_mut() {
         if let Some(l) = linear.lora.take() {
             let dtype = linear.weight.dtype();
@@ -243,7 +303,7 @@ pub fn merge_lora(model: &mut Model) -> Result<()> {
 
 /// Turns the model's adapters into trainable variables (rebinding them in the model), e.g.
 /// after [`load_adapter`] when resuming LoRA training. Switches to the differentiable ops.
-pub fn lora_vars(model: &mut Model) -> Result<Vec<(String, Var)>> {
+pub fn lora_vars(model: &mut impl Adaptable) -> Result<Vec<(String, Var)>> {
     let mut vars = Vec::new();
     for (module, linear) in model.linears_mut() {
         if let Some(l) = &mut linear.lora {

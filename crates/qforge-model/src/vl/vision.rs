@@ -322,6 +322,33 @@ impl VisionTower {
             .collect()
     }
 
+    /// Every projection by module path (`visual.blocks.0.attn.qkv`), for LoRA.
+    pub fn linears(&self) -> Vec<(String, &Linear)> {
+        let mut out = Vec::new();
+        for (b, block) in self.blocks.iter().enumerate() {
+            let p = format!("{}blocks.{b}", VISION_PREFIXES[0]);
+            out.push((format!("{p}.attn.qkv"), &block.qkv));
+            out.push((format!("{p}.attn.proj"), &block.proj));
+            out.push((format!("{p}.mlp.gate_proj"), &block.gate));
+            out.push((format!("{p}.mlp.up_proj"), &block.up));
+            out.push((format!("{p}.mlp.down_proj"), &block.down));
+        }
+        out
+    }
+
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::new();
+        for (b, block) in self.blocks.iter_mut().enumerate() {
+            let p = format!("{}blocks.{b}", VISION_PREFIXES[0]);
+            out.push((format!("{p}.attn.qkv"), &mut block.qkv));
+            out.push((format!("{p}.attn.proj"), &mut block.proj));
+            out.push((format!("{p}.mlp.gate_proj"), &mut block.gate));
+            out.push((format!("{p}.mlp.up_proj"), &mut block.up));
+            out.push((format!("{p}.mlp.down_proj"), &mut block.down));
+        }
+        out
+    }
+
     /// The tower with every parameter a `Var` (named as in the checkpoint), differentiable.
     pub fn into_trainable(self) -> Result<(Self, Vec<(String, candle_core::Var)>)> {
         let named = self.named_tensors();

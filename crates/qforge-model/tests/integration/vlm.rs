@@ -499,3 +499,62 @@ fn placeholder_counts_that_disagree_with_the_inputs_are_errors() {
         .unwrap_err();
     assert!(matches!(err, ModelError::InvalidInput(_)), "{err}");
 }
+
+/// LoRA adapts the vision tower too (its attention `qkv`/`proj` and, by PEFT's suffix match,
+/// its MLP): every adapter gets a gradient, and a saved adapter loads and merges back to the
+/// same logits.
+#[test]
+fn lora_trains_decoder_and_vision_adapters_and_round_trips() {
+    use qforge_model::{LoraConfig, add_lora, load_adapter, merge_lora, save_adapter};
+    let variant = VARIANTS[1];
+    let reference = reference(variant);
+    let inputs = visual_inputs(&processor_config(variant));
+    let config = LoraConfig {
+        r: 2,
+        alpha: 4.0,
+        target_modules: ["q_proj", "v_proj", "qkv", "proj", "gate_proj"]
+            .map(String::from)
+            .to_vec(),
+    };
+    let mut model = load(variant);
+    let before = left_padded_loss(&model, &reference, &inputs);
+    let vars = add_lora(&mut model, &config, 7).unwrap();
+    assert!(
+        vars.iter()
+            .any(|(n, _)| n.contains("visual.blocks.0.attn.qkv"))
+    );
+    assert!(
+        vars.iter()
+            .any(|(n, _)| n.contains("visual.blocks.3.mlp.gate_proj"))
+    );
+    let loss = left_padded_loss(&model, &reference, &inputs);
+    assert_close(&loss, &before, 1e-6, "fresh adapters change nothing");
+    let grads = loss.backward().unwrap();
+    for (name, var) in vars.iter().filter(|(n, _)| n.contains("lora_B")) {
+        let g = grads
+            .get(var)
+            .unwrap_or_else(|| panic!("{name}: no gradient"));
+        assert!(max_abs(g) > 0.0, "{name}: zero gradient");
+        var.set(&(var.as_tensor() - (g * 50.0).unwrap()).unwrap())
+            .unwrap();
+    }
+    let rows = rows(&reference, "left");
+    let logits = |m: &VlModel| {
+        let vl = vl_batch(m, &rows, &inputs, true);
+        m.text
+            .logits(&m.text.forward(&vl.batch, None).unwrap())
+            .unwrap()
+    };
+    let adapted = logits(&model);
+    assert!(
+        max_abs_diff(&adapted, &logits(&load(variant))) > 1e-3,
+        "the step moved the model"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    save_adapter(&model, &config, dir.path(), variant).unwrap();
+    let mut loaded = load(variant);
+    load_adapter(&mut loaded, dir.path()).unwrap();
+    assert_close(&logits(&loaded), &adapted, 1e-5, "loaded adapter");
+    merge_lora(&mut loaded).unwrap();
+    assert_close(&logits(&loaded), &adapted, 1e-4, "merged adapter");
+}

@@ -10,6 +10,7 @@ pub mod search;
 pub mod serve;
 pub mod solopo;
 pub mod train;
+pub mod vlm;
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -54,6 +55,9 @@ pub enum BenchCommand {
     /// The QwenLong-CPRS compressor's forward: context tokens/s by window and batch against one
     /// window at a time; peak memory as the context grows.
     Compress(crate::bench::compress::CompressArgs),
+    /// Qwen2.5-VL's image path (processor + vision tower): ms per image at 448 x 448 and
+    /// 1024 x 1024 and video frames/s, against transformers on CPU in the same run.
+    Vlm(crate::bench::vlm::VlmArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -305,6 +309,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Agent(a) => return crate::bench::agent::run_bench(a),
         BenchCommand::Compress(a) => return crate::bench::compress::run(a),
         BenchCommand::Judge(a) => return crate::bench::judge::run(a),
+        BenchCommand::Vlm(a) => return crate::bench::vlm::run(a),
     };
     if args.steps < 2 || args.repeats == 0 || args.prompt_len == 0 || args.batch.contains(&0) {
         bail!("--steps must be >= 2, --repeats and --prompt-len >= 1, batch sizes >= 1");
