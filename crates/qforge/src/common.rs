@@ -100,8 +100,13 @@ pub fn in_process_backend(
     let ck = model.load()?;
     let tokenizer = Arc::new(ck.tokenizer);
     let context = ck.model.config().max_position_embeddings;
+    let mut engine = qforge_engine::Engine::new(ck.model, tokenizer.clone());
+    if let Some(vision) = ck.vision {
+        // A vision-language checkpoint takes image parts in its chat requests.
+        engine = engine.with_vision(vision);
+    }
     let scheduler = qforge_engine::Scheduler::spawn(
-        qforge_engine::Engine::new(ck.model, tokenizer.clone()),
+        engine,
         qforge_engine::SchedulerConfig::default(),
         Arc::new(qforge_engine::Metrics::default()),
     );

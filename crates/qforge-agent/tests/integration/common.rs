@@ -76,3 +76,29 @@ pub fn fixture_with_context(dir: &std::path::Path, context: usize) -> std::path:
     std::fs::write(&config, c.to_string()).unwrap();
     out
 }
+
+/// A copy of the tiny Qwen2.5-VL fixture with a longer context and a pixel budget that keeps a
+/// phone screenshot to a few dozen image tokens.
+pub fn vl_fixture_with_context(
+    dir: &std::path::Path,
+    context: usize,
+    max_pixels: usize,
+) -> std::path::PathBuf {
+    let fixture = qforge_testkit::fixture("vlm/qwen2_5_vl_tied");
+    let out = dir.join("vl_model");
+    std::fs::create_dir_all(&out).unwrap();
+    for entry in std::fs::read_dir(fixture).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), out.join(entry.file_name())).unwrap();
+    }
+    let edit = |name: &str, key: &str, value: usize| {
+        let path = out.join(name);
+        let mut c: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        c[key] = serde_json::json!(value);
+        std::fs::write(&path, c.to_string()).unwrap();
+    };
+    edit("config.json", "max_position_embeddings", context);
+    edit("preprocessor_config.json", "max_pixels", max_pixels);
+    out
+}

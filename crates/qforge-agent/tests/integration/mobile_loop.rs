@@ -656,3 +656,78 @@ async fn the_loop_runs_through_adb_against_the_simulated_phone() {
         "AAA"
     );
 }
+
+/// Mobile-Agent-v2's agents on an embedded vision-language model (no server): the decision and
+/// reflection agents get the screenshots as images and the loop runs to its step limit; a
+/// text-only model given the same screenshots stops the run with a backend error saying so.
+#[test]
+fn a_local_vision_language_model_sees_the_screenshots_as_every_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = |model: &std::path::Path| -> (Arc<dyn ChatBackend>, Arc<qforge_engine::Metrics>) {
+        let ck = qforge_model::Checkpoint::load_dir(
+            model,
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let metrics = Arc::new(qforge_engine::Metrics::default());
+        let generation = ck.generation.clone();
+        let scheduler = qforge_engine::Scheduler::spawn(
+            qforge_engine::Engine::from_checkpoint(ck),
+            qforge_engine::SchedulerConfig::default(),
+            metrics.clone(),
+        );
+        (
+            Arc::new(qforge_engine::EmbeddedBackend::new(
+                "local".into(),
+                scheduler,
+                generation,
+            )),
+            metrics,
+        )
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let go = |backend: Arc<dyn ChatBackend>, logs: &str| {
+        let agents = Agents {
+            decision: backend.clone(),
+            reflection: backend.clone(),
+            planning: backend,
+        };
+        let config = MobileConfig {
+            max_steps: Some(1),
+            images: true,
+            ..config(&dir.path().join(logs))
+        };
+        let mut phone = demo_phone();
+        rt.block_on(run(
+            &mut phone,
+            &mut AccessibilityPerception,
+            &agents,
+            "Turn on Wi-Fi",
+            &config,
+        ))
+    };
+    let vl = common::vl_fixture_with_context(dir.path(), 16384, 64 * 28 * 28);
+    let (backend, metrics) = local(&vl);
+    let seen = go(backend, "vl");
+    assert!(
+        matches!(seen.stop, StopReason::StepLimit | StopReason::Stop),
+        "{:?}",
+        seen.stop
+    );
+    assert!(!seen.steps.is_empty());
+    let started = metrics
+        .requests_started
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        started >= 2,
+        "the decision and reflection agents ran: {started}"
+    );
+    let text = common::fixture_with_context(dir.path(), 8192);
+    let (backend, _) = local(&text);
+    let refused = go(backend, "text");
+    match &refused.stop {
+        StopReason::Backend(message) => assert!(message.contains("text-only"), "{message}"),
+        other => panic!("a text-only model took screenshots: {other:?}"),
+    }
+}

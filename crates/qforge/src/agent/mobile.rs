@@ -24,8 +24,16 @@ pub enum MobileCommand {
 pub struct MobileAgentArgs {
     /// Base URL of an OpenAI-compatible vision model for the decision agent (e.g. vLLM serving
     /// Qwen2.5-VL or GUI-Owl).
-    #[arg(long)]
-    decision_url: String,
+    #[arg(long, required_unless_present = "local_model")]
+    decision_url: Option<String>,
+    /// Run the agents on a checkpoint in this process instead of a server (a vision-language
+    /// model such as Qwen2.5-VL sees the screenshots; a text-only one needs --no-images). Every
+    /// role without its own --*-url uses it, and with --caption-local it captions icons too.
+    #[arg(long, conflicts_with = "decision_url")]
+    local_model: Option<String>,
+    /// Caption undescribed icons with --local-model.
+    #[arg(long, requires = "local_model", conflicts_with = "caption_url")]
+    caption_local: bool,
     #[arg(long, default_value = "default")]
     decision_model: String,
     /// The reflection agent's server (default: the decision agent's).
@@ -69,12 +77,30 @@ pub struct MobileAgentArgs {
 }
 
 impl MobileAgentArgs {
-    fn agents(&self) -> Result<qforge_agent::mobile::agent::Agents> {
-        let decision = Arc::new(remote(
-            &self.decision_url,
-            &self.decision_model,
-            &self.key_env,
-        )?);
+    /// The in-process backend of --local-model, loaded once.
+    fn local(&self) -> Result<Option<Arc<dyn ChatBackend>>> {
+        let Some(model) = &self.local_model else {
+            return Ok(None);
+        };
+        let args = crate::common::ModelArgs {
+            model: Some(model.clone()),
+            dtype: "f32".into(),
+            adapter: None,
+            device: "cpu".into(),
+        };
+        let (backend, _, _) = crate::common::in_process_backend(&args, "local")?;
+        Ok(Some(Arc::new(backend)))
+    }
+
+    fn agents(
+        &self,
+        local: &Option<Arc<dyn ChatBackend>>,
+    ) -> Result<qforge_agent::mobile::agent::Agents> {
+        let decision: Arc<dyn ChatBackend> = match (local, &self.decision_url) {
+            (Some(local), _) => local.clone(),
+            (None, Some(url)) => Arc::new(remote(url, &self.decision_model, &self.key_env)?),
+            (None, None) => anyhow::bail!("give --decision-url or --local-model"),
+        };
         let other =
             |url: &Option<String>, model: &Option<String>| -> Result<Arc<dyn ChatBackend>> {
                 Ok(match url {
@@ -93,13 +119,19 @@ impl MobileAgentArgs {
         })
     }
 
-    fn perception(&self) -> Result<Box<dyn qforge_agent::mobile::agent::Perception>> {
+    fn perception(
+        &self,
+        local: &Option<Arc<dyn ChatBackend>>,
+    ) -> Result<Box<dyn qforge_agent::mobile::agent::Perception>> {
         use qforge_agent::mobile::agent::{AccessibilityPerception, CaptionedPerception};
-        Ok(match &self.caption_url {
-            Some(url) => Box::new(CaptionedPerception {
+        Ok(match (&self.caption_url, local) {
+            (Some(url), _) => Box::new(CaptionedPerception {
                 captioner: Arc::new(remote(url, &self.caption_model, &self.key_env)?),
             }),
-            None => Box::new(AccessibilityPerception),
+            (None, Some(local)) if self.caption_local => Box::new(CaptionedPerception {
+                captioner: local.clone(),
+            }),
+            _ => Box::new(AccessibilityPerception),
         })
     }
 
@@ -144,8 +176,9 @@ pub struct MobileRunArgs {
 pub(super) fn mobile_run(args: MobileRunArgs) -> Result<()> {
     use qforge_agent::mobile::adb::{AdbDevice, Device};
     use qforge_agent::mobile::agent::run;
-    let agents = args.agents.agents()?;
-    let mut perception = args.agents.perception()?;
+    let local = args.agents.local()?;
+    let agents = args.agents.agents(&local)?;
+    let mut perception = args.agents.perception(&local)?;
     let config = args.agents.config(args.log_dir.clone());
     let mut sim = qforge_agent::mobile::sim::demo_phone();
     let mut adb;
@@ -194,8 +227,9 @@ pub struct MobileEvalArgs {
 pub(super) fn mobile_eval(args: MobileEvalArgs) -> Result<()> {
     use qforge_agent::mobile::agent::run;
     use qforge_agent::mobile::eval::{demo_suite, score, summarize, timeline_html};
-    let agents = args.agents.agents()?;
-    let mut perception = args.agents.perception()?;
+    let local = args.agents.local()?;
+    let agents = args.agents.agents(&local)?;
+    let mut perception = args.agents.perception(&local)?;
     let runtime = tokio::runtime::Runtime::new()?;
     let suite = demo_suite();
     let bar = progress(suite.len());

@@ -1474,3 +1474,48 @@ fn top_level_help_names_every_subcommand_of_each_group() {
     }
     assert!(groups >= 6, "{top:?}");
 }
+
+/// `qforge agent mobile run --local-model`: Mobile-Agent-v2's agents on an in-process
+/// vision-language checkpoint, with screenshots, on the simulated phone.
+#[test]
+fn mobile_agent_runs_on_a_local_vision_language_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("vl");
+    std::fs::create_dir_all(&model).unwrap();
+    for entry in std::fs::read_dir(fixtures().join("vlm/qwen2_5_vl_tied")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), model.join(entry.file_name())).unwrap();
+    }
+    for (file, key, value) in [
+        ("config.json", "max_position_embeddings", 16384),
+        ("preprocessor_config.json", "max_pixels", 64 * 28 * 28),
+    ] {
+        let path = model.join(file);
+        let mut c: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        c[key] = serde_json::json!(value);
+        std::fs::write(&path, c.to_string()).unwrap();
+    }
+    let logs = tmp.path().join("logs");
+    let out = qforge(
+        &[
+            "agent",
+            "mobile",
+            "run",
+            "--instruction",
+            "Turn on Wi-Fi",
+            "--local-model",
+            model.to_str().unwrap(),
+            "--max-steps",
+            "1",
+            "--settle-s",
+            "0",
+            "--no-reflection",
+            "--log-dir",
+            logs.to_str().unwrap(),
+        ],
+        None,
+    );
+    ok(&out);
+    let steps = std::fs::read_to_string(logs.join("steps.jsonl")).unwrap();
+    assert_eq!(steps.lines().count(), 1, "{steps}");
+}
