@@ -87,6 +87,41 @@ pub async fn connect_upstream(
     Ok(qforge_engine::RemoteBackend::new(remote)?)
 }
 
+/// A conversation file's prompt: rendered and tokenized; for a vision-language model its image
+/// parts (data URLs, or paths relative to the file) are processed and their placeholders
+/// expanded. Images for a text-only model are an error naming the file.
+pub fn conversation_prompt(
+    tokenizer: &qforge_model::Tokenizer,
+    vision: Option<&qforge_model::vl::Vision>,
+    messages: &[Value],
+    options: &ChatOptions,
+    path: &Path,
+) -> Result<(Vec<u32>, Option<qforge_model::vl::VisualInputs>)> {
+    use qforge_engine::vision::{ImageSources, has_visual_parts, visual_chat_prompt};
+    match (vision, has_visual_parts(messages)) {
+        (Some(vision), true) => {
+            let root = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let sources = ImageSources {
+                local_root: Some(root.to_path_buf()),
+            };
+            let (ids, inputs) = visual_chat_prompt(tokenizer, vision, messages, options, &sources)
+                .with_context(|| path.display().to_string())?;
+            Ok((ids, Some(inputs)))
+        }
+        (None, true) => bail!(
+            "{}: the conversation has images, but the model is text-only",
+            path.display()
+        ),
+        (_, false) => {
+            let text = tokenizer.apply_chat_template(messages, options)?;
+            Ok((tokenizer.encode(&text, false)?, None))
+        }
+    }
+}
+
 /// A checkpoint served in-process as a chat backend, with its tokenizer and context length.
 pub fn in_process_backend(
     model: &ModelArgs,

@@ -1,19 +1,17 @@
 //! `qforge generate`: chat or raw-prompt generation with streaming output.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use std::path::{Path, PathBuf};
-
 use anyhow::{Context, Result, bail};
-use qforge_engine::vision::{ImageSources, has_visual_parts, visual_chat_prompt};
 use qforge_engine::{Engine, GenerationRequest, SamplingFields, SamplingParams};
 use qforge_model::GenerationConfig;
 use qforge_model::vl::{RgbImage, Vision, VisualInputs, processor};
 use serde_json::{Value, json};
 
-use crate::common::{ModelArgs, TemplateArgs, read_conversation};
+use crate::common::{ModelArgs, TemplateArgs, conversation_prompt, read_conversation};
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:\n  \
@@ -184,30 +182,15 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(path) = &args.messages {
         let (messages, tools) = read_conversation(path)?;
         let options = args.template.options(tools)?;
-        match (&vision, has_visual_parts(&messages)) {
-            (Some(vision), true) => {
-                let root = Path::new(path)
-                    .parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."));
-                let sources = ImageSources {
-                    local_root: Some(root.to_path_buf()),
-                };
-                let (ids, inputs) =
-                    visual_chat_prompt(&tokenizer, vision, &messages, &options, &sources)
-                        .with_context(|| path.clone())?;
-                prompts.push(ids);
-                visuals.push(Some(Arc::new(inputs)));
-            }
-            (None, true) => {
-                bail!("{path}: the conversation has images, but the model is text-only")
-            }
-            (_, false) => {
-                let text = tokenizer.apply_chat_template(&messages, &options)?;
-                prompts.push(tokenizer.encode(&text, false)?);
-                visuals.push(None);
-            }
-        }
+        let (ids, inputs) = conversation_prompt(
+            &tokenizer,
+            vision.as_ref(),
+            &messages,
+            &options,
+            Path::new(path),
+        )?;
+        prompts.push(ids);
+        visuals.push(inputs.map(Arc::new));
     }
     for p in &args.prompt {
         if p.is_empty() {

@@ -1,15 +1,14 @@
 //! `qforge logprobs`: per-token log-probabilities of a text (perplexity scoring).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use candle_core::IndexOp;
-use qforge_engine::vision::{ImageSources, has_visual_parts, visual_chat_prompt};
 use qforge_model::vl::vl_batch;
 use qforge_model::{Batch, ChatOptions};
 use serde_json::json;
 
-use crate::common::{ModelArgs, read_conversation};
+use crate::common::{ModelArgs, conversation_prompt, read_conversation};
 
 #[derive(clap::Args, Debug)]
 #[command(
@@ -63,32 +62,10 @@ pub fn run(args: Args) -> Result<()> {
                 tools,
                 ..ChatOptions::default()
             };
-            match (&ck.vision, has_visual_parts(&messages)) {
-                (Some(vision), true) => {
-                    // Image paths are relative to the messages file.
-                    let root = path
-                        .parent()
-                        .filter(|p| !p.as_os_str().is_empty())
-                        .unwrap_or(Path::new("."));
-                    let sources = ImageSources {
-                        local_root: Some(root.to_path_buf()),
-                    };
-                    let (ids, inputs) =
-                        visual_chat_prompt(&ck.tokenizer, vision, &messages, &options, &sources)
-                            .with_context(|| format!("{}", path.display()))?;
-                    visual = Some((vision, inputs));
-                    ids
-                }
-                (None, true) => bail!(
-                    "{}: the conversation has images, but {} is a text-only model",
-                    path.display(),
-                    ck.dir.display()
-                ),
-                (_, false) => {
-                    let text = ck.tokenizer.apply_chat_template(&messages, &options)?;
-                    ck.tokenizer.encode(&text, false)?
-                }
-            }
+            let (ids, inputs) =
+                conversation_prompt(&ck.tokenizer, ck.vision.as_ref(), &messages, &options, path)?;
+            visual = ck.vision.as_ref().zip(inputs);
+            ids
         }
         (None, None, None) => bail!("give --text, --ids or --messages"),
     };

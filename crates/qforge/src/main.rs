@@ -74,7 +74,7 @@ enum Command {
     #[command(subcommand)]
     Agent(Box<agent::AgentCommand>),
     /// Benchmarks with ratios against baselines measured in the same run: decode, prefill,
-    /// serve, train, guard-stream, solopo, rl-step, judge, search, agent, compress.
+    /// serve, train, guard-stream, solopo, rl-step, judge, search, agent, compress, vlm.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
 }

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use crate::util::max_abs_diff;
 use candle_core::{DType, Device, Tensor};
 use qforge_model::{Batch, LoraConfig, Model, add_lora, load_adapter, merge_lora, save_adapter};
 
@@ -33,19 +34,6 @@ fn loss(model: &Model) -> Tensor {
         .sum_all()
         .unwrap()
         .neg()
-        .unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
         .unwrap()
 }
 
@@ -86,7 +74,7 @@ fn adapters_train_while_the_base_stays_frozen_and_round_trip_through_peft_files(
         "LoRA training lowers the loss: {before} -> {after}"
     );
     for ((name, t0), (_, t1)) in original.iter().zip(model.named_tensors()) {
-        assert_eq!(max_diff(t0, &t1), 0.0, "base weight {name} changed");
+        assert_eq!(max_abs_diff(t0, &t1), 0.0, "base weight {name} changed");
     }
 
     let dir = tempfile::tempdir().unwrap();
@@ -98,14 +86,14 @@ fn adapters_train_while_the_base_stays_frozen_and_round_trip_through_peft_files(
     let got = reloaded
         .logits(&reloaded.forward(&b, None).unwrap())
         .unwrap();
-    assert!(max_diff(&want, &got) < 1e-5);
+    assert!(max_abs_diff(&want, &got) < 1e-5);
 
     merge_lora(&mut reloaded).unwrap();
     assert!(qforge_model::lora::lora_tensors(&reloaded).is_empty());
     let merged = reloaded
         .logits(&reloaded.forward(&b, None).unwrap())
         .unwrap();
-    assert!(max_diff(&want, &merged) < 1e-4, "merged = adapted");
+    assert!(max_abs_diff(&want, &merged) < 1e-4, "merged = adapted");
     // A merged model saves as a plain checkpoint.
     reloaded.save_pretrained(dir.path(), usize::MAX).unwrap();
     Model::load(dir.path(), DType::F32, &Device::Cpu, &[]).unwrap();
