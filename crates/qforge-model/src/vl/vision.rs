@@ -543,18 +543,34 @@ impl VisionTower {
         };
         let (q, k, v) = (rotate(part(0)?)?, rotate(part(1)?)?, part(2)?);
         let scale = 1.0 / (d as f64).sqrt();
+        // Runs of equal-length segments (the windows of a frame mostly are) go through one
+        // batched matmul: `[1, H, n*L, d]` -> `[n, H, L, d]`.
         let mut outs = Vec::with_capacity(segments.len());
-        for &(start, end) in segments {
+        let mut i = 0;
+        while i < segments.len() {
+            let (start, end) = segments[i];
             let len = end - start;
-            let (qs, ks, vs) = (
-                q.narrow(2, start, len)?,
-                k.narrow(2, start, len)?,
-                v.narrow(2, start, len)?,
-            );
+            let mut n = 1;
+            while i + n < segments.len() && segments[i + n].1 - segments[i + n].0 == len {
+                n += 1;
+            }
+            let run = |t: &Tensor| -> Result<Tensor> {
+                Ok(t.narrow(2, start, n * len)?
+                    .reshape((heads, n, len, d))?
+                    .transpose(0, 1)?
+                    .contiguous()?)
+            };
+            let (qs, ks, vs) = (run(&q)?, run(&k)?, run(&v)?);
             let scores = qs.matmul(&ks.t()?)?.to_dtype(DType::F32)?;
             let probs = ops::attention_softmax(&scores, scale, None, self.differentiable)?
                 .to_dtype(dtype)?;
-            outs.push(probs.matmul(&vs)?);
+            outs.push(
+                probs
+                    .matmul(&vs)?
+                    .transpose(0, 1)?
+                    .reshape((1, heads, n * len, d))?,
+            );
+            i += n;
         }
         let out = Tensor::cat(&outs, 2)?
             .squeeze(0)?
