@@ -191,9 +191,23 @@ impl VlModel {
 
     /// Every parameter a `Var` (decoder and tower), differentiable; names as in the checkpoint.
     pub fn into_trainable(self) -> Result<(Self, Vec<(String, Var)>)> {
+        self.into_trainable_with(true)
+    }
+
+    /// As [`Self::into_trainable`]; with `train_vision` off the tower stays frozen (plain
+    /// tensors, inference ops: its embeddings are constants of the loss) and only the decoder's
+    /// parameters are returned.
+    pub fn into_trainable_with(self, train_vision: bool) -> Result<(Self, Vec<(String, Var)>)> {
         let (text, mut vars) = self.text.into_trainable()?;
-        let (vision, vision_vars) = self.vision.into_trainable()?;
-        vars.extend(vision_vars);
+        let vision = if train_vision {
+            let (vision, vision_vars) = self.vision.into_trainable()?;
+            vars.extend(vision_vars);
+            vision
+        } else {
+            let mut vision = self.vision;
+            vision.set_differentiable(false);
+            vision
+        };
         Ok((
             Self {
                 text,

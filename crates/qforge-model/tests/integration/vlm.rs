@@ -558,3 +558,25 @@ fn lora_trains_decoder_and_vision_adapters_and_round_trips() {
     merge_lora(&mut loaded).unwrap();
     assert_close(&logits(&loaded), &adapted, 1e-4, "merged adapter");
 }
+
+/// A frozen tower contributes constants: only decoder parameters train, and their gradients are
+/// the ones of the fully trainable model.
+#[test]
+fn a_frozen_vision_tower_trains_only_the_decoder_with_the_same_gradients() {
+    let variant = VARIANTS[0];
+    let reference = reference(variant);
+    let inputs = visual_inputs(&processor_config(variant));
+    let (frozen, vars) = load(variant).into_trainable_with(false).unwrap();
+    assert!(vars.iter().all(|(n, _)| !n.starts_with("visual.")));
+    let grads = left_padded_loss(&frozen, &reference, &inputs)
+        .backward()
+        .unwrap();
+    for (name, var) in &vars {
+        let g = grads
+            .get(var)
+            .unwrap_or_else(|| panic!("{name}: no gradient"));
+        let rel = max_abs_diff(g, &reference[&format!("grad.{name}")])
+            / max_abs(&reference[&format!("grad.{name}")]).max(1e-12);
+        assert!(rel <= 1e-3, "{name}: relative error {rel}");
+    }
+}
