@@ -516,3 +516,63 @@ fn vision_language_generation_equals_the_full_forward_and_mixes_with_text_rows()
 fn engine_for_text() -> Engine {
     engine("qwen3_tied_gqa")
 }
+
+/// Visual tokens count like any prompt token: a video longer than the context is refused when
+/// submitted (typed error with the expanded length), and the scheduler's KV budget is charged
+/// for the expanded prompt, not the rendered one.
+#[test]
+fn visual_tokens_count_against_the_context_and_the_kv_budget() {
+    use qforge_engine::scheduler::SubmitError;
+    use qforge_engine::{EngineError, Scheduler, SchedulerConfig};
+    use qforge_model::vl::{RgbImage, VisualInputs, processor};
+    let dir = qforge_testkit::fixture("vlm/qwen2_5_vl_tied");
+    let ck = qforge_model::Checkpoint::load_dir(&dir, DType::F32, &Device::Cpu).unwrap();
+    let vision = ck.vision.clone().unwrap();
+    let engine = Engine::from_checkpoint(ck);
+    let frame = RgbImage::open(&qforge_testkit::fixture("vlm/image_a.png")).unwrap();
+    // 100 frames of 168 x 112: 50 temporal patches of 24 merged tokens, over the 1024 context.
+    let video = processor::process_video(&vision.processor, &vec![frame.clone(); 100]).unwrap();
+    let visual = VisualInputs {
+        images: vec![],
+        videos: vec![(video, 1.0)],
+    };
+    let ids = vision
+        .expand(&[1, 58, vision.tokens.video, 59, 2], &visual)
+        .unwrap();
+    assert_eq!(ids.len(), 4 + 50 * 24);
+    let mut long = greedy(&ids, 4);
+    long.visual = Some(Arc::new(visual));
+    match engine.start(0, long) {
+        Err(EngineError::PromptTooLong {
+            len: 1204,
+            max: 1024,
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    // One image of 24 merged tokens: a budget for the 5 rendered tokens is too small.
+    let image = VisualInputs {
+        images: vec![vision.process_image(&frame).unwrap()],
+        videos: vec![],
+    };
+    let ids = vision
+        .expand(&[1, 58, vision.tokens.image, 59, 2], &image)
+        .unwrap();
+    let kv_per_token = 2 * 2 * 2 * 16 * 4; // layers x K/V x kv heads x head dim x f32
+    let scheduler = Scheduler::spawn(
+        engine,
+        SchedulerConfig {
+            max_kv_bytes: (5 + 4) * kv_per_token * 2,
+            ..Default::default()
+        },
+        Arc::new(qforge_engine::Metrics::default()),
+    );
+    let mut request = greedy(&ids, 4);
+    request.visual = Some(Arc::new(image));
+    match scheduler.submit(request) {
+        Err(SubmitError::TooLarge { needed, .. }) => {
+            assert_eq!(needed, (ids.len() + 4) * kv_per_token)
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}
