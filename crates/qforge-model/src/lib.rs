@@ -97,6 +97,7 @@ pub fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<()> {
         "tokenizer_config.json",
         "chat_template.jinja",
         "generation_config.json",
+        "preprocessor_config.json",
         "special_tokens_map.json",
         "vocab.json",
         "merges.txt",

@@ -1303,14 +1303,26 @@ pub fn random_tensors(
     device: &Device,
     seed: u64,
 ) -> Result<HashMap<String, Tensor>> {
+    random_for_shapes(expected_shapes(config), dtype, device, seed)
+}
+
+/// Random parameters for named shapes: norm weights near 1, the rest uniform with std 0.02.
+pub(crate) fn random_for_shapes(
+    shapes: impl IntoIterator<Item = (String, Vec<usize>)>,
+    dtype: DType,
+    device: &Device,
+    seed: u64,
+) -> Result<HashMap<String, Tensor>> {
     let mut rng = qforge_util::XorShift64Star::new(seed);
     let mut next = move || rng.signed_unit();
     // Uniform on [-a, a] has std a/sqrt(3).
     let amp = 0.02 * 3f32.sqrt();
     let mut out = HashMap::new();
-    for (name, shape) in expected_shapes(config) {
+    for (name, shape) in shapes {
         let n: usize = shape.iter().product();
-        let is_norm = name.ends_with("norm.weight");
+        let last = name.rsplit('.').nth(1).unwrap_or("");
+        let is_norm = name.ends_with(".weight")
+            && (last.ends_with("norm") || last.starts_with("norm") || last == "ln_q");
         let data: Vec<f32> = (0..n)
             .map(|_| {
                 if is_norm {

@@ -31,6 +31,8 @@ use serde::{Deserialize, Serialize};
 use crate::groups::{DynamicSampler, dupo_fill, informative};
 use crate::reward::{RewardFn, Task};
 use crate::tools::{ToolConfig, ToolEnv};
+use crate::visual::{MediaSource, VisionPolicy, VisualPlan, plan_batch, with_embeddings};
+use qforge_model::vl::{ProcessorConfig, Vision, VisualInputs, VlModel};
 
 /// A prompt and its response as one row of ids with its loss mask: the response learned, the
 /// prompt context only.
@@ -120,6 +122,13 @@ pub struct GrpoConfig {
     /// overlong_buffer` lose up to `overlong_factor` (0 buffer: off).
     pub overlong_buffer: usize,
     pub overlong_factor: f64,
+    /// ε in the group advantage `(r − mean) / (std + ε)` (verl 1e-6; TRL, MUSEG 1e-4).
+    pub advantage_eps: f64,
+    /// Log-probs of the loss from logits divided by the rollout temperature (verl) or not
+    /// (TRL 0.15, MUSEG's trainer).
+    pub temperature_in_loss: bool,
+    /// A vision-language policy trains its vision tower too (false: frozen).
+    pub train_vision: bool,
 }
 
 impl Default for GrpoConfig {
@@ -151,6 +160,9 @@ impl Default for GrpoConfig {
             max_prompt_tokens: 0,
             overlong_buffer: 0,
             overlong_factor: 1.0,
+            advantage_eps: 1e-6,
+            temperature_in_loss: true,
+            train_vision: true,
         }
     }
 }
@@ -272,6 +284,8 @@ struct Rollout {
     reward: f64,
     /// Assistant turns.
     turns: usize,
+    /// The task's images and video (shared by the group).
+    visual: Option<Arc<VisualInputs>>,
 }
 
 impl Rollout {
@@ -312,6 +326,10 @@ pub struct GrpoTrainer {
     tools: Option<(Arc<dyn ToolEnv>, ToolConfig)>,
     /// The checkpoint this run resumed from.
     resumed_from: Option<PathBuf>,
+    /// A vision-language policy's tower and special tokens.
+    vision: Option<VisionPolicy>,
+    /// Where tasks' visual inputs come from.
+    media: Option<Arc<dyn MediaSource>>,
 }
 
 /// Written last into a checkpoint: its presence marks the checkpoint complete.
@@ -365,22 +383,50 @@ impl GrpoTrainer {
         config.model = qforge_model::resolve_model_path(&config.model)?;
         config.aggregation()?;
         let device = Device::Cpu;
-        let start = Model::load(&config.model, DType::F32, &device, &[])?;
         // Resume: the newest checkpoint of this run, else the starting model.
         let resume = qforge_util::list_checkpoints(&config.output_dir, STATE_FILE)
             .pop()
             .map(|(_, p)| p);
-        let reference = (config.kl_coef != 0.0).then(|| start.clone());
-        let base = match &resume {
-            Some(dir) => Model::load(dir, DType::F32, &device, &[])?,
-            None => start,
+        let is_vl = qforge_model::ModelConfig::from_file(&config.model.join("config.json"))?
+            .is_vision_language();
+        let (model, vars, reference, vision) = if is_vl {
+            let start = VlModel::load(&config.model, DType::F32, &device)?;
+            let reference = (config.kl_coef != 0.0).then(|| start.clone());
+            let base = match &resume {
+                Some(dir) => VlModel::load(dir, DType::F32, &device)?,
+                None => start,
+            };
+            let (policy, vars) = base.into_trainable_with(config.train_vision)?;
+            let vision = VisionPolicy {
+                tower: policy.vision,
+                reference: reference.as_ref().map(|r| r.vision.clone()),
+                tokens: policy.tokens,
+            };
+            (policy.text, vars, reference.map(|r| r.text), Some(vision))
+        } else {
+            let start = Model::load(&config.model, DType::F32, &device, &[])?;
+            let reference = (config.kl_coef != 0.0).then(|| start.clone());
+            let base = match &resume {
+                Some(dir) => Model::load(dir, DType::F32, &device, &[])?,
+                None => start,
+            };
+            let (model, vars) = base.into_trainable()?;
+            (model, vars, reference, None)
         };
-        let (model, vars) = base.into_trainable()?;
         let mut rollout_model = model.clone();
         rollout_model.set_differentiable(false);
         let tokenizer = Arc::new(Tokenizer::from_dir(&config.model)?);
         let stop = GenerationConfig::from_dir(&config.model)?.stop_token_ids(&tokenizer);
-        let engine = Engine::new(rollout_model, tokenizer.clone()).with_stop_token_ids(stop);
+        let mut engine = Engine::new(rollout_model, tokenizer.clone()).with_stop_token_ids(stop);
+        if let Some(v) = &vision {
+            let mut tower = v.tower.clone();
+            tower.set_differentiable(false);
+            engine = engine.with_vision(Vision {
+                tower,
+                tokens: v.tokens,
+                processor: ProcessorConfig::from_dir(&config.model)?,
+            });
+        }
         let mut optimizer = AdamW::new(vars.clone(), AdamWConfig::default())?;
         let n_tasks = tasks.len();
         let mut order: Vec<usize> = (0..tasks.len()).collect();
@@ -430,11 +476,36 @@ impl GrpoTrainer {
             truncated,
             remote: None,
             tools: None,
+            vision,
+            media: None,
         })
     }
 
     pub fn model(&self) -> &Model {
         &self.model
+    }
+
+    /// The tasks' images and video: a vision-language policy sees each task's inputs in its
+    /// rollouts and its updates.
+    pub fn with_media(mut self, media: Arc<dyn MediaSource>) -> Result<Self> {
+        if self.vision.is_none() {
+            return Err(RlError::Invalid(format!(
+                "{} is a text-only model; visual tasks need a vision-language checkpoint",
+                self.config.model.display()
+            )));
+        }
+        self.media = Some(media);
+        Ok(self)
+    }
+
+    /// The rollout engine (it shares the policy's weights): for evaluations between steps.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The rollout engine's vision side (None for a text-only policy).
+    pub fn vision(&self) -> Option<&Vision> {
+        self.engine.vision()
     }
 
     /// Multi-turn rollouts: each turn that `env` answers is followed by its observation (in
@@ -665,6 +736,23 @@ impl GrpoTrainer {
     /// One optimisation pass over sequences the caller scored: each response token is learned
     /// with its sequence's advantage (the prompt is context only).
     pub fn update_scored(&mut self, seqs: &[ScoredSequence]) -> Result<UpdateStats> {
+        self.update_scored_with_visual(seqs, &[])
+    }
+
+    /// [`update_scored`](Self::update_scored) where sequence `i` sees `visual[i]` (its prompt's
+    /// placeholders already expanded).
+    pub fn update_scored_with_visual(
+        &mut self,
+        seqs: &[ScoredSequence],
+        visual: &[Option<Arc<VisualInputs>>],
+    ) -> Result<UpdateStats> {
+        if !visual.is_empty() && visual.len() != seqs.len() {
+            return Err(RlError::Invalid(format!(
+                "{} visual inputs for {} sequences",
+                visual.len(),
+                seqs.len()
+            )));
+        }
         if seqs.is_empty() {
             return Ok(UpdateStats::default());
         }
@@ -680,7 +768,7 @@ impl GrpoTrainer {
             .zip(seqs)
             .map(|((ids, _), s)| vec![s.advantage; ids.len()])
             .collect();
-        self.update(&rows, &advantages)
+        self.update(&rows, &advantages, visual)
     }
 
     /// One optimisation pass where each response token has its own advantage (PPO).
@@ -717,7 +805,7 @@ impl GrpoTrainer {
                     .collect()
             })
             .collect();
-        self.update(&rows, &advantages)
+        self.update(&rows, &advantages, &[])
     }
 
     /// Per response token, its log-probability under `model` (the policy when `None`) at the
@@ -733,7 +821,7 @@ impl GrpoTrainer {
         let mut out = Vec::with_capacity(pairs.len());
         for chunk in pairs.chunks(self.config.prompts_per_step.max(1)) {
             let tb = pairs_batch(chunk, pad, &device)?;
-            let lp: Vec<Vec<f32>> = self.logps(model, &tb)?.0.detach().to_vec2()?;
+            let lp: Vec<Vec<f32>> = self.logps(model, None, &tb)?.0.detach().to_vec2()?;
             for ((p, r), row) in chunk.iter().zip(lp) {
                 // Index j scores token j + 1.
                 out.push(
@@ -789,7 +877,13 @@ impl GrpoTrainer {
         let mut episodes = Vec::with_capacity(tasks.len() * g);
         for &t in tasks {
             let mut ids = self.encode_prompt(&self.tasks[t].messages)?;
-            if self.config.max_prompt_tokens > 0 && ids.len() > self.config.max_prompt_tokens {
+            let visual = self.task_visual(t)?;
+            if let Some(v) = &visual {
+                let vision = self.engine.vision().expect("media needs a vision tower");
+                ids = vision.expand(&ids, v)?;
+            } else if self.config.max_prompt_tokens > 0 && ids.len() > self.config.max_prompt_tokens
+            {
+                // (A visual prompt is never cut: its placeholders must match its inputs.)
                 ids = crate::curriculum::middle_truncate(&ids, self.config.max_prompt_tokens);
                 self.truncated += 1;
             }
@@ -802,6 +896,7 @@ impl GrpoTrainer {
                         learned: Vec::new(),
                         reward: 0.0,
                         turns: 0,
+                        visual: visual.clone(),
                     },
                     turns: Vec::new(),
                     done: false,
@@ -832,6 +927,7 @@ impl GrpoTrainer {
                     let mut request = self
                         .engine
                         .request(context, self.config.max_new_tokens.min(room));
+                    request.visual = r.visual.clone();
                     request.stop.stop_strings = stop_strings.clone();
                     request.sampling = SamplingParams {
                         temperature: self.config.temperature,
@@ -858,7 +954,12 @@ impl GrpoTrainer {
                     })?;
             for (&e, out) in live.iter().zip(outputs) {
                 let ep = &mut episodes[e];
-                let ids = out.token_ids();
+                let mut ids = out.token_ids();
+                if let Some(v) = &self.vision {
+                    // A generated image or video placeholder has no pixels behind it: stripped,
+                    // as MUSEG's trainer strips video pads from vLLM's outputs.
+                    ids.retain(|&t| t != v.tokens.image && t != v.tokens.video);
+                }
                 ep.rollout
                     .learned
                     .extend(std::iter::repeat_n(true, ids.len()));
@@ -923,7 +1024,20 @@ impl GrpoTrainer {
         Ok(groups)
     }
 
+    /// A task's visual inputs, from the media source.
+    fn task_visual(&self, task: usize) -> Result<Option<Arc<VisualInputs>>> {
+        match &self.media {
+            Some(m) => m.visual(task),
+            None => Ok(None),
+        }
+    }
+
     fn remote_rollouts(&mut self, tasks: &[usize], round: usize) -> Result<Vec<Vec<Rollout>>> {
+        if self.media.is_some() {
+            return Err(RlError::Invalid(
+                "rollouts with images or video run on the embedded engine only".into(),
+            ));
+        }
         let g = self.config.group_size;
         let mut prompts = Vec::with_capacity(tasks.len());
         for &t in tasks {
@@ -960,6 +1074,7 @@ impl GrpoTrainer {
                         response: ids,
                         reward,
                         turns: 1,
+                        visual: None,
                     })
                     .collect(),
             );
@@ -985,9 +1100,21 @@ impl GrpoTrainer {
 
     /// Per-token log-probs `[B, T−1]` of a batch's responses and their mask (logits scaled by
     /// the rollout temperature, as verl's actor does).
-    fn logps(&self, model: &Model, tb: &TrainBatch) -> Result<(Tensor, Tensor, Tensor)> {
-        let logits = model.logits(&model.forward(&tb.batch, None)?)?;
-        let temperature = if self.config.temperature > 0.0 {
+    /// With a visual plan, `tower` encodes the batch's images and video inside the forward.
+    fn logps(
+        &self,
+        model: &Model,
+        visual: Option<(&VisualPlan, &qforge_model::vl::VisionTower)>,
+        tb: &TrainBatch,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let hidden = match visual {
+            Some((plan, tower)) => {
+                model.forward(&with_embeddings(&tb.batch, plan, tower)?, None)?
+            }
+            None => model.forward(&tb.batch, None)?,
+        };
+        let logits = model.logits(&hidden)?;
+        let temperature = if self.config.temperature > 0.0 && self.config.temperature_in_loss {
             self.config.temperature as f64
         } else {
             1.0
@@ -1110,7 +1237,13 @@ impl GrpoTrainer {
             report.useful_groups = seen.len();
         }
         let rewards: Vec<f64> = selected.iter().flatten().map(|r| r.reward).collect();
-        let advantages = group_advantages(&rewards, g, AdvantageNorm::GroupStd { eps: 1e-6 })?;
+        let advantages = group_advantages(
+            &rewards,
+            g,
+            AdvantageNorm::GroupStd {
+                eps: cfg.advantage_eps,
+            },
+        )?;
         let rollouts = selected.iter().flatten();
         let advantages: Vec<Vec<f64>> = rollouts
             .zip(&advantages)
@@ -1128,7 +1261,12 @@ impl GrpoTrainer {
                 (ids, learned)
             })
             .collect();
-        let stats = self.update(&seqs, &advantages)?;
+        let visual: Vec<Option<Arc<VisualInputs>>> = selected
+            .iter()
+            .flatten()
+            .map(|r| r.visual.clone())
+            .collect();
+        let stats = self.update(&seqs, &advantages, &visual)?;
         report.loss = stats.loss;
         report.clip_fraction = stats.clip_fraction;
         report.clip_fraction_lower = stats.clip_fraction_lower;
@@ -1144,10 +1282,12 @@ impl GrpoTrainer {
     /// sequences with their loss masks and an advantage per token (aligned with the ids; only
     /// learned tokens' count). Old log-probs are recomputed first with the weights that
     /// generated them.
+    /// `visual`: each sequence's images and video (empty: none).
     fn update(
         &mut self,
         seqs: &[(Vec<u32>, Vec<bool>)],
         advantages: &[Vec<f64>],
+        visual: &[Option<Arc<VisualInputs>>],
     ) -> Result<UpdateStats> {
         let cfg = self.config.clone();
         let pad = self.tokenizer.pad_token_id();
@@ -1158,7 +1298,7 @@ impl GrpoTrainer {
         };
         let device = self.model.device().clone();
         // Built once; every epoch reuses them.
-        let train_batches: Vec<TrainBatch> = batches
+        let mut train_batches: Vec<TrainBatch> = batches
             .iter()
             .map(|ids| {
                 let rows: Vec<(&[u32], &[bool])> = ids
@@ -1168,13 +1308,31 @@ impl GrpoTrainer {
                 TrainBatch::with_loss_masks(&rows, pad, &device)
             })
             .collect::<Result<_, TrainError>>()?;
+        // Visual rows: M-RoPE positions once per batch, embeddings at every forward.
+        let mut plans: Vec<Option<VisualPlan>> = Vec::with_capacity(batches.len());
+        for (ids, tb) in batches.iter().zip(train_batches.iter_mut()) {
+            plans.push(match (&self.vision, visual.is_empty()) {
+                (Some(policy), false) => {
+                    let rows: Vec<&[u32]> = ids.iter().map(|&i| seqs[i].0.as_slice()).collect();
+                    let row_visual: Vec<_> = ids.iter().map(|&i| visual[i].clone()).collect();
+                    plan_batch(&mut tb.batch, &rows, &row_visual, policy)?
+                }
+                _ => None,
+            });
+        }
+        let tower = self.vision.as_ref().map(|v| &v.tower);
         // Old log-probs: recomputed by the trainer with the weights that generated the batch.
         let mut old = Vec::with_capacity(batches.len());
         let mut refs = Vec::with_capacity(batches.len());
-        for tb in &train_batches {
-            old.push(self.logps(&self.model, tb)?.0.detach());
+        for (tb, plan) in train_batches.iter().zip(&plans) {
+            old.push(
+                self.logps(&self.model, plan.as_ref().zip(tower), tb)?
+                    .0
+                    .detach(),
+            );
+            let ref_tower = self.vision.as_ref().and_then(|v| v.reference.as_ref());
             refs.push(match &self.reference {
-                Some(r) => Some(self.logps(r, tb)?.0.detach()),
+                Some(r) => Some(self.logps(r, plan.as_ref().zip(ref_tower), tb)?.0.detach()),
                 None => None,
             });
         }
@@ -1187,7 +1345,8 @@ impl GrpoTrainer {
         let mut clip_lower_sum = 0f64;
         for _ in 0..cfg.epochs.max(1) {
             for (b, (ids, tb)) in batches.iter().zip(&train_batches).enumerate() {
-                let (logp, mask, logits) = self.logps(&self.model, tb)?;
+                let (logp, mask, logits) =
+                    self.logps(&self.model, plans[b].as_ref().zip(tower), tb)?;
                 // logp index j scores token j + 1.
                 let width = logp.dim(1)?;
                 let adv: Vec<f32> = ids
@@ -1311,7 +1470,15 @@ impl GrpoTrainer {
     }
 
     fn write_policy(&self, dir: &std::path::Path) -> Result<()> {
-        self.model.save_pretrained(dir, 5 << 30)?;
+        match &self.vision {
+            Some(v) => VlModel {
+                text: self.model.clone(),
+                vision: v.tower.clone(),
+                tokens: v.tokens,
+            }
+            .save_pretrained(dir, 5 << 30)?,
+            None => self.model.save_pretrained(dir, 5 << 30)?,
+        }
         Ok(qforge_model::copy_tokenizer_files(&self.config.model, dir)?)
     }
 }
@@ -1418,5 +1585,101 @@ mod tests {
             assert_eq!(r.turns, 1);
             assert!(r.learned.iter().all(|&l| l));
         }
+    }
+}
+
+#[cfg(test)]
+mod visual_tests {
+    use super::*;
+    use crate::museg::QuestionTemplate;
+    use crate::museg::colour_time::{
+        ColourTimeConfig, ColourTimeVideo, QUESTION, write_checkpoint,
+    };
+    use crate::museg::trainer::prompt_ids;
+
+    /// Per-token log-probs of `rows` (ids, learned mask, visual) through the trainer's own path.
+    fn row_logps(
+        t: &GrpoTrainer,
+        rows: &[(Vec<u32>, Vec<bool>, Option<Arc<VisualInputs>>)],
+    ) -> Vec<Vec<f32>> {
+        let pad = t.tokenizer.pad_token_id();
+        let masks: Vec<(&[u32], &[bool])> = rows
+            .iter()
+            .map(|(i, m, _)| (i.as_slice(), m.as_slice()))
+            .collect();
+        let mut tb = TrainBatch::with_loss_masks(&masks, pad, &Device::Cpu).unwrap();
+        let ids: Vec<&[u32]> = rows.iter().map(|(i, _, _)| i.as_slice()).collect();
+        let visual: Vec<_> = rows.iter().map(|(_, _, v)| v.clone()).collect();
+        let policy = t.vision.as_ref().unwrap();
+        let plan = plan_batch(&mut tb.batch, &ids, &visual, policy).unwrap();
+        let (lp, _, _) = t
+            .logps(&t.model, plan.as_ref().zip(Some(&policy.tower)), &tb)
+            .unwrap();
+        lp.to_vec2().unwrap()
+    }
+
+    #[test]
+    fn a_video_row_scores_the_same_alone_and_beside_a_text_row_and_its_tower_learns() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = write_checkpoint(&dir.path().join("model"), 4).unwrap();
+        let mut t = GrpoTrainer::policy(GrpoConfig {
+            model,
+            output_dir: dir.path().join("run"),
+            lr: 1e-3,
+            ..GrpoConfig::default()
+        })
+        .unwrap();
+        let vision = t.vision().unwrap().clone();
+        let video = ColourTimeVideo::generate(&ColourTimeConfig::default(), 9).unwrap();
+        let visual = video.visual(&vision.processor).unwrap();
+        let prompt = prompt_ids(
+            t.tokenizer(),
+            &vision,
+            QUESTION,
+            QuestionTemplate::FrameSelectionThinking,
+            &visual,
+        )
+        .unwrap();
+        let response = t.tokenizer().encode(&video.target(), false).unwrap();
+        let (ids, mask) = prompt_response_row(&prompt, &response);
+        let text = t.encode_user("Find all red segments.").unwrap();
+        let (text_ids, text_mask) = prompt_response_row(&text, &response);
+        let alone = row_logps(&t, &[(ids.clone(), mask.clone(), Some(visual.clone()))]);
+        let batched = row_logps(
+            &t,
+            &[
+                (text_ids, text_mask, None),
+                (ids.clone(), mask.clone(), Some(visual.clone())),
+            ],
+        );
+        let n = ids.len() - 1;
+        for j in prompt.len() - 1..n {
+            assert!(
+                (alone[0][j] - batched[1][j]).abs() < 1e-4,
+                "token {j}: {} vs {}",
+                alone[0][j],
+                batched[1][j]
+            );
+        }
+        // A supervised step moves the tower's weights (gradients reach the patch embedding).
+        let patch = |t: &GrpoTrainer| -> Vec<f32> {
+            let (_, v) = t
+                .vars
+                .iter()
+                .find(|(n, _)| n.contains("patch_embed"))
+                .unwrap();
+            v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()
+        };
+        let before = patch(&t);
+        let seq = ScoredSequence {
+            prompt,
+            response,
+            advantage: 1.0,
+        };
+        let stats = t
+            .update_scored_with_visual(&[seq], &[Some(visual)])
+            .unwrap();
+        assert_eq!(stats.updates, 1);
+        assert_ne!(before, patch(&t));
     }
 }

@@ -22,6 +22,7 @@ pub mod error;
 pub mod groups;
 pub mod grpo;
 pub mod judge;
+pub mod museg;
 pub mod ppo;
 pub mod qwenlong_l1;
 pub mod reward;
@@ -29,6 +30,7 @@ pub mod sampler;
 pub mod spell;
 pub mod tasks;
 pub mod tools;
+pub mod visual;
 pub mod writing_rl;
 
 pub use error::{Result, RlError};

@@ -1,6 +1,7 @@
 //! `qforge eval longqa`: SPELL's long-context QA evaluation (pass@1 over k samples and pass@k
 //! with max(cover-EM, judge) scoring) on long-context files; `qforge eval writing`: Writing-RL's
-//! writing evaluation (LongBench-Write's length score, a pairwise judge against a baseline).
+//! writing evaluation (LongBench-Write's length score, a pairwise judge against a baseline);
+//! `qforge eval museg`: MUSEG's video grounding evaluation (mIoU, R@IoU, multi-segment F1).
 
 use std::path::PathBuf;
 
@@ -39,6 +40,59 @@ pub enum EvalCommand {
         --judge-model judge --out runs/eval_writing"
     )]
     Writing(WritingArgs),
+    /// Video temporal grounding as MUSEG evaluates it (`eval_grounding.py`): greedy answers with
+    /// the timestamp prompt, then mIoU and R@IoU 0.1/0.3/0.5/0.7 (single segment, Charades-STA)
+    /// or F1 of IoU-matched segments per threshold (multi-segment, THUMOS); report JSON + PNG.
+    #[command(
+        after_help = "Data: a grounding file (a JSON array of {video, question, groundtruth: [[start, end], ...]},\n\
+        e.g. ../shared/data/museg/charades_sta.json or thumos14.json), or --colour-time N generated clips.\n\
+        Predictions come from -m MODEL (a Qwen2.5-VL; videos are frame directories under --video-root,\n\
+        extracted at --video-fps, sampled with min_pixels 16*28*28 and total_pixels 3584*28*28) or from\n\
+        --predictions (JSONL rows {generation} or {output}, or the official script's output JSON).\n\
+        Writes OUT/samples.jsonl (a rerun resumes after the last line), OUT/report.json (with the\n\
+        official stat keys) and OUT/report.png.\n\nExamples:\n  \
+        qforge eval museg -m runs/museg/phase-2/policy --data ../shared/data/museg/charades_sta.json \\\n    \
+        --video-root videos --video-fps 4 --out runs/eval_charades\n  \
+        qforge eval museg --data ../shared/data/museg/thumos14.json --predictions eval_thumos14.json"
+    )]
+    Museg(MusegArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MusegArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Grounding queries (JSON array); see --colour-time for generated ones.
+    #[arg(long, required_unless_present = "colour_time")]
+    data: Option<PathBuf>,
+    /// Evaluate on N held-out ColourTime clips (seeds from --seed) instead of --data.
+    #[arg(long, conflicts_with_all = ["data", "predictions"])]
+    colour_time: Option<usize>,
+    /// tvg (one segment: mIoU, R@IoU) or tal (several: F1); default: tvg when every query
+    /// has one ground-truth segment.
+    #[arg(long)]
+    kind: Option<String>,
+    /// Score these predictions instead of running a model.
+    #[arg(long)]
+    predictions: Option<PathBuf>,
+    /// Where the queries' `video` paths resolve (frame directories).
+    #[arg(long, default_value = "videos")]
+    video_root: PathBuf,
+    /// The rate the frame directories were extracted at.
+    #[arg(long, default_value_t = 2.0)]
+    video_fps: f64,
+    #[arg(long, default_value_t = 512)]
+    max_new_tokens: usize,
+    /// Queries generated together.
+    #[arg(long, default_value_t = 10)]
+    batch: usize,
+    /// Only the first N queries.
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long, default_value_t = 1_000_000)]
+    seed: u64,
+    #[arg(long, default_value = "runs/eval_museg")]
+    out: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -130,11 +184,139 @@ fn remote(url: &str, model: &str, flag: &str) -> Result<qforge_engine::RemoteBac
         .with_context(|| flag.to_string())
 }
 
+/// `OUT/report.json`, written atomically.
+fn write_report(out: &std::path::Path, report: &impl serde::Serialize) -> Result<()> {
+    Ok(qforge_util::write_json_atomic(
+        &out.join("report.json"),
+        &serde_json::to_value(report).expect("serialisable"),
+    )?)
+}
+
 pub fn run_command(cmd: EvalCommand) -> Result<()> {
     match cmd {
         EvalCommand::Longqa(a) => longqa(a),
         EvalCommand::Writing(a) => writing(a),
+        EvalCommand::Museg(a) => museg(a),
     }
+}
+
+fn museg(args: MusegArgs) -> Result<()> {
+    use qforge_rl::museg::data::load_eval;
+    use qforge_rl::museg::eval::{EvalKind, evaluate, infer_kind, load_predictions};
+    use qforge_rl::museg::trainer::{FrameDirMedia, colour_time_queries, predict_embedded};
+    use qforge_rl::museg::video::VideoSampling;
+    use qforge_rl::visual::MediaSource;
+    let engine = match &args.predictions {
+        Some(_) => None,
+        None => {
+            let engine = qforge_engine::Engine::from_checkpoint(args.model.load()?);
+            if engine.vision().is_none() {
+                anyhow::bail!(
+                    "{} is a text-only model: MUSEG evaluation needs a vision-language checkpoint \
+                     (or --predictions)",
+                    args.model.dir()?.display()
+                );
+            }
+            Some(engine)
+        }
+    };
+    let (mut records, media, name): (_, Option<Box<dyn MediaSource>>, String) =
+        match (args.colour_time, &args.data) {
+            (Some(n), _) => {
+                let engine = engine.as_ref().expect("--colour-time runs a model");
+                let processor = &engine.vision().expect("checked").processor;
+                let config = qforge_rl::museg::colour_time::ColourTimeConfig::default();
+                let (records, media) = colour_time_queries(&config, n, args.seed, processor)?;
+                (records, Some(Box::new(media)), format!("colour_time x{n}"))
+            }
+            (None, Some(path)) => {
+                let records = load_eval(path)?;
+                let media = engine.as_ref().map(|e| {
+                    Box::new(FrameDirMedia {
+                        root: args.video_root.clone(),
+                        video_fps: args.video_fps,
+                        // eval_grounding.py's FRAME_ARGS: no max_frames (qwen-vl-utils' 768).
+                        sampling: VideoSampling {
+                            max_frames: 768,
+                            ..VideoSampling::default()
+                        },
+                        processor: e.vision().expect("checked").processor.clone(),
+                        videos: records.iter().map(|r| r.video.clone()).collect(),
+                    }) as Box<dyn MediaSource>
+                });
+                (records, media, path.display().to_string())
+            }
+            (None, None) => anyhow::bail!("give --data FILE or --colour-time N"),
+        };
+    if let Some(n) = args.limit {
+        records.truncate(n);
+    }
+    let kind: EvalKind = match &args.kind {
+        Some(k) => k.parse().map_err(anyhow::Error::msg)?,
+        None => infer_kind(&records),
+    };
+    let file_predictions = match &args.predictions {
+        Some(p) => {
+            let preds = load_predictions(p)?;
+            if preds.len() < records.len() {
+                anyhow::bail!(
+                    "{}: {} predictions for {} queries",
+                    p.display(),
+                    preds.len(),
+                    records.len()
+                );
+            }
+            Some(preds)
+        }
+        None => None,
+    };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let bar = crate::common::progress_bar(records.len() as u64, "museg eval");
+    let report = evaluate(
+        &records,
+        kind,
+        &name,
+        &args.out.join("samples.jsonl"),
+        args.batch,
+        |chunk| match (&file_predictions, &engine, &media) {
+            (Some(preds), _, _) => Ok(chunk.iter().map(|(i, _)| preds[*i].clone()).collect()),
+            (None, Some(engine), Some(media)) => {
+                predict_embedded(engine, media.as_ref(), chunk, args.max_new_tokens)
+            }
+            _ => unreachable!("a model or predictions"),
+        },
+        |done| bar.set_position(done as u64),
+    )?;
+    bar.finish_and_clear();
+    write_report(&args.out, &report)?;
+    let label = match kind {
+        EvalKind::Tvg => "R@IoU",
+        EvalKind::Tal => "F1@IoU",
+    };
+    let mut bars: Vec<(String, f64)> = qforge_rl::museg::eval::THRESHOLDS
+        .iter()
+        .zip(&report.stats.per_threshold)
+        .map(|(t, v)| (format!("{label} {t}"), v * 100.0))
+        .collect();
+    if let Some(m) = report.stats.m_iou {
+        bars.insert(0, ("mIoU".into(), m * 100.0));
+    }
+    qforge_train::plot::bar_chart(&args.out.join("report.png"), "MUSEG grounding", &bars)?;
+    eprintln!(
+        "{} queries ({kind:?}), {} without segments: {}",
+        report.stats.tot,
+        report.unanswered,
+        bars.iter()
+            .map(|(k, v)| format!("{k} {v:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "{}",
+        serde_json::to_string(&report.reference).expect("serialisable")
+    );
+    Ok(())
 }
 
 fn longqa(args: LongQaArgs) -> Result<()> {
@@ -190,10 +372,7 @@ fn longqa(args: LongQaArgs) -> Result<()> {
         |done, _| bar.set_position(done as u64),
     )?;
     bar.finish_and_clear();
-    qforge_util::write_json_atomic(
-        &args.out.join("report.json"),
-        &serde_json::to_value(&report).expect("serialisable"),
-    )?;
+    write_report(&args.out, &report)?;
     eprintln!(
         "{} questions, {} samples each, input cap {} ({} prompts truncated)",
         report.overall.questions, report.samples, report.max_input_tokens, report.truncated_prompts
@@ -288,10 +467,7 @@ fn writing(args: WritingArgs) -> Result<()> {
         |done, _| bar.set_position(done as u64),
     )?;
     bar.finish_and_clear();
-    qforge_util::write_json_atomic(
-        &args.out.join("report.json"),
-        &serde_json::to_value(&report).expect("serialisable"),
-    )?;
+    write_report(&args.out, &report)?;
     let bars: Vec<(String, f64)> = report
         .kinds
         .iter()

@@ -93,6 +93,23 @@ pub enum TrainCommand {
         critic and ladder. Example: examples/recipes/writing_rl.toml"
     )]
     WritingRl(Args),
+    /// MUSEG: timestamp-aware multi-segment video grounding RL on a Qwen2.5-VL (GRPO with video
+    /// rollouts, format + segment-matching rewards, phases that switch data, rewards and prompt).
+    #[command(
+        after_help = "The recipe (TOML): model (a Qwen2.5-VL checkpoint), output_dir, seed, video_root (the data's\n\
+        `video` paths resolve there, each a directory of frames: charades/X.mp4 is read from charades/X/),\n\
+        video_fps (the rate those frames were extracted at), [video] (fps, max_frames, min_pixels,\n\
+        total_pixels: qwen-vl-utils' sampling), [grpo] (group_size, prompts_per_step, max_new_tokens,\n\
+        temperature, lr, kl_coef, aggregation, advantage_eps, temperature_in_loss, train_vision, save_steps)\n\
+        and [[phase]] tables (data = stage_N.jsonl, steps, rewards = [\"format\" | \"format_n_timestamp\",\n\
+        \"segment_matching\"], template = frame_selection_thinking | frame_selection_thinking_n_timestamp).\n\
+        Defaults are the released two-stage run. With [colour_time] (train, held_out, eval_steps,\n\
+        shuffle_frames, warmup_steps, warmup_batch, warmup_lr, warmup_stop_miou, videos) the videos are\n\
+        generated ColourTime clips and, without a model, a random tiny Qwen2.5-VL is trained.\n\
+        Each phase trains in output_dir/phase-N and resumes from its newest checkpoint; finished phases\n\
+        are skipped. Examples: examples/recipes/museg.toml, examples/recipes/museg_colour_time.toml"
+    )]
+    Museg(Args),
     /// QwenLong-CPRS: trains a compressor (hybrid causal/bidirectional backbone, BIOE head, LM
     /// head as token critic) on JSONL samples or synthetic tasks, windows cut as at inference.
     #[command(
@@ -135,6 +152,7 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
         TrainCommand::Websailor(a) => return websailor(a),
         TrainCommand::Spell(a) => return spell(a),
         TrainCommand::WritingRl(a) => return writing_rl(a),
+        TrainCommand::Museg(a) => return museg(a),
         TrainCommand::Cprs(a) => return cprs(a),
     };
     let config = qforge_train::recipe::load(args.config.as_deref(), &args.overrides)?;
@@ -372,6 +390,84 @@ fn writing_rl(args: Args) -> Result<()> {
     Ok(())
 }
 
+fn museg(args: Args) -> Result<()> {
+    use qforge_rl::museg::trainer::{MusegConfig, MusegEvent, run};
+    let path = args
+        .config
+        .as_deref()
+        .context("museg needs --config recipe.toml")?;
+    let config = MusegConfig::from_recipe(path, &args.overrides)?;
+    let total: u64 = config.phases.iter().map(|p| p.steps).sum();
+    let bar = crate::common::progress_bar(total, "museg");
+    let done_before: Vec<u64> = config
+        .phases
+        .iter()
+        .scan(0, |acc, p| {
+            let start = *acc;
+            *acc += p.steps;
+            Some(start)
+        })
+        .collect();
+    let mut reports: Vec<(u64, qforge_rl::grpo::GrpoStepReport)> = Vec::new();
+    let mut held_out = Vec::new();
+    let summary = run(&config, |e| match e {
+        MusegEvent::Warmup { step, .. } => bar.set_message(format!("warm start {step}")),
+        MusegEvent::Step { phase, report } => {
+            let at = done_before[*phase] + report.step;
+            bar.set_position(at);
+            bar.set_message(format!(
+                "phase {} | reward {:.3} | kl {:.4}",
+                phase + 1,
+                report.reward_mean,
+                report.approx_kl
+            ));
+            reports.push((at, report.clone()));
+        }
+        MusegEvent::HeldOut(r) => {
+            bar.suspend(|| {
+                eprintln!(
+                    "held-out (phase {}, step {}): mIoU {:.3}, segment reward {:.3}, answered {:.2}",
+                    r.phase + 1,
+                    r.step,
+                    r.grounding.m_iou.unwrap_or(0.0),
+                    r.segment_reward,
+                    r.answered
+                )
+            });
+            held_out.push(r.clone());
+        }
+        MusegEvent::PhaseDone { phase, policy } => {
+            bar.suspend(|| eprintln!("phase {} done: {}", phase + 1, policy.display()))
+        }
+    })?;
+    bar.finish();
+    if !reports.is_empty() {
+        let series = |name, f: fn(&qforge_rl::grpo::GrpoStepReport) -> f64| Series {
+            name,
+            points: reports
+                .iter()
+                .map(|(x, r)| (*x as f64, f(r)))
+                .filter(|(_, y)| y.is_finite())
+                .collect(),
+        };
+        line_chart(
+            &config.output_dir.join("curves.png"),
+            "MUSEG training",
+            "step",
+            &[
+                series("reward (format + segment)", |r| r.reward_mean),
+                series("approx KL", |r| r.approx_kl),
+            ],
+        )?;
+    }
+    eprintln!(
+        "policy in {} (per-phase metrics.jsonl and checkpoints under {}, curves.png)",
+        summary.policy.display(),
+        config.output_dir.display()
+    );
+    Ok(())
+}
+
 fn cprs(args: Args) -> Result<()> {
     use qforge_compress::train::CprsTrainer;
     let config = qforge_compress::train::CprsTrainConfig::from_recipe(
@@ -580,6 +676,9 @@ mod tests {
                 "writing-rl" => qforge_rl::writing_rl::WritingRlConfig::from_recipe(p, &[])
                     .map(drop)
                     .map_err(anyhow::Error::from),
+                "museg" => qforge_rl::museg::trainer::MusegConfig::from_recipe(p, &[])
+                    .map(drop)
+                    .map_err(anyhow::Error::from),
                 "cprs" => qforge_compress::train::CprsTrainConfig::from_recipe(Some(p), &[])
                     .map(drop)
                     .map_err(anyhow::Error::from),
@@ -600,6 +699,7 @@ mod tests {
             "websailor",
             "spell",
             "writing-rl",
+            "museg",
             "cprs",
         ] {
             assert!(

@@ -156,6 +156,31 @@ impl VlModel {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
+        let (vision, tokens) = Self::vision_parts(&config)?;
+        let text = Model::from_store(config, store, dtype, device, &vision::VISION_PREFIXES)?;
+        let vision = VisionTower::from_store(vision, store, dtype, device)?;
+        Ok(Self {
+            text,
+            vision,
+            tokens,
+        })
+    }
+
+    /// A randomly initialised model for a vision-language `config` (tests, synthetic demos).
+    pub fn random(config: ModelConfig, dtype: DType, device: &Device, seed: u64) -> Result<Self> {
+        let (vision, tokens) = Self::vision_parts(&config)?;
+        let text = Model::random(config, dtype, device, seed)?;
+        let vision = VisionTower::random(vision, dtype, device, seed ^ 0x9e37_79b9_7f4a_7c15)?;
+        Ok(Self {
+            text,
+            vision,
+            tokens,
+        })
+    }
+
+    /// The tower's config and the special tokens of a vision-language config, checked against
+    /// the decoder.
+    fn vision_parts(config: &ModelConfig) -> Result<(VisionConfig, VlTokens)> {
         let vision_json = match config.raw.get("vision_config") {
             Some(v @ Value::Object(_)) => v.clone(),
             _ => {
@@ -179,14 +204,7 @@ impl VlModel {
                 ),
             });
         }
-        let tokens = VlTokens::from_config(&config)?;
-        let text = Model::from_store(config, store, dtype, device, &vision::VISION_PREFIXES)?;
-        let vision = VisionTower::from_store(vision, store, dtype, device)?;
-        Ok(Self {
-            text,
-            vision,
-            tokens,
-        })
+        Ok((vision, VlTokens::from_config(config)?))
     }
 
     /// Every parameter a `Var` (decoder and tower), differentiable; names as in the checkpoint.
@@ -307,43 +325,16 @@ pub fn vl_batch(
         Batch::right_padded(rows, pad_id, device)?
     };
     let merge = vision.config().spatial_merge_size;
-    let positions = mrope_positions(
+    let placed = place_visual(
+        &mut batch,
         rows,
-        tokens.rope_ids(),
+        tokens,
         &visual.grids(),
         merge,
         vision.config().tokens_per_second,
+        left_padded,
     )?;
-    let (_, t) = batch.dims()?;
-    let mut axes: [Vec<Vec<u32>>; 3] = Default::default();
-    for (row, p) in rows.iter().zip(&positions) {
-        let pad = t - row.len();
-        for (axis, ids) in axes.iter_mut().zip(&p.axes) {
-            let mut full = Vec::with_capacity(t);
-            if left_padded {
-                full.extend(std::iter::repeat_n(1, pad));
-            }
-            full.extend_from_slice(ids);
-            if !left_padded {
-                full.extend(std::iter::repeat_n(1, pad));
-            }
-            axis.push(full);
-        }
-    }
-    batch.positions = axes[0].clone();
-    batch.mrope = Some(axes);
-    // Placeholders in row-major order, images and videos each in prompt order.
-    let (mut image_at, mut video_at) = (Vec::new(), Vec::new());
-    let offset = |b: usize| if left_padded { t - rows[b].len() } else { 0 };
-    for (b, row) in rows.iter().enumerate() {
-        for (i, id) in row.iter().enumerate() {
-            if *id == tokens.image {
-                image_at.push(b * t + offset(b) + i);
-            } else if *id == tokens.video {
-                video_at.push(b * t + offset(b) + i);
-            }
-        }
-    }
+    let (image_at, video_at) = (placed.image_at, placed.video_at);
     let images: Vec<&Patches> = visual.images.iter().collect();
     let videos: Vec<&Patches> = visual.videos.iter().map(|(p, _)| p).collect();
     let mut embeds = Vec::new();
@@ -365,15 +356,76 @@ pub fn vl_batch(
             at: image_at.into_iter().chain(video_at).collect(),
         });
     }
-    let next_positions: Vec<u32> = positions.iter().map(|p| p.next).collect();
-    let rope_deltas = next_positions
+    let (_, t) = batch.dims()?;
+    let rope_deltas = placed
+        .next_positions
         .iter()
         .map(|n| i64::from(*n) - t as i64)
         .collect();
     Ok(VlBatch {
         batch,
-        next_positions,
+        next_positions: placed.next_positions,
         rope_deltas,
+    })
+}
+
+/// Where a padded batch's visual inputs go: see [`place_visual`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VisualPlacement {
+    /// Per row, the position of the next token after it.
+    pub next_positions: Vec<u32>,
+    /// Flat `b·T + i` indices of the image placeholders, row-major (images in prompt order).
+    pub image_at: Vec<usize>,
+    /// The same for video placeholders.
+    pub video_at: Vec<usize>,
+}
+
+/// Sets a padded batch's M-RoPE positions as the reference computes them for `rows` (the
+/// unpadded ids, placeholders expanded; padding at position 1) and finds the placeholders
+/// that the tower's embeddings replace: images in row-major order, then videos.
+pub fn place_visual(
+    batch: &mut Batch,
+    rows: &[&[u32]],
+    tokens: VlTokens,
+    grids: &VisualGrids,
+    merge: usize,
+    tokens_per_second: f32,
+    left_padded: bool,
+) -> Result<VisualPlacement> {
+    let positions = mrope_positions(rows, tokens.rope_ids(), grids, merge, tokens_per_second)?;
+    let (_, t) = batch.dims()?;
+    let mut axes: [Vec<Vec<u32>>; 3] = Default::default();
+    for (row, p) in rows.iter().zip(&positions) {
+        let pad = t - row.len();
+        for (axis, ids) in axes.iter_mut().zip(&p.axes) {
+            let mut full = Vec::with_capacity(t);
+            if left_padded {
+                full.extend(std::iter::repeat_n(1, pad));
+            }
+            full.extend_from_slice(ids);
+            if !left_padded {
+                full.extend(std::iter::repeat_n(1, pad));
+            }
+            axis.push(full);
+        }
+    }
+    batch.positions = axes[0].clone();
+    batch.mrope = Some(axes);
+    let (mut image_at, mut video_at) = (Vec::new(), Vec::new());
+    let offset = |b: usize| if left_padded { t - rows[b].len() } else { 0 };
+    for (b, row) in rows.iter().enumerate() {
+        for (i, id) in row.iter().enumerate() {
+            if *id == tokens.image {
+                image_at.push(b * t + offset(b) + i);
+            } else if *id == tokens.video {
+                video_at.push(b * t + offset(b) + i);
+            }
+        }
+    }
+    Ok(VisualPlacement {
+        next_positions: positions.iter().map(|p| p.next).collect(),
+        image_at,
+        video_at,
     })
 }
 

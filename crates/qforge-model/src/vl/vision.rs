@@ -217,6 +217,13 @@ impl VisionTower {
         Self::from_tensors(config, tensors)
     }
 
+    /// A randomly initialised tower (tests, synthetic demos).
+    pub fn random(config: VisionConfig, dtype: DType, device: &Device, seed: u64) -> Result<Self> {
+        let shapes = config.expected_shapes("");
+        let tensors = crate::model::random_for_shapes(shapes, dtype, device, seed)?;
+        Self::from_tensors(config, tensors)
+    }
+
     /// Builds the tower from tensors named without prefix (`blocks.0.attn.qkv.weight`).
     pub fn from_tensors(
         config: VisionConfig,

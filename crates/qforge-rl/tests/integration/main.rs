@@ -2,6 +2,7 @@
 
 mod judge;
 mod learning;
+mod museg;
 mod qwenlong_l1;
 mod remote;
 mod robustness;

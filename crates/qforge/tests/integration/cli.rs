@@ -1519,3 +1519,114 @@ fn mobile_agent_runs_on_a_local_vision_language_model() {
     let steps = std::fs::read_to_string(logs.join("steps.jsonl")).unwrap();
     assert_eq!(steps.lines().count(), 1, "{steps}");
 }
+
+#[test]
+fn museg_trains_on_colour_time_and_eval_scores_the_policy_and_a_predictions_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = tmp.path().join("run");
+    let recipe = tmp.path().join("museg.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "output_dir = {:?}\nseed = 3\n\n[grpo]\ngroup_size = 2\nprompts_per_step = 2\nmax_new_tokens = 6\nlr = 1e-3\nsave_steps = 1\n\n[colour_time]\ntrain = 4\nheld_out = 2\nwarmup_steps = 2\nwarmup_batch = 2\nvideos = {{ max_seconds = 10 }}\n\n[[phase]]\nsteps = 1\nrewards = [\"format\", \"segment_matching\"]\ntemplate = \"frame_selection_thinking\"\n\n[[phase]]\nsteps = 1\nrewards = [\"format_n_timestamp\", \"segment_matching\"]\ntemplate = \"frame_selection_thinking_n_timestamp\"\n",
+            run_dir.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = qforge(
+        &["train", "museg", "--config", recipe.to_str().unwrap()],
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("held-out") && err.contains("phase 2 done"),
+        "{err}"
+    );
+    for file in [
+        "random-model/config.json",
+        "warmup/policy/model.safetensors",
+        "phase-1/policy/preprocessor_config.json",
+        "phase-2/policy/model.safetensors",
+        "phase-2/metrics.jsonl",
+        "held_out.json",
+        "curves.png",
+    ] {
+        assert!(run_dir.join(file).is_file(), "{file}");
+    }
+
+    // The trained policy on held-out clips, through the embedded engine.
+    let policy = run_dir.join("phase-2/policy");
+    let eval_dir = tmp.path().join("eval");
+    let args = [
+        "eval",
+        "museg",
+        "-m",
+        policy.to_str().unwrap(),
+        "--colour-time",
+        "2",
+        "--kind",
+        "tvg",
+        "--max-new-tokens",
+        "6",
+        "--out",
+        eval_dir.to_str().unwrap(),
+    ];
+    let stdout = ok(&qforge(&args, None));
+    let stat: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(stat["tot"], 2);
+    assert!(
+        stat["m_iou"].is_number() && stat["f1_single_0.5"].is_number(),
+        "{stat}"
+    );
+    for file in ["report.json", "report.png", "samples.jsonl"] {
+        assert!(eval_dir.join(file).is_file(), "{file}");
+    }
+    let samples = std::fs::read_to_string(eval_dir.join("samples.jsonl")).unwrap();
+    assert_eq!(samples.lines().count(), 2);
+
+    // A predictions file scored as eval_grounding.py scores it: IoU 0.5, then no answer.
+    let data = tmp.path().join("charades.json");
+    std::fs::write(
+        &data,
+        r#"[{"video": "c/A.mp4", "question": "q", "groundtruth": [[0, 10]]},
+            {"video": "c/B.mp4", "question": "q", "groundtruth": [[2, 4]]}]"#,
+    )
+    .unwrap();
+    let preds = tmp.path().join("preds.jsonl");
+    std::fs::write(
+        &preds,
+        "{\"generation\": \"<think>0.0 5.0</think><answer>0.00-5.00</answer>\"}\n{\"output\": \"4-2\"}\n",
+    )
+    .unwrap();
+    let eval2 = tmp.path().join("eval2");
+    let args = [
+        "eval",
+        "museg",
+        "--data",
+        data.to_str().unwrap(),
+        "--predictions",
+        preds.to_str().unwrap(),
+        "--out",
+        eval2.to_str().unwrap(),
+    ];
+    let stat: serde_json::Value = serde_json::from_str(ok(&qforge(&args, None)).trim()).unwrap();
+    assert_eq!(stat["m_iou"], 0.25);
+    assert_eq!(stat["f1_single_0.5"], 0.5);
+    assert_eq!(stat["f1_single_0.7"], 0.0);
+
+    // A text-only model is refused by name.
+    let args = [
+        "eval",
+        "museg",
+        "-m",
+        &model("qwen3_tied_gqa"),
+        "--colour-time",
+        "1",
+        "--out",
+        eval2.to_str().unwrap(),
+    ];
+    let out = qforge(&args, None);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success() && err.contains("text-only"), "{err}");
+}
