@@ -1,7 +1,8 @@
 //! `qforge bench rl-step`: one GRPO step on a small random model: rollout tokens/s, train
 //! tokens/s, and the share of time in each; then DUPO against DAPO's dynamic sampling on the
 //! same task, as wall time per useful (informative) group. `--recipe spell` splits a SPELL
-//! step into its three roles' rollouts and the update, against a plain GRPO step.
+//! step into its three roles' rollouts and the update, against a plain GRPO step; `--recipe
+//! museg` prices the video in a MUSEG step.
 
 use std::sync::Arc;
 
@@ -27,8 +28,9 @@ pub struct RlStepArgs {
     prompts_per_step: usize,
     #[arg(long, default_value_t = 32)]
     max_new_tokens: usize,
-    /// grpo (the core step, DAPO and DUPO), spell (the self-play step by role) or writing-rl
-    /// (a PPO step with its critic against a GRPO step on the same number of sequences).
+    /// grpo (the core step, DAPO and DUPO), spell (the self-play step by role), writing-rl
+    /// (a PPO step with its critic against a GRPO step on the same number of sequences) or
+    /// museg (a step with video rollouts against the same step on the question alone).
     #[arg(long, default_value = "grpo")]
     recipe: String,
     /// Run one variant in this process and print its JSON (each variant runs in its own
@@ -80,8 +82,19 @@ fn measure(
 pub fn run(args: RlStepArgs) -> Result<()> {
     let root = std::env::temp_dir().join(format!("qforge-bench-rl-{}", std::process::id()));
     let dir = root.join("policy");
-    if !matches!(args.recipe.as_str(), "grpo" | "spell" | "writing-rl") {
-        anyhow::bail!("--recipe `{}`: grpo, spell or writing-rl", args.recipe);
+    if !matches!(
+        args.recipe.as_str(),
+        "grpo" | "spell" | "writing-rl" | "museg"
+    ) {
+        anyhow::bail!(
+            "--recipe `{}`: grpo, spell, writing-rl or museg",
+            args.recipe
+        );
+    }
+    if args.recipe == "museg" {
+        let result = museg::run(&root, &args);
+        let _ = std::fs::remove_dir_all(&root);
+        return result;
     }
     // A small Qwen3 (8 layers, 256 wide) over the bench tokenizer's vocabulary.
     let config = ModelConfig::from_json(json!({
@@ -486,6 +499,115 @@ mod writing {
                 (Some(a), Some(b)) => format!("{:.2}x", a / b),
                 _ => "n/a".into(),
             }
+        );
+        Ok(())
+    }
+}
+
+mod museg {
+    //! A MUSEG step on ColourTime clips (video rollouts, the tower run inside every forward of
+    //! the update) against the same step with the same prompts and rewards but no video: what
+    //! seeing costs, on the recipe's random tiny Qwen2.5-VL.
+
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use anyhow::Result;
+    use qforge_model::vl::ProcessorConfig;
+    use qforge_rl::grpo::{GrpoConfig, GrpoStepReport, GrpoTrainer};
+    use qforge_rl::museg::colour_time::{
+        ColourTimeConfig, ColourTimeVideo, QUESTION, write_checkpoint,
+    };
+    use qforge_rl::museg::trainer::{PreparedMedia, conversation, museg_grpo_defaults};
+    use qforge_rl::museg::{QuestionTemplate, segments_as_answers};
+    use qforge_rl::reward::Task;
+    use serde_json::json;
+
+    use super::RlStepArgs;
+
+    fn measure(
+        root: &Path,
+        model: &Path,
+        args: &RlStepArgs,
+        videos: &[ColourTimeVideo],
+        with_video: bool,
+    ) -> Result<Vec<GrpoStepReport>> {
+        let template = QuestionTemplate::FrameSelectionThinking;
+        let tasks: Vec<Task> = videos
+            .iter()
+            .map(|v| Task {
+                messages: if with_video {
+                    conversation(QUESTION, template)
+                } else {
+                    vec![json!({"role": "user", "content": template.render(QUESTION)})]
+                },
+                answers: segments_as_answers(&v.segments),
+            })
+            .collect();
+        // A random policy scores 0 on MUSEG's rewards and would never update: the hashed
+        // stand-in makes about every group informative (MUSEG's reward itself costs
+        // microseconds).
+        let reward = super::HashedReward(0.5);
+        let config = GrpoConfig {
+            model: model.to_path_buf(),
+            output_dir: root.join(if with_video { "video" } else { "text" }),
+            group_size: args.group_size,
+            prompts_per_step: args.prompts_per_step,
+            max_new_tokens: args.max_new_tokens,
+            temperature: 1.0,
+            max_steps: args.steps + 1,
+            save_steps: 0,
+            ..museg_grpo_defaults()
+        };
+        let mut trainer = GrpoTrainer::new(config, tasks, Arc::new(reward))?;
+        if with_video {
+            let processor = ProcessorConfig::from_dir(model)?;
+            let visual = videos
+                .iter()
+                .map(|v| v.visual(&processor))
+                .collect::<Result<Vec<_>, _>>()?;
+            trainer = trainer.with_media(Arc::new(PreparedMedia(visual)))?;
+        }
+        trainer.step()?; // warm-up
+        (0..args.steps).map(|_| Ok(trainer.step()?)).collect()
+    }
+
+    pub fn run(root: &Path, args: &RlStepArgs) -> Result<()> {
+        let model = write_checkpoint(&root.join("colour-time-vl"), 7)?;
+        let videos = (0..args.prompts_per_step as u64 * 2)
+            .map(|i| ColourTimeVideo::generate(&ColourTimeConfig::default(), i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tokens: f64 = videos
+            .iter()
+            .map(|v| v.frames.len().div_ceil(2) as f64)
+            .sum::<f64>()
+            / videos.len() as f64;
+        let seconds = |rs: &[GrpoStepReport], f: fn(&GrpoStepReport) -> f64| {
+            rs.iter().map(f).sum::<f64>() / rs.len() as f64
+        };
+        let video = measure(root, &model, args, &videos, true)?;
+        let text = measure(root, &model, args, &videos, false)?;
+        let line = |name: &str, rs: &[GrpoStepReport]| {
+            format!(
+                "{name} {:.2} s/step (rollout {:.2}, update {:.2})",
+                seconds(rs, |r| r.rollout_seconds + r.train_seconds),
+                seconds(rs, |r| r.rollout_seconds),
+                seconds(rs, |r| r.train_seconds)
+            )
+        };
+        println!(
+            "museg ({} prompts x G={}, <= {} new tokens, ~{tokens:.0} video tokens a prompt): {} | {}",
+            args.prompts_per_step,
+            args.group_size,
+            args.max_new_tokens,
+            line("with video", &video),
+            line("question only", &text)
+        );
+        let step = |rs: &[GrpoStepReport]| seconds(rs, |r| r.rollout_seconds + r.train_seconds);
+        println!(
+            "video vs question only: {:.2}x the step time, {:.2}x the update time",
+            step(&video) / step(&text),
+            seconds(&video, |r| r.train_seconds) / seconds(&text, |r| r.train_seconds)
         );
         Ok(())
     }

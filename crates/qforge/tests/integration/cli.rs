@@ -1121,6 +1121,22 @@ fn writing_rl_benchmarks_print_their_ratios() {
         text.contains("PPO vs GRPO on the same number of sequences"),
         "{text}"
     );
+    let args = [
+        "bench",
+        "rl-step",
+        "--recipe",
+        "museg",
+        "--steps",
+        "1",
+        "--prompts-per-step",
+        "1",
+        "--group-size",
+        "2",
+        "--max-new-tokens",
+        "4",
+    ];
+    let text = ok(&qforge(&args, None));
+    assert!(text.contains("video vs question only:"), "{text}");
 }
 
 #[test]
