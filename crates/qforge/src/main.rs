@@ -48,11 +48,13 @@ enum Command {
     Quickstart(quickstart::Args),
     /// Train from a recipe: sft, dpo, rm (reward model), solopo, mutual-taught, qwenlong-l1,
     /// websailor (GRPO with DUPO), spell (self-play long-context RL), writing-rl (PPO against a
-    /// pairwise judge and reference ladders), cprs (a QwenLong-CPRS compressor).
+    /// pairwise judge and reference ladders), museg (video grounding RL on a Qwen2.5-VL), cprs
+    /// (a QwenLong-CPRS compressor).
     #[command(subcommand)]
     Train(train::TrainCommand),
     /// Evaluations: longqa (SPELL's long-document QA: pass@1 and pass@k over k samples), writing
-    /// (LongBench-Write length score and a pairwise judge against a baseline).
+    /// (LongBench-Write length score and a pairwise judge against a baseline), museg (video
+    /// grounding: mIoU, R@IoU, multi-segment F1).
     #[command(subcommand)]
     Eval(eval::EvalCommand),
     /// Serve a model over an OpenAI-compatible HTTP API with continuous batching.

@@ -394,3 +394,38 @@ fn a_text_only_model_cannot_train_on_video() {
     let e = run(&config, |_| {}).unwrap_err().to_string();
     assert!(e.contains("text-only"), "{e}");
 }
+
+#[test]
+fn frame_directories_are_sampled_as_qwen_vl_utils_samples_them() {
+    use qforge_rl::museg::trainer::FrameDirMedia;
+    use qforge_rl::museg::video::VideoSampling;
+    use qforge_rl::visual::MediaSource;
+    let dir = tempfile::tempdir().unwrap();
+    let frames = dir.path().join("charades/ABC");
+    std::fs::create_dir_all(&frames).unwrap();
+    for i in 1..=8 {
+        std::fs::copy(
+            qforge_testkit::fixture("vlm/image_a.png"),
+            frames.join(format!("{i:06}.png")),
+        )
+        .unwrap();
+    }
+    let media = FrameDirMedia {
+        root: dir.path().to_path_buf(),
+        video_fps: 4.0,
+        sampling: VideoSampling::default(),
+        processor: qforge_model::vl::ProcessorConfig::default(),
+        videos: vec!["charades/ABC.mp4".into()],
+    };
+    let visual = media.visual(0).unwrap().unwrap();
+    let (patches, spg) = &visual.videos[0];
+    // 8 frames over 2 s at 2 fps: 4 frames, sampled at 2 fps, so one temporal patch per second.
+    assert_eq!(patches.grid_thw[0], 2);
+    assert_eq!(*spg, 1.0);
+    // Each frame within the per-frame budget, at least min_pixels, on the 28-pixel grid.
+    let (h, w) = (patches.grid_thw[1] * 14, patches.grid_thw[2] * 14);
+    assert!(
+        h * w >= 16 * 28 * 28 && h % 28 == 0 && w % 28 == 0,
+        "{h} x {w}"
+    );
+}
