@@ -110,6 +110,17 @@ pub fn take_table<T: DeserializeOwned + Default>(
     }
 }
 
+/// Reads each relative path that does not exist from the working directory next to the recipe
+/// instead, where it does exist there (empty paths are left alone).
+pub fn resolve_beside_recipe<'a>(recipe: &Path, paths: impl IntoIterator<Item = &'a mut PathBuf>) {
+    let base = recipe.parent().unwrap_or(Path::new("."));
+    for p in paths {
+        if !p.as_os_str().is_empty() && p.is_relative() && !p.exists() && base.join(&*p).exists() {
+            *p = base.join(&*p);
+        }
+    }
+}
+
 /// Takes the required list of paths `key` out of a recipe; `what` says what they hold.
 pub fn take_paths(
     recipe: &mut toml::Table,

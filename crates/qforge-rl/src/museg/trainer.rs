@@ -170,18 +170,9 @@ impl MusegConfig {
         use qforge_util::settings::{read_toml, table_into, with_sets};
         let table = read_toml(path)?;
         let mut config: Self = with_sets(table_into(table, path)?, overrides)?;
-        let base = path.parent().unwrap_or(Path::new("."));
         let mut paths: Vec<&mut PathBuf> = vec![&mut config.model, &mut config.video_root];
         paths.extend(config.phases.iter_mut().map(|p| &mut p.data));
-        for p in paths {
-            if !p.as_os_str().is_empty()
-                && p.is_relative()
-                && !p.exists()
-                && base.join(&*p).exists()
-            {
-                *p = base.join(&*p);
-            }
-        }
+        qforge_util::settings::resolve_beside_recipe(path, paths);
         config.validate()?;
         Ok(config)
     }

@@ -156,20 +156,14 @@ impl WritingRlConfig {
         use qforge_util::settings::{read_toml, table_into, with_sets};
         let table = read_toml(path)?;
         let mut config: Self = with_sets(table_into(table, path)?, overrides)?;
-        let base = path.parent().unwrap_or(std::path::Path::new("."));
-        for p in [
-            &mut config.prompts,
-            &mut config.model,
-            &mut config.critic.model,
-        ] {
-            if !p.as_os_str().is_empty()
-                && p.is_relative()
-                && !p.exists()
-                && base.join(&*p).exists()
-            {
-                *p = base.join(&*p);
-            }
-        }
+        qforge_util::settings::resolve_beside_recipe(
+            path,
+            [
+                &mut config.prompts,
+                &mut config.model,
+                &mut config.critic.model,
+            ],
+        );
         config.validate()?;
         Ok(config)
     }
